@@ -1,0 +1,503 @@
+"""The `provider` command: init, serve, domain, mailbox, alias and admin subcommands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import FlaskGroup
+from sqlalchemy import func, or_, select
+
+from provider.errors import ProviderError
+from provider.extensions import db
+from provider.models import Alias, Domain, Mailbox
+from provider.services import admins, provisioning
+from provider.services.audit import CLI_ACTOR
+from provider.services.quota import format_gb
+from provider.settings import SettingsError
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
+@contextmanager
+def committing() -> Iterator[None]:
+    """Commit what the block did; on a rule broken, roll back and exit 1 with one line."""
+    try:
+        yield
+        db.session.commit()
+    except ProviderError as exc:
+        db.session.rollback()
+        raise click.ClickException(exc.message) from None
+
+
+def emit(record: Any, as_json: bool, text: Callable[[Any], str]) -> None:
+    click.echo(json.dumps(record, indent=2) if as_json else text(record))
+
+
+def read_password(from_stdin: bool) -> str | None:
+    """The password from standard input (first line), or None when not asked to read it."""
+    if not from_stdin:
+        return None
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise click.ClickException("no password on standard input")
+    return line
+
+
+# --- init / serve --------------------------------------------------------------------------
+
+
+@click.command("init")
+@click.option("--admin-email", default=None, help="E-mail of the first admin (if none exists).")
+@json_option
+def init_command(admin_email: str | None, as_json: bool) -> None:
+    """Migrate the database and make the first admin (safe to run again)."""
+    from flask_migrate import upgrade
+
+    config = current_app.config
+    Path(config["DATA_DIR"], "mail").mkdir(parents=True, exist_ok=True)
+    upgrade(directory=current_app.extensions["migrate"].directory)
+    with committing():
+        first = admins.ensure_first_admin(
+            db.session, admin_email or config["ADMIN_EMAIL"], config["ADMIN_PASSWORD"] or None
+        )
+    login_url = f"http://{config['BIND_HOST']}:{config['WEB_PORT']}/admin/login"
+    record = {
+        "login_url": login_url,
+        "admin_email": first.admin.email,
+        "admin_created": first.created,
+        "admin_password": first.generated_password,
+    }
+
+    def text(r: dict[str, Any]) -> str:
+        lines = [
+            "Database is up to date.",
+            f"Admin login: {r['login_url']}",
+            f"  e-mail:   {r['admin_email']}",
+        ]
+        if r["admin_password"]:
+            lines.append(
+                f"  password: {r['admin_password']}   (shown once; change it after logging in)"
+            )
+        elif r["admin_created"]:
+            lines.append("  password: the one given in PROVIDER_ADMIN_PASSWORD")
+        else:
+            lines.append(
+                "  password: unchanged (reset: provider admin password EMAIL --password-stdin)"
+            )
+        return "\n".join(lines)
+
+    emit(record, as_json, text)
+
+
+@click.command("serve")
+@click.option(
+    "--services",
+    default="web,imap,pop3,lmtp,smtp,scheduler",
+    show_default=True,
+    help="Comma-separated services to run in this process.",
+)
+def serve_command(services: str) -> None:
+    """Run the web app (waitress) and the mail services until SIGINT/SIGTERM."""
+    from provider.serve import KNOWN_SERVICES, run
+
+    chosen = [name.strip() for name in services.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(KNOWN_SERVICES))
+    if unknown or not chosen:
+        raise click.ClickException(
+            f"unknown service(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {','.join(KNOWN_SERVICES)}"
+        )
+    run(current_app._get_current_object(), chosen)  # type: ignore[attr-defined]
+
+
+# --- domains -------------------------------------------------------------------------------
+
+
+def _domain_text(d: dict[str, Any]) -> str:
+    signup = "signup open" if d["signup_enabled"] else "signup closed"
+    return f"{d['name']}  {signup}  {d.get('mailboxes', 0)} mailbox(es)"
+
+
+def _domain_record(domain: Domain) -> dict[str, Any]:
+    record = domain.to_dict()
+    record["mailboxes"] = db.session.scalar(
+        select(func.count()).where(Mailbox.domain_id == domain.id)
+    )
+    return record
+
+
+@click.group("domain")
+def domain_group() -> None:
+    """Hosted domains."""
+
+
+@domain_group.command("add")
+@click.argument("name")
+@click.option("--signup", is_flag=True, help="Open the domain for public trial signup.")
+@json_option
+def domain_add(name: str, signup: bool, as_json: bool) -> None:
+    """Host a new domain."""
+    with committing():
+        domain = provisioning.create_domain(
+            db.session, name, signup_enabled=signup, actor=CLI_ACTOR
+        )
+    emit(_domain_record(domain), as_json, _domain_text)
+
+
+@domain_group.command("set")
+@click.argument("name")
+@click.option("--signup/--no-signup", default=None, help="Open or close public trial signup.")
+@json_option
+def domain_set(name: str, signup: bool | None, as_json: bool) -> None:
+    """Change a domain's settings."""
+    with committing():
+        domain = provisioning.get_domain(db.session, name)
+        if signup is not None:
+            provisioning.set_domain_signup(db.session, domain, signup, actor=CLI_ACTOR)
+    emit(_domain_record(domain), as_json, _domain_text)
+
+
+@domain_group.command("list")
+@json_option
+def domain_list(as_json: bool) -> None:
+    """List hosted domains."""
+    domains = db.session.scalars(select(Domain).order_by(Domain.name)).all()
+    records = [_domain_record(domain) for domain in domains]
+    emit(records, as_json, lambda rs: "\n".join(map(_domain_text, rs)) or "no domains")
+
+
+@domain_group.command("delete")
+@click.argument("name")
+def domain_delete(name: str) -> None:
+    """Delete a domain that has no mailboxes or aliases left."""
+    with committing():
+        domain = provisioning.get_domain(db.session, name)
+        provisioning.delete_domain(db.session, domain, actor=CLI_ACTOR)
+    click.echo(f"deleted domain {domain.name}")
+
+
+# --- mailboxes -----------------------------------------------------------------------------
+
+
+def _mailbox_text(m: dict[str, Any]) -> str:
+    quota = format_gb(round(m["quota_bytes"] / 1024**3, 4))
+    used = format_gb(round(m["used_bytes"] / 1024**3, 2))
+    lines = [
+        m["address"],
+        f"  quota:     {quota} GB ({m['quota_bytes']} bytes), {used} GB used",
+        f"  protocols: {', '.join(m['protocols'])}",
+        f"  status:    {m['status']}",
+        f"  plan:      {m['plan']}"
+        + (f" (trial ends {m['trial_expires_at']})" if m["trial_expires_at"] else ""),
+    ]
+    if m["contact_email"]:
+        lines.append(f"  contact:   {m['contact_email']}")
+    if m["aliases"]:
+        lines.append(f"  aliases:   {', '.join(m['aliases'])}")
+    return "\n".join(lines)
+
+
+def _mailbox_line(m: dict[str, Any]) -> str:
+    quota = format_gb(round(m["quota_bytes"] / 1024**3, 4))
+    return f"{m['address']}  {quota} GB  {','.join(m['protocols'])}  {m['status']}  {m['plan']}"
+
+
+@click.group("mailbox")
+def mailbox_group() -> None:
+    """Mailboxes."""
+
+
+@mailbox_group.command("add")
+@click.argument("address")
+@click.option("--quota-gb", required=True, help="Quota in GB (1 GB = 1024³ bytes); decimals ok.")
+@click.option("--protocols", required=True, help="imap, pop3 or imap,pop3.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.option("--trial", is_flag=True, help="Create it as a free trial.")
+@click.option("--contact-email", default=None, help="Where to reach the customer.")
+@json_option
+def mailbox_add(
+    address: str,
+    quota_gb: str,
+    protocols: str,
+    password_stdin: bool,
+    trial: bool,
+    contact_email: str | None,
+    as_json: bool,
+) -> None:
+    """Create a mailbox. Without --password-stdin a password is made up and printed once."""
+    import secrets
+
+    password = read_password(password_stdin)
+    generated = None
+    if password is None:
+        password = generated = secrets.token_urlsafe(12)
+    with committing():
+        mailbox = provisioning.create_mailbox(
+            db.session,
+            address,
+            password,
+            quota_gb,
+            protocols,
+            actor=CLI_ACTOR,
+            plan="trial" if trial else "paid",
+            contact_email=contact_email,
+        )
+    record = mailbox.to_dict()
+    if generated:
+        record["password"] = generated
+    emit(
+        record,
+        as_json,
+        lambda r: (
+            _mailbox_text(r) + (f"\n  password:  {generated}   (shown once)" if generated else "")
+        ),
+    )
+
+
+@mailbox_group.command("set")
+@click.argument("address")
+@click.option("--quota-gb", default=None, help="New quota in GB.")
+@click.option("--protocols", default=None, help="imap, pop3 or imap,pop3.")
+@click.option("--password-stdin", is_flag=True, help="Read a new password from standard input.")
+@click.option("--status", type=click.Choice(["active", "suspended"]), default=None)
+@click.option("--plan", type=click.Choice(["trial", "paid"]), default=None)
+@click.option("--contact-email", default=None)
+@json_option
+def mailbox_set(
+    address: str,
+    quota_gb: str | None,
+    protocols: str | None,
+    password_stdin: bool,
+    status: str | None,
+    plan: str | None,
+    contact_email: str | None,
+    as_json: bool,
+) -> None:
+    """Change a mailbox's quota, protocols, password, status or plan."""
+    password = read_password(password_stdin)
+    with committing():
+        mailbox = provisioning.get_mailbox(db.session, address)
+        provisioning.update_mailbox(
+            db.session,
+            mailbox,
+            actor=CLI_ACTOR,
+            quota_gb=quota_gb,
+            protocols=protocols,
+            status=status,
+            plan=plan,
+            password=password,
+            contact_email=contact_email,
+        )
+    emit(mailbox.to_dict(), as_json, _mailbox_text)
+
+
+@mailbox_group.command("show")
+@click.argument("address")
+@json_option
+def mailbox_show(address: str, as_json: bool) -> None:
+    """Show one mailbox (exit 1 when it does not exist)."""
+    with committing():
+        mailbox = provisioning.get_mailbox(db.session, address)
+    emit(mailbox.to_dict(), as_json, _mailbox_text)
+
+
+@mailbox_group.command("list")
+@click.option("--domain", default=None, help="Only this domain.")
+@click.option("--search", default=None, help="Only addresses containing this text.")
+@json_option
+def mailbox_list(domain: str | None, search: str | None, as_json: bool) -> None:
+    """List mailboxes."""
+    query = select(Mailbox).order_by(Mailbox.address)
+    if domain:
+        with committing():
+            query = query.where(Mailbox.domain_id == provisioning.get_domain(db.session, domain).id)
+    if search:
+        query = query.where(Mailbox.address.contains(search.strip().lower(), autoescape=True))
+    records = [mailbox.to_dict() for mailbox in db.session.scalars(query)]
+    emit(records, as_json, lambda rs: "\n".join(map(_mailbox_line, rs)) or "no mailboxes")
+
+
+@mailbox_group.command("delete")
+@click.argument("address")
+def mailbox_delete(address: str) -> None:
+    """Delete a mailbox and its aliases."""
+    with committing():
+        mailbox = provisioning.get_mailbox(db.session, address)
+        provisioning.delete_mailbox(db.session, mailbox, actor=CLI_ACTOR)
+    click.echo(f"deleted mailbox {mailbox.address}")
+
+
+# --- aliases -------------------------------------------------------------------------------
+
+
+@click.group("alias")
+def alias_group() -> None:
+    """Aliases: addresses that deliver to a mailbox and that it may send as."""
+
+
+@alias_group.command("add")
+@click.argument("address")
+@click.argument("mailbox")
+@json_option
+def alias_add(address: str, mailbox: str, as_json: bool) -> None:
+    """Add ADDRESS as an alias of MAILBOX."""
+    with committing():
+        target = provisioning.get_mailbox(db.session, mailbox)
+        alias = provisioning.create_alias(db.session, address, target, actor=CLI_ACTOR)
+    emit(alias.to_dict(), as_json, lambda r: f"{r['address']} -> {r['mailbox']}")
+
+
+@alias_group.command("list")
+@click.option("--search", default=None)
+@json_option
+def alias_list(search: str | None, as_json: bool) -> None:
+    """List aliases."""
+    query = select(Alias).order_by(Alias.address)
+    if search:
+        term = search.strip().lower()
+        query = query.join(Alias.mailbox).where(
+            or_(
+                Alias.address.contains(term, autoescape=True),
+                Mailbox.address.contains(term, autoescape=True),
+            )
+        )
+    records = [alias.to_dict() for alias in db.session.scalars(query)]
+    emit(
+        records,
+        as_json,
+        lambda rs: "\n".join(f"{r['address']} -> {r['mailbox']}" for r in rs) or "no aliases",
+    )
+
+
+@alias_group.command("delete")
+@click.argument("address")
+def alias_delete(address: str) -> None:
+    """Delete an alias."""
+    with committing():
+        alias = provisioning.get_alias(db.session, address)
+        provisioning.delete_alias(db.session, alias, actor=CLI_ACTOR)
+    click.echo(f"deleted alias {alias.address}")
+
+
+# --- admins --------------------------------------------------------------------------------
+
+
+@click.group("admin")
+def admin_group() -> None:
+    """Admin accounts of the panel."""
+
+
+@admin_group.command("add")
+@click.argument("email")
+@click.option("--superadmin", is_flag=True, help="May manage every domain and the admins.")
+@click.option("--domain", "domains", multiple=True, help="A domain this admin manages (repeat).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@json_option
+def admin_add(
+    email: str, superadmin: bool, domains: tuple[str, ...], password_stdin: bool, as_json: bool
+) -> None:
+    """Create an admin: a superadmin, or a domain admin limited to --domain."""
+    import secrets
+
+    if superadmin and domains:
+        raise click.ClickException("a superadmin manages every domain; drop --domain")
+    password = read_password(password_stdin)
+    generated = None
+    if password is None:
+        password = generated = secrets.token_urlsafe(12)
+    with committing():
+        chosen = [provisioning.get_domain(db.session, name) for name in domains]
+        admin = admins.create_admin(
+            db.session, email, password, superadmin=superadmin, domains=chosen, actor=CLI_ACTOR
+        )
+    record = {
+        "email": admin.email,
+        "is_superadmin": admin.is_superadmin,
+        "domains": sorted(d.name for d in admin.domains),
+        "password": generated,
+    }
+    emit(
+        record,
+        as_json,
+        lambda r: (
+            f"{r['email']} ({'superadmin' if r['is_superadmin'] else ', '.join(r['domains'])})"
+            + (f"\n  password: {generated}   (shown once)" if generated else "")
+        ),
+    )
+
+
+@admin_group.command("password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def admin_password(email: str, password_stdin: bool) -> None:
+    """Set an admin's password (made up and printed when not read from stdin)."""
+    import secrets
+
+    password = read_password(password_stdin)
+    generated = None
+    if password is None:
+        password = generated = secrets.token_urlsafe(12)
+    with committing():
+        admin = admins.get_admin(db.session, email)
+        admins.set_admin_password(db.session, admin, password, actor=CLI_ACTOR)
+    click.echo(f"password changed for {admin.email}" + (f": {generated}" if generated else ""))
+
+
+@admin_group.command("list")
+@json_option
+def admin_list(as_json: bool) -> None:
+    """List admins."""
+    from provider.models import AdminUser
+
+    records = [
+        {
+            "email": a.email,
+            "is_superadmin": a.is_superadmin,
+            "domains": sorted(d.name for d in a.domains),
+            "active": a.active,
+        }
+        for a in db.session.scalars(select(AdminUser).order_by(AdminUser.email))
+    ]
+    emit(
+        records,
+        as_json,
+        lambda rs: "\n".join(
+            f"{r['email']}  {'superadmin' if r['is_superadmin'] else ', '.join(r['domains'])}"
+            for r in rs
+        ),
+    )
+
+
+COMMANDS = [init_command, serve_command, domain_group, mailbox_group, alias_group, admin_group]
+
+
+def register_commands(app: Flask) -> None:
+    """Put the provider commands on `flask --app app …` too."""
+    for command in COMMANDS:
+        app.cli.add_command(command)
+
+
+def _create_app() -> Flask:
+    from provider import create_app
+
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, add_version_option=False)
+def cli() -> None:
+    """Operate the mail provider platform."""
+
+
+def main() -> None:
+    try:
+        cli(prog_name="provider")
+    except SettingsError as exc:  # a bad setting surfaces before any command runs
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(1) from None

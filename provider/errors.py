@@ -1,0 +1,62 @@
+"""Errors raised by services, each knowing how every front end presents it."""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """A rule was broken. `field` names the form field the message belongs next to."""
+
+    http_status = 400
+    imap_code = "CANNOT"
+    smtp_reply = "451 4.3.0"
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidInput(ProviderError):
+    """The value given has the wrong shape (an address, a number, a name)."""
+
+
+class QuotaOutOfRange(InvalidInput):
+    """A quota outside QUOTA_MIN_GB..QUOTA_MAX_GB."""
+
+
+class WeakPassword(InvalidInput):
+    """A password that the password policy refuses."""
+
+
+class NotFound(ProviderError):
+    http_status = 404
+    imap_code = "NONEXISTENT"
+    smtp_reply = "550 5.1.1"
+
+
+class AlreadyExists(ProviderError):
+    http_status = 409
+    imap_code = "ALREADYEXISTS"
+
+
+class DomainNotEmpty(ProviderError):
+    """Deleting a domain that still has mailboxes or aliases."""
+
+    http_status = 409
+
+
+class QuotaExceeded(ProviderError):
+    http_status = 507
+    imap_code = "OVERQUOTA"
+    smtp_reply = "552 5.2.2"
+
+
+class PermissionDenied(ProviderError):
+    http_status = 403
+    imap_code = "NOPERM"
+
+
+class RateLimited(ProviderError):
+    http_status = 429
+    imap_code = "UNAVAILABLE"
+    smtp_reply = "421 4.7.0"

@@ -1,0 +1,124 @@
+"""Mailboxes: an address with a password, a quota and a protocol policy."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
+
+from provider.extensions import db
+from provider.models.types import UTCDateTime
+from provider.services.clock import now
+
+if TYPE_CHECKING:
+    from provider.models.alias import Alias
+    from provider.models.domain import Domain
+
+
+class Protocol(enum.StrEnum):
+    """Mail access protocols a mailbox may be allowed."""
+
+    IMAP = "imap"
+    POP3 = "pop3"
+
+
+class MailboxStatus(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    EXPIRED = "expired"
+
+
+class Plan(enum.StrEnum):
+    TRIAL = "trial"
+    PAID = "paid"
+
+
+class Mailbox(db.Model):  # type: ignore[name-defined,misc]
+    """One customer mailbox. The invariants that need no settings are enforced by the database."""
+
+    __tablename__ = "mailboxes"
+    __table_args__ = (
+        # Addresses are kept lower-case, which makes the unique index case-insensitive.
+        CheckConstraint("address = lower(address)", name="address_lowercase"),
+        CheckConstraint("quota_bytes > 0", name="quota_positive"),
+        CheckConstraint("used_bytes >= 0", name="used_not_negative"),
+        CheckConstraint("imap_enabled OR pop3_enabled", name="has_protocol"),
+        CheckConstraint("status IN ('active', 'suspended', 'expired')", name="status_known"),
+        CheckConstraint("plan IN ('trial', 'paid')", name="plan_known"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    domain_id: Mapped[int] = mapped_column(
+        ForeignKey("domains.id", ondelete="RESTRICT"), index=True
+    )
+    local_part: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    quota_bytes: Mapped[int] = mapped_column(BigInteger, index=True)
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0, index=True)
+    imap_enabled: Mapped[bool] = mapped_column(default=True)
+    pop3_enabled: Mapped[bool] = mapped_column(default=False)
+    status: Mapped[str] = mapped_column(String(16), default=MailboxStatus.ACTIVE.value, index=True)
+    plan: Mapped[str] = mapped_column(String(16), default=Plan.PAID.value, index=True)
+    contact_email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now, onupdate=now)
+    trial_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    domain: Mapped[Domain] = relationship(back_populates="mailboxes")
+    aliases: Mapped[list[Alias]] = relationship(
+        back_populates="mailbox", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def protocols(self) -> list[str]:
+        """The allowed protocols, in a stable order (imap before pop3)."""
+        allowed = []
+        if self.imap_enabled:
+            allowed.append(Protocol.IMAP.value)
+        if self.pop3_enabled:
+            allowed.append(Protocol.POP3.value)
+        return allowed
+
+    @protocols.setter
+    def protocols(self, value: set[str] | list[str]) -> None:
+        chosen = {Protocol(name).value for name in value}
+        if not chosen:
+            raise ValueError("a mailbox needs at least one protocol")
+        self.imap_enabled = Protocol.IMAP.value in chosen
+        self.pop3_enabled = Protocol.POP3.value in chosen
+
+    @validates("address")
+    def _lowercase_address(self, _key: str, value: str) -> str:
+        return value.lower()
+
+    def protocol_allowed(self, protocol: str) -> bool:
+        return protocol in self.protocols
+
+    @property
+    def usage_ratio(self) -> float:
+        return min(self.used_bytes / self.quota_bytes, 1.0) if self.quota_bytes else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything an admin may see about the mailbox (never the password hash)."""
+        return {
+            "address": self.address,
+            "domain": self.domain.name if self.domain else None,
+            "quota_bytes": self.quota_bytes,
+            "used_bytes": self.used_bytes,
+            "protocols": self.protocols,
+            "status": self.status,
+            "plan": self.plan,
+            "contact_email": self.contact_email,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+            "trial_expires_at": (
+                self.trial_expires_at.isoformat() if self.trial_expires_at else None
+            ),
+            "aliases": sorted(alias.address for alias in self.aliases),
+        }
+
+    def __repr__(self) -> str:
+        return f"<Mailbox {self.address}>"

@@ -1,0 +1,361 @@
+"""Provisioning: create, change and delete domains, mailboxes and aliases — every rule once."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app, has_app_context
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from provider.errors import AlreadyExists, DomainNotEmpty, InvalidInput, NotFound, ProviderError
+from provider.models import Alias, Domain, Mailbox, MailboxStatus, Plan, Protocol
+from provider.services import audit, auth, quota
+from provider.services.audit import Actor
+from provider.services.clock import now
+
+# Local parts end up as directory names under DATA_DIR/mail/<domain>/, so they are held to a
+# conservative alphabet; '+' is excluded because it separates plus-address tags.
+LOCAL_PART = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
+DOMAIN_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+PROTOCOL_CHOICES = {
+    "imap": {Protocol.IMAP.value},
+    "pop3": {Protocol.POP3.value},
+    "both": {Protocol.IMAP.value, Protocol.POP3.value},
+}
+
+
+def normalize_domain_name(name: str) -> str:
+    """Lower-case, IDNA-encode and check a domain name; raise InvalidInput if it is not one."""
+    cleaned = name.strip().rstrip(".").lower()
+    try:
+        ascii_name = cleaned.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise InvalidInput(f"{name!r} is not a valid domain name", "name") from None
+    labels = ascii_name.split(".")
+    if len(ascii_name) > 253 or len(labels) < 2 or not all(map(DOMAIN_LABEL.match, labels)):
+        raise InvalidInput(f"{name!r} is not a valid domain name", "name")
+    if labels[-1].isdigit():
+        raise InvalidInput(f"{name!r} is not a valid domain name", "name")
+    return ascii_name
+
+
+def normalize_local_part(local_part: str, field: str = "local_part") -> str:
+    cleaned = local_part.strip().lower()
+    if not cleaned or len(cleaned) > 64 or not LOCAL_PART.match(cleaned):
+        raise InvalidInput(
+            f"{local_part!r} is not allowed before the @: use letters, digits, '.', '-' or '_'",
+            field,
+        )
+    return cleaned
+
+
+def split_address(address: str, field: str = "address") -> tuple[str, str]:
+    """Split and normalize `local@domain`; raise InvalidInput on anything else."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidInput(f"{address!r} is not an e-mail address", field)
+    try:
+        return normalize_local_part(local, field), normalize_domain_name(domain)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field) from None
+
+
+def parse_protocols(value: str | Iterable[str]) -> set[str]:
+    """Read a protocol policy: 'imap', 'pop3', 'both', 'imap,pop3' or a list of those."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    chosen: set[str] = set()
+    for name in (n.strip().lower() for n in names):
+        if not name:
+            continue
+        if name not in PROTOCOL_CHOICES:
+            raise InvalidInput(f"unknown protocol {name!r}: choose imap, pop3 or both", "protocols")
+        chosen |= PROTOCOL_CHOICES[name]
+    if not chosen:
+        raise InvalidInput("choose at least one protocol: imap, pop3 or both", "protocols")
+    return chosen
+
+
+def _setting(name: str, default: Any) -> Any:
+    return current_app.config.get(name, default) if has_app_context() else default
+
+
+# --- domains -------------------------------------------------------------------------------
+
+
+def get_domain(session: Session, name: str) -> Domain:
+    try:
+        normalized = normalize_domain_name(name)
+    except InvalidInput:
+        raise NotFound(f"domain {name!r} does not exist", "name") from None
+    domain = session.scalar(select(Domain).where(Domain.name == normalized))
+    if domain is None:
+        raise NotFound(f"domain {normalized} does not exist", "name")
+    return domain
+
+
+def create_domain(
+    session: Session, name: str, *, signup_enabled: bool = False, actor: Actor
+) -> Domain:
+    normalized = normalize_domain_name(name)
+    if session.scalar(select(Domain.id).where(Domain.name == normalized)) is not None:
+        raise AlreadyExists(f"domain {normalized} already exists", "name")
+    domain = Domain(name=normalized, signup_enabled=signup_enabled, created_at=now())
+    session.add(domain)
+    session.flush()
+    audit.record(
+        session, actor, "domain.create", normalized, domain=normalized, after=domain.to_dict()
+    )
+    return domain
+
+
+def set_domain_signup(session: Session, domain: Domain, enabled: bool, *, actor: Actor) -> Domain:
+    before = domain.to_dict()
+    domain.signup_enabled = enabled
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "domain.update",
+        domain.name,
+        domain=domain.name,
+        before=before,
+        after=domain.to_dict(),
+    )
+    return domain
+
+
+def delete_domain(session: Session, domain: Domain, *, actor: Actor) -> None:
+    """Delete an empty domain. A domain that still holds mailboxes or aliases is refused."""
+    mailboxes = session.scalar(select(func.count()).where(Mailbox.domain_id == domain.id)) or 0
+    aliases = session.scalar(select(func.count()).where(Alias.domain_id == domain.id)) or 0
+    if mailboxes or aliases:
+        raise DomainNotEmpty(
+            f"domain {domain.name} still has {mailboxes} mailbox(es) and {aliases} alias(es); "
+            "delete them first",
+            "name",
+        )
+    before = domain.to_dict()
+    session.delete(domain)
+    session.flush()
+    audit.record(session, actor, "domain.delete", domain.name, domain=domain.name, before=before)
+
+
+# --- mailboxes -----------------------------------------------------------------------------
+
+
+def get_mailbox(session: Session, address: str) -> Mailbox:
+    mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address.strip().lower()))
+    if mailbox is None:
+        raise NotFound(f"mailbox {address.strip()} does not exist", "address")
+    return mailbox
+
+
+def _address_taken(session: Session, address: str) -> str | None:
+    if session.scalar(select(Mailbox.id).where(Mailbox.address == address)) is not None:
+        return f"mailbox {address} already exists"
+    if session.scalar(select(Alias.id).where(Alias.address == address)) is not None:
+        return f"{address} is already an alias"
+    return None
+
+
+def create_mailbox(
+    session: Session,
+    address: str,
+    password: str,
+    quota_gb: object,
+    protocols: str | Iterable[str],
+    *,
+    actor: Actor,
+    plan: str = Plan.PAID.value,
+    contact_email: str | None = None,
+) -> Mailbox:
+    """Create a mailbox; every check runs before anything is written, so failure leaves nothing."""
+    local_part, domain_name = split_address(address)
+    full_address = f"{local_part}@{domain_name}"
+    domain = session.scalar(select(Domain).where(Domain.name == domain_name))
+    if domain is None:
+        raise NotFound(f"domain {domain_name} is not hosted here; add it first", "address")
+    taken = _address_taken(session, full_address)
+    if taken:
+        raise AlreadyExists(taken, "address")
+    quota_bytes = quota.quota_bytes_from_gb(quota_gb)
+    allowed = parse_protocols(protocols)
+    auth.check_password_policy(password, address=full_address)
+    plan = Plan(plan).value
+    created = now()
+    mailbox = Mailbox(
+        domain=domain,
+        local_part=local_part,
+        address=full_address,
+        password_hash=auth.hash_password(password),
+        quota_bytes=quota_bytes,
+        used_bytes=0,
+        status=MailboxStatus.ACTIVE.value,
+        plan=plan,
+        contact_email=normalize_contact(contact_email),
+        created_at=created,
+        updated_at=created,
+        trial_expires_at=(
+            created + timedelta(days=int(_setting("TRIAL_DAYS", 30)))
+            if plan == Plan.TRIAL.value
+            else None
+        ),
+    )
+    mailbox.protocols = allowed
+    session.add(mailbox)
+    session.flush()
+    audit.record(
+        session, actor, "mailbox.create", full_address, domain=domain_name, after=mailbox.to_dict()
+    )
+    return mailbox
+
+
+def normalize_contact(contact_email: str | None) -> str | None:
+    if not contact_email or not contact_email.strip():
+        return None
+    local, at, domain = contact_email.strip().rpartition("@")
+    if not at or not local or "." not in domain or " " in contact_email.strip():
+        raise InvalidInput(f"{contact_email!r} is not an e-mail address", "contact_email")
+    return f"{local}@{domain.lower()}"
+
+
+def update_mailbox(
+    session: Session,
+    mailbox: Mailbox,
+    *,
+    actor: Actor,
+    quota_gb: object | None = None,
+    protocols: str | Iterable[str] | None = None,
+    status: str | None = None,
+    plan: str | None = None,
+    password: str | None = None,
+    contact_email: str | None = None,
+) -> Mailbox:
+    """Change any of a mailbox's settings; all are checked before any is applied."""
+    before = mailbox.to_dict()
+    changes: dict[str, Any] = {}
+    if quota_gb is not None:
+        new_quota = quota.quota_bytes_from_gb(quota_gb)
+        if new_quota < mailbox.used_bytes:
+            raise InvalidInput(
+                f"quota cannot go below what the mailbox already holds "
+                f"({quota.format_gb(round(mailbox.used_bytes / quota.GIB, 2))} GB)",
+                "quota_gb",
+            )
+        changes["quota_bytes"] = new_quota
+    if protocols is not None:
+        changes["protocols"] = parse_protocols(protocols)
+    if status is not None:
+        try:
+            changes["status"] = MailboxStatus(status.strip().lower()).value
+        except ValueError:
+            raise InvalidInput(
+                f"unknown status {status!r}: active or suspended", "status"
+            ) from None
+    if plan is not None:
+        try:
+            changes["plan"] = Plan(plan.strip().lower()).value
+        except ValueError:
+            raise InvalidInput(f"unknown plan {plan!r}: trial or paid", "plan") from None
+    if password is not None:
+        auth.check_password_policy(password, address=mailbox.address)
+        changes["password_hash"] = auth.hash_password(password)
+    if contact_email is not None:
+        changes["contact_email"] = normalize_contact(contact_email)
+
+    if "plan" in changes and changes["plan"] != mailbox.plan:
+        if changes["plan"] == Plan.PAID.value:
+            mailbox.trial_expires_at = None
+            if mailbox.status == MailboxStatus.EXPIRED.value and "status" not in changes:
+                changes["status"] = MailboxStatus.ACTIVE.value
+        else:
+            mailbox.trial_expires_at = now() + timedelta(days=int(_setting("TRIAL_DAYS", 30)))
+    for name, value in changes.items():
+        setattr(mailbox, name, value)
+    mailbox.updated_at = now()
+    session.flush()
+    after = mailbox.to_dict()
+    action = "mailbox.password" if set(changes) == {"password_hash"} else "mailbox.update"
+    audit.record(
+        session,
+        actor,
+        action,
+        mailbox.address,
+        domain=mailbox.domain.name,
+        before=before,
+        after=after,
+    )
+    return mailbox
+
+
+def delete_mailbox(session: Session, mailbox: Mailbox, *, actor: Actor) -> None:
+    """Delete the mailbox and its aliases from the database."""
+    before = mailbox.to_dict()
+    domain_name = mailbox.domain.name
+    for alias in list(mailbox.aliases):
+        session.delete(alias)
+    session.delete(mailbox)
+    session.flush()
+    audit.record(
+        session, actor, "mailbox.delete", before["address"], domain=domain_name, before=before
+    )
+
+
+# --- aliases -------------------------------------------------------------------------------
+
+
+def get_alias(session: Session, address: str) -> Alias:
+    alias = session.scalar(select(Alias).where(Alias.address == address.strip().lower()))
+    if alias is None:
+        raise NotFound(f"alias {address.strip()} does not exist", "address")
+    return alias
+
+
+def create_alias(session: Session, address: str, mailbox: Mailbox, *, actor: Actor) -> Alias:
+    """Add an address in a hosted domain that delivers to `mailbox` and that it may send as."""
+    local_part, domain_name = split_address(address)
+    full_address = f"{local_part}@{domain_name}"
+    domain = session.scalar(select(Domain).where(Domain.name == domain_name))
+    if domain is None:
+        raise NotFound(f"domain {domain_name} is not hosted here", "address")
+    taken = _address_taken(session, full_address)
+    if taken:
+        raise AlreadyExists(taken, "address")
+    alias = Alias(address=full_address, domain=domain, mailbox=mailbox, created_at=now())
+    session.add(alias)
+    session.flush()
+    audit.record(
+        session, actor, "alias.create", full_address, domain=domain_name, after=alias.to_dict()
+    )
+    return alias
+
+
+def delete_alias(session: Session, alias: Alias, *, actor: Actor) -> None:
+    before = alias.to_dict()
+    domain_name = alias.domain.name
+    session.delete(alias)
+    session.flush()
+    audit.record(
+        session, actor, "alias.delete", before["address"], domain=domain_name, before=before
+    )
+
+
+__all__ = [
+    "ProviderError",
+    "create_alias",
+    "create_domain",
+    "create_mailbox",
+    "delete_alias",
+    "delete_domain",
+    "delete_mailbox",
+    "get_alias",
+    "get_domain",
+    "get_mailbox",
+    "parse_protocols",
+    "set_domain_signup",
+    "update_mailbox",
+]

@@ -1,0 +1,117 @@
+"""Quota rules: the GB bounds, GB↔bytes, and atomic reserve/release of usage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from flask import current_app, has_app_context
+from sqlalchemy import case, update
+from sqlalchemy.orm import Session
+
+from provider.errors import QuotaOutOfRange
+from provider.models import Mailbox
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class QuotaBounds:
+    """Allowed quota range in GB (1 GB = 1024³ bytes)."""
+
+    min_gb: Decimal
+    max_gb: Decimal
+
+    @property
+    def min_bytes(self) -> int:
+        return int(self.min_gb * GIB)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_gb * GIB)
+
+    def describe(self) -> str:
+        return f"{format_gb(self.min_gb)} to {format_gb(self.max_gb)} GB"
+
+
+DEFAULT_BOUNDS = QuotaBounds(Decimal(8), Decimal(100))
+
+
+def current_bounds() -> QuotaBounds:
+    """The bounds from the running app's settings (QUOTA_MIN_GB / QUOTA_MAX_GB)."""
+    if not has_app_context():
+        return DEFAULT_BOUNDS
+    config = current_app.config
+    return QuotaBounds(Decimal(str(config["QUOTA_MIN_GB"])), Decimal(str(config["QUOTA_MAX_GB"])))
+
+
+def format_gb(value: Decimal | float | int) -> str:
+    """`8`, `12.5` — no trailing zeros."""
+    text = f"{Decimal(str(value)):f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def parse_gb(value: object) -> Decimal:
+    """Read a GB amount from a form, the CLI or JSON; raise QuotaOutOfRange if it is no number."""
+    try:
+        amount = Decimal(str(value).strip())
+    except (InvalidOperation, ValueError):
+        raise QuotaOutOfRange(f"quota must be a number of GB, not {value!r}", "quota_gb") from None
+    if not amount.is_finite():
+        raise QuotaOutOfRange(f"quota must be a number of GB, not {value!r}", "quota_gb")
+    return amount
+
+
+def quota_bytes_from_gb(value: object, bounds: QuotaBounds | None = None) -> int:
+    """Convert a GB amount to bytes, refusing anything outside the bounds."""
+    bounds = bounds or current_bounds()
+    amount = parse_gb(value)
+    if not bounds.min_gb <= amount <= bounds.max_gb:
+        raise QuotaOutOfRange(
+            f"quota must be between {format_gb(bounds.min_gb)} and {format_gb(bounds.max_gb)} GB, "
+            f"not {format_gb(amount)} GB",
+            "quota_gb",
+        )
+    return int(amount * GIB)
+
+
+def check_quota_bytes(quota_bytes: int, bounds: QuotaBounds | None = None) -> None:
+    """Refuse a byte quota outside the bounds (for callers that already hold bytes)."""
+    bounds = bounds or current_bounds()
+    if not bounds.min_bytes <= quota_bytes <= bounds.max_bytes:
+        raise QuotaOutOfRange(
+            f"quota must be between {format_gb(bounds.min_gb)} and {format_gb(bounds.max_gb)} GB, "
+            f"not {format_gb(Decimal(quota_bytes) / GIB)} GB",
+            "quota_gb",
+        )
+
+
+def reserve(session: Session, mailbox_id: int, nbytes: int) -> bool:
+    """Add `nbytes` to the mailbox's usage if it stays within quota, in one conditional UPDATE.
+
+    Returns False (and changes nothing) when the bytes do not fit. Safe under concurrency:
+    the check and the increment are one statement, so two writers can never both squeeze in.
+    """
+    if nbytes < 0:
+        raise ValueError("reserve takes a non-negative byte count")
+    result = session.execute(
+        update(Mailbox)
+        .where(Mailbox.id == mailbox_id, Mailbox.used_bytes + nbytes <= Mailbox.quota_bytes)
+        .values(used_bytes=Mailbox.used_bytes + nbytes)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def release(session: Session, mailbox_id: int, nbytes: int) -> None:
+    """Give back `nbytes` of usage (after an expunge), never going below zero."""
+    if nbytes < 0:
+        raise ValueError("release takes a non-negative byte count")
+    session.execute(
+        update(Mailbox)
+        .where(Mailbox.id == mailbox_id)
+        .values(
+            used_bytes=case((Mailbox.used_bytes >= nbytes, Mailbox.used_bytes - nbytes), else_=0)
+        )
+        .execution_options(synchronize_session=False)
+    )

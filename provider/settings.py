@@ -1,0 +1,106 @@
+"""Settings: config/ defaults, then the PROVIDER_CONFIG file, PROVIDER_* env, then tests."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = PROJECT_ROOT / "config" / "defaults.toml"
+ENV_PREFIX = "PROVIDER_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value of the wrong type or an unknown name."""
+
+
+def _coerce(key: str, raw: str, default: Any) -> Any:
+    """Turn an environment string into the type of the setting's default."""
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{ENV_PREFIX}{key} must be true or false, not {raw!r}")
+    if isinstance(default, int | float):
+        try:
+            number = float(raw)
+        except ValueError:
+            raise SettingsError(f"{ENV_PREFIX}{key} must be a number, not {raw!r}") from None
+        return int(number) if isinstance(default, int) and number.is_integer() else number
+    return raw
+
+
+def load_settings(
+    test_config: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Return every setting, layered: defaults → PROVIDER_CONFIG file → PROVIDER_* env → tests."""
+    environ = os.environ if environ is None else environ
+    with DEFAULTS_FILE.open("rb") as handle:
+        defaults: dict[str, Any] = tomllib.load(handle)
+    settings = dict(defaults)
+
+    config_file = environ.get(f"{ENV_PREFIX}CONFIG")
+    if config_file:
+        try:
+            with open(config_file, "rb") as handle:
+                from_file = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(
+                f"cannot read {ENV_PREFIX}CONFIG file {config_file}: {exc}"
+            ) from exc
+        unknown = sorted(set(from_file) - set(defaults))
+        if unknown:
+            raise SettingsError(f"unknown settings in {config_file}: {', '.join(unknown)}")
+        settings.update(from_file)
+
+    for key, default in defaults.items():
+        raw = environ.get(f"{ENV_PREFIX}{key}")
+        if raw is not None:
+            settings[key] = _coerce(key, raw, default)
+
+    if test_config:
+        settings.update(test_config)
+    return _derive(settings)
+
+
+def _derive(settings: dict[str, Any]) -> dict[str, Any]:
+    """Fill the settings whose empty default means "work it out from the others"."""
+    instance_dir = Path(settings["INSTANCE_DIR"] or PROJECT_ROOT / "instance").resolve()
+    settings["INSTANCE_DIR"] = str(instance_dir)
+    if not settings["DATABASE_URL"]:
+        settings["DATABASE_URL"] = f"sqlite:///{instance_dir / 'provider.db'}"
+    settings["DATA_DIR"] = str(Path(settings["DATA_DIR"] or instance_dir).resolve())
+    if float(settings["QUOTA_MIN_GB"]) <= 0 or float(settings["QUOTA_MIN_GB"]) > float(
+        settings["QUOTA_MAX_GB"]
+    ):
+        raise SettingsError("QUOTA_MIN_GB must be above 0 and not above QUOTA_MAX_GB")
+    return settings
+
+
+def ensure_secret_key(settings: dict[str, Any]) -> str:
+    """Return SECRET_KEY, generating it once into instance/secret_key when unset."""
+    if settings["SECRET_KEY"]:
+        return str(settings["SECRET_KEY"])
+    path = Path(settings["INSTANCE_DIR"]) / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside and linked into place: two processes starting at once agree on one
+        # key, and nobody ever reads a half-written file.
+        draft = path.with_name(f".secret_key.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()

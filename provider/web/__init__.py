@@ -1,0 +1,39 @@
+"""Web front ends: blueprints, login wiring and the health check."""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlalchemy import text
+
+from provider.extensions import db, login_manager
+from provider.models import AdminUser
+
+
+@login_manager.user_loader
+def load_admin(session_id: str) -> AdminUser | None:
+    """Session ids are `<admin id>:<epoch>`: a bumped epoch voids every older cookie."""
+    admin_id, _, epoch = session_id.partition(":")
+    if not admin_id.isdigit() or not epoch.isdigit():
+        return None
+    admin = db.session.get(AdminUser, int(admin_id))
+    if admin is None or not admin.active or admin.session_epoch != int(epoch):
+        return None
+    return admin
+
+
+def register_web(app: Flask) -> None:
+    from provider.web.admin import bp as admin_bp
+
+    login_manager.login_view = "admin.login"
+    login_manager.login_message = "Please log in."
+    login_manager.login_message_category = "info"
+    app.register_blueprint(admin_bp)
+
+    @app.get("/healthz")
+    def healthz() -> tuple[str, int, dict[str, str]]:
+        try:
+            db.session.execute(text("SELECT 1"))
+        except Exception:  # any database failure means "not healthy"; the reason is logged
+            app.logger.exception("health check: database did not answer")
+            return "database unavailable\n", 503, {"Content-Type": "text/plain"}
+        return "ok\n", 200, {"Content-Type": "text/plain"}

@@ -1,0 +1,77 @@
+"""Admin login and logout, throttled per e-mail and per remote address."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import current_app, flash, redirect, render_template, request, session, url_for
+from flask_login import current_user, login_required, login_user, logout_user
+from werkzeug.wrappers import Response
+
+from provider.extensions import db
+from provider.services import admins
+from provider.services import auth as auth_service
+from provider.services.ratelimit import FailureLimiter
+from provider.web.admin import bp
+from provider.web.admin.forms import LoginForm
+
+GENERIC_FAILURE = "Wrong e-mail or password."
+TOO_MANY = "Too many failed logins. Try again later."
+
+
+def login_limiter() -> FailureLimiter:
+    limiter = current_app.extensions.get("admin_login_limiter")
+    if limiter is None:
+        limiter = FailureLimiter(
+            int(current_app.config["LOGIN_MAX_FAILURES"]),
+            float(current_app.config["LOGIN_WINDOW_SECONDS"]),
+        )
+        current_app.extensions["admin_login_limiter"] = limiter
+    return limiter
+
+
+def _safe_next(target: str | None) -> str:
+    """Only follow a `next` that stays on this site (no open redirect)."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/") and "\\" not in target:
+            return target
+    return url_for("admin.dashboard")
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response | str | tuple[str, int]:
+    if current_user.is_authenticated:
+        return redirect(url_for("admin.dashboard"))
+    form = LoginForm()
+    if form.validate_on_submit():
+        email = (form.email.data or "").strip().lower()
+        keys = (f"email:{email}", f"ip:{request.remote_addr}")
+        limiter = login_limiter()
+        if limiter.blocked(*keys):
+            return render_template("admin/login.html", form=form, error=TOO_MANY), 429
+        admin = auth_service.authenticate_admin(db.session, email, form.password.data or "")
+        if admin is None:
+            limiter.fail(*keys)
+            db.session.rollback()
+            return render_template("admin/login.html", form=form, error=GENERIC_FAILURE), 200
+        limiter.reset(keys[0])
+        admins.record_login(db.session, admin)
+        db.session.commit()
+        # A fresh session on login: nothing from before login survives (session fixation).
+        session.clear()
+        session.permanent = True
+        login_user(admin)
+        return redirect(_safe_next(request.args.get("next")))
+    return render_template("admin/login.html", form=form, error=None)
+
+
+@bp.post("/logout")
+@login_required
+def logout() -> Response:
+    admins.end_sessions(db.session, current_user)  # type: ignore[arg-type]
+    db.session.commit()
+    logout_user()
+    session.clear()
+    flash("You are logged out.", "info")
+    return redirect(url_for("admin.login"))
