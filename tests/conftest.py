@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from flask_migrate import upgrade
-from sqlalchemy import MetaData, create_engine, delete, inspect, text
+from sqlalchemy import MetaData, create_engine, delete, inspect, make_url, text
 from sqlalchemy.orm import Session
 
 from provider import create_app
@@ -38,18 +40,37 @@ def _clean_slate(url: str) -> None:
     engine.dispose()
 
 
+@contextmanager
+def _private_postgres_database(url: str) -> Iterator[str]:
+    """A throwaway database on the same server, so parallel runs never share tables."""
+    server = make_url(url)
+    name = f"provider_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    admin_engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin_engine.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin_engine.dispose()
+
+
 @pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The migrated test database: PROVIDER_TEST_DATABASE_URL, or a fresh SQLite file."""
-    url = os.environ.get("PROVIDER_TEST_DATABASE_URL") or (
-        f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
-    )
-    _clean_slate(url)
-    app = create_app(_base_config(url, tmp_path_factory.mktemp("migrate")))
-    with app.app_context():
-        upgrade(directory=app.extensions["migrate"].directory)
-        db.engine.dispose()
-    return url
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The migrated test database: a private one beside PROVIDER_TEST_DATABASE_URL, or SQLite."""
+    configured = os.environ.get("PROVIDER_TEST_DATABASE_URL")
+    with ExitStack() as stack:
+        if configured and configured.startswith("postgresql"):
+            url = stack.enter_context(_private_postgres_database(configured))
+        else:
+            url = configured or f"sqlite:///{tmp_path_factory.mktemp('db') / 'test.db'}"
+        _clean_slate(url)
+        app = create_app(_base_config(url, tmp_path_factory.mktemp("migrate")))
+        with app.app_context():
+            upgrade(directory=app.extensions["migrate"].directory)
+            db.engine.dispose()
+        yield url
 
 
 def _base_config(url: str, instance: Path) -> dict[str, Any]:
@@ -107,7 +128,9 @@ def make_domain(session: Session, name: str = "example.test", **overrides: Any) 
     return domain
 
 
-def make_mailbox(session: Session, address: str = "alice@example.test", **overrides: Any) -> Mailbox:
+def make_mailbox(
+    session: Session, address: str = "alice@example.test", **overrides: Any
+) -> Mailbox:
     """A mailbox (its domain made if missing) with 8 GB, IMAP, and MAILBOX_PASSWORD."""
     domain_name = address.rpartition("@")[2]
     if session.scalar(db.select(Domain).where(Domain.name == domain_name)) is None:

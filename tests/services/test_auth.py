@@ -1,0 +1,144 @@
+"""Password hashing, verification of imported schemes, rehash, policy and login timing."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import statistics
+import time
+
+import pytest
+from sqlalchemy import select
+
+from provider.errors import WeakPassword
+from provider.models import Mailbox
+from provider.services import auth
+from provider.services.auth import HashParams
+from tests.conftest import MAILBOX_PASSWORD, make_mailbox
+
+PARAMS = HashParams(19456, 2, 1)
+
+
+def test_hash_is_argon2id_in_dovecot_form_with_asvs_costs():
+    stored = auth.hash_password("a passphrase", PARAMS)
+    assert stored.startswith("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$")
+    assert auth.verify_password(stored, "a passphrase", PARAMS) == auth.Verification(True, None)
+
+
+def test_wrong_password_does_not_verify():
+    stored = auth.hash_password("a passphrase", PARAMS)
+    assert not auth.verify_password(stored, "a passphrasE", PARAMS).ok
+    assert not auth.verify_password(stored, "", PARAMS).ok
+
+
+def test_passwords_differing_only_at_byte_80_do_not_match():
+    long = "x" * 79
+    stored = auth.hash_password(long + "a", PARAMS)
+    assert not auth.verify_password(stored, long + "b", PARAMS).ok
+
+
+def test_weaker_argon2_hash_verifies_and_is_rehashed():
+    weak = auth.hash_password("a passphrase", HashParams(8192, 1, 1))
+    result = auth.verify_password(weak, "a passphrase", PARAMS)
+    assert result.ok
+    assert result.new_hash and result.new_hash.startswith("{ARGON2ID}$argon2id$v=19$m=19456,t=2")
+
+
+def test_stronger_argon2_hash_is_left_alone():
+    strong = auth.hash_password("a passphrase", HashParams(65536, 3, 1))
+    assert auth.verify_password(strong, "a passphrase", PARAMS) == auth.Verification(True, None)
+
+
+def _ssha512(password: str, salt: bytes) -> str:
+    digest = hashlib.sha512(password.encode() + salt).digest()
+    return "{SSHA512}" + base64.b64encode(digest + salt).decode()
+
+
+def _sha512_crypt(password: str) -> str:
+    crypt = pytest.importorskip("crypt", reason="no crypt module on this Python")
+    return "{SHA512-CRYPT}" + crypt.crypt(password, "$6$abcdefgh")
+
+
+@pytest.mark.filterwarnings("ignore:'crypt' is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(
+    "make_stored",
+    [
+        lambda: _ssha512("imported secret", b"saltsalt"),
+        lambda: "{SHA256}" + base64.b64encode(hashlib.sha256(b"imported secret").digest()).decode(),
+        lambda: "{PLAIN}imported secret",
+        lambda: _sha512_crypt("imported secret"),
+    ],
+    ids=["ssha512", "sha256", "plain", "sha512-crypt"],
+)
+def test_imported_dovecot_schemes_verify_and_are_upgraded(make_stored):
+    stored = make_stored()
+    result = auth.verify_password(stored, "imported secret", PARAMS)
+    assert result.ok
+    assert result.new_hash and result.new_hash.startswith("{ARGON2ID}")
+    assert not auth.verify_password(stored, "imported secreT", PARAMS).ok
+
+
+@pytest.mark.parametrize("stored", ["", "garbage", "{MD5}abc", "{ARGON2ID}$argon2id$broken"])
+def test_unknown_or_broken_hashes_never_verify(stored):
+    assert not auth.verify_password(stored, "anything", PARAMS).ok
+
+
+def test_overlong_password_is_refused_without_hashing():
+    stored = auth.hash_password("a" * 1024, PARAMS)
+    assert auth.verify_password(stored, "a" * 1024, PARAMS).ok
+    assert not auth.verify_password(stored, "a" * 1025, PARAMS).ok
+
+
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        ("short", "at least 8"),
+        ("1234567", "at least 8"),
+        ("password1", "too common"),
+        ("Qwerty123", "too common"),
+        ("alice@example.test", "must not be the address"),
+        ("x" * 1025, "at most 1024"),
+    ],
+)
+def test_password_policy_refuses(password, message):
+    with pytest.raises(WeakPassword, match=message):
+        auth.check_password_policy(password, address="alice@example.test", min_length=8)
+
+
+@pytest.mark.parametrize("password", ["eight ch", "a" * 64 + "ü" * 100, "Tr0ub4dor&3 but longer"])
+def test_password_policy_accepts_passphrases_without_composition_rules(password):
+    auth.check_password_policy(password, address="alice@example.test", min_length=8)
+
+
+def test_authenticate_mailbox_accepts_right_password_case_insensitive_address(session):
+    make_mailbox(session)
+    assert auth.authenticate_mailbox(session, "Alice@Example.TEST", MAILBOX_PASSWORD) is not None
+    assert auth.authenticate_mailbox(session, "alice@example.test", "wrong password!") is None
+    assert auth.authenticate_mailbox(session, "nobody@example.test", MAILBOX_PASSWORD) is None
+
+
+def test_login_rehashes_a_weak_stored_hash(session):
+    mailbox = make_mailbox(session)
+    mailbox.password_hash = auth.hash_password(MAILBOX_PASSWORD, HashParams(8192, 1, 1))
+    session.commit()
+    assert auth.authenticate_mailbox(session, mailbox.address, MAILBOX_PASSWORD)
+    session.commit()
+    stored = session.scalar(select(Mailbox.password_hash).where(Mailbox.id == mailbox.id))
+    assert stored.startswith("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$")
+
+
+def test_unknown_user_costs_as_much_as_a_wrong_password(session):
+    """Timing must not reveal whether a mailbox exists (RELIABILITY A3): medians within 25 %."""
+    make_mailbox(session)
+
+    def median_seconds(address: str) -> float:
+        samples = []
+        for _ in range(7):
+            started = time.perf_counter()
+            assert auth.authenticate_mailbox(session, address, "a wrong password") is None
+            samples.append(time.perf_counter() - started)
+        return statistics.median(samples)
+
+    known = median_seconds("alice@example.test")
+    unknown = median_seconds("nobody@example.test")
+    assert abs(known - unknown) / max(known, unknown) < 0.25
