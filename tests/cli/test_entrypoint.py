@@ -1,0 +1,131 @@
+"""The installed `provider` command as a real process: init, the contract example, serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+PROVIDER = str(Path(sys.executable).with_name("provider"))
+
+
+@pytest.fixture
+def environment(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVIDER_")}
+    env.update(
+        PROVIDER_INSTANCE_DIR=str(tmp_path / "instance"),
+        PROVIDER_ADMIN_PASSWORD="an operator passphrase",
+        PROVIDER_WEB_PORT="0",
+    )
+    return env
+
+
+def run(
+    environment: dict[str, str], *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PROVIDER, *args], input=stdin, env=environment, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_contract_example_from_a_fresh_instance(environment):
+    init = run(environment, "init")
+    assert init.returncode == 0, init.stderr
+    assert "/admin/login" in init.stdout and "admin@example.com" in init.stdout
+    assert run(environment, "domain", "add", "example.test").returncode == 0
+
+    refused = run(
+        environment,
+        "mailbox",
+        "add",
+        "a@example.test",
+        "--quota-gb",
+        "7",
+        "--protocols",
+        "pop3",
+        "--password-stdin",
+        stdin="a long passphrase\n",
+    )
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr.strip().count("\n") == 0 and "between 8 and 100 GB" in refused.stderr
+
+    created = run(
+        environment,
+        "mailbox",
+        "add",
+        "a@example.test",
+        "--quota-gb",
+        "8",
+        "--protocols",
+        "pop3",
+        "--password-stdin",
+        stdin="a long passphrase\n",
+    )
+    assert created.returncode == 0, created.stderr
+    shown = run(environment, "mailbox", "show", "a@example.test", "--json")
+    record = json.loads(shown.stdout)
+    assert record["quota_bytes"] == 8589934592 and record["protocols"] == ["pop3"]
+    assert run(environment, "mailbox", "show", "b@example.test").returncode == 1
+
+
+def test_bad_setting_is_one_line_and_exit_1(environment):
+    environment["PROVIDER_WEB_PORT"] = "web"
+    result = run(environment, "domain", "list")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "Error: PROVIDER_WEB_PORT must be a number, not 'web'"
+
+
+def _read_until(process: subprocess.Popen[str], marker: str, deadline: float) -> list[str]:
+    """Lines from the process's stdout up to the one containing `marker`, within the deadline."""
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        if selector.select(timeout=max(0.0, deadline - time.monotonic())):
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if marker in line:
+                return lines
+    raise AssertionError(f"{marker!r} not printed in time; got {lines!r}")
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_answers_on_the_printed_address_and_stops_on_signal(environment, stop_signal):
+    assert run(environment, "init").returncode == 0
+    process = subprocess.Popen(
+        [PROVIDER, "serve", "--services", "web,scheduler"],
+        env={**environment, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = _read_until(process, "ready", time.monotonic() + 30)
+        [web_line] = [line for line in lines if line.startswith("web: ")]
+        login_url = web_line.split()[1]
+        assert login_url.startswith("http://127.0.0.1:") and login_url.endswith("/admin/login")
+        with urllib.request.urlopen(login_url, timeout=10) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(
+            login_url.replace("/admin/login", "/healthz"), timeout=10
+        ) as response:
+            assert response.read() == b"ok\n"
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=20) == 0
+        assert "stopped" in process.stdout.read()  # type: ignore[union-attr]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -1,0 +1,80 @@
+"""Settings layering: defaults → PROVIDER_CONFIG file → PROVIDER_* env → test mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from provider import create_app
+from provider.settings import SettingsError, ensure_secret_key, load_settings
+
+
+def test_defaults_are_the_documented_ones(tmp_path):
+    settings = load_settings(environ={"PROVIDER_INSTANCE_DIR": str(tmp_path)})
+    assert settings["BIND_HOST"] == "127.0.0.1"
+    assert (settings["WEB_PORT"], settings["IMAP_PORT"], settings["IMAPS_PORT"]) == (
+        5000,
+        1143,
+        1993,
+    )
+    assert (settings["POP3_PORT"], settings["POP3S_PORT"]) == (1110, 1995)
+    assert (settings["LMTP_PORT"], settings["SMTP_PORT"]) == (2424, 2525)
+    assert (settings["QUOTA_MIN_GB"], settings["QUOTA_MAX_GB"]) == (8, 100)
+    assert settings["DATABASE_URL"] == f"sqlite:///{tmp_path / 'provider.db'}"
+    assert settings["DATA_DIR"] == str(tmp_path)
+
+
+def test_each_layer_overrides_the_one_before(tmp_path):
+    config_file = tmp_path / "provider.toml"
+    config_file.write_text('WEB_PORT = 6000\nIMAP_PORT = 6143\nBIND_HOST = "0.0.0.0"\n')
+    environ = {
+        "PROVIDER_CONFIG": str(config_file),
+        "PROVIDER_IMAP_PORT": "7143",
+        "PROVIDER_QUOTA_MIN_GB": "0.0001",
+        "PROVIDER_COOKIE_SECURE": "false",
+        "PROVIDER_INSTANCE_DIR": str(tmp_path),
+    }
+    settings = load_settings({"BIND_HOST": "127.0.0.2"}, environ=environ)
+    assert settings["WEB_PORT"] == 6000  # file
+    assert settings["IMAP_PORT"] == 7143  # env beats file
+    assert settings["BIND_HOST"] == "127.0.0.2"  # test mapping beats all
+    assert settings["QUOTA_MIN_GB"] == 0.0001 and settings["COOKIE_SECURE"] is False
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"PROVIDER_WEB_PORT": "http"}, "must be a number"),
+        ({"PROVIDER_COOKIE_SECURE": "maybe"}, "true or false"),
+        ({"PROVIDER_QUOTA_MIN_GB": "0"}, "QUOTA_MIN_GB"),
+        ({"PROVIDER_QUOTA_MIN_GB": "200"}, "QUOTA_MIN_GB"),
+        ({"PROVIDER_CONFIG": "/nonexistent/provider.toml"}, "cannot read"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_clear_message(environ, message):
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ=environ)
+
+
+def test_unknown_key_in_config_file_is_refused(tmp_path: Path):
+    config_file = tmp_path / "provider.toml"
+    config_file.write_text("WEB_PROT = 1\n")
+    with pytest.raises(SettingsError, match="WEB_PROT"):
+        load_settings(environ={"PROVIDER_CONFIG": str(config_file)})
+
+
+def test_secret_key_is_generated_once_and_kept(tmp_path):
+    settings = load_settings({"INSTANCE_DIR": str(tmp_path)}, environ={})
+    first = ensure_secret_key(settings)
+    assert len(first) >= 40
+    assert ensure_secret_key(settings) == first
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_app_uses_secure_cookie_settings(tmp_path):
+    app = create_app({"INSTANCE_DIR": str(tmp_path)})
+    assert app.config["SESSION_COOKIE_NAME"] == "__Host-session"
+    assert app.config["SESSION_COOKIE_SECURE"] and app.config["SESSION_COOKIE_HTTPONLY"]
+    assert app.config["SESSION_COOKIE_SAMESITE"] == "Lax"
+    assert app.config["SECRET_KEY"] == (tmp_path / "secret_key").read_text().strip()
