@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -84,48 +86,59 @@ def test_bad_setting_is_one_line_and_exit_1(environment):
     assert result.stderr.strip() == "Error: PROVIDER_WEB_PORT must be a number, not 'web'"
 
 
-def _read_until(process: subprocess.Popen[str], marker: str, deadline: float) -> list[str]:
-    """Lines from the process's stdout up to the one containing `marker`, within the deadline."""
-    assert process.stdout is not None
-    selector = selectors.DefaultSelector()
-    selector.register(process.stdout, selectors.EVENT_READ)
-    lines: list[str] = []
-    while time.monotonic() < deadline:
-        if selector.select(timeout=max(0.0, deadline - time.monotonic())):
-            line = process.stdout.readline()
-            if not line:
+class LineReader:
+    """Collects a process's output lines on a thread, so waiting for one has a real deadline."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        assert process.stdout is not None
+        self._thread = threading.Thread(target=self._pump, args=(process.stdout,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def until(self, marker: str, seconds: float) -> list[str]:
+        """Lines up to and including the first that contains `marker`."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
                 break
-            lines.append(line)
+            self.seen.append(line)
             if marker in line:
-                return lines
-    raise AssertionError(f"{marker!r} not printed in time; got {lines!r}")
+                return self.seen
+        raise AssertionError(f"{marker!r} not printed in {seconds} s; got {self.seen!r}")
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
 def test_serve_answers_on_the_printed_address_and_stops_on_signal(environment, stop_signal):
     assert run(environment, "init").returncode == 0
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [PROVIDER, "serve", "--services", "web,scheduler"],
         env={**environment, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-    )
-    try:
-        lines = _read_until(process, "ready", time.monotonic() + 30)
-        [web_line] = [line for line in lines if line.startswith("web: ")]
-        login_url = web_line.split()[1]
-        assert login_url.startswith("http://127.0.0.1:") and login_url.endswith("/admin/login")
-        with urllib.request.urlopen(login_url, timeout=10) as response:
-            assert response.status == 200
-        with urllib.request.urlopen(
-            login_url.replace("/admin/login", "/healthz"), timeout=10
-        ) as response:
-            assert response.read() == b"ok\n"
-        process.send_signal(stop_signal)
-        assert process.wait(timeout=20) == 0
-        assert "stopped" in process.stdout.read()  # type: ignore[union-attr]
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    ) as process:
+        try:
+            output = LineReader(process)
+            lines = output.until("ready", 30)
+            [web_line] = [line for line in lines if line.startswith("web: ")]
+            login_url = web_line.split()[1]
+            assert login_url.startswith("http://127.0.0.1:") and login_url.endswith("/admin/login")
+            with urllib.request.urlopen(login_url, timeout=10) as response:
+                assert response.status == 200
+            health_url = login_url.replace("/admin/login", "/healthz")
+            with urllib.request.urlopen(health_url, timeout=10) as response:
+                assert response.read() == b"ok\n"
+            process.send_signal(stop_signal)
+            assert process.wait(timeout=20) == 0
+            assert output.until("stopped", 5)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
