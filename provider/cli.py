@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,12 +13,13 @@ from typing import Any
 import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from provider.errors import ProviderError
 from provider.extensions import db
-from provider.models import Alias, Domain, Mailbox
-from provider.services import admins, provisioning
+from provider.models import Domain, Mailbox
+from provider.services import admins, provisioning, reports
 from provider.services.audit import CLI_ACTOR
 from provider.services.quota import format_gb
 from provider.settings import SettingsError
@@ -48,6 +50,15 @@ def read_password(from_stdin: bool) -> str | None:
     if not line:
         raise click.ClickException("no password on standard input")
     return line
+
+
+def password_or_generated(from_stdin: bool) -> tuple[str, str | None]:
+    """The password from stdin, or a strong made-up one (returned second, to print once)."""
+    given = read_password(from_stdin)
+    if given is not None:
+        return given, None
+    generated = secrets.token_urlsafe(12)
+    return generated, generated
 
 
 # --- init / serve --------------------------------------------------------------------------
@@ -232,12 +243,7 @@ def mailbox_add(
     as_json: bool,
 ) -> None:
     """Create a mailbox. Without --password-stdin a password is made up and printed once."""
-    import secrets
-
-    password = read_password(password_stdin)
-    generated = None
-    if password is None:
-        password = generated = secrets.token_urlsafe(12)
+    password, generated = password_or_generated(password_stdin)
     with committing():
         mailbox = provisioning.create_mailbox(
             db.session,
@@ -314,12 +320,13 @@ def mailbox_show(address: str, as_json: bool) -> None:
 @json_option
 def mailbox_list(domain: str | None, search: str | None, as_json: bool) -> None:
     """List mailboxes."""
-    query = select(Mailbox).order_by(Mailbox.address)
+    domain_ids = None
     if domain:
         with committing():
-            query = query.where(Mailbox.domain_id == provisioning.get_domain(db.session, domain).id)
-    if search:
-        query = query.where(Mailbox.address.contains(search.strip().lower(), autoescape=True))
+            domain_ids = {provisioning.get_domain(db.session, domain).id}
+    query = reports.mailbox_select(search=search, domain_ids=domain_ids).options(
+        selectinload(Mailbox.domain), selectinload(Mailbox.aliases)
+    )
     records = [mailbox.to_dict() for mailbox in db.session.scalars(query)]
     emit(records, as_json, lambda rs: "\n".join(map(_mailbox_line, rs)) or "no mailboxes")
 
@@ -359,15 +366,7 @@ def alias_add(address: str, mailbox: str, as_json: bool) -> None:
 @json_option
 def alias_list(search: str | None, as_json: bool) -> None:
     """List aliases."""
-    query = select(Alias).order_by(Alias.address)
-    if search:
-        term = search.strip().lower()
-        query = query.join(Alias.mailbox).where(
-            or_(
-                Alias.address.contains(term, autoescape=True),
-                Mailbox.address.contains(term, autoescape=True),
-            )
-        )
+    query = reports.alias_select(search=search)
     records = [alias.to_dict() for alias in db.session.scalars(query)]
     emit(
         records,
@@ -404,14 +403,9 @@ def admin_add(
     email: str, superadmin: bool, domains: tuple[str, ...], password_stdin: bool, as_json: bool
 ) -> None:
     """Create an admin: a superadmin, or a domain admin limited to --domain."""
-    import secrets
-
     if superadmin and domains:
         raise click.ClickException("a superadmin manages every domain; drop --domain")
-    password = read_password(password_stdin)
-    generated = None
-    if password is None:
-        password = generated = secrets.token_urlsafe(12)
+    password, generated = password_or_generated(password_stdin)
     with committing():
         chosen = [provisioning.get_domain(db.session, name) for name in domains]
         admin = admins.create_admin(
@@ -438,12 +432,7 @@ def admin_add(
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 def admin_password(email: str, password_stdin: bool) -> None:
     """Set an admin's password (made up and printed when not read from stdin)."""
-    import secrets
-
-    password = read_password(password_stdin)
-    generated = None
-    if password is None:
-        password = generated = secrets.token_urlsafe(12)
+    password, generated = password_or_generated(password_stdin)
     with committing():
         admin = admins.get_admin(db.session, email)
         admins.set_admin_password(db.session, admin, password, actor=CLI_ACTOR)

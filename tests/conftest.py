@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, g
 from flask.testing import FlaskClient, FlaskCliRunner
 from flask_migrate import upgrade
 from sqlalchemy import MetaData, create_engine, delete, inspect, make_url, text
@@ -96,6 +96,14 @@ def app_config(database_url: str, tmp_path: Path) -> dict[str, Any]:
 @pytest.fixture
 def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     app = create_app(app_config)
+
+    # The test holds one app context open and test-client requests reuse it; empty `g` after
+    # each request so nothing (Flask-Login's user, the CSRF token) leaks into the next one, as
+    # it never would between real requests.
+    @app.teardown_request
+    def fresh_g(_error: BaseException | None) -> None:
+        vars(g).clear()
+
     with app.app_context():
         yield app
         db.session.rollback()

@@ -276,9 +276,11 @@ def update_mailbox(
             mailbox.trial_expires_at = now() + timedelta(days=int(_setting("TRIAL_DAYS", 30)))
     for name, value in changes.items():
         setattr(mailbox, name, value)
+    after = mailbox.to_dict()
+    if after == before and "password_hash" not in changes:
+        return mailbox  # a form saved unchanged: nothing to record
     mailbox.updated_at = now()
     session.flush()
-    after = mailbox.to_dict()
     action = "mailbox.password" if set(changes) == {"password_hash"} else "mailbox.update"
     audit.record(
         session,

@@ -332,3 +332,12 @@ def test_alias_delete_is_audited(session):
     session.commit()
     assert count(session, Alias) == 0
     assert [e.target for e in events(session, "alias.delete")] == ["info@example.test"]
+
+
+def test_an_update_that_changes_nothing_is_not_audited(session):
+    mailbox = make_mailbox(session, protocols="imap")
+    provisioning.update_mailbox(
+        session, mailbox, actor=TEST_ACTOR, quota_gb="8", protocols="imap", plan="paid"
+    )
+    session.commit()
+    assert events(session, "mailbox.update") == []

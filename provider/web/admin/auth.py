@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import current_app, flash, redirect, render_template, request, session, url_for
-from flask_login import current_user, login_required, login_user, logout_user
+from flask_login import current_user, login_user, logout_user
 from werkzeug.wrappers import Response
 
 from provider.extensions import db
@@ -13,6 +13,7 @@ from provider.services import admins
 from provider.services import auth as auth_service
 from provider.services.ratelimit import FailureLimiter
 from provider.web.admin import bp
+from provider.web.admin.access import current_admin
 from provider.web.admin.forms import LoginForm
 
 GENERIC_FAILURE = "Wrong e-mail or password."
@@ -20,6 +21,7 @@ TOO_MANY = "Too many failed logins. Try again later."
 
 
 def login_limiter() -> FailureLimiter:
+    """The app's one limiter of failed admin logins (per e-mail and per address buckets)."""
     limiter = current_app.extensions.get("admin_login_limiter")
     if limiter is None:
         limiter = FailureLimiter(
@@ -41,6 +43,7 @@ def _safe_next(target: str | None) -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Response | str | tuple[str, int]:
+    """Check the credentials; a blocked e-mail or address gets a generic 429."""
     if current_user.is_authenticated:
         return redirect(url_for("admin.dashboard"))
     form = LoginForm()
@@ -67,9 +70,9 @@ def login() -> Response | str | tuple[str, int]:
 
 
 @bp.post("/logout")
-@login_required
 def logout() -> Response:
-    admins.end_sessions(db.session, current_user)  # type: ignore[arg-type]
+    """End every session of this admin (the epoch bump voids old cookies), then this one."""
+    admins.end_sessions(db.session, current_admin())
     db.session.commit()
     logout_user()
     session.clear()

@@ -2,11 +2,130 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flask_wtf import FlaskForm
-from wtforms import EmailField, PasswordField
-from wtforms.validators import DataRequired, Length
+from wtforms import (
+    BooleanField,
+    DateField,
+    EmailField,
+    Form,
+    PasswordField,
+    RadioField,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+)
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, Optional
+from wtforms.widgets import NumberInput
+
+PASSWORD_MAX = 1024
+ADDRESS_MAX = 320
+
+# One line each: what the choice means for the customer (shown beside the radio buttons).
+PROTOCOL_LABELS = {"imap": "IMAP only", "pop3": "POP3 only", "both": "IMAP and POP3"}
+PROTOCOL_HELP = {
+    "imap": "Mail stays on the server and every change (read, flags, folders) shows on all "
+    "devices; includes daily backups, sorting rules and identities.",
+    "pop3": "Mail is downloaded to one device and usually removed from the server; folders and "
+    "read state stay on that device; no backups.",
+    "both": "Either kind of client works; backups and IMAP features cover what stays on the "
+    "server.",
+}
+PLAN_LABELS = {"paid": "Paid", "trial": "Trial"}
+PROTOCOLS_REQUIRED = "Choose how the customer reads mail: IMAP, POP3 or both."
+
+
+def choices(labels: Mapping[Any, str]) -> list[SelectChoice]:
+    """Choices of a select or radio field from {value: label}, in the mapping's order."""
+    return [SelectChoice(value, label) for value, label in labels.items()]
+
+
+def _quota_field() -> StringField:
+    # Kept as text for the service to parse: the bounds and the number format are its rule,
+    # so a refusal reads the same on the web, the CLI and the API.
+    return StringField(
+        "Quota (GB)",
+        validators=[DataRequired(message="Enter a quota in GB."), Length(max=32)],
+        widget=NumberInput(step="any"),
+    )
 
 
 class LoginForm(FlaskForm):
-    email = EmailField("E-mail", validators=[DataRequired(), Length(max=320)])
-    password = PasswordField("Password", validators=[DataRequired(), Length(max=1024)])
+    email = EmailField("E-mail", validators=[DataRequired(), Length(max=ADDRESS_MAX)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+
+
+class ConfirmForm(FlaskForm):
+    """A form with no fields: a button whose POST carries only the CSRF token."""
+
+
+class DomainForm(FlaskForm):
+    name = StringField("Domain name", validators=[DataRequired(), Length(max=253)])
+    signup_enabled = BooleanField("Open for public trial signup")
+
+
+class PasswordForm(FlaskForm):
+    password = PasswordField("New password", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+    password_confirm = PasswordField(
+        "Repeat the password",
+        validators=[DataRequired(), EqualTo("password", message="The passwords do not match.")],
+    )
+
+
+class MailboxCreateForm(PasswordForm):
+    local_part = StringField("Address", validators=[DataRequired(), Length(max=64)])
+    domain = SelectField("Domain", coerce=int, validators=[InputRequired()])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+    quota_gb = _quota_field()
+    protocols = RadioField(
+        "Protocols",
+        choices=choices(PROTOCOL_LABELS),
+        validators=[InputRequired(message=PROTOCOLS_REQUIRED)],
+    )
+    plan = RadioField(
+        "Plan", choices=choices(PLAN_LABELS), default="paid", validators=[InputRequired()]
+    )
+    contact_email = EmailField(
+        "Contact e-mail (optional)", validators=[Optional(), Length(max=ADDRESS_MAX)]
+    )
+
+
+class MailboxEditForm(FlaskForm):
+    quota_gb = _quota_field()
+    protocols = RadioField(
+        "Protocols",
+        choices=choices(PROTOCOL_LABELS),
+        validators=[InputRequired(message=PROTOCOLS_REQUIRED)],
+    )
+    plan = RadioField("Plan", choices=choices(PLAN_LABELS), validators=[InputRequired()])
+    contact_email = EmailField(
+        "Contact e-mail (optional)", validators=[Optional(), Length(max=ADDRESS_MAX)]
+    )
+
+
+class AliasForm(FlaskForm):
+    address = StringField("Alias address", validators=[DataRequired(), Length(max=ADDRESS_MAX)])
+
+
+class AdminCreateForm(PasswordForm):
+    email = EmailField("E-mail", validators=[DataRequired(), Length(max=ADDRESS_MAX)])
+    password = PasswordField("Password", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
+    superadmin = BooleanField("Superadmin (every domain, and the admin accounts)")
+    domains = SelectMultipleField("Domains (for a domain admin)", coerce=int)
+
+
+class AdminDomainsForm(FlaskForm):
+    domains = SelectMultipleField("Domains", coerce=int)
+
+
+class AuditFilterForm(Form):
+    """The audit log's filters: read from the query string, so no CSRF token (nothing changes)."""
+
+    actor = StringField("Actor", validators=[Optional(), Length(max=320)])
+    action = StringField("Action starts with", validators=[Optional(), Length(max=64)])
+    target = StringField("Target", validators=[Optional(), Length(max=320)])
+    since = DateField("From", validators=[Optional()])
+    until = DateField("To (inclusive)", validators=[Optional()])
