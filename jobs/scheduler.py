@@ -12,7 +12,7 @@ from flask import Flask
 
 @dataclass(frozen=True)
 class Job:
-    """A named job, its body (takes the app) and when it runs (a cron expression, UTC)."""
+    """A named job, its body (takes the app, returns a summary) and when it runs (cron, UTC)."""
 
     name: str
     run: Callable[[Flask], object]
@@ -20,8 +20,25 @@ class Job:
     description: str
 
 
-# Later parts (backups, trials, quota recount) add their jobs here.
-JOBS: list[Job] = []
+def _registry() -> list[Job]:
+    from jobs.quota import quota_recount
+
+    return [
+        Job(
+            "quota-recount",
+            quota_recount,
+            "30 3 * * *",
+            "Recount mailbox usage from disk, repair drift, clean old tmp/ files",
+        ),
+    ]
+
+
+# Every scheduled job, by name; `provider jobs run NAME` runs exactly these functions.
+JOBS: list[Job] = _registry()
+
+
+def get_job(name: str) -> Job | None:
+    return next((job for job in JOBS if job.name == name), None)
 
 
 def build_scheduler(app: Flask) -> BackgroundScheduler:

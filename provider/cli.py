@@ -7,6 +7,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from sqlalchemy.orm import selectinload
 from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import Domain, Mailbox
-from provider.services import admins, provisioning, reports
+from provider.services import admins, clock, provisioning, reports
 from provider.services.audit import CLI_ACTOR
 from provider.services.quota import format_gb
 from provider.settings import SettingsError
@@ -464,7 +465,67 @@ def admin_list(as_json: bool) -> None:
     )
 
 
-COMMANDS = [init_command, serve_command, domain_group, mailbox_group, alias_group, admin_group]
+# --- jobs ----------------------------------------------------------------------------------
+
+
+@click.group("jobs")
+def jobs_group() -> None:
+    """Scheduled jobs: list them, or run one now."""
+
+
+@jobs_group.command("list")
+@json_option
+def jobs_list(as_json: bool) -> None:
+    """The scheduled jobs and when they run (cron, UTC)."""
+    from jobs.scheduler import JOBS
+
+    records = [{"name": j.name, "cron": j.cron, "description": j.description} for j in JOBS]
+    emit(
+        records,
+        as_json,
+        lambda rs: "\n".join(f"{r['name']:16} {r['cron']:12} {r['description']}" for r in rs),
+    )
+
+
+@jobs_group.command("run")
+@click.argument("name")
+@click.option("--now", "as_of", default=None, help="Run as of this ISO-8601 time (UTC if no zone).")
+@json_option
+def jobs_run(name: str, as_of: str | None, as_json: bool) -> None:
+    """Run one scheduled job once, now or as of --now."""
+    from jobs.scheduler import JOBS, get_job
+
+    job = get_job(name)
+    if job is None:
+        raise click.ClickException(
+            f"unknown job {name!r}; choose from {', '.join(j.name for j in JOBS)}"
+        )
+    moment = None
+    if as_of:
+        try:
+            moment = datetime.fromisoformat(as_of)
+        except ValueError:
+            raise click.ClickException(f"--now must be an ISO-8601 time, not {as_of!r}") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if moment is None:
+        summary = job.run(app)
+    else:
+        with clock.frozen_at(moment):
+            summary = job.run(app)
+    emit(summary, as_json, lambda r: f"{name}: " + json.dumps(r, indent=2))
+
+
+COMMANDS = [
+    init_command,
+    serve_command,
+    domain_group,
+    mailbox_group,
+    alias_group,
+    admin_group,
+    jobs_group,
+]
 
 
 def register_commands(app: Flask) -> None:

@@ -60,3 +60,38 @@ class RateLimited(ProviderError):
     http_status = 429
     imap_code = "UNAVAILABLE"
     smtp_reply = "421 4.7.0"
+
+
+class UnknownRecipient(NotFound):
+    """No mailbox or alias has this address."""
+
+    smtp_reply = "550 5.1.1"
+
+
+class RelayDenied(ProviderError):
+    """A recipient outside the hosted domains: the inbound listener is never a relay."""
+
+    http_status = 403
+    smtp_reply = "550 5.7.1"
+
+
+class MailboxDisabled(ProviderError):
+    """The mailbox exists but may not receive or log in (suspended)."""
+
+    http_status = 403
+    imap_code = "CONTACTADMIN"
+    smtp_reply = "550 5.2.1"
+
+
+class MessageTooBig(ProviderError):
+    http_status = 413
+    imap_code = "TOOBIG"
+    smtp_reply = "552 5.3.4"
+
+
+class TemporaryFailure(ProviderError):
+    """Something on our side failed; nothing was written and the sender should retry."""
+
+    http_status = 503
+    imap_code = "UNAVAILABLE"
+    smtp_reply = "451 4.3.0"

@@ -10,9 +10,11 @@ import click
 from flask import Flask
 from waitress.server import create_server
 
+from provider.protocols.server import LISTENERS, ProtocolRunner
+
 KNOWN_SERVICES = ("web", "imap", "pop3", "lmtp", "smtp", "scheduler")
 # Services that later parts of the product add; asked for now, they are reported and skipped.
-NOT_YET_AVAILABLE = frozenset({"imap", "pop3", "lmtp", "smtp"})
+NOT_YET_AVAILABLE = frozenset({"imap", "pop3"})
 
 
 def run(app: Flask, services: list[str], stop: threading.Event | None = None) -> None:
@@ -55,6 +57,13 @@ def run(app: Flask, services: list[str], stop: threading.Event | None = None) ->
             stoppers.append(("scheduler", scheduler))
             click.echo(f"scheduler: {len(scheduler.get_jobs())} job(s)")
 
+        protocol_names = [name for name in services if name in LISTENERS]
+        if protocol_names:
+            runner = ProtocolRunner(app, protocol_names)
+            for bound in runner.start():
+                click.echo(f"{bound.name}: {bound.host}:{bound.port}  {bound.description}")
+            stoppers.append(("protocols", runner))
+
         for name in services:
             if name in NOT_YET_AVAILABLE:
                 click.echo(f"{name}: not available in this version, skipped")
@@ -67,6 +76,8 @@ def run(app: Flask, services: list[str], stop: threading.Event | None = None) ->
                 component.close()  # type: ignore[attr-defined]
             elif name == "scheduler":
                 component.shutdown(wait=True)  # type: ignore[attr-defined]
+            elif name == "protocols":
+                component.stop()  # type: ignore[attr-defined]
         for thread in threads:
             thread.join(timeout=10)
         click.echo("stopped")

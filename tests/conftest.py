@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -184,3 +186,15 @@ def logged_in(client: FlaskClient, admin: AdminUser) -> FlaskClient:
     response = login(client)
     assert response.status_code == 302, response.get_data(as_text=True)
     return client
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float = 10.0, interval: float = 0.01
+) -> bool:
+    """Poll `condition` until it holds or `timeout` seconds pass; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return condition()
+        threading.Event().wait(interval)
+    return True

@@ -67,6 +67,9 @@ class Mailbox(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now, onupdate=now)
     trial_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Highest usage threshold (percent) already announced to the customer; 0 = none. Lowered
+    # again when usage falls back below it, so the next crossing warns again.
+    quota_warned_percent: Mapped[int] = mapped_column(default=0, server_default="0")
 
     domain: Mapped[Domain] = relationship(back_populates="mailboxes")
     aliases: Mapped[list[Alias]] = relationship(

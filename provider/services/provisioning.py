@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from provider.errors import AlreadyExists, DomainNotEmpty, InvalidInput, NotFound, ProviderError
 from provider.models import Alias, Domain, Mailbox, MailboxStatus, Plan, Protocol
-from provider.services import audit, auth, quota
+from provider.services import audit, auth, quota, storage
+from provider.services.aftercommit import on_commit
 from provider.services.audit import Actor
 from provider.services.clock import now
 
@@ -208,6 +209,9 @@ def create_mailbox(
     mailbox.protocols = allowed
     session.add(mailbox)
     session.flush()
+    # The Maildir (INBOX and the special folders) exists before the mailbox is committed, so
+    # mail can be delivered from its first second; creating it is idempotent.
+    storage.mail_store().create(full_address)
     audit.record(
         session, actor, "mailbox.create", full_address, domain=domain_name, after=mailbox.to_dict()
     )
@@ -295,13 +299,16 @@ def update_mailbox(
 
 
 def delete_mailbox(session: Session, mailbox: Mailbox, *, actor: Actor) -> None:
-    """Delete the mailbox and its aliases from the database."""
+    """Delete the mailbox and its aliases, and its mail on disk once that is committed."""
     before = mailbox.to_dict()
     domain_name = mailbox.domain.name
+    address = mailbox.address
     for alias in list(mailbox.aliases):
         session.delete(alias)
     session.delete(mailbox)
     session.flush()
+    # The mail goes only once the deletion is committed; a rolled-back delete keeps it.
+    on_commit(session, lambda: storage.mail_store().remove(address))
     audit.record(
         session, actor, "mailbox.delete", before["address"], domain=domain_name, before=before
     )

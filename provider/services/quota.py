@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
 
 from flask import current_app, has_app_context
-from sqlalchemy import case, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from provider.errors import QuotaOutOfRange
 from provider.models import Mailbox
+from provider.services import audit
+from provider.services.audit import Actor
+
+if TYPE_CHECKING:
+    from provider.mailstore import MailStore
 
 GIB = 1024**3
 
@@ -104,7 +110,10 @@ def reserve(session: Session, mailbox_id: int, nbytes: int) -> bool:
 
 
 def release(session: Session, mailbox_id: int, nbytes: int) -> None:
-    """Give back `nbytes` of usage (after an expunge), never going below zero."""
+    """Give back `nbytes` of usage (after an expunge), never going below zero.
+
+    Warnings re-arm here: falling back below a threshold means the next crossing warns again.
+    """
     if nbytes < 0:
         raise ValueError("release takes a non-negative byte count")
     session.execute(
@@ -115,3 +124,119 @@ def release(session: Session, mailbox_id: int, nbytes: int) -> None:
         )
         .execution_options(synchronize_session=False)
     )
+    update_warning_level(session, mailbox_id)
+
+
+def force_reserve(session: Session, mailbox_id: int, nbytes: int) -> None:
+    """Add usage without the limit check: for mail already promised (see services/delivery)."""
+    if nbytes < 0:
+        raise ValueError("force_reserve takes a non-negative byte count")
+    session.execute(
+        update(Mailbox)
+        .where(Mailbox.id == mailbox_id)
+        .values(used_bytes=Mailbox.used_bytes + nbytes)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# --- quota warnings ------------------------------------------------------------------------
+
+
+def warning_percents() -> list[int]:
+    """QUOTA_WARNING_PERCENTS ("80,95") as sorted integers."""
+    raw = str(current_app.config["QUOTA_WARNING_PERCENTS"]) if has_app_context() else "80,95"
+    return sorted({int(part) for part in raw.split(",") if part.strip()})
+
+
+def threshold_reached(used_bytes: int, quota_bytes: int, percents: list[int]) -> int:
+    """The highest warning percentage that usage has reached, or 0."""
+    reached = [p for p in percents if quota_bytes and used_bytes * 100 >= p * quota_bytes]
+    return max(reached, default=0)
+
+
+def update_warning_level(session: Session, mailbox_id: int) -> int | None:
+    """Move the mailbox's warned level to what usage reaches now; return a newly crossed level.
+
+    Raising the level is a conditional UPDATE, so of two deliveries crossing 80 % at once only
+    one gets 80 back (and sends the one warning). Falling below a level re-arms it.
+    """
+    row = session.execute(
+        select(Mailbox.used_bytes, Mailbox.quota_bytes, Mailbox.quota_warned_percent).where(
+            Mailbox.id == mailbox_id
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    level = threshold_reached(row.used_bytes, row.quota_bytes, warning_percents())
+    if level > row.quota_warned_percent:
+        result = session.execute(
+            update(Mailbox)
+            .where(Mailbox.id == mailbox_id, Mailbox.quota_warned_percent < level)
+            .values(quota_warned_percent=level)
+            .execution_options(synchronize_session=False)
+        )
+        return level if result.rowcount else None  # type: ignore[attr-defined]
+    if level < row.quota_warned_percent:
+        session.execute(
+            update(Mailbox)
+            .where(Mailbox.id == mailbox_id, Mailbox.quota_warned_percent > level)
+            .values(quota_warned_percent=level)
+            .execution_options(synchronize_session=False)
+        )
+    return None
+
+
+# --- recount -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UsageRepair:
+    """A mailbox whose recorded usage differed from the bytes on disk, and what it became."""
+
+    address: str
+    recorded_bytes: int
+    disk_bytes: int
+
+
+def recount_usage(session: Session, store: MailStore, *, actor: Actor) -> list[UsageRepair]:
+    """Set every mailbox's usage to the bytes its messages take on disk; report the repairs.
+
+    The correction is applied relative to the value read before the scan, so a delivery that
+    reserves its bytes while the scan runs is not undone.
+    """
+    repairs: list[UsageRepair] = []
+    mailboxes = session.execute(select(Mailbox.id, Mailbox.address).order_by(Mailbox.id)).all()
+    for mailbox_id, address in mailboxes:
+        recorded = session.scalar(select(Mailbox.used_bytes).where(Mailbox.id == mailbox_id))
+        if recorded is None:
+            continue  # deleted meanwhile
+        on_disk = store.open(address).usage_bytes() if store.exists(address) else 0
+        if on_disk == recorded:
+            continue
+        session.execute(
+            update(Mailbox)
+            .where(Mailbox.id == mailbox_id)
+            .values(
+                used_bytes=case(
+                    (
+                        Mailbox.used_bytes - recorded + on_disk >= 0,
+                        Mailbox.used_bytes - recorded + on_disk,
+                    ),
+                    else_=0,
+                )
+            )
+            .execution_options(synchronize_session=False)
+        )
+        update_warning_level(session, mailbox_id)
+        audit.record(
+            session,
+            actor,
+            "quota.repair",
+            address,
+            domain=address.rpartition("@")[2],
+            before={"used_bytes": recorded},
+            after={"used_bytes": on_disk},
+        )
+        session.commit()
+        repairs.append(UsageRepair(address, recorded, on_disk))
+    return repairs

@@ -6,12 +6,16 @@ import json
 import os
 import queue
 import signal
+import smtplib
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from subprocess import Popen
 from typing import IO
 
 import pytest
@@ -114,11 +118,11 @@ class LineReader:
         raise AssertionError(f"{marker!r} not printed in {seconds} s; got {self.seen!r}")
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_serve_answers_on_the_printed_address_and_stops_on_signal(environment, stop_signal):
-    assert run(environment, "init").returncode == 0
+@contextmanager
+def serving(environment: dict[str, str], services: str) -> Iterator[tuple[Popen[str], list[str]]]:
+    """`provider serve --services …` as a process, its startup lines once it says "ready"."""
     with subprocess.Popen(
-        [PROVIDER, "serve", "--services", "web,scheduler"],
+        [PROVIDER, "serve", "--services", services],
         env={**environment, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -126,19 +130,55 @@ def test_serve_answers_on_the_printed_address_and_stops_on_signal(environment, s
     ) as process:
         try:
             output = LineReader(process)
-            lines = output.until("ready", 30)
-            [web_line] = [line for line in lines if line.startswith("web: ")]
-            login_url = web_line.split()[1]
-            assert login_url.startswith("http://127.0.0.1:") and login_url.endswith("/admin/login")
-            with urllib.request.urlopen(login_url, timeout=10) as response:
-                assert response.status == 200
-            health_url = login_url.replace("/admin/login", "/healthz")
-            with urllib.request.urlopen(health_url, timeout=10) as response:
-                assert response.read() == b"ok\n"
-            process.send_signal(stop_signal)
-            assert process.wait(timeout=20) == 0
-            assert output.until("stopped", 5)
+            process.output = output  # type: ignore[attr-defined]
+            yield process, output.until("ready", 30)
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_serve_answers_on_the_printed_address_and_stops_on_signal(environment, stop_signal):
+    assert run(environment, "init").returncode == 0
+    with serving(environment, "web,scheduler") as (process, lines):
+        [web_line] = [line for line in lines if line.startswith("web: ")]
+        login_url = web_line.split()[1]
+        assert login_url.startswith("http://127.0.0.1:") and login_url.endswith("/admin/login")
+        with urllib.request.urlopen(login_url, timeout=10) as response:
+            assert response.status == 200
+        health_url = login_url.replace("/admin/login", "/healthz")
+        with urllib.request.urlopen(health_url, timeout=10) as response:
+            assert response.read() == b"ok\n"
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=20) == 0
+        assert process.output.until("stopped", 5)  # type: ignore[attr-defined]
+
+
+def test_serve_runs_the_delivery_listeners_and_mail_arrives(environment):
+    environment.update(PROVIDER_LMTP_PORT="0", PROVIDER_SMTP_PORT="0")
+    assert run(environment, "init").returncode == 0
+    assert run(environment, "domain", "add", "example.test").returncode == 0
+    created = run(
+        environment, "mailbox", "add", "a@example.test", "--quota-gb", "8", "--protocols", "imap"
+    )
+    assert created.returncode == 0, created.stderr
+    with serving(environment, "lmtp,smtp") as (process, lines):
+        ports = {
+            line.split(":")[0]: int(line.split()[1].rsplit(":", 1)[1])
+            for line in lines
+            if line.startswith(("lmtp:", "smtp:"))
+        }
+        assert set(ports) == {"lmtp", "smtp"}
+        mail = b"Subject: hi\r\n\r\nhello\r\n"
+        with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=10) as client:
+            client.sendmail("s@outside.test", ["a@example.test"], mail)
+        with smtplib.LMTP("127.0.0.1", ports["lmtp"], timeout=10) as client:
+            client.sendmail("s@outside.test", ["a@example.test"], mail)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    shown = json.loads(run(environment, "mailbox", "show", "a@example.test", "--json").stdout)
+    instance = Path(environment["PROVIDER_INSTANCE_DIR"])
+    inbox = instance / "mail" / "example.test" / "a" / "Maildir" / "new"
+    assert len(list(inbox.iterdir())) == 2
+    assert shown["used_bytes"] == sum(path.stat().st_size for path in inbox.iterdir())

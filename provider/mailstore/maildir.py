@@ -1,0 +1,1204 @@
+"""Maildir++ mail store that Dovecot can serve unchanged: mailboxes, folders, delivery, UIDs, flags.
+
+On disk (DESIGN.md §4)::
+
+    <root>/<domain>/<local>/Maildir/         INBOX: cur/ new/ tmp/ dovecot-uidlist dovecot-keywords
+    <root>/<domain>/<local>/Maildir/.Sent/   a folder: the same, plus an empty maildirfolder file
+    <root>/<domain>/<local>/Maildir/.A.B/    folder "A/B" (names in modified UTF-7)
+    <root>/<domain>/<local>/Maildir/dovecot-uidvalidity(.<hex>)   the UIDVALIDITY counter
+
+There are no index or cache files: the only state besides the messages is Dovecot's own control
+files (dovecot-uidlist, dovecot-keywords, dovecot-uidvalidity), and what this module keeps in
+memory is re-checked against them on every call.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import dataclasses
+import errno
+import itertools
+import logging
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provider.mailstore import keywords as kw
+from provider.mailstore import names
+from provider.mailstore.locking import DEFAULT_TIMEOUT, FolderLock, LockTimeout
+from provider.mailstore.uidlist import (
+    UIDLIST_NAME,
+    UidlistCorrupt,
+    UidlistFile,
+    UidRecord,
+    fsync_directory,
+)
+
+log = logging.getLogger(__name__)
+
+SEPARATOR = names.SEPARATOR
+INBOX = names.INBOX
+SPECIAL_USE: dict[str, str] = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+"""Folders created with every mailbox, and the RFC 6154 role LIST reports for each."""
+
+TMP_MAX_AGE = 36 * 3600
+"""tmp/ files untouched for longer than this are debris of a crashed delivery (maildir(5))."""
+
+UNSTABLE_SECONDS = 2.0
+"""A directory changed this recently may change again within the same mtime tick: re-list it."""
+
+READ_LOCK_WAIT = 0.5
+"""How long a reader waits for the lock to give UIDs to new files before leaving them for later."""
+
+UIDVALIDITY_NAME = "dovecot-uidvalidity"
+
+SYSTEM_FLAG_LETTERS: dict[str, str] = {
+    "\\Draft": "D",
+    "\\Flagged": "F",
+    "\\Answered": "R",
+    "\\Seen": "S",
+    "\\Deleted": "T",
+}
+"""IMAP system flags and their Maildir info letters (kept in ASCII order in file names).
+
+"P" (maildir's "passed") is not mapped to ``$Forwarded``: Dovecot ignores it, and so do we, but
+like Dovecot we keep it (and any other letter we do not know) when the flags change.
+``$Forwarded`` is an ordinary keyword, stored through dovecot-keywords.
+"""
+
+_LETTER_FLAGS = {letter: flag for flag, letter in SYSTEM_FLAG_LETTERS.items()}
+_FLAG_BY_FOLDED = {flag.casefold(): flag for flag in SYSTEM_FLAG_LETTERS}
+_SIZE_FIELD = re.compile(r",S=(\d+)")
+_DELIVERY_TIME = re.compile(r"^(\d+)(?:\.M(\d+))?")
+_LOCAL_PART = re.compile(r"[a-z0-9_+=-]+(\.[a-z0-9_+=-]+)*")
+_DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
+_counter = itertools.count(1)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+class MailstoreError(Exception):
+    """Base of the mail store's errors; the message is fit to show to an administrator."""
+
+
+class MailboxMissing(MailstoreError):
+    """No mailbox directory for that address (MailStore.create was never called)."""
+
+
+class FolderNotFound(MailstoreError):
+    """No folder by that name."""
+
+
+class FolderExists(MailstoreError):
+    """A folder by that name already exists."""
+
+
+class InvalidFolderName(MailstoreError, ValueError):
+    """A folder name the store refuses (the message says why), or an operation INBOX forbids."""
+
+
+class InvalidAddress(MailstoreError, ValueError):
+    """An address that cannot safely name a directory under the store's root."""
+
+
+class InvalidFlag(MailstoreError, ValueError):
+    """Not an IMAP system flag we can store, or not a valid keyword."""
+
+
+class MailstoreBusy(MailstoreError):
+    """The folder stayed locked for the whole bounded wait; try again later."""
+
+
+class TooManyKeywords(MailstoreError):
+    """A folder can name at most 26 keywords (the letters a-z in Maildir file names)."""
+
+
+class MessageNotFound(MailstoreError, KeyError):
+    """No message with that UID (any more) in the folder."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# --- values -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    uid: int
+    uidvalidity: int
+    basename: str
+    size: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class MessageInfo:
+    uid: int
+    basename: str
+    path: Path
+    size: int
+    flags: frozenset[str]
+    keywords: frozenset[str]
+    internal_date: float
+    recent: bool
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    name: str
+    special_use: str | None
+    path: Path
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """One message for Folder.deliver_many (an APPEND with several messages, COPY, restore)."""
+
+    data: bytes
+    flags: Iterable[str] = ()
+    keywords: Iterable[str] = ()
+    internal_date: float | None = None
+
+
+# --- file names ---------------------------------------------------------------------------------
+
+
+def _hostname() -> str:
+    # Dovecot's escaping, so that "/" and ":" never reach a file name.
+    return socket.gethostname().replace("/", "\\057").replace(":", "\\072")
+
+
+def unique_basename() -> str:
+    """``<secs>.M<usecs>P<pid>Q<counter>.<hostname>``: unique per host, process and call."""
+    secs, usecs = divmod(time.time_ns() // 1000, 1_000_000)
+    return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{_hostname()}"
+
+
+def virtual_size(data: bytes) -> int:
+    """Size with every bare LF counted as CRLF (Dovecot's W=, the IMAP RFC822.SIZE)."""
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def info_letters(flags: Iterable[str], keyword_letters: Iterable[str] = ()) -> str:
+    """The letters after ``:2,`` for system flags and keyword letters, in ASCII order."""
+    return "".join(sorted(set(_system_letters(flags)) | set(keyword_letters)))
+
+
+@dataclass(frozen=True)
+class _Entry:
+    subdir: str
+    filename: str
+    basename: str
+    letters: str
+    size: int | None
+
+
+def _parse_filename(subdir: str, filename: str) -> _Entry:
+    basename, _, info = filename.partition(":")
+    letters = info[2:].split(",", 1)[0] if info.startswith("2,") else ""
+    size = _SIZE_FIELD.search(basename)
+    return _Entry(subdir, filename, basename, letters, int(size.group(1)) if size else None)
+
+
+def _delivery_order(basename: str) -> tuple[int, int, str]:
+    """Sort key for files that need UIDs: delivery time from the name, then the name."""
+    match = _DELIVERY_TIME.match(basename)
+    if match is None:
+        return (2**63, 0, basename)
+    return (int(match.group(1)), int(match.group(2) or 0), basename)
+
+
+def _system_letters(flags: Iterable[str]) -> list[str]:
+    if isinstance(flags, str):
+        raise InvalidFlag("flags must be a collection of flag names, not one string")
+    letters = []
+    for flag in flags:
+        known = _FLAG_BY_FOLDED.get(str(flag).casefold())
+        if known is None:
+            if str(flag).startswith("\\"):
+                raise InvalidFlag(f"{flag} is not a flag that can be stored")
+            raise InvalidFlag(f"{flag!r} is not a system flag; pass keywords separately")
+        letters.append(SYSTEM_FLAG_LETTERS[known])
+    return letters
+
+
+def _checked_keywords(keywords: Iterable[str]) -> list[str]:
+    if isinstance(keywords, str):
+        raise InvalidFlag("keywords must be a collection of names, not one string")
+    result: list[str] = []
+    for keyword in keywords:
+        try:
+            kw.check_keyword(keyword)
+        except ValueError as error:
+            raise InvalidFlag(str(error)) from error
+        if keyword.casefold() not in {k.casefold() for k in result}:
+            result.append(keyword)
+    return result
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+# --- per-folder cache shared by every Folder object on the same directory in this process --------
+
+
+@dataclass(eq=False)
+class _FolderState:
+    path: Path
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    held: FolderLock | None = None
+    uidlist: UidlistFile = field(init=False)
+    keywords: kw.KeywordFile = field(init=False)
+    # Directory listings, re-read only when a directory's mtime moved (or was too recent).
+    listing: dict[str, dict[str, _Entry]] = field(default_factory=lambda: {"new": {}, "cur": {}})
+    dir_signature: dict[str, tuple[int, int] | None] = field(
+        default_factory=lambda: {"new": None, "cur": None}
+    )
+    dir_stable: dict[str, bool] = field(default_factory=lambda: {"new": False, "cur": False})
+    by_basename: dict[str, _Entry] = field(default_factory=dict)
+    listing_version: int = 0
+    # What changed in the listings since the last build: additions alone allow an append.
+    added: set[str] = field(default_factory=set)
+    removed: bool = False
+    # The built result, and what it was built from.
+    infos: list[MessageInfo] = field(default_factory=list)
+    by_uid: dict[int, MessageInfo] = field(default_factory=dict)
+    built_from: dict[int, _Entry] = field(default_factory=dict)
+    built: tuple[object, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.uidlist = UidlistFile(self.path / UIDLIST_NAME)
+        self.keywords = kw.KeywordFile(self.path / kw.KEYWORDS_NAME)
+
+
+_STATES: OrderedDict[str, _FolderState] = OrderedDict()
+_STATES_LOCK = threading.Lock()
+_MAX_STATES = 256
+
+
+def _state_for(path: Path) -> _FolderState:
+    key = str(path)
+    with _STATES_LOCK:
+        state = _STATES.get(key)
+        if state is None:
+            state = _STATES[key] = _FolderState(path)
+        _STATES.move_to_end(key)
+        while len(_STATES) > _MAX_STATES:
+            _STATES.popitem(last=False)
+        return state
+
+
+def _forget_states(path: Path) -> None:
+    prefix = str(path)
+    with _STATES_LOCK:
+        for key in [k for k in _STATES if k == prefix or k.startswith(prefix + os.sep)]:
+            del _STATES[key]
+
+
+def forget_cached_state() -> None:
+    """Drop every folder's in-memory cache, as a restarted process would have none."""
+    with _STATES_LOCK:
+        _STATES.clear()
+
+
+class _Moved(Exception):
+    """A file was renamed between listing and stat: list again."""
+
+
+# --- folders ------------------------------------------------------------------------------------
+
+
+class Folder:
+    """One Maildir folder: its messages, their UIDs (dovecot-uidlist) and flags (file names)."""
+
+    def __init__(self, maildir: Maildir, name: str, path: Path) -> None:
+        self.name = name
+        self.path = path
+        self._maildir = maildir
+        self._state = _state_for(path)
+
+    def __repr__(self) -> str:
+        return f"Folder({self.name!r}, {str(self.path)!r})"
+
+    @property
+    def uidvalidity(self) -> int:
+        with self._state.lock:
+            self._sync()
+            return self._state.uidlist.uidvalidity
+
+    @property
+    def uidnext(self) -> int:
+        with self._state.lock:
+            self._sync()
+            return self._state.uidlist.next_uid
+
+    # --- reading
+
+    def messages(self) -> list[MessageInfo]:
+        """Every message, by ascending UID. Files without a UID get one now; vanished ones drop
+        out. Cheap when nothing changed: a few stat() calls and a list copy."""
+        with self._state.lock:
+            self._sync()
+            return list(self._state.infos)
+
+    def get(self, uid: int) -> MessageInfo:
+        with self._state.lock:
+            self._sync()
+            info = self._state.by_uid.get(uid)
+        if info is None:
+            raise MessageNotFound(f"no message with UID {uid} in {self.name}")
+        return info
+
+    def read(self, uid: int) -> bytes:
+        """The message exactly as stored (it may have moved since the last listing: retried)."""
+        for attempt in range(4):
+            with self._state.lock:
+                if attempt or self._state.built is None:
+                    self._sync(force=attempt > 1)
+                info = self._state.by_uid.get(uid)
+            if info is None:
+                if attempt == 0:
+                    continue
+                break
+            try:
+                return info.path.read_bytes()
+            except FileNotFoundError:
+                continue
+        raise MessageNotFound(f"no message with UID {uid} in {self.name}")
+
+    # --- writing
+
+    def deliver(
+        self,
+        data: bytes,
+        *,
+        flags: Iterable[str] = (),
+        keywords: Iterable[str] = (),
+        internal_date: float | None = None,
+    ) -> StoredMessage:
+        """Store one message crash-safely (RELIABILITY D1) and give it the next UID.
+
+        tmp/<unique> → write, fsync → take the folder lock → hard link into new/ (cur/ when
+        flags or keywords are given; never over an existing name) → fsync the directory →
+        append its UID to dovecot-uidlist, fsynced → release. If any step fails, nothing is left
+        in new/, cur/ or the uidlist, and the exception propagates.
+        """
+        [stored] = self.deliver_many(
+            [IncomingMessage(data, flags=flags, keywords=keywords, internal_date=internal_date)]
+        )
+        return stored
+
+    def deliver_many(self, messages: Iterable[IncomingMessage]) -> list[StoredMessage]:
+        """Store several messages all or nothing (RFC 3501 §6.3.11 / §6.4.7, RELIABILITY P6);
+        they get consecutive ascending UIDs, in order."""
+        prepared: list[tuple[bytes, list[str], list[str], float | None]] = []
+        for message in messages:
+            if not isinstance(message.data, bytes | bytearray | memoryview):
+                raise TypeError("message data must be bytes")
+            prepared.append(
+                (
+                    bytes(message.data),
+                    _system_letters(message.flags),
+                    _checked_keywords(message.keywords),
+                    message.internal_date,
+                )
+            )
+        if not prepared:
+            return []
+        letters_by_keyword = self._keyword_letters([k for p in prepared for k in p[2]])
+        created: list[Path] = []
+        try:
+            plan: list[tuple[Path, str, str | None, int]] = []
+            for data, flag_letters, names_, internal_date in prepared:
+                temp, base = self._write_temp(data, internal_date)
+                created.append(temp)
+                letters = None
+                if flag_letters or names_:
+                    keyword_letters = [letters_by_keyword[n.casefold()] for n in names_]
+                    letters = "".join(sorted(set(flag_letters) | set(keyword_letters)))
+                basename = f"{base},S={len(data)},W={virtual_size(data)}"
+                plan.append((temp, basename, letters, len(data)))
+            # Files enter new/ and cur/ only under the lock, as in Dovecot's maildir-save.c:
+            # otherwise another process could number (and even expunge) a message whose
+            # delivery has not returned yet.
+            with self._state.lock, self._lock():
+                placed: list[tuple[Path, str, int]] = []
+                for temp, basename, letters, size in plan:
+                    final, basename = self._place(temp, basename, letters)
+                    created.append(final)
+                    placed.append((final, basename, size))
+                for directory in sorted({final.parent for final, _, _ in placed}):
+                    fsync_directory(directory)
+                uids, uidvalidity = self._assign_uids([basename for _, basename, _ in placed])
+        except BaseException:
+            for path in created:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
+        return [
+            StoredMessage(uid, uidvalidity, basename, size, final)
+            for uid, (final, basename, size) in zip(uids, placed, strict=True)
+        ]
+
+    def set_flags(
+        self, uid: int, flags: Iterable[str], keywords: Iterable[str] = ()
+    ) -> MessageInfo:
+        """Replace the message's flags and keywords (a rename within cur/, or new/ → cur/).
+
+        Letters we do not know ("P", or keyword letters without a name) are kept, as Dovecot
+        keeps them.
+        """
+        system = _system_letters(flags)
+        wanted = _checked_keywords(keywords)
+        letters_by_keyword = self._keyword_letters(wanted)
+        keyword_letters = {letters_by_keyword[name.casefold()] for name in wanted}
+        state = self._state
+        with state.lock:
+            for attempt in range(5):
+                if attempt or state.built is None:
+                    self._sync(force=attempt > 1)
+                info = state.by_uid.get(uid)
+                if info is None:
+                    if attempt == 0:
+                        continue
+                    break
+                old = _parse_filename("new" if info.recent else "cur", info.path.name)
+                named = {kw.letter(index) for index in state.keywords.names}
+                kept = {c for c in old.letters if c not in _LETTER_FLAGS and c not in named}
+                letters = "".join(sorted(set(system) | keyword_letters | kept))
+                target = self.path / "cur" / f"{info.basename}:2,{letters}"
+                if target == info.path:
+                    return info
+                try:
+                    os.rename(info.path, target)
+                except FileNotFoundError:
+                    continue
+                updated = dataclasses.replace(
+                    info,
+                    path=target,
+                    flags=frozenset(_LETTER_FLAGS[c] for c in letters if c in _LETTER_FLAGS),
+                    keywords=state.keywords.names_for(letters),
+                    recent=False,
+                )
+                self._remember_rename(old, _parse_filename("cur", target.name), updated)
+                return updated
+        raise MessageNotFound(f"no message with UID {uid} in {self.name}")
+
+    def expunge(self, uids: Iterable[int]) -> list[MessageInfo]:
+        """Remove messages (files, then their uidlist lines); returns exactly those this call
+        removed, so a caller can release their quota without counting anything twice."""
+        wanted = set(uids)
+        state = self._state
+        removed: list[MessageInfo] = []
+        with state.lock:
+            self._sync()
+            if not wanted & state.by_uid.keys():
+                return []
+            with self._lock():
+                self._sync()
+                directories: set[Path] = set()
+                for uid in sorted(wanted):
+                    for _attempt in range(3):
+                        info = state.by_uid.get(uid)
+                        if info is None:
+                            break
+                        try:
+                            os.unlink(info.path)
+                        except FileNotFoundError:
+                            self._sync(force=True)
+                            continue
+                        removed.append(info)
+                        directories.add(info.path.parent)
+                        break
+                for directory in sorted(directories):
+                    fsync_directory(directory)
+                if removed:
+                    self._drop_lines({info.uid for info in removed})
+            self._sync()
+        return removed
+
+    # --- internals: delivery
+
+    def _write_temp(self, data: bytes, internal_date: float | None) -> tuple[Path, str]:
+        temp_dir = self.path / "tmp"
+        while True:
+            base = unique_basename()
+            temp = temp_dir / base
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                continue
+            except FileNotFoundError as error:
+                raise FolderNotFound(f"folder {self.name!r} does not exist") from error
+            break
+        try:
+            try:
+                _write_all(fd, data)
+                if internal_date is not None:
+                    # atime stays "now", so clean_tmp never mistakes this file for debris.
+                    os.utime(fd, (time.time(), internal_date))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        return temp, base
+
+    def _place(self, temp: Path, basename: str, letters: str | None) -> tuple[Path, str]:
+        """Hard-link the tmp file into new/ or cur/ under a name nobody has, then drop tmp/."""
+        subdir = "new" if letters is None else "cur"
+        suffix = basename[basename.index(",") :]
+        for _attempt in range(100):
+            name = basename if letters is None else f"{basename}:2,{letters}"
+            final = self.path / subdir / name
+            try:
+                os.link(temp, final)
+            except FileExistsError:
+                basename = unique_basename() + suffix
+                continue
+            except OSError as error:
+                if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                # File systems without hard links: rename, after checking the name is free.
+                if os.path.lexists(final):
+                    basename = unique_basename() + suffix
+                    continue
+                os.rename(temp, final)
+                return final, basename
+            try:
+                os.unlink(temp)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(final)
+                raise
+            return final, basename
+        raise MailstoreError(f"no unique file name found in {self.path / subdir}")
+
+    def _assign_uids(self, basenames: list[str]) -> tuple[list[int], int]:
+        """Append UIDs for our new files (caller holds the lock)."""
+        self._refresh_uidlist_locked()
+        uidlist = self._state.uidlist
+        missing = [name for name in basenames if name not in uidlist.uids]
+        if missing:
+            uidlist.append(missing)
+        return [uidlist.uids[name] for name in basenames], uidlist.uidvalidity
+
+    def _keyword_letters(self, wanted: list[str]) -> dict[str, str]:
+        """casefolded keyword → its letter, adding missing keywords to dovecot-keywords."""
+        if not wanted:
+            return {}
+        state = self._state
+        with state.lock:
+            state.keywords.refresh()
+            if any(state.keywords.lookup(name) is None for name in wanted):
+                with self._lock():
+                    state.keywords.refresh()
+                    try:
+                        state.keywords.add(wanted)
+                    except kw.KeywordsFull as error:
+                        raise TooManyKeywords(str(error)) from error
+            result = {}
+            for name in wanted:
+                index = state.keywords.lookup(name)
+                assert index is not None
+                result[name.casefold()] = kw.letter(index)
+            return result
+
+    # --- internals: locking and syncing
+
+    @contextlib.contextmanager
+    def _lock(self, timeout: float | None = None) -> Iterator[FolderLock]:
+        state = self._state
+        with state.lock:
+            if state.held is not None:
+                yield state.held
+                return
+            wait = self._maildir.lock_timeout if timeout is None else timeout
+            lock = FolderLock(self.path, timeout=wait)
+            try:
+                lock.acquire()
+            except LockTimeout as error:
+                raise MailstoreBusy(
+                    f"folder {self.name!r} is locked by another process; try again later"
+                ) from error
+            except FileNotFoundError as error:
+                raise FolderNotFound(f"folder {self.name!r} does not exist") from error
+            state.held = lock
+            try:
+                yield lock
+            finally:
+                state.held = None
+                lock.release()
+
+    def _sync(self, *, force: bool = False) -> None:
+        for _attempt in range(4):
+            try:
+                self._sync_once(force=force)
+                return
+            except _Moved:
+                force = True
+        self._sync_once(force=True)
+
+    def _sync_once(self, *, force: bool) -> None:
+        state = self._state
+        locked = state.held is not None
+        keywords_changed = state.keywords.refresh()
+        try:
+            uidlist_changed = state.uidlist.refresh(locked=locked)
+            corrupt = False
+        except UidlistCorrupt:
+            uidlist_changed = corrupt = True
+        dirs_changed = self._scan(force=force)
+        if (
+            not (keywords_changed or uidlist_changed or dirs_changed or force or state.added)
+            and state.built
+        ):
+            return
+        uidlist = state.uidlist
+        # Every listed file had a UID after the last sync; unless the uidlist was rewritten or
+        # files went away, only the files listed since then can lack one.
+        only_added = (
+            state.built is not None and not state.removed and state.built[2] == uidlist.generation
+        )
+        candidates = state.added if only_added else state.by_basename
+        if corrupt or not uidlist.exists:
+            with self._lock():
+                self._assign_missing_uids()
+        elif any(b not in uidlist.uids for b in candidates):
+            # Another writer's delivery in progress (it holds the lock while it numbers its
+            # files) or a crashed one: do not wait long. The file gets its UID on a later call.
+            wait = min(READ_LOCK_WAIT, self._maildir.lock_timeout)
+            with contextlib.suppress(MailstoreBusy), self._lock(wait):
+                self._assign_missing_uids()
+        # readdir() may miss a file that is being renamed (a flag change) at that moment: look
+        # again before reporting a message as gone.
+        if (
+            state.removed
+            and not force
+            and any(info.basename not in state.by_basename for info in state.infos)
+        ):
+            self._scan(force=True)
+        self._build()
+
+    def _assign_missing_uids(self) -> None:
+        self._refresh_uidlist_locked()
+        uidlist = self._state.uidlist
+        unassigned = [b for b in self._state.by_basename if b not in uidlist.uids]
+        if unassigned:
+            uidlist.append(sorted(unassigned, key=_delivery_order))
+
+    def _refresh_uidlist_locked(self) -> None:
+        """Under the lock: read the uidlist; replace it if it is missing or corrupt."""
+        state = self._state
+        try:
+            state.uidlist.refresh(locked=True)
+        except UidlistCorrupt as error:
+            log.warning("%s: %s; giving its messages new UIDs", self.path, error)
+            self._regenerate(max(error.uidvalidity, state.uidlist.known_uidvalidity))
+            return
+        if not state.uidlist.exists:
+            self._regenerate(state.uidlist.known_uidvalidity)
+
+    def _regenerate(self, floor: int) -> None:
+        """A new UIDVALIDITY (above every one known) and fresh UIDs for every file here."""
+        state = self._state
+        self._scan(force=True)
+        uidvalidity = self._maildir._next_uidvalidity(floor)
+        ordered = sorted(state.by_basename, key=_delivery_order)
+        records = [UidRecord(uid, name) for uid, name in enumerate(ordered, start=1)]
+        state.uidlist.rewrite(uidvalidity=uidvalidity, next_uid=len(records) + 1, records=records)
+
+    def _scan(self, *, force: bool) -> bool:
+        """List new/ then cur/ (so a message moving new/ → cur/ is seen at least once) when
+        their mtime moved, or was too recent to trust; True if the set of files changed."""
+        state = self._state
+        changed = False
+        added: list[_Entry] = []
+        for subdir in ("new", "cur"):
+            directory = self.path / subdir
+            try:
+                st = os.stat(directory)
+            except FileNotFoundError as error:
+                raise FolderNotFound(f"folder {self.name!r} does not exist") from error
+            signature = (st.st_ino, st.st_mtime_ns)
+            if not force and state.dir_stable[subdir] and signature == state.dir_signature[subdir]:
+                continue
+            old = state.listing[subdir]
+            fresh: dict[str, _Entry] = {}
+            for filename in os.listdir(directory):
+                if filename.startswith("."):
+                    continue
+                entry = old.get(filename)
+                fresh[filename] = entry if entry is not None else _parse_filename(subdir, filename)
+            if fresh.keys() != old.keys():
+                changed = True
+                if old.keys() - fresh.keys():
+                    state.removed = True
+                added.extend(fresh[name] for name in fresh.keys() - old.keys())
+            state.listing[subdir] = fresh
+            state.dir_signature[subdir] = signature
+            state.dir_stable[subdir] = time.time() - st.st_mtime > UNSTABLE_SECONDS
+        if changed:
+            state.added.update(entry.basename for entry in added)
+            if state.removed:
+                merged = {entry.basename: entry for entry in state.listing["new"].values()}
+                merged.update((entry.basename, entry) for entry in state.listing["cur"].values())
+                state.by_basename = merged
+            else:
+                for entry in added:
+                    known = state.by_basename.get(entry.basename)
+                    # A message in both directories is moving to cur/: cur/ wins.
+                    if known is None or known.subdir == "new" or entry.subdir == "cur":
+                        state.by_basename[entry.basename] = entry
+            state.listing_version += 1
+        return changed
+
+    def _build(self) -> None:
+        """Turn uidlist records and listed files into MessageInfo, reusing what did not change.
+
+        When only files and UIDs were added since the last build (the usual case: deliveries),
+        only the new UIDs are looked at; otherwise every record is, but unchanged messages keep
+        their MessageInfo (no stat, no new Path).
+        """
+        state = self._state
+        uidlist = state.uidlist
+        signature = (
+            uidlist.signature(),
+            uidlist.uidvalidity,
+            uidlist.generation,
+            state.keywords.signature,
+            state.listing_version,
+        )
+        if signature == state.built:
+            return
+        previous = state.built
+        same_base = (
+            previous is not None
+            and previous[1:4] == signature[1:4]
+            and not state.removed
+            and (previous[0] is None) == (signature[0] is None)
+        )
+        last = state.infos[-1].uid if state.infos else 0
+        if same_base and all(uidlist.uids.get(b, last + 1) > last for b in state.added):
+            infos, by_uid, built_from = state.infos, state.by_uid, state.built_from
+            newer: list[UidRecord] = []
+            for uid in reversed(uidlist.records):
+                if uid <= last:
+                    break
+                newer.append(uidlist.records[uid])
+            records: Iterable[UidRecord] = reversed(newer)
+            reuse: dict[int, MessageInfo] = {}
+            keywords_same = True
+        else:
+            keywords_same = previous is not None and previous[3] == signature[3]
+            reuse = state.by_uid
+            infos, by_uid, built_from = [], {}, {}
+            records = uidlist.records.values()
+        directories = {"new": f"{self.path}/new", "cur": f"{self.path}/cur"}
+        decoded: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        for record in records:
+            entry = state.by_basename.get(record.basename)
+            if entry is None:
+                continue
+            uid = record.uid
+            info = reuse.get(uid)
+            if info is not None and state.built_from.get(uid) is entry:
+                if not keywords_same and entry.letters != entry.letters.upper():
+                    # The keyword table changed: only the names need decoding again.
+                    info = dataclasses.replace(
+                        info, keywords=state.keywords.names_for(entry.letters)
+                    )
+            else:
+                path = f"{directories[entry.subdir]}/{entry.filename}"
+                try:
+                    st = os.stat(path)
+                except FileNotFoundError as error:
+                    raise _Moved from error
+                if entry.letters not in decoded:
+                    decoded[entry.letters] = (
+                        frozenset(_LETTER_FLAGS[c] for c in entry.letters if c in _LETTER_FLAGS),
+                        state.keywords.names_for(entry.letters),
+                    )
+                flags, keywords = decoded[entry.letters]
+                info = MessageInfo(
+                    uid,
+                    entry.basename,
+                    Path(path),
+                    entry.size if entry.size is not None else st.st_size,
+                    flags,
+                    keywords,
+                    st.st_mtime,
+                    entry.subdir == "new",
+                )
+            infos.append(info)
+            by_uid[uid] = info
+            built_from[uid] = entry
+        state.infos, state.by_uid, state.built_from = infos, by_uid, built_from
+        # Files still without a UID stay "added", so the next call tries again to give one.
+        state.added = {b for b in state.added if b not in uidlist.uids and b in state.by_basename}
+        state.removed = False
+        state.built = signature
+
+    def _remember_rename(self, old: _Entry, new: _Entry, info: MessageInfo) -> None:
+        """Record our own flag change in the cache. The directory mtime changed, so the next
+        sync lists the directory again anyway and corrects anything this missed."""
+        state = self._state
+        state.listing[old.subdir].pop(old.filename, None)
+        state.listing["cur"][new.filename] = new
+        state.by_basename[new.basename] = new
+        state.by_uid[info.uid] = info
+        state.built_from[info.uid] = new
+        index = bisect.bisect_left(state.infos, info.uid, key=lambda item: item.uid)
+        if index < len(state.infos) and state.infos[index].uid == info.uid:
+            state.infos[index] = info
+
+    def _drop_lines(self, expunged: set[int]) -> None:
+        """Rewrite the uidlist without the expunged UIDs and without lines whose file is gone
+        (absent from two listings in a row, taken under the lock)."""
+        state = self._state
+        self._scan(force=True)
+        first = set(state.by_basename)
+        self._scan(force=True)
+        present = first | set(state.by_basename)
+        uidlist = state.uidlist
+        keep = [
+            record
+            for uid, record in uidlist.records.items()
+            if uid not in expunged and record.basename in present
+        ]
+        uidlist.rewrite(uidvalidity=uidlist.uidvalidity, next_uid=uidlist.next_uid, records=keep)
+
+
+# --- a mailbox ----------------------------------------------------------------------------------
+
+
+def _folder_name(name: str) -> str:
+    try:
+        return names.normalize_folder_name(name)
+    except ValueError as error:
+        raise InvalidFolderName(str(error)) from error
+
+
+class Maildir:
+    """One mailbox's Maildir++ tree: INBOX at the root, folders as .Name directories."""
+
+    def __init__(self, root: Path, *, lock_timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.root = root
+        self.lock_timeout = lock_timeout
+
+    def __repr__(self) -> str:
+        return f"Maildir({str(self.root)!r})"
+
+    def _path_of(self, name: str) -> Path:
+        disk = names.disk_name(name)
+        return self.root / disk if disk else self.root
+
+    def folder(self, name: str) -> Folder:
+        name = _folder_name(name)
+        path = self._path_of(name)
+        # A symlinked folder could lead outside the mailbox: it is not a folder of ours.
+        if not (path / "cur").is_dir() or (name != INBOX and path.is_symlink()):
+            raise FolderNotFound(f"folder {name!r} does not exist")
+        return Folder(self, name, path)
+
+    def folders(self) -> list[FolderInfo]:
+        """INBOX first, then every folder by name, with its special-use role."""
+        found: list[FolderInfo] = []
+        try:
+            entries = os.scandir(self.root)
+        except FileNotFoundError as error:
+            raise MailboxMissing(f"mailbox {self.root} no longer exists") from error
+        with entries:
+            for entry in entries:
+                name = names.folder_name(entry.name)
+                if name is None or name == INBOX or not entry.is_dir(follow_symlinks=False):
+                    continue
+                if os.path.isdir(os.path.join(entry.path, "cur")):
+                    found.append(FolderInfo(name, SPECIAL_USE.get(name), Path(entry.path)))
+        found.sort(key=lambda info: info.name)
+        return [FolderInfo(INBOX, None, self.root), *found]
+
+    def create_folder(self, name: str) -> Folder:
+        """Create a folder, and any missing superior folders (RFC 3501 §6.3.3 SHOULD)."""
+        name = _folder_name(name)
+        if name == INBOX:
+            raise FolderExists("INBOX always exists")
+        if self._path_of(name).exists():
+            raise FolderExists(f"folder {name!r} already exists")
+        for parent in names.parents(name):
+            if not self._path_of(parent).exists():
+                with contextlib.suppress(FolderExists):
+                    self._make_folder(parent)
+        self._make_folder(name)
+        return Folder(self, name, self._path_of(name))
+
+    def _make_folder(self, name: str) -> None:
+        """Build the folder under a private name, then rename it into place in one step."""
+        target = self._path_of(name)
+        staging = self.root / f"CREATING-{uuid.uuid4().hex}"
+        os.mkdir(staging, 0o700)
+        try:
+            for subdir in ("cur", "new", "tmp"):
+                os.mkdir(staging / subdir, 0o700)
+            os.close(os.open(staging / "maildirfolder", os.O_WRONLY | os.O_CREAT, 0o600))
+            UidlistFile(staging / UIDLIST_NAME).rewrite(
+                uidvalidity=self._next_uidvalidity(), next_uid=1, records=[]
+            )
+            try:
+                os.rename(staging, target)
+            except OSError as error:
+                if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise FolderExists(f"folder {name!r} already exists") from error
+                raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        fsync_directory(self.root)
+        _forget_states(target)
+
+    def delete_folder(self, name: str) -> list[MessageInfo]:
+        """Delete one folder (not its sub-folders, as RFC 3501 §6.3.4 says) and return the
+        messages it held, so that the caller can release their quota."""
+        name = _folder_name(name)
+        if name == INBOX:
+            raise InvalidFolderName("INBOX cannot be deleted")
+        folder = self.folder(name)
+        trash = self.root / f"DELETING-{uuid.uuid4().hex}"
+        with folder._state.lock, folder._lock():
+            removed = folder.messages()
+            os.rename(folder.path, trash)
+            fsync_directory(self.root)
+        _forget_states(folder.path)
+        try:
+            shutil.rmtree(trash)
+        except OSError:
+            log.warning("could not remove %s; clean_tmp will retry", trash, exc_info=True)
+        return removed
+
+    def rename_folder(self, old: str, new: str) -> None:
+        """Rename a folder and its sub-folders; missing superiors of the new name are created.
+
+        INBOX cannot be renamed (RFC 3501's move-all-messages semantics are not offered).
+        UIDs and UIDVALIDITY travel with the folder.
+        """
+        old, new = _folder_name(old), _folder_name(new)
+        if old == INBOX:
+            raise InvalidFolderName("INBOX cannot be renamed; move its messages instead")
+        if new == INBOX:
+            raise FolderExists("INBOX already exists")
+        if new == old or new.startswith(old + SEPARATOR):
+            raise InvalidFolderName(f"cannot move folder {old!r} inside itself")
+        self.folder(old)
+        moves = [(old, new)]
+        for info in self.folders():
+            if info.name.startswith(old + SEPARATOR):
+                moves.append((info.name, _folder_name(new + info.name[len(old) :])))
+        for _source, target in moves:
+            if self._path_of(target).exists():
+                raise FolderExists(f"folder {target!r} already exists")
+        for parent in names.parents(new):
+            if not self._path_of(parent).exists():
+                with contextlib.suppress(FolderExists):
+                    self._make_folder(parent)
+        for source, target in moves:
+            try:
+                os.rename(self._path_of(source), self._path_of(target))
+            except OSError as error:
+                if error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise FolderExists(f"folder {target!r} already exists") from error
+                raise
+            _forget_states(self._path_of(source))
+            _forget_states(self._path_of(target))
+        fsync_directory(self.root)
+
+    def usage_bytes(self) -> int:
+        """Sum of message sizes in every folder (S= from file names, else stat), for recounts."""
+        total = 0
+        for info in self.folders():
+            seen: set[str] = set()
+            for subdir in ("new", "cur"):
+                try:
+                    filenames = os.listdir(info.path / subdir)
+                except FileNotFoundError:
+                    continue
+                for filename in filenames:
+                    if filename.startswith("."):
+                        continue
+                    entry = _parse_filename(subdir, filename)
+                    if entry.basename in seen:
+                        continue
+                    seen.add(entry.basename)
+                    if entry.size is not None:
+                        total += entry.size
+                    else:
+                        with contextlib.suppress(FileNotFoundError):
+                            total += os.lstat(info.path / subdir / filename).st_size
+        return total
+
+    def clean_tmp(self, now: float | None = None) -> int:
+        """Remove tmp/ files nobody touched for 36 hours (RELIABILITY D2); returns how many.
+
+        "Touched" is the later of the access and modification times: a delivery in progress
+        writes its file (mtime) and keeps atime current even when it sets an old internal date.
+        """
+        now = time.time() if now is None else now
+        removed = 0
+        for info in self.folders():
+            try:
+                entries = os.scandir(info.path / "tmp")
+            except FileNotFoundError:
+                continue
+            with entries:
+                for entry in entries:
+                    try:
+                        if not entry.is_file(follow_symlinks=False):
+                            continue
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if now - max(st.st_atime, st.st_mtime) > TMP_MAX_AGE:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(entry.path)
+                            removed += 1
+        with os.scandir(self.root) as entries:
+            for entry in entries:
+                if entry.name.startswith(("CREATING-", "DELETING-")) and entry.is_dir(
+                    follow_symlinks=False
+                ):
+                    st = entry.stat(follow_symlinks=False)
+                    if now - st.st_mtime > TMP_MAX_AGE:
+                        shutil.rmtree(entry.path, ignore_errors=True)
+        return removed
+
+    def _next_uidvalidity(self, floor: int = 0) -> int:
+        """A UIDVALIDITY above every one this mailbox handed out, and above `floor`.
+
+        Dovecot's scheme (mailbox-uidvalidity.c), so that Dovecot and we share one counter: the
+        marker file dovecot-uidvalidity.<hex> holds the last value and is advanced by rename(),
+        which only one process can win; dovecot-uidvalidity repeats the value. We also never go
+        below the current time, as Dovecot's first value does.
+        """
+        prefix = UIDVALIDITY_NAME + "."
+        for _attempt in range(100):
+            current = 0
+            for entry in os.listdir(self.root):
+                if entry.startswith(prefix):
+                    with contextlib.suppress(ValueError):
+                        current = max(current, int(entry[len(prefix) :], 16))
+            value = max(current + 1, int(time.time()), floor + 1)
+            if value >= 2**32:
+                raise MailstoreError(f"{self.root}: UIDVALIDITY values exhausted")
+            target = self.root / f"{prefix}{value:08x}"
+            if current:
+                try:
+                    os.rename(self.root / f"{prefix}{current:08x}", target)
+                except FileNotFoundError:
+                    continue
+            else:
+                try:
+                    os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444))
+                except FileExistsError:
+                    continue
+            fd = os.open(self.root / UIDVALIDITY_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                os.pwrite(fd, f"{value:08x}".encode(), 0)
+            finally:
+                os.close(fd)
+            return value
+        raise MailstoreBusy(f"{self.root}: could not allocate a UIDVALIDITY")
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+
+def _split_address(address: str) -> tuple[str, str]:
+    if not isinstance(address, str):
+        raise InvalidAddress("an address must be a string")
+    local, at, domain = address.lower().rpartition("@")
+    if (
+        not at
+        or not _LOCAL_PART.fullmatch(local)
+        or len(local) > 64
+        or not _DOMAIN.fullmatch(domain)
+        or len(domain) > 253
+    ):
+        raise InvalidAddress(f"{address!r} is not an address the mail store can hold")
+    return local, domain
+
+
+class MailStore:
+    """Every mailbox under DATA_DIR/mail: <root>/<domain>/<local>/Maildir."""
+
+    def __init__(self, root: str | os.PathLike[str], *, lock_timeout: float = DEFAULT_TIMEOUT):
+        self.root = Path(os.path.realpath(os.fspath(root)))
+        self.lock_timeout = lock_timeout
+
+    def __repr__(self) -> str:
+        return f"MailStore({str(self.root)!r})"
+
+    def path_for(self, address: str) -> Path:
+        """root/<domain>/<local>/Maildir; InvalidAddress for anything that could leave root."""
+        local, domain = _split_address(address)
+        path = self.root / domain / local / "Maildir"
+        # The character rules already forbid "/" and "..": this also catches a symlink.
+        if not Path(os.path.realpath(path)).is_relative_to(self.root):
+            raise InvalidAddress(f"{address!r} leads outside the mail store")
+        return path
+
+    def create(self, address: str) -> Maildir:
+        """Create the mailbox (INBOX and the special-use folders); harmless if it exists."""
+        path = self.path_for(address)
+        for directory in (path, path / "cur", path / "new", path / "tmp"):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        for directory in (path, path.parent, path.parent.parent):
+            fsync_directory(directory)
+        maildir = Maildir(path, lock_timeout=self.lock_timeout)
+        maildir.folder(INBOX).messages()  # writes INBOX's dovecot-uidlist
+        for name in SPECIAL_USE:
+            with contextlib.suppress(FolderExists):
+                maildir.create_folder(name)
+        return maildir
+
+    def open(self, address: str) -> Maildir:
+        path = self.path_for(address)
+        if not (path / "cur").is_dir():
+            raise MailboxMissing(f"no mailbox for {address}")
+        return Maildir(path, lock_timeout=self.lock_timeout)
+
+    def exists(self, address: str) -> bool:
+        return (self.path_for(address) / "cur").is_dir()
+
+    def remove(self, address: str) -> None:
+        """Delete the mailbox: one rename takes it out of sight, then the tree is removed.
+        Removing a mailbox that does not exist does nothing (a retried job is harmless)."""
+        path = self.path_for(address)
+        home = path.parent
+        if not home.is_dir():
+            return
+        trash = home.parent / f".deleting-{home.name}-{uuid.uuid4().hex}"
+        os.rename(home, trash)
+        fsync_directory(home.parent)
+        _forget_states(path)
+        shutil.rmtree(trash)

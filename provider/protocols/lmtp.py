@@ -1,0 +1,274 @@
+"""LMTP and inbound SMTP delivery listeners (aiosmtpd): local mailboxes only, never a relay.
+
+LMTP (RFC 2033) answers DATA once per recipient, so each recipient gets its own verdict. Inbound
+SMTP can answer DATA only once for all recipients: its quota verdict is given at RCPT time
+(using the SIZE the client declared), and a recipient accepted there is stored even if the
+message then takes it past its quota by this one message (see services/delivery.store_message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import secrets
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from flask import Flask
+
+from provider.errors import ProviderError, QuotaExceeded, TemporaryFailure
+from provider.extensions import db
+from provider.services import delivery
+from provider.services.clock import now
+from provider.services.delivery import Destination
+from provider.services.storage import mail_store
+
+log = logging.getLogger(__name__)
+
+MAX_RECIPIENTS = 100
+BARE_LINE_ENDING = "550 5.6.0 Message refused: bare CR or LF line ending (RFC 5322 section 2.3)"
+# aiosmtpd's own replies for size limits, given the enhanced status code RFC 3463 assigns.
+REPLY_REWRITES = {
+    "552 Error: message size exceeds fixed maximum message size": (
+        "552 5.3.4 Message size exceeds fixed maximum message size"
+    ),
+    "552 Error: Too much mail data": "552 5.3.4 Message size exceeds fixed maximum message size",
+}
+
+
+@dataclass
+class InFlight:
+    """Counts deliveries being written, so shutdown can wait for them to finish."""
+
+    count: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    def begin(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def end(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
+def destinations_of(envelope: Envelope) -> list[Destination]:
+    """The resolved mailboxes of this transaction, kept on its envelope (a new one per MAIL)."""
+    if not hasattr(envelope, "destinations"):
+        envelope.destinations = []  # type: ignore[attr-defined]
+    return envelope.destinations  # type: ignore[attr-defined,no-any-return]
+
+
+def has_bare_line_ending(content: bytes) -> bool:
+    """True if a CR or an LF appears anywhere except as part of CRLF (SMTP smuggling, P8)."""
+    crlf = content.count(b"\r\n")
+    return content.count(b"\r") != crlf or content.count(b"\n") != crlf
+
+
+def declared_size(envelope: Envelope) -> int:
+    """The SIZE= the client gave in MAIL FROM, or 0."""
+    for option in envelope.mail_options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return 0
+
+
+class DeliveryHandler:
+    """aiosmtpd handler: resolves recipients at RCPT, stores the message at DATA."""
+
+    def __init__(self, app: Flask, protocol: str, inflight: InFlight) -> None:
+        self.app = app
+        self.protocol = protocol  # "LMTP" or "ESMTP"
+        self.inflight = inflight
+        self.hostname = server_hostname(app)
+
+    # Blocking work runs in a worker thread with its own app context (CONVENTIONS: blocking
+    # work leaves the event loop).
+    def _in_app(self, function: Any, *args: Any) -> Any:
+        with self.app.app_context():
+            try:
+                return function(*args)
+            finally:
+                db.session.remove()
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # No AUTH here: this listener only takes mail for local mailboxes.
+        return [line for line in responses if not line.startswith("250-AUTH")]
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            return "452 4.5.3 Too many recipients"
+        try:
+            destination = await asyncio.to_thread(
+                self._in_app, self._accept_recipient, address, declared_size(envelope)
+            )
+        except ProviderError as exc:
+            return f"{exc.smtp_reply} {exc.message}"
+        except Exception:
+            log.exception("resolving recipient %s failed", address)
+            return "451 4.3.0 Temporary failure; try again later"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        destinations_of(envelope).append(destination)
+        return "250 2.1.5 OK"
+
+    def _accept_recipient(self, address: str, size: int) -> Destination:
+        destination = delivery.resolve(db.session, address)
+        # Refuse now what cannot fit: saves the client sending the data at all.
+        delivery.check_room(db.session, destination, max(size, 1) if size else 0)
+        return destination
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        destinations = destinations_of(envelope)
+        content = envelope.original_content or b""
+        if has_bare_line_ending(content):
+            replies = [BARE_LINE_ENDING] * len(destinations)
+        else:
+            self.inflight.begin()
+            try:
+                replies = await asyncio.to_thread(
+                    self._in_app, self._store_all, session, envelope, destinations, content
+                )
+            finally:
+                self.inflight.end()
+        if self.protocol == "LMTP":
+            return "\r\n".join(replies)
+        return combine_smtp_replies(replies)
+
+    def _store_all(
+        self, session: Session, envelope: Envelope, destinations: list[Destination], content: bytes
+    ) -> list[str]:
+        """Store the message for each recipient and return one reply per recipient."""
+        store = mail_store()
+        queue_id = secrets.token_hex(6).upper()
+        received_at = email.utils.format_datetime(now())
+        replies = []
+        for recipient, destination in zip(envelope.rcpt_tos, destinations, strict=True):
+            message = (
+                self._trace_headers(
+                    session, envelope, recipient, destination, queue_id, received_at
+                )
+                + content
+            )
+            try:
+                delivery.store_message(db.session, store, destination, message)
+            except QuotaExceeded as exc:
+                if self.protocol == "LMTP" or len(destinations) == 1:
+                    replies.append(f"{exc.smtp_reply} {exc.message}")
+                    continue
+                # SMTP already said yes to this recipient at RCPT: keep the promise.
+                try:
+                    delivery.store_message(db.session, store, destination, message, promised=True)
+                except ProviderError as retry_exc:
+                    replies.append(f"{retry_exc.smtp_reply} {retry_exc.message}")
+                    continue
+            except ProviderError as exc:
+                replies.append(f"{exc.smtp_reply} {exc.message}")
+                continue
+            except Exception:
+                log.exception("delivery to %s failed", destination.address)
+                failure = TemporaryFailure("temporary failure; try again later")
+                replies.append(f"{failure.smtp_reply} {failure.message}")
+                continue
+            replies.append(f"250 2.0.0 <{destination.address}> delivered as {queue_id}")
+        return replies
+
+    def _trace_headers(
+        self,
+        session: Session,
+        envelope: Envelope,
+        recipient: str,
+        destination: Destination,
+        queue_id: str,
+        received_at: str,
+    ) -> bytes:
+        """Return-Path, Delivered-To and Received, as the delivering MDA adds them."""
+        peer_host, peer_ip = session.host_name or "unknown", "unknown"
+        if isinstance(session.peer, tuple):
+            peer_ip = str(session.peer[0])
+        with_protocol = self.protocol
+        if self.protocol == "ESMTP" and session.ssl:
+            with_protocol = "ESMTPS"
+        sender = envelope.mail_from or ""
+        lines = [
+            f"Return-Path: <{sender}>",
+            f"Delivered-To: {destination.address}",
+            f"Received: from {peer_host} ([{peer_ip}])",
+            f"\tby {self.hostname} (provider) with {with_protocol} id {queue_id}",
+            f"\tfor <{recipient.strip('<>')}>; {received_at}",
+        ]
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+def combine_smtp_replies(replies: list[str]) -> str:
+    """SMTP answers DATA once: success if anyone got the message, else the first refusal."""
+    delivered = [reply for reply in replies if reply.startswith("250")]
+    if delivered:
+        return delivered[0]
+    return replies[0] if replies else "554 5.5.1 No valid recipients"
+
+
+class _RewritingMixin:
+    """Give aiosmtpd's built-in size replies their enhanced status codes."""
+
+    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+        if isinstance(status, str):
+            status = REPLY_REWRITES.get(status, status)
+        await super().push(status)  # type: ignore[misc]
+
+
+class DeliverySMTP(_RewritingMixin, SMTP):
+    """Inbound SMTP (MX-style)."""
+
+
+class DeliveryLMTP(_RewritingMixin, LMTP):
+    """LMTP, for an MTA such as Postfix handing over local mail."""
+
+
+def server_hostname(app: Flask) -> str:
+    import socket
+
+    return str(app.config.get("HOSTNAME") or socket.getfqdn())
+
+
+def protocol_factory(
+    app: Flask, protocol: str, inflight: InFlight, tls_context: ssl.SSLContext | None
+) -> Any:
+    """A factory for asyncio's create_server making one session object per connection."""
+    handler = DeliveryHandler(app, protocol, inflight)
+    cls = DeliveryLMTP if protocol == "LMTP" else DeliverySMTP
+    max_bytes = int(float(app.config["MAX_MESSAGE_MB"]) * 1024 * 1024)
+
+    def make() -> SMTP:
+        return cls(
+            handler,
+            data_size_limit=max_bytes,
+            hostname=handler.hostname,
+            ident="provider",
+            tls_context=tls_context,
+            require_starttls=False,
+            timeout=float(app.config["SMTP_TIMEOUT_SECONDS"]),
+            auth_exclude_mechanism=["LOGIN", "PLAIN"],
+            enable_SMTPUTF8=True,
+        )
+
+    return make

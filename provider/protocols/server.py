@@ -1,0 +1,162 @@
+"""One asyncio runner for every protocol listener: start on the set ports, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+
+from provider.protocols import lmtp
+from provider.tls import server_context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A protocol the runner can serve: its port setting and how to build a session."""
+
+    name: str
+    port_setting: str
+    make_factory: Callable[[Flask, lmtp.InFlight], Callable[[], asyncio.Protocol]]
+    description: str
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Where a listener ended up (port 0 in the settings means "any free port")."""
+
+    name: str
+    host: str
+    port: int
+    description: str
+
+
+def _lmtp(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]:
+    # LMTP serves the local MTA; STARTTLS is offered all the same (TLS available everywhere).
+    return lmtp.protocol_factory(app, "LMTP", inflight, server_context(app.config))  # type: ignore[no-any-return]
+
+
+def _smtp(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]:
+    return lmtp.protocol_factory(app, "ESMTP", inflight, server_context(app.config))  # type: ignore[no-any-return]
+
+
+LISTENERS: dict[str, Listener] = {
+    "lmtp": Listener("lmtp", "LMTP_PORT", _lmtp, "LMTP (STARTTLS)"),
+    "smtp": Listener("smtp", "SMTP_PORT", _smtp, "SMTP inbound (STARTTLS)"),
+}
+
+
+class _ClosingProtocol(asyncio.Protocol):
+    """Closes a connection the moment it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class ProtocolRunner:
+    """Runs the chosen listeners on one event loop in a background thread."""
+
+    def __init__(self, app: Flask, names: list[str]) -> None:
+        self.app = app
+        self.names = [name for name in names if name in LISTENERS]
+        self.bound: list[Bound] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def start(self, timeout: float = 30) -> list[Bound]:
+        """Start listening; return where. Raises what went wrong (e.g. a port in use)."""
+        self._thread = threading.Thread(target=self._run, name="protocols", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RuntimeError("protocol listeners did not start in time")
+        if self._failure is not None:
+            self._thread.join()
+            raise self._failure
+        return self.bound
+
+    def stop(self) -> None:
+        """Stop accepting, let deliveries in progress finish (SHUTDOWN_GRACE_SECONDS), close."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # reported to start(); the thread must not die silently
+            if not self._ready.is_set():
+                self._failure = exc
+                self._ready.set()
+            else:
+                log.exception("protocol runner failed")
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        inflight = lmtp.InFlight()
+        # Weak: a closed session drops out by itself; shutdown closes the ones still open.
+        sessions: weakref.WeakSet[asyncio.Protocol] = weakref.WeakSet()
+        servers: list[asyncio.AbstractServer] = []
+        host = self.app.config["BIND_HOST"]
+        try:
+            for name in self.names:
+                listener = LISTENERS[name]
+                factory = listener.make_factory(self.app, inflight)
+
+                def tracked(factory: Callable[[], asyncio.Protocol] = factory) -> asyncio.Protocol:
+                    if self._stop is not None and self._stop.is_set():
+                        return _ClosingProtocol()  # accepted while shutting down: hang up
+                    protocol = factory()
+                    sessions.add(protocol)
+                    return protocol
+
+                server = await self._loop.create_server(
+                    tracked, host=host, port=int(self.app.config[listener.port_setting])
+                )
+                servers.append(server)
+                port = server.sockets[0].getsockname()[1]
+                self.bound.append(Bound(name, host, port, listener.description))
+        except BaseException:
+            for server in servers:
+                server.close()
+            raise
+        self._ready.set()
+        await self._stop.wait()
+
+        for server in servers:
+            server.close()
+        grace = float(self.app.config["SHUTDOWN_GRACE_SECONDS"])
+        try:
+            await asyncio.wait_for(inflight.idle.wait(), grace)
+        except TimeoutError:
+            log.warning("%d deliveries still running after %.0f s; closing", inflight.count, grace)
+        for protocol in list(sessions):
+            transport: Any = getattr(protocol, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.close()
+        for server in servers:
+            await server.wait_closed()
+        await _settle()
+
+
+async def _settle(timeout: float = 2.0) -> None:
+    """Let session tasks and connections accepted at the last moment finish closing, so that no
+    socket is left for the garbage collector when the loop ends."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        if not others:
+            break
+        await asyncio.wait(others, timeout=0.05)
+    await asyncio.sleep(0)  # the closes scheduled by the last tasks run here

@@ -1,0 +1,1 @@
+"""Interoperability tests: other programs (Dovecot) working on what this project writes."""

@@ -1,0 +1,368 @@
+"""LMTP and inbound SMTP on real sockets: verdicts per recipient, quota, headers, safety."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import threading
+
+import pytest
+from sqlalchemy import select
+
+from provider.models import Mailbox
+from provider.services import provisioning, quota
+from provider.services.storage import mail_store
+from tests.conftest import TEST_ACTOR, make_mailbox
+from tests.protocols.conftest import RawClient
+
+
+def message(subject: str = "Hello", body: str = "Hi there.\r\n", size: int = 0) -> bytes:
+    text = f"From: sender@outside.test\r\nTo: someone\r\nSubject: {subject}\r\n\r\n{body}"
+    while len(text) < size:  # filler in 78-character lines, as real mail has
+        text += "x" * min(76, max(0, size - len(text) - 2)) + "\r\n"
+    return text.encode()
+
+
+def inbox(address: str) -> list[bytes]:
+    folder = mail_store().open(address).folder("INBOX")
+    return [folder.read(info.uid) for info in folder.messages()]
+
+
+def usage(session, address: str) -> int:
+    session.expire_all()
+    return session.scalar(select(Mailbox.used_bytes).where(Mailbox.address == address))
+
+
+def disk_bytes(address: str) -> int:
+    return mail_store().open(address).usage_bytes()
+
+
+def set_quota_bytes(session, address: str, quota_bytes: int, used_bytes: int = 0) -> None:
+    mailbox = provisioning.get_mailbox(session, address)
+    mailbox.quota_bytes = quota_bytes
+    mailbox.used_bytes = used_bytes
+    session.commit()
+
+
+# --- SMTP ----------------------------------------------------------------------------------
+
+
+def test_smtp_delivers_with_trace_headers_and_counts_usage(session, listeners):
+    make_mailbox(session, "alice@example.test")
+    with smtplib.SMTP(*listeners.smtp) as client:
+        refused = client.sendmail("sender@outside.test", ["Alice@Example.test"], message())
+    assert refused == {}
+    [stored] = inbox("alice@example.test")
+    assert stored.startswith(
+        b"Return-Path: <sender@outside.test>\r\nDelivered-To: alice@example.test\r\n"
+    )
+    assert (
+        b"Received: from " in stored and b"by mx.provider.test (provider) with ESMTP id " in stored
+    )
+    assert b"for <Alice@Example.test>;" in stored
+    assert stored.endswith(message())
+    assert usage(session, "alice@example.test") == len(stored) == disk_bytes("alice@example.test")
+
+
+def test_smtp_resolves_aliases_and_plus_addresses(session, listeners):
+    alice = make_mailbox(session, "alice@example.test")
+    provisioning.create_alias(session, "info@example.test", alice, actor=TEST_ACTOR)
+    session.commit()
+    with smtplib.SMTP(*listeners.smtp) as client:
+        client.sendmail(
+            "s@outside.test", ["INFO@example.test", "alice+lists@example.test"], message()
+        )
+    stored = inbox("alice@example.test")
+    assert len(stored) == 2
+    assert all(b"Delivered-To: alice@example.test\r\n" in m for m in stored)
+
+
+@pytest.mark.parametrize(
+    ("recipient", "code", "enhanced"),
+    [
+        ("nobody@example.test", 550, "5.1.1"),
+        ("someone@elsewhere.test", 550, "5.7.1"),
+        ("not-an-address", 550, "5.1.1"),
+    ],
+)
+def test_smtp_refuses_unknown_and_foreign_recipients(session, listeners, recipient, code, enhanced):
+    make_mailbox(session, "alice@example.test")
+    with RawClient(listeners.smtp) as raw:
+        assert raw.reply()[0] == 220
+        assert raw.command("EHLO client.test")[0] == 250
+        assert raw.command("MAIL FROM:<s@outside.test>")[0] == 250
+        reply_code, text = raw.command(f"RCPT TO:<{recipient}>")
+    assert reply_code == code and text.startswith(enhanced)
+
+
+def test_suspended_mailbox_is_refused_and_expired_trial_still_receives(session, listeners):
+    make_mailbox(session, "gone@example.test")
+    make_mailbox(session, "late@example.test", plan="trial")
+    provisioning.update_mailbox(
+        session,
+        provisioning.get_mailbox(session, "gone@example.test"),
+        actor=TEST_ACTOR,
+        status="suspended",
+    )
+    provisioning.get_mailbox(session, "late@example.test").status = "expired"
+    session.commit()
+    with smtplib.SMTP(*listeners.smtp) as client:
+        refused = client.sendmail(
+            "s@outside.test", ["gone@example.test", "late@example.test"], message()
+        )
+    assert refused["gone@example.test"][0] == 550 and b"5.2.1" in refused["gone@example.test"][1]
+    assert len(inbox("late@example.test")) == 1 and inbox("gone@example.test") == []
+
+
+def test_smtp_refuses_at_rcpt_a_declared_size_that_does_not_fit(session, listeners):
+    make_mailbox(session, "full@example.test")
+    make_mailbox(session, "roomy@example.test")
+    body = message(size=2000)
+    set_quota_bytes(session, "full@example.test", 10_000, used_bytes=10_000 - len(body) + 1)
+    with smtplib.SMTP(*listeners.smtp) as client:
+        refused = client.sendmail(
+            "s@outside.test", ["full@example.test", "roomy@example.test"], body
+        )
+    assert refused["full@example.test"][0] == 552 and b"5.2.2" in refused["full@example.test"][1]
+    assert inbox("full@example.test") == [] and len(inbox("roomy@example.test")) == 1
+    assert usage(session, "full@example.test") == 10_000 - len(body) + 1
+
+
+def test_message_over_the_size_limit_is_refused_with_5_3_4(session, listeners):
+    make_mailbox(session, "alice@example.test")
+    with RawClient(listeners.smtp) as raw:
+        raw.reply()
+        raw.command("EHLO client.test")
+        code, text = raw.command(f"MAIL FROM:<s@outside.test> SIZE={2 * 1024 * 1024}")
+        assert (code, text[:5]) == (552, "5.3.4")
+        assert raw.command("MAIL FROM:<s@outside.test>")[0] == 250
+        assert raw.command("RCPT TO:<alice@example.test>")[0] == 250
+        assert raw.command("DATA")[0] == 354
+        line = b"x" * 998 + b"\r\n"
+        raw.send(line * 1100 + b".\r\n")
+        code, text = raw.reply()
+    assert (code, text[:5]) == (552, "5.3.4")
+    assert inbox("alice@example.test") == []
+
+
+@pytest.mark.parametrize(
+    "content", [b"Subject: x\r\n\r\nbare\nLF\r\n", b"Subject: x\r\n\r\nbare\rCR\r\n"]
+)
+def test_bare_cr_or_lf_in_data_is_refused(session, listeners, content):
+    make_mailbox(session, "alice@example.test")
+    with RawClient(listeners.smtp) as raw:
+        raw.reply()
+        raw.command("EHLO client.test")
+        raw.command("MAIL FROM:<s@outside.test>")
+        raw.command("RCPT TO:<alice@example.test>")
+        raw.command("DATA")
+        raw.send(content + b".\r\n")
+        code, text = raw.reply()
+    assert code == 550 and text.startswith("5.6.0")
+    assert inbox("alice@example.test") == [] and usage(session, "alice@example.test") == 0
+
+
+def test_smtp_smuggling_with_lf_dot_crlf_does_not_end_data(session, listeners):
+    """`\\n.\\r\\n` is not the end of DATA, so a smuggled second message never becomes one."""
+    make_mailbox(session, "alice@example.test")
+    smuggled = (
+        b"Subject: first\r\n\r\nhello\n.\r\nMAIL FROM:<evil@outside.test>\r\n"
+        b"RCPT TO:<alice@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nboo\r\n.\r\n"
+    )
+    with RawClient(listeners.smtp) as raw:
+        raw.reply()
+        raw.command("EHLO client.test")
+        raw.command("MAIL FROM:<s@outside.test>")
+        raw.command("RCPT TO:<alice@example.test>")
+        raw.command("DATA")
+        raw.send(smuggled)
+        code, _text = raw.reply()
+        assert code == 550
+        assert raw.command("NOOP")[0] == 250
+    assert inbox("alice@example.test") == []
+
+
+def test_starttls_discards_commands_pipelined_before_the_handshake(session, listeners):
+    """RELIABILITY P4: bytes after STARTTLS's CRLF must never run as if they were encrypted."""
+    make_mailbox(session, "alice@example.test")
+    with RawClient(listeners.smtp) as raw:
+        raw.reply()
+        raw.command("EHLO client.test")
+        raw.send(b"STARTTLS\r\nMAIL FROM:<injected@outside.test>\r\n")
+        assert raw.reply()[0] == 220
+        raw.start_tls()
+        raw.send(b"EHLO client.test\r\n")
+        ehlo = raw.reply_lines()
+        assert ehlo[0].startswith("250")
+        assert not any("AUTH" in line or "STARTTLS" in line for line in ehlo)
+        # The injected MAIL FROM never ran, so RCPT has no sender yet: 503.
+        assert raw.command("RCPT TO:<alice@example.test>")[0] == 503
+
+
+def test_smtp_with_tls_is_recorded_as_esmtps(session, listeners):
+    make_mailbox(session, "alice@example.test")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP(*listeners.smtp) as client:
+        client.starttls(context=context)
+        client.sendmail("s@outside.test", ["alice@example.test"], message())
+    assert b"with ESMTPS id " in inbox("alice@example.test")[0]
+
+
+# --- LMTP ----------------------------------------------------------------------------------
+
+
+def lmtp_transaction(
+    address, sender: str, recipients: list[str], content: bytes
+) -> list[tuple[int, str]]:
+    """LHLO, MAIL, RCPT…, DATA over a raw socket; return the RCPT replies then the DATA replies."""
+    with RawClient(address) as raw:
+        assert raw.reply()[0] == 220
+        assert raw.command("LHLO mta.test")[0] == 250
+        assert raw.command(f"MAIL FROM:<{sender}>")[0] == 250
+        rcpt_replies = [raw.command(f"RCPT TO:<{r}>") for r in recipients]
+        accepted = sum(1 for code, _ in rcpt_replies if code == 250)
+        if not accepted:
+            return rcpt_replies
+        assert raw.command("DATA")[0] == 354
+        raw.send(content + b".\r\n")
+        data_replies = [raw.reply() for _ in range(accepted)]
+        assert raw.command("QUIT")[0] == 221
+    return rcpt_replies + data_replies
+
+
+def test_lmtp_gives_each_recipient_its_own_verdict_after_data(session, listeners):
+    """Done-when: two recipients, one 1 byte short of quota: 552 5.2.2 for it, 250 for the other."""
+    make_mailbox(session, "full@example.test")
+    make_mailbox(session, "roomy@example.test")
+    body = message(size=3000)
+    # Exactly what the stored copy will take (trace headers included), minus one byte.
+    probe_size = len(body) + 200
+    set_quota_bytes(session, "full@example.test", 100_000, used_bytes=100_000 - probe_size)
+    replies = lmtp_transaction(
+        listeners.lmtp, "s@outside.test", ["full@example.test", "roomy@example.test"], body
+    )
+    assert [code for code, _ in replies[:2]] == [250, 250]
+    (full_code, full_text), (roomy_code, _) = replies[2:]
+    assert (full_code, full_text[:5]) == (552, "5.2.2")
+    assert roomy_code == 250
+    assert inbox("full@example.test") == []
+    assert usage(session, "full@example.test") == 100_000 - probe_size
+    [stored] = inbox("roomy@example.test")
+    assert stored.endswith(body) and b"with LMTP id" in stored
+    assert usage(session, "roomy@example.test") == len(stored)
+
+
+def test_lmtp_message_exactly_filling_the_quota_is_accepted(app, session, listeners):
+    app.config["QUOTA_WARNING_PERCENTS"] = ""  # no warning message on top of the exact fill
+    make_mailbox(session, "exact@example.test")
+    body = message(size=1500)
+    lmtp_transaction(listeners.lmtp, "s@outside.test", ["exact@example.test"], body)
+    [first] = inbox("exact@example.test")
+    # Room for exactly one more copy of the same size (trace headers have a fixed length).
+    set_quota_bytes(session, "exact@example.test", 2 * len(first), used_bytes=len(first))
+    replies = lmtp_transaction(listeners.lmtp, "s@outside.test", ["exact@example.test"], body)
+    assert replies[-1][0] == 250
+    assert usage(session, "exact@example.test") == 2 * len(first)
+    assert len(inbox("exact@example.test")) == 2
+
+
+def test_lmtp_stores_one_copy_per_recipient(session, listeners):
+    for name in ("a", "b", "c"):
+        make_mailbox(session, f"{name}@example.test")
+    replies = lmtp_transaction(
+        listeners.lmtp,
+        "s@outside.test",
+        ["a@example.test", "b@example.test", "c@example.test"],
+        message(),
+    )
+    assert [code for code, _ in replies] == [250] * 6
+    for name in ("a", "b", "c"):
+        [stored] = inbox(f"{name}@example.test")
+        assert f"Delivered-To: {name}@example.test".encode() in stored
+
+
+def test_internal_error_answers_451_and_leaves_nothing(session, listeners, monkeypatch):
+    make_mailbox(session, "alice@example.test")
+    from provider.mailstore import maildir
+
+    def broken(*_args, **_kwargs):
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(maildir.Folder, "deliver", broken)
+    replies = lmtp_transaction(listeners.lmtp, "s@outside.test", ["alice@example.test"], message())
+    assert replies[-1][0] == 451 and replies[-1][1].startswith("4.3.0")
+    monkeypatch.undo()
+    assert inbox("alice@example.test") == [] and usage(session, "alice@example.test") == 0
+
+
+# --- quota warnings ------------------------------------------------------------------------
+
+
+def warnings_in(address: str) -> list[bytes]:
+    return [m for m in inbox(address) if b"Subject: Your mailbox is " in m]
+
+
+def test_quota_warnings_once_per_crossing_and_rearmed_below(session, listeners):
+    make_mailbox(session, "alice@example.test")
+    set_quota_bytes(session, "alice@example.test", 100_000)
+    chunk = message(size=3_000)  # ~3.2 % of the quota per delivery, trace headers included
+
+    def deliver_until(percent: int) -> None:
+        while usage(session, "alice@example.test") * 100 < percent * 100_000:
+            replies = lmtp_transaction(
+                listeners.lmtp, "s@outside.test", ["alice@example.test"], chunk
+            )
+            assert replies[-1][0] == 250
+
+    deliver_until(80)
+    assert [b"80% full" in w for w in warnings_in("alice@example.test")] == [True]
+    deliver_until(90)
+    assert len(warnings_in("alice@example.test")) == 1
+    deliver_until(95)
+    assert sorted(b"95% full" in w for w in warnings_in("alice@example.test")) == [False, True]
+
+    # Clean up below 80 %: both thresholds re-arm, and crossing 80 % again warns again.
+    folder = mail_store().open("alice@example.test").folder("INBOX")
+    removed = folder.expunge([info.uid for info in folder.messages()][:6])
+    mailbox_id = provisioning.get_mailbox(session, "alice@example.test").id
+    quota.release(session, mailbox_id, sum(info.size for info in removed))
+    session.commit()
+    assert usage(session, "alice@example.test") * 100 < 80 * 100_000
+    deliver_until(80)
+    assert sum(b"80% full" in w for w in warnings_in("alice@example.test")) == 2
+    assert usage(session, "alice@example.test") == disk_bytes("alice@example.test")
+
+
+# --- concurrency ---------------------------------------------------------------------------
+
+
+def test_300_messages_over_10_parallel_connections(session, listeners):
+    """Done-when: all arrive with distinct increasing UIDs; usage equals the bytes on disk."""
+    make_mailbox(session, "busy@example.test", quota_gb=1)
+    failures: list[BaseException] = []
+
+    def sender(worker: int) -> None:
+        try:
+            with smtplib.SMTP(*listeners.smtp, timeout=60) as client:
+                for number in range(30):
+                    body = message(subject=f"w{worker} n{number}", size=20_000)
+                    assert client.sendmail("s@outside.test", ["busy@example.test"], body) == {}
+        except BaseException as exc:  # collected and re-raised in the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=sender, args=(w,)) for w in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures, failures
+    infos = mail_store().open("busy@example.test").folder("INBOX").messages()
+    uids = [info.uid for info in infos]
+    assert len(uids) == 300 and len(set(uids)) == 300 and uids == sorted(uids)
+    subjects = {f"w{w} n{n}".encode() for w in range(10) for n in range(30)}
+    found = {m.split(b"Subject: ", 1)[1].split(b"\r\n", 1)[0] for m in inbox("busy@example.test")}
+    assert found == subjects
+    assert usage(session, "busy@example.test") == disk_bytes("busy@example.test")
+    assert disk_bytes("busy@example.test") == sum(info.size for info in infos)
