@@ -59,23 +59,25 @@ def resolve(session: Session, recipient: str) -> Destination:
     plus tag dropped. Refuses other domains (never a relay), unknown and suspended mailboxes.
     """
     local, domain_name = _normalize_recipient(recipient)
-    if session.scalar(select(Domain.id).where(Domain.name == domain_name)) is None:
-        raise RelayDenied(f"<{recipient.strip('<> ')}>: relay access denied")
     address = f"{local}@{domain_name}"
-    mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address))
-    if mailbox is None:
-        mailbox = session.scalar(
-            select(Mailbox)
+    row = session.execute(
+        select(Mailbox.id, Mailbox.address, Mailbox.status).where(Mailbox.address == address)
+    ).first()
+    if row is None:
+        row = session.execute(
+            select(Mailbox.id, Mailbox.address, Mailbox.status)
             .join(Alias, Alias.mailbox_id == Mailbox.id)
             .where(Alias.address == address)
-        )
-    if mailbox is None:
+        ).first()
+    if row is None:
+        if session.scalar(select(Domain.id).where(Domain.name == domain_name)) is None:
+            raise RelayDenied(f"<{recipient.strip('<> ')}>: relay access denied")
         raise UnknownRecipient(f"<{address}>: no such mailbox here")
-    if mailbox.status == MailboxStatus.SUSPENDED.value:
+    if row.status == MailboxStatus.SUSPENDED.value:
         raise MailboxDisabled(f"<{address}>: mailbox disabled")
     # An expired trial keeps receiving during its grace period: nothing is lost while the
     # customer decides (DESIGN.md §5).
-    return Destination(mailbox.id, mailbox.address, domain_name)
+    return Destination(row.id, row.address, row.address.rpartition("@")[2])
 
 
 def check_room(session: Session, destination: Destination, size: int) -> None:
@@ -104,8 +106,10 @@ def store_message(
     """
     size = len(message)
     if promised:
-        quota.force_reserve(session, destination.mailbox_id, size)
-    elif not quota.reserve(session, destination.mailbox_id, size):
+        usage = quota.force_reserve(session, destination.mailbox_id, size)
+    else:
+        usage = quota.reserve(session, destination.mailbox_id, size)
+    if usage is None:
         session.rollback()
         raise QuotaExceeded(f"<{destination.address}>: mailbox full")
     session.commit()
@@ -117,7 +121,8 @@ def store_message(
         quota.release(session, destination.mailbox_id, size)
         session.commit()
         raise TemporaryFailure("temporary failure storing the message; try again later") from exc
-    _warn_if_crossed(session, store, destination)
+    if quota.crosses_new_level(usage):
+        _warn_if_crossed(session, store, destination)
     return stored
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from flask import current_app, has_app_context
 from sqlalchemy import case, select, update
@@ -92,21 +92,31 @@ def check_quota_bytes(quota_bytes: int, bounds: QuotaBounds | None = None) -> No
         )
 
 
-def reserve(session: Session, mailbox_id: int, nbytes: int) -> bool:
+class Usage(NamedTuple):
+    """A mailbox's usage right after a change, and the warning level already announced."""
+
+    used_bytes: int
+    quota_bytes: int
+    warned_percent: int
+
+
+def reserve(session: Session, mailbox_id: int, nbytes: int) -> Usage | None:
     """Add `nbytes` to the mailbox's usage if it stays within quota, in one conditional UPDATE.
 
-    Returns False (and changes nothing) when the bytes do not fit. Safe under concurrency:
-    the check and the increment are one statement, so two writers can never both squeeze in.
+    Returns the usage after the change, or None (and changes nothing) when the bytes do not
+    fit. Safe under concurrency: the check and the increment are one statement, so two writers
+    can never both squeeze in.
     """
     if nbytes < 0:
         raise ValueError("reserve takes a non-negative byte count")
-    result = session.execute(
+    row = session.execute(
         update(Mailbox)
         .where(Mailbox.id == mailbox_id, Mailbox.used_bytes + nbytes <= Mailbox.quota_bytes)
         .values(used_bytes=Mailbox.used_bytes + nbytes)
+        .returning(Mailbox.used_bytes, Mailbox.quota_bytes, Mailbox.quota_warned_percent)
         .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    ).first()
+    return Usage(*row) if row is not None else None
 
 
 def release(session: Session, mailbox_id: int, nbytes: int) -> None:
@@ -127,16 +137,18 @@ def release(session: Session, mailbox_id: int, nbytes: int) -> None:
     update_warning_level(session, mailbox_id)
 
 
-def force_reserve(session: Session, mailbox_id: int, nbytes: int) -> None:
+def force_reserve(session: Session, mailbox_id: int, nbytes: int) -> Usage | None:
     """Add usage without the limit check: for mail already promised (see services/delivery)."""
     if nbytes < 0:
         raise ValueError("force_reserve takes a non-negative byte count")
-    session.execute(
+    row = session.execute(
         update(Mailbox)
         .where(Mailbox.id == mailbox_id)
         .values(used_bytes=Mailbox.used_bytes + nbytes)
+        .returning(Mailbox.used_bytes, Mailbox.quota_bytes, Mailbox.quota_warned_percent)
         .execution_options(synchronize_session=False)
-    )
+    ).first()
+    return Usage(*row) if row is not None else None
 
 
 # --- quota warnings ------------------------------------------------------------------------
@@ -152,6 +164,12 @@ def threshold_reached(used_bytes: int, quota_bytes: int, percents: list[int]) ->
     """The highest warning percentage that usage has reached, or 0."""
     reached = [p for p in percents if quota_bytes and used_bytes * 100 >= p * quota_bytes]
     return max(reached, default=0)
+
+
+def crosses_new_level(usage: Usage) -> bool:
+    """Whether this usage reaches a warning level not announced yet (cheap: no query)."""
+    reached = threshold_reached(usage.used_bytes, usage.quota_bytes, warning_percents())
+    return reached > usage.warned_percent
 
 
 def update_warning_level(session: Session, mailbox_id: int) -> int | None:
