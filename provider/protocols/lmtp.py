@@ -134,7 +134,7 @@ class DeliveryHandler:
     def _accept_recipient(self, address: str, size: int) -> Destination:
         destination = delivery.resolve(db.session, address)
         # Refuse now what cannot fit: saves the client sending the data at all.
-        delivery.check_room(db.session, destination, max(size, 1) if size else 0)
+        delivery.check_room(db.session, destination, max(size, 1))
         return destination
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -227,7 +227,28 @@ def combine_smtp_replies(replies: list[str]) -> str:
     return replies[0] if replies else "554 5.5.1 No valid recipients"
 
 
-class _RewritingMixin:
+class SessionMixin:
+    """What the runner needs of every session: a `closed` future, done once the connection is
+    gone (so shutdown can wait for sockets to be really closed)."""
+
+    closed: asyncio.Future[None]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.closed = asyncio.get_running_loop().create_future()
+        super().connection_made(transport)  # type: ignore[misc]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # type: ignore[misc]
+        # After STARTTLS, aiosmtpd closes the raw transport here too; that close completes on
+        # the next loop turn (call_soon is first in, first out), so report "closed" after it.
+        asyncio.get_running_loop().call_soon(self._mark_closed)
+
+    def _mark_closed(self) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _RewritingMixin(SessionMixin):
     """Give aiosmtpd's built-in size replies their enhanced status codes."""
 
     async def push(self, status: str | bytes) -> None:  # type: ignore[override]

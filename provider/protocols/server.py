@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,10 +52,11 @@ LISTENERS: dict[str, Listener] = {
 }
 
 
-class _ClosingProtocol(asyncio.Protocol):
-    """Closes a connection the moment it is made."""
+class _ClosingProtocol(lmtp.SessionMixin, asyncio.Protocol):
+    """Closes a connection the moment it is made (one accepted while shutting down)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
         transport.close()
 
 
@@ -105,8 +105,7 @@ class ProtocolRunner:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         inflight = lmtp.InFlight()
-        # Weak: a closed session drops out by itself; shutdown closes the ones still open.
-        sessions: weakref.WeakSet[asyncio.Protocol] = weakref.WeakSet()
+        sessions: set[Any] = set()  # every connection made, until it is closed
         servers: list[asyncio.AbstractServer] = []
         host = self.app.config["BIND_HOST"]
         try:
@@ -115,9 +114,8 @@ class ProtocolRunner:
                 factory = listener.make_factory(self.app, inflight)
 
                 def tracked(factory: Callable[[], asyncio.Protocol] = factory) -> asyncio.Protocol:
-                    if self._stop is not None and self._stop.is_set():
-                        return _ClosingProtocol()  # accepted while shutting down: hang up
-                    protocol = factory()
+                    stopping = self._stop is not None and self._stop.is_set()
+                    protocol = _ClosingProtocol() if stopping else factory()
                     sessions.add(protocol)
                     return protocol
 
@@ -147,16 +145,22 @@ class ProtocolRunner:
                 transport.close()
         for server in servers:
             await server.wait_closed()
-        await _settle()
+        await _wait_closed(sessions)
 
 
-async def _settle(timeout: float = 2.0) -> None:
-    """Let session tasks and connections accepted at the last moment finish closing, so that no
+async def _wait_closed(sessions: set[Any], timeout: float = 5.0) -> None:
+    """Wait until every connection is really closed (and its session task done), so that no
     socket is left for the garbage collector when the loop ends."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        if not others:
-            break
-        await asyncio.wait(others, timeout=0.05)
-    await asyncio.sleep(0)  # the closes scheduled by the last tasks run here
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        # Sessions accepted at the very last moment appear once their accept task has run.
+        pending = [p.closed for p in list(sessions) if hasattr(p, "closed") and not p.closed.done()]
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if not pending and not tasks:
+            return
+        await asyncio.wait([*pending, *tasks], timeout=0.05)
+        for protocol in list(sessions):
+            transport: Any = getattr(protocol, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.close()

@@ -232,26 +232,54 @@ def lmtp_transaction(
     return rcpt_replies + data_replies
 
 
-def test_lmtp_gives_each_recipient_its_own_verdict_after_data(session, listeners):
+def test_lmtp_gives_each_recipient_its_own_verdict_after_data(app, session, listeners):
     """Done-when: two recipients, one 1 byte short of quota: 552 5.2.2 for it, 250 for the other."""
-    make_mailbox(session, "full@example.test")
-    make_mailbox(session, "roomy@example.test")
+    app.config["QUOTA_WARNING_PERCENTS"] = ""
+    make_mailbox(session, "fullx@example.test")
+    make_mailbox(session, "roomy@example.test")  # same length: same trace headers, same size
     body = message(size=3000)
-    # Exactly what the stored copy will take (trace headers included), minus one byte.
-    probe_size = len(body) + 200
-    set_quota_bytes(session, "full@example.test", 100_000, used_bytes=100_000 - probe_size)
+    lmtp_transaction(listeners.lmtp, "s@outside.test", ["roomy@example.test"], body)
+    [probe] = inbox("roomy@example.test")
+    stored_size = len(probe)
+    set_quota_bytes(session, "fullx@example.test", 100_000, used_bytes=100_000 - stored_size + 1)
     replies = lmtp_transaction(
-        listeners.lmtp, "s@outside.test", ["full@example.test", "roomy@example.test"], body
+        listeners.lmtp, "s@outside.test", ["fullx@example.test", "roomy@example.test"], body
     )
     assert [code for code, _ in replies[:2]] == [250, 250]
     (full_code, full_text), (roomy_code, _) = replies[2:]
     assert (full_code, full_text[:5]) == (552, "5.2.2")
     assert roomy_code == 250
-    assert inbox("full@example.test") == []
-    assert usage(session, "full@example.test") == 100_000 - probe_size
-    [stored] = inbox("roomy@example.test")
-    assert stored.endswith(body) and b"with LMTP id" in stored
-    assert usage(session, "roomy@example.test") == len(stored)
+    assert inbox("fullx@example.test") == []
+    assert usage(session, "fullx@example.test") == 100_000 - stored_size + 1
+    stored = inbox("roomy@example.test")
+    assert len(stored) == 2 and all(len(m) == stored_size for m in stored)
+    assert stored[1].endswith(body) and b"with LMTP id" in stored[1]
+    assert usage(session, "roomy@example.test") == 2 * stored_size
+
+
+def test_smtplib_lmtp_with_declared_size_refuses_the_full_recipient_at_rcpt(session, listeners):
+    make_mailbox(session, "fullx@example.test")
+    make_mailbox(session, "roomy@example.test")
+    body = message(size=3000)
+    set_quota_bytes(session, "fullx@example.test", 100_000, used_bytes=100_000 - len(body) + 1)
+    with smtplib.LMTP(*listeners.lmtp) as client:
+        refused = client.sendmail(
+            "s@outside.test", ["fullx@example.test", "roomy@example.test"], body
+        )
+    assert refused["fullx@example.test"][0] == 552
+    assert refused["fullx@example.test"][1].startswith(b"5.2.2")
+    assert inbox("fullx@example.test") == [] and len(inbox("roomy@example.test")) == 1
+
+
+def test_a_full_mailbox_is_refused_at_rcpt_even_without_a_declared_size(session, listeners):
+    make_mailbox(session, "full@example.test")
+    set_quota_bytes(session, "full@example.test", 100_000, used_bytes=100_000)
+    with RawClient(listeners.smtp) as raw:
+        raw.reply()
+        raw.command("EHLO client.test")
+        raw.command("MAIL FROM:<s@outside.test>")
+        code, text = raw.command("RCPT TO:<full@example.test>")
+    assert (code, text[:5]) == (552, "5.2.2")
 
 
 def test_lmtp_message_exactly_filling_the_quota_is_accepted(app, session, listeners):
