@@ -95,3 +95,24 @@ class TemporaryFailure(ProviderError):
     http_status = 503
     imap_code = "UNAVAILABLE"
     smtp_reply = "451 4.3.0"
+
+
+class AuthenticationFailed(ProviderError):
+    """Wrong password or unknown user: one text for both, so existence is never revealed."""
+
+    http_status = 401
+    imap_code = "AUTHENTICATIONFAILED"
+
+
+class AccessRefused(ProviderError):
+    """Right password, but the mailbox may not use this protocol now (policy, status, trial)."""
+
+    http_status = 403
+    imap_code = "CONTACTADMIN"
+
+
+class TooManyConnections(ProviderError):
+    """More concurrent sessions for one user from one address than allowed."""
+
+    http_status = 429
+    imap_code = "LIMIT"

@@ -46,9 +46,26 @@ def _smtp(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]
     return lmtp.protocol_factory(app, "ESMTP", inflight, server_context(app.config))  # type: ignore[no-any-return]
 
 
-LISTENERS: dict[str, Listener] = {
-    "lmtp": Listener("lmtp", "LMTP_PORT", _lmtp, "LMTP (STARTTLS)"),
-    "smtp": Listener("smtp", "SMTP_PORT", _smtp, "SMTP inbound (STARTTLS)"),
+def _imap(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]:
+    from provider.protocols.imap.session import protocol_factory
+
+    return protocol_factory(app, implicit_tls=False)
+
+
+def _imaps(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]:
+    from provider.protocols.imap.session import protocol_factory
+
+    return protocol_factory(app, implicit_tls=True)
+
+
+# One service name may start several listeners (IMAP: STARTTLS and implicit TLS).
+LISTENERS: dict[str, tuple[Listener, ...]] = {
+    "lmtp": (Listener("lmtp", "LMTP_PORT", _lmtp, "LMTP (STARTTLS)"),),
+    "smtp": (Listener("smtp", "SMTP_PORT", _smtp, "SMTP inbound (STARTTLS)"),),
+    "imap": (
+        Listener("imap", "IMAP_PORT", _imap, "IMAP (STARTTLS)"),
+        Listener("imaps", "IMAPS_PORT", _imaps, "IMAP (implicit TLS)"),
+    ),
 }
 
 
@@ -109,8 +126,8 @@ class ProtocolRunner:
         servers: list[asyncio.AbstractServer] = []
         host = self.app.config["BIND_HOST"]
         try:
-            for name in self.names:
-                listener = LISTENERS[name]
+            chosen = [listener for name in self.names for listener in LISTENERS[name]]
+            for listener in chosen:
                 factory = listener.make_factory(self.app, inflight)
 
                 def tracked(factory: Callable[[], asyncio.Protocol] = factory) -> asyncio.Protocol:
@@ -124,7 +141,7 @@ class ProtocolRunner:
                 )
                 servers.append(server)
                 port = server.sockets[0].getsockname()[1]
-                self.bound.append(Bound(name, host, port, listener.description))
+                self.bound.append(Bound(listener.name, host, port, listener.description))
         except BaseException:
             for server in servers:
                 server.close()

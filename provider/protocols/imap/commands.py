@@ -1,0 +1,713 @@
+"""IMAP commands of the authenticated and selected states, as `do_<verb>` methods."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from provider.extensions import db
+from provider.mailstore import Folder, IncomingMessage, Maildir, MessageInfo
+from provider.mailstore.message import MessageCache, ParsedMessage, section_bytes
+from provider.mailstore.names import decode_mutf7
+from provider.models import Mailbox
+from provider.protocols.imap import fetch as fetching
+from provider.protocols.imap.parser import (
+    Atom,
+    Command,
+    ProtocolError,
+    Value,
+    as_text,
+    encode_literal,
+    encode_mailbox,
+    format_sequence_set,
+    parse_sequence_set,
+    sequence_contains,
+)
+from provider.protocols.imap.search import Candidate, parse_search
+from provider.protocols.imap.selected import SelectedView
+from provider.services import quota
+from provider.services.storage import mail_store
+
+if TYPE_CHECKING:
+    from provider.protocols.imap.session import ImapSession
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+OVERQUOTA = "NO [OVERQUOTA] Quota exceeded (mailbox for user is full)"
+SUBSCRIPTIONS_FILE = "subscriptions"
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+
+
+def wire_name(value: Value) -> str:
+    """A mailbox argument (modified UTF-7 on the wire) as a folder name."""
+    text = as_text(value)
+    try:
+        name = decode_mutf7(text)
+    except ValueError:
+        name = text
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
+def split_flags(names: list[str]) -> tuple[list[str], list[str]]:
+    system = {flag.casefold(): flag for flag in SYSTEM_FLAGS}
+    flags, keywords = [], []
+    for name in names:
+        if name.startswith("\\"):
+            if name.casefold() == "\\recent":
+                continue
+            if name.casefold() not in system:
+                raise ProtocolError(f"unknown system flag {name}")
+            flags.append(system[name.casefold()])
+        else:
+            keywords.append(name)
+    return flags, keywords
+
+
+def flag_list(value: Value) -> list[str]:
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, Atom) for item in items):
+        raise ProtocolError("flags must be atoms")
+    return [str(item) for item in items]
+
+
+def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
+    """LIST wildcards (RFC 3501 §6.3.8): * matches anything, % anything but the separator."""
+    full = reference + pattern
+    regex = "".join(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in full)
+    if full.upper().startswith("INBOX"):
+        return re.compile("(?i:INBOX)" + regex[5:] + r"\Z")
+    return re.compile(regex + r"\Z")
+
+
+class Commands:
+    """Mixed into ImapSession; `self` is the session."""
+
+    # --- helpers (blocking: run through self.blocking)
+
+    def _maildir(self: ImapSession) -> Maildir:
+        assert self.user is not None
+        return mail_store().open(self.user)
+
+    def _subscriptions(self: ImapSession, maildir: Maildir) -> set[str] | None:
+        try:
+            text = (maildir.root / SUBSCRIPTIONS_FILE).read_text("utf-8")
+        except FileNotFoundError:
+            return None  # never changed: every folder counts as subscribed
+        return {line for line in text.splitlines() if line}
+
+    def _set_subscription(self: ImapSession, name: str, on: bool) -> None:
+        maildir = self._maildir()
+        current = self._subscriptions(maildir)
+        if current is None:
+            current = {info.name for info in maildir.folders()}
+        current = current | {name} if on else current - {name}
+        path = maildir.root / SUBSCRIPTIONS_FILE
+        temp = path.with_suffix(".tmp")
+        temp.write_text("".join(f"{n}\n" for n in sorted(current)), "utf-8")
+        temp.replace(path)
+
+    def _usage(self: ImapSession) -> tuple[int, int]:
+        row = db.session.execute(
+            select(Mailbox.used_bytes, Mailbox.quota_bytes).where(Mailbox.id == self.mailbox_id)
+        ).one()
+        return int(row[0]), int(row[1])
+
+    def _store_new(
+        self: ImapSession, target: str, messages: list[IncomingMessage]
+    ) -> tuple[int, list[int]] | str:
+        """Reserve the bytes, then store all or nothing; (uidvalidity, uids) or a NO text."""
+        try:
+            folder = self._maildir().folder(target)
+        except Exception as error:
+            from provider.mailstore import FolderNotFound, InvalidFolderName
+
+            if isinstance(error, FolderNotFound | InvalidFolderName):
+                return "NO [TRYCREATE] Mailbox does not exist"
+            raise
+        total = sum(len(m.data) for m in messages)
+        assert self.mailbox_id is not None
+        if quota.reserve(db.session, self.mailbox_id, total) is None:
+            db.session.rollback()
+            return OVERQUOTA
+        db.session.commit()
+        try:
+            stored = folder.deliver_many(messages)
+        except BaseException:
+            quota.release(db.session, self.mailbox_id, total)
+            db.session.commit()
+            raise
+        quota.update_warning_level(db.session, self.mailbox_id)
+        db.session.commit()
+        return stored[0].uidvalidity, [s.uid for s in stored]
+
+    def _release(self: ImapSession, removed: list[MessageInfo]) -> None:
+        total = sum(info.size for info in removed)
+        if total and self.mailbox_id is not None:
+            quota.release(db.session, self.mailbox_id, total)
+            db.session.commit()
+
+    # --- authenticated state
+
+    async def do_select(self: ImapSession, command: Command, readonly: bool = False) -> str:
+        if len(command.args) != 1:
+            raise ProtocolError("SELECT takes one mailbox name")
+        self.selected = None
+        name = wire_name(command.args[0])
+
+        def open_view() -> SelectedView:
+            folder = self._maildir().folder(name)
+            view = SelectedView(folder, readonly)
+            view.load(folder.messages())
+            view.uidvalidity = folder.uidvalidity  # type: ignore[attr-defined]
+            view.uidnext = folder.uidnext  # type: ignore[attr-defined]
+            return view
+
+        view: Any = await self.blocking(open_view)
+        unseen = next(
+            (i + 1 for i, uid in enumerate(view.uids) if "\\Seen" not in view.flags[uid]), None
+        )
+        lines = [
+            f"* FLAGS ({' '.join(SYSTEM_FLAGS)})",
+            f"* OK [PERMANENTFLAGS ({' '.join(SYSTEM_FLAGS)} \\*)] Flags permitted",
+            f"* {len(view.uids)} EXISTS",
+            f"* {len(view.recent)} RECENT",
+            f"* OK [UIDVALIDITY {view.uidvalidity}] UIDs valid",
+            f"* OK [UIDNEXT {view.uidnext}] Predicted next UID",
+        ]
+        if unseen is not None:
+            lines.append(f"* OK [UNSEEN {unseen}] First unseen")
+        await self.send("".join(line + "\r\n" for line in lines))
+        self.selected = view
+        mode = "READ-ONLY" if readonly else "READ-WRITE"
+        return f"OK [{mode}] {'EXAMINE' if readonly else 'SELECT'} completed"
+
+    async def do_examine(self: ImapSession, command: Command) -> str:
+        return await self.do_select(command, readonly=True)
+
+    async def do_create(self: ImapSession, command: Command) -> str:
+        name = wire_name(command.args[0]).rstrip("/") if command.args else ""
+        if not name:
+            raise ProtocolError("CREATE takes a mailbox name")
+        await self.blocking(lambda: self._maildir().create_folder(name))
+        return "OK CREATE completed"
+
+    async def do_delete(self: ImapSession, command: Command) -> str:
+        name = wire_name(command.args[0])
+
+        def delete() -> None:
+            self._release(self._maildir().delete_folder(name))
+
+        await self.blocking(delete)
+        return "OK DELETE completed"
+
+    async def do_rename(self: ImapSession, command: Command) -> str:
+        old, new = wire_name(command.args[0]), wire_name(command.args[1])
+        await self.blocking(lambda: self._maildir().rename_folder(old, new))
+        return "OK RENAME completed"
+
+    async def do_subscribe(self: ImapSession, command: Command) -> str:
+        name = wire_name(command.args[0])
+        await self.blocking(self._set_subscription, name, True)
+        return "OK SUBSCRIBE completed"
+
+    async def do_unsubscribe(self: ImapSession, command: Command) -> str:
+        name = wire_name(command.args[0])
+        await self.blocking(self._set_subscription, name, False)
+        return "OK UNSUBSCRIBE completed"
+
+    async def do_list(self: ImapSession, command: Command, lsub: bool = False) -> str:
+        args = list(command.args)
+        selection: list[str] = []
+        if args and isinstance(args[0], list):
+            selection = [as_text(v).upper() for v in args.pop(0)]
+        if len(args) < 2:
+            raise ProtocolError("LIST takes a reference and a pattern")
+        reference = as_text(args[0])
+        patterns = args[1] if isinstance(args[1], list) else [args[1]]
+        returns: list[str] = []
+        if len(args) >= 4 and as_text(args[2]).upper() == "RETURN" and isinstance(args[3], list):
+            returns = [as_text(v).upper() for v in args[3]]
+        verb = "LSUB" if lsub else "LIST"
+        texts = [as_text(p) for p in patterns]
+        if not lsub and texts == [""]:
+            return await self._list_root(verb)
+        subscribed_only = lsub or "SUBSCRIBED" in selection
+        show_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
+
+        def listing() -> list[bytes]:
+            maildir = self._maildir()
+            folders = maildir.folders()
+            subs = self._subscriptions(maildir)
+            names = [info.name for info in folders]
+            regexes = [pattern_regex(decode_mutf7(reference), decode_mutf7(t)) for t in texts]
+            out = []
+            for info in folders:
+                if not any(r.match(info.name) for r in regexes):
+                    continue
+                is_subscribed = subs is None or info.name in subs
+                if subscribed_only and not is_subscribed:
+                    continue
+                if "SPECIAL-USE" in selection and info.special_use is None:
+                    continue
+                children = any(n.startswith(info.name + "/") for n in names)
+                attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
+                if info.special_use:
+                    attributes.append(info.special_use)
+                if show_subscribed and is_subscribed:
+                    attributes.append("\\Subscribed")
+                out.append(
+                    f'* {verb} ({" ".join(attributes)}) "/" '.encode()
+                    + encode_mailbox(info.name)
+                    + b"\r\n"
+                )
+            return out
+
+        await self.send_lines(await self.blocking(listing))
+        return f"OK {verb} completed"
+
+    async def _list_root(self: ImapSession, verb: str) -> str:
+        await self.send(f'* {verb} (\\Noselect) "/" ""\r\n')
+        return f"OK {verb} completed"
+
+    async def do_lsub(self: ImapSession, command: Command) -> str:
+        return await self.do_list(command, lsub=True)
+
+    async def do_status(self: ImapSession, command: Command) -> str:
+        if len(command.args) != 2 or not isinstance(command.args[1], list):
+            raise ProtocolError("STATUS takes a mailbox and a list of items")
+        name = wire_name(command.args[0])
+        items = [as_text(v).upper() for v in command.args[1]]
+        if not items or any(i not in STATUS_ITEMS for i in items):
+            raise ProtocolError("unknown STATUS item")
+
+        def status() -> dict[str, int]:
+            folder = self._maildir().folder(name)
+            messages = folder.messages()
+            return {
+                "MESSAGES": len(messages),
+                "RECENT": sum(m.recent for m in messages),
+                "UIDNEXT": folder.uidnext,
+                "UIDVALIDITY": folder.uidvalidity,
+                "UNSEEN": sum("\\Seen" not in m.flags for m in messages),
+            }
+
+        values = await self.blocking(status)
+        body = " ".join(f"{item} {values[item]}" for item in items)
+        await self.send(b"* STATUS " + encode_mailbox(name) + f" ({body})\r\n".encode())
+        return "OK STATUS completed"
+
+    async def do_append(self: ImapSession, command: Command) -> str:
+        args = list(command.args)
+        if len(args) < 2:
+            raise ProtocolError("APPEND takes a mailbox and a message")
+        name = wire_name(args.pop(0))
+        message = args.pop()
+        if not isinstance(message, bytes):
+            raise ProtocolError("the message must be a literal")
+        flags: list[str] = []
+        internal_date: float | None = None
+        for extra in args:
+            if isinstance(extra, list):
+                flags = flag_list(extra)
+            else:
+                internal_date = parse_internal_date(as_text(extra))
+        if len(message) > self.append_limit:
+            return "NO [TOOBIG] Message too large"
+        system, keywords = split_flags(flags)
+        incoming = IncomingMessage(message, system, keywords, internal_date)
+        result = await self.blocking(self._store_new, name, [incoming])
+        if isinstance(result, str):
+            return result
+        uidvalidity, uids = result
+        return f"OK [APPENDUID {uidvalidity} {uids[0]}] APPEND completed"
+
+    async def do_namespace(self: ImapSession, command: Command) -> str:
+        await self.send('* NAMESPACE (("" "/")) NIL NIL\r\n')
+        return "OK NAMESPACE completed"
+
+    async def do_enable(self: ImapSession, command: Command) -> str:
+        await self.send("* ENABLED\r\n")
+        return "OK ENABLE completed"
+
+    async def do_getquotaroot(self: ImapSession, command: Command) -> str:
+        name = wire_name(command.args[0]) if command.args else ""
+        await self.blocking(lambda: self._maildir().folder(name))
+        used, limit = await self.blocking(self._usage)
+        await self.send(
+            b"* QUOTAROOT "
+            + encode_mailbox(name)
+            + b' ""\r\n'
+            + f'* QUOTA "" (STORAGE {used // 1024} {limit // 1024})\r\n'.encode()
+        )
+        return "OK GETQUOTAROOT completed"
+
+    async def do_getquota(self: ImapSession, command: Command) -> str:
+        if not command.args or as_text(command.args[0]) != "":
+            return "NO [NONEXISTENT] No such quota root"
+        used, limit = await self.blocking(self._usage)
+        await self.send(f'* QUOTA "" (STORAGE {used // 1024} {limit // 1024})\r\n')
+        return "OK GETQUOTA completed"
+
+    async def do_idle(self: ImapSession, command: Command) -> str | None:
+        await self.send(b"+ idling\r\n")
+        reading = asyncio.ensure_future(self.read_line(self.idle_timeout))
+        try:
+            while True:
+                done, _ = await asyncio.wait({reading}, timeout=self.poll_interval)
+                if done:
+                    line = reading.result()
+                    if line is not None and line.rstrip(b"\r\n").upper() == b"DONE":
+                        return "OK IDLE terminated"
+                    await self.bad(command.tag, "Expected DONE")
+                    return None
+                await self.sync_selected()
+        finally:
+            if not reading.done():
+                reading.cancel()
+
+    # --- selected state
+
+    async def do_check(self: ImapSession, command: Command) -> str:
+        return "OK CHECK completed"
+
+    async def do_close(self: ImapSession, command: Command) -> str:
+        view = self.selected
+        self.selected = None
+        if view is not None and not view.readonly:
+            await self.blocking(self._expunge, view, None)
+        return "OK CLOSE completed"
+
+    async def do_unselect(self: ImapSession, command: Command) -> str:
+        self.selected = None
+        return "OK UNSELECT completed"
+
+    def _expunge(self: ImapSession, view: SelectedView, only: set[int] | None) -> list[int]:
+        deleted = [
+            info.uid
+            for info in view.folder.messages()
+            if "\\Deleted" in info.flags and (only is None or info.uid in only)
+        ]
+        removed = view.folder.expunge(deleted)
+        self._release(removed)
+        with MessageCache(view.folder.path) as cache:
+            cache.forget(info.basename for info in removed)
+        return [info.uid for info in removed]
+
+    async def do_expunge(self: ImapSession, command: Command, uids: set[int] | None = None) -> str:
+        view = self.selected
+        assert view is not None
+        if view.readonly:
+            return "NO [READ-ONLY] Mailbox is read-only"
+        removed = await self.blocking(self._expunge, view, uids)
+        await self.send_lines(view.remove(set(removed)))
+        return "OK EXPUNGE completed"
+
+    def _targets(self: ImapSession, text: str, by_uid: bool) -> list[int]:
+        """UIDs of the view a sequence set names (seq numbers or UIDs)."""
+        view = self.selected
+        assert view is not None
+        ranges = parse_sequence_set(text)
+        if not view.uids:
+            return []
+        if by_uid:
+            largest = view.uids[-1]
+            return [u for u in view.uids if sequence_contains(ranges, u, largest)]
+        count = len(view.uids)
+        for low, high in ranges:
+            for number in (low, high):
+                if number is not None and number > count:
+                    raise ProtocolError("no such message")
+        return [
+            uid for seq, uid in enumerate(view.uids, 1) if sequence_contains(ranges, seq, count)
+        ]
+
+    async def do_uid(self: ImapSession, command: Command) -> str:
+        if not command.args or not isinstance(command.args[0], Atom):
+            raise ProtocolError("UID needs a command")
+        sub = command.args[0].upper()
+        inner = Command(command.tag, sub, command.args[1:])
+        if sub == "FETCH":
+            return await self.do_fetch(inner, by_uid=True)
+        if sub == "STORE":
+            return await self.do_store(inner, by_uid=True)
+        if sub == "SEARCH":
+            return await self.do_search(inner, by_uid=True)
+        if sub == "COPY":
+            return await self.do_copy(inner, by_uid=True)
+        if sub == "MOVE":
+            return await self.do_move(inner, by_uid=True)
+        if sub == "EXPUNGE":
+            uids = set(self._targets(as_text(inner.args[0]), True))
+            return await self.do_expunge(inner, uids)
+        raise ProtocolError(f"unknown UID command {sub}")
+
+    async def do_fetch(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        if len(command.args) != 2:
+            raise ProtocolError("FETCH takes a sequence set and items")
+        view = self.selected
+        assert view is not None
+        items = fetching.parse_fetch_items(command.args[1])
+        if by_uid and not any(item.name == "UID" for item in items):
+            items.insert(0, fetching.FetchItem("UID"))
+        uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
+        lines = await self.blocking(self._fetch, view, uids, items)
+        await self.send_lines(lines)
+        return f"OK {'UID ' if by_uid else ''}FETCH completed"
+
+    def _fetch(
+        self: ImapSession, view: SelectedView, uids: list[int], items: list[fetching.FetchItem]
+    ) -> list[bytes]:
+        needs_parse = any(
+            i.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822.HEADER", "RFC822.TEXT")
+            or i.section is not None
+            for i in items
+        )
+        needs_data = needs_parse or any(i.name == "RFC822" for i in items)
+        sets_seen = not view.readonly and any(i.sets_seen for i in items)
+        cache = MessageCache(view.folder.path) if needs_parse else None
+        out: list[bytes] = []
+        try:
+            for uid in uids:
+                info = view.infos[uid]
+                data: bytes | None = None
+                parsed: ParsedMessage | None = None
+                try:
+                    if needs_data:
+                        data = view.folder.read(uid)
+                    if cache is not None:
+                        parsed = cache.get(info.basename, info.path)
+                except (OSError, KeyError):
+                    continue
+                flags_changed = False
+                if sets_seen and "\\Seen" not in info.flags:
+                    info = view.folder.set_flags(uid, info.flags | {"\\Seen"}, info.keywords)
+                    view.note_flags(info)
+                    flags_changed = True
+                parts: list[bytes] = []
+                for item in items:
+                    parts.append(self._fetch_item(view, info, item, data, parsed))
+                if flags_changed and not any(i.name == "FLAGS" for i in items):
+                    parts.append(b"FLAGS (" + " ".join(view.display_flags(uid)).encode() + b")")
+                seq = view.seq_of(uid)
+                out.append(b"* %d FETCH (" % (seq or 0) + b" ".join(parts) + b")\r\n")
+        finally:
+            if cache is not None:
+                cache.close()
+        return out
+
+    def _fetch_item(
+        self: ImapSession,
+        view: SelectedView,
+        info: MessageInfo,
+        item: fetching.FetchItem,
+        data: bytes | None,
+        parsed: ParsedMessage | None,
+    ) -> bytes:
+        name = item.name
+        if item.section is not None:
+            assert data is not None and parsed is not None
+            content = fetching.to_crlf(section_bytes(data, parsed, item.section))
+            return (
+                item.label.encode()
+                + b" "
+                + encode_literal(fetching.partial_of(content, item.partial))
+            )
+        if name == "FLAGS":
+            return b"FLAGS (" + " ".join(view.display_flags(info.uid)).encode() + b")"
+        if name == "UID":
+            return b"UID %d" % info.uid
+        if name == "INTERNALDATE":
+            return f'INTERNALDATE "{fetching.format_internal_date(info.internal_date)}"'.encode()
+        if name == "RFC822.SIZE":
+            size = fetching.rfc822_size(info.basename, None)
+            if size is None:
+                size = fetching.rfc822_size(info.basename, view.folder.read(info.uid))
+            return b"RFC822.SIZE %d" % (size or 0)
+        assert data is not None
+        if name == "RFC822":
+            return b"RFC822 " + encode_literal(fetching.to_crlf(data))
+        assert parsed is not None
+        if name == "ENVELOPE":
+            return b"ENVELOPE " + fetching.envelope_bytes(parsed.envelope)
+        if name == "BODYSTRUCTURE":
+            return b"BODYSTRUCTURE " + fetching.body_structure(parsed.body, True)
+        if name == "BODY":
+            return b"BODY " + fetching.body_structure(parsed.body, False)
+        if name == "RFC822.HEADER":
+            return b"RFC822.HEADER " + encode_literal(
+                fetching.to_crlf(section_bytes(data, parsed, "HEADER"))
+            )
+        return b"RFC822.TEXT " + encode_literal(
+            fetching.to_crlf(section_bytes(data, parsed, "TEXT"))
+        )
+
+    async def do_store(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        if len(command.args) != 3:
+            raise ProtocolError("STORE takes a sequence set, an action and flags")
+        view = self.selected
+        assert view is not None
+        action = as_text(command.args[1]).upper()
+        silent = action.endswith(".SILENT")
+        mode = action.removesuffix(".SILENT")
+        if mode not in ("FLAGS", "+FLAGS", "-FLAGS"):
+            raise ProtocolError("STORE action must be FLAGS, +FLAGS or -FLAGS")
+        system, keywords = split_flags(flag_list(command.args[2]))
+        if view.readonly:
+            return "NO [READ-ONLY] Mailbox is read-only"
+        uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
+
+        def store() -> list[bytes]:
+            out = []
+            for uid in uids:
+                info = view.infos[uid]
+                flags, words = set(info.flags), set(info.keywords)
+                if mode == "FLAGS":
+                    flags, words = set(system), set(keywords)
+                elif mode == "+FLAGS":
+                    flags |= set(system)
+                    words |= set(keywords)
+                else:
+                    flags -= set(system)
+                    words = {
+                        w for w in words if w.casefold() not in {k.casefold() for k in keywords}
+                    }
+                try:
+                    updated = view.folder.set_flags(uid, flags, words)
+                except KeyError:
+                    continue
+                view.note_flags(updated)
+                if not silent:
+                    out.append(view.fetch_flags_line(uid, with_uid=by_uid))
+            return out
+
+        await self.send_lines(await self.blocking(store))
+        return f"OK {'UID ' if by_uid else ''}STORE completed"
+
+    async def do_search(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        view = self.selected
+        assert view is not None
+        args = list(command.args)
+        if args and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
+            if len(args) < 2:
+                raise ProtocolError("CHARSET needs a name")
+            charset = as_text(args[1]).upper()
+            if charset not in ("UTF-8", "US-ASCII"):
+                return "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset"
+            args = args[2:]
+        predicate = parse_search(args)
+
+        def search() -> list[int]:
+            cache = MessageCache(view.folder.path)
+            found = []
+            try:
+                largest_uid = view.uids[-1] if view.uids else 0
+                for seq, uid in enumerate(view.uids, 1):
+                    info = view.infos.get(uid)
+                    if info is None or uid in view.gone:
+                        continue
+
+                    def load(info: MessageInfo = info) -> tuple[bytes, ParsedMessage]:
+                        return view.folder.read(info.uid), cache.get(info.basename, info.path)
+
+                    candidate = Candidate(
+                        seq, info, uid in view.recent, len(view.uids), largest_uid, load
+                    )
+                    try:
+                        if predicate(candidate):
+                            found.append(uid if by_uid else seq)
+                    except (OSError, KeyError):
+                        continue
+            finally:
+                cache.close()
+            return found
+
+        found = await self.blocking(search)
+        await self.send(("* SEARCH" + "".join(f" {n}" for n in found) + "\r\n").encode())
+        return f"OK {'UID ' if by_uid else ''}SEARCH completed"
+
+    def _copy(
+        self: ImapSession, view: SelectedView, uids: list[int], target: str, move: bool
+    ) -> tuple[str, list[int], list[int]]:
+        messages = []
+        sources = []
+        for uid in uids:
+            info = view.infos[uid]
+            try:
+                data = view.folder.read(uid)
+            except KeyError:
+                continue
+            messages.append(IncomingMessage(data, info.flags, info.keywords, info.internal_date))
+            sources.append(uid)
+        if not messages:
+            return "OK Nothing to copy", [], []
+        result = self._store_moved(target, messages) if move else self._store_new(target, messages)
+        if isinstance(result, str):
+            return result, [], []
+        uidvalidity, new_uids = result
+        code = (
+            f"[COPYUID {uidvalidity} {format_sequence_set(sources)} "
+            f"{format_sequence_set(new_uids)}]"
+        )
+        return code, sources, new_uids
+
+    def _store_moved(
+        self: ImapSession, target: str, messages: list[IncomingMessage]
+    ) -> tuple[int, list[int]] | str:
+        """MOVE keeps the bytes inside the mailbox, so the usage does not change (the copies
+        are stored, then the originals expunged without releasing their quota)."""
+        from provider.mailstore import FolderNotFound, InvalidFolderName
+
+        try:
+            folder: Folder = self._maildir().folder(target)
+        except (FolderNotFound, InvalidFolderName):
+            return "NO [TRYCREATE] Mailbox does not exist"
+        stored = folder.deliver_many(messages)
+        return stored[0].uidvalidity, [s.uid for s in stored]
+
+    async def do_copy(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        if len(command.args) != 2:
+            raise ProtocolError("COPY takes a sequence set and a mailbox")
+        view = self.selected
+        assert view is not None
+        uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
+        target = wire_name(command.args[1])
+        code, _, _ = await self.blocking(self._copy, view, uids, target, False)
+        if code.startswith(("NO", "OK")):
+            return code
+        return f"OK {code} COPY completed"
+
+    async def do_move(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        if len(command.args) != 2:
+            raise ProtocolError("MOVE takes a sequence set and a mailbox")
+        view = self.selected
+        assert view is not None
+        if view.readonly:
+            return "NO [READ-ONLY] Mailbox is read-only"
+        uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
+        target = wire_name(command.args[1])
+        code, sources, _ = await self.blocking(self._copy, view, uids, target, True)
+        if code.startswith(("NO", "OK")):
+            return code
+        # RFC 6851 §4.3: COPYUID comes in an untagged OK before the EXPUNGEs.
+        await self.send(f"* OK {code} Moved\r\n")
+
+        def remove() -> list[int]:
+            removed = view.folder.expunge(sources)
+            with MessageCache(view.folder.path) as cache:
+                cache.forget(info.basename for info in removed)
+            return [info.uid for info in removed]
+
+        removed = await self.blocking(remove)
+        await self.send_lines(view.remove(set(removed)))
+        return "OK MOVE completed"
+
+
+def parse_internal_date(text: str) -> float:
+    """RFC 3501 date-time: `17-Jul-1996 02:44:25 -0700`."""
+    try:
+        return datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z").timestamp()
+    except ValueError:
+        raise ProtocolError(f"bad date-time {text!r}") from None

@@ -1,0 +1,228 @@
+"""FETCH (RFC 3501 §6.4.5, §7.4.2): attribute parsing and ENVELOPE/BODYSTRUCTURE encoding."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from provider.mailstore.message import Address, BodyPart, Envelope
+from provider.protocols.imap.parser import (
+    Atom,
+    ProtocolError,
+    Value,
+    encode_list,
+    encode_nstring,
+    encode_string,
+)
+
+MACROS = {
+    "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
+    "FAST": ["FLAGS", "INTERNALDATE", "RFC822.SIZE"],
+    "FULL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"],
+}
+SIMPLE = frozenset(
+    {
+        "FLAGS",
+        "INTERNALDATE",
+        "RFC822.SIZE",
+        "UID",
+        "ENVELOPE",
+        "BODYSTRUCTURE",
+        "BODY",
+        "RFC822",
+        "RFC822.HEADER",
+        "RFC822.TEXT",
+    }
+)
+_SECTION_ITEM = re.compile(r"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.I)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+_WIDTH = re.compile(r",W=([0-9]+)")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True)
+class FetchItem:
+    """One fetch-att: a simple name, or BODY[section]<partial> (peek: no implicit \\Seen)."""
+
+    name: str
+    section: str | None = None
+    partial: tuple[int, int] | None = None
+    peek: bool = False
+
+    @property
+    def label(self) -> str:
+        """The name the response uses (BODY.PEEK is answered as BODY, partial by its start)."""
+        if self.section is None:
+            return self.name
+        start = f"<{self.partial[0]}>" if self.partial else ""
+        return f"BODY[{self.section}]{start}"
+
+    @property
+    def sets_seen(self) -> bool:
+        return (self.section is not None and not self.peek) or self.name in (
+            "RFC822",
+            "RFC822.TEXT",
+        )
+
+
+def parse_fetch_items(value: Value) -> list[FetchItem]:
+    """The fetch-att list of a FETCH command (RFC 3501 §9 `fetch`): a macro, one item, or a
+    parenthesised list. ProtocolError if anything is not a fetch-att."""
+    if isinstance(value, Atom) and value.upper() in MACROS:
+        return [FetchItem(name) for name in MACROS[value.upper()]]
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise ProtocolError("empty fetch list")
+    parsed: list[FetchItem] = []
+    for item in items:
+        if not isinstance(item, Atom):
+            raise ProtocolError("bad fetch item")
+        upper = item.upper()
+        if upper in SIMPLE:
+            parsed.append(FetchItem(upper))
+            continue
+        match = _SECTION_ITEM.match(item)
+        if match is None:
+            raise ProtocolError(f"unknown fetch item {item!r}")
+        peek = match.group(1).upper() == "BODY.PEEK"
+        section = _canonical_section(match.group(2))
+        partial = None
+        if match.group(3) is not None:
+            count = int(match.group(4))
+            if count == 0:
+                raise ProtocolError("partial count must be positive")
+            partial = (int(match.group(3)), count)
+        parsed.append(FetchItem("BODY", section, partial, peek))
+    return parsed
+
+
+def _canonical_section(section: str) -> str:
+    from provider.mailstore.message import parse_section
+
+    try:
+        spec = parse_section(section)
+    except ValueError:
+        raise ProtocolError(f"bad section {section!r}") from None
+    numbers = ".".join(str(n) for n in spec.part)
+    text = spec.text
+    if spec.fields:
+        text += " (" + " ".join(f.upper() for f in spec.fields) + ")"
+    return ".".join(p for p in (numbers, text) if p)
+
+
+def rfc822_size(basename: str, data: bytes | None) -> int | None:
+    """The CRLF size (W= in the file name, else counted from the data when it is given)."""
+    match = _WIDTH.search(basename)
+    if match:
+        return int(match.group(1))
+    if data is None:
+        return None
+    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Bare LF → CRLF (files written by other software may hold bare LFs; IMAP needs CRLF)."""
+    return _BARE_LF.sub(b"\r\n", data) if b"\n" in data else data
+
+
+def partial_of(data: bytes, partial: tuple[int, int] | None) -> bytes:
+    if partial is None:
+        return data
+    start, count = partial
+    return data[start : start + count]
+
+
+def format_internal_date(timestamp: float) -> str:
+    """RFC 3501 date-time, in UTC: `17-Jul-1996 02:44:25 +0000`."""
+    moment = time.gmtime(timestamp)
+    return (
+        f"{moment.tm_mday:02d}-{_MONTHS[moment.tm_mon - 1]}-{moment.tm_year:04d} "
+        f"{moment.tm_hour:02d}:{moment.tm_min:02d}:{moment.tm_sec:02d} +0000"
+    )
+
+
+def _addresses(addresses: list[Address]) -> bytes:
+    if not addresses:
+        return b"NIL"
+    return encode_list(
+        encode_list(
+            [
+                encode_nstring(a.name),
+                encode_nstring(a.adl),
+                encode_nstring(a.mailbox),
+                encode_nstring(a.host),
+            ]
+        )
+        for a in addresses
+    )
+
+
+def envelope_bytes(envelope: Envelope) -> bytes:
+    """RFC 3501 §7.4.2 ENVELOPE."""
+    return encode_list(
+        [
+            encode_nstring(envelope.date),
+            encode_nstring(envelope.subject),
+            _addresses(envelope.from_),
+            _addresses(envelope.sender),
+            _addresses(envelope.reply_to),
+            _addresses(envelope.to),
+            _addresses(envelope.cc),
+            _addresses(envelope.bcc),
+            encode_nstring(envelope.in_reply_to),
+            encode_nstring(envelope.message_id),
+        ]
+    )
+
+
+def _params(params: list[tuple[str, str]]) -> bytes:
+    if not params:
+        return b"NIL"
+    return encode_list(encode_string(x) for pair in params for x in pair)
+
+
+def _disposition(part: BodyPart) -> bytes:
+    if part.disposition is None:
+        return b"NIL"
+    kind, params = part.disposition
+    return encode_list([encode_string(kind), _params(params)])
+
+
+def _language(part: BodyPart) -> bytes:
+    if not part.language:
+        return b"NIL"
+    if len(part.language) == 1:
+        return encode_string(part.language[0])
+    return encode_list(encode_string(x) for x in part.language)
+
+
+def body_structure(part: BodyPart, extensible: bool = True) -> bytes:
+    """RFC 3501 §7.4.2 BODYSTRUCTURE (extensible) or BODY (without extension data)."""
+    if part.parts:
+        fields = [b"".join(body_structure(child, extensible) for child in part.parts)]
+        fields.append(encode_string(part.subtype))
+        if extensible:
+            fields += [_params(part.params), _disposition(part), _language(part)]
+            fields.append(encode_nstring(part.location))
+        # Children are concatenated without spaces (RFC 3501 body-type-mpart).
+        return b"(" + fields[0] + b" " + b" ".join(fields[1:]) + b")"
+    fields = [
+        encode_string(part.type),
+        encode_string(part.subtype),
+        _params(part.params),
+        encode_nstring(part.id),
+        encode_nstring(part.description),
+        encode_string(part.encoding),
+        str(part.size).encode(),
+    ]
+    if part.message_envelope is not None and part.message_body is not None:
+        fields.append(envelope_bytes(part.message_envelope))
+        fields.append(body_structure(part.message_body, extensible))
+        fields.append(str(part.lines or 0).encode())
+    elif part.type == "text":
+        fields.append(str(part.lines or 0).encode())
+    if extensible:
+        fields += [encode_nstring(part.md5), _disposition(part), _language(part)]
+        fields.append(encode_nstring(part.location))
+    return encode_list(fields)

@@ -1,0 +1,208 @@
+"""SEARCH (RFC 3501 §6.4.4): parse search keys into a predicate over one message."""
+
+from __future__ import annotations
+
+import email.header
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+
+from provider.mailstore import MessageInfo
+from provider.mailstore.message import ParsedMessage
+from provider.protocols.imap.parser import (
+    Atom,
+    ProtocolError,
+    Value,
+    as_text,
+    is_sequence_set,
+    parse_sequence_set,
+    sequence_contains,
+)
+
+_MONTHS = {
+    m: i + 1
+    for i, m in enumerate(
+        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"]
+    )
+}
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True),
+    "DELETED": ("\\Deleted", True),
+    "DRAFT": ("\\Draft", True),
+    "FLAGGED": ("\\Flagged", True),
+    "SEEN": ("\\Seen", True),
+    "UNANSWERED": ("\\Answered", False),
+    "UNDELETED": ("\\Deleted", False),
+    "UNDRAFT": ("\\Draft", False),
+    "UNFLAGGED": ("\\Flagged", False),
+    "UNSEEN": ("\\Seen", False),
+}
+
+
+@dataclass
+class Candidate:
+    """One message being tested; data and parsed are loaded only if a key needs them."""
+
+    seq: int
+    info: MessageInfo
+    recent: bool
+    largest_seq: int
+    largest_uid: int
+    load: Callable[[], tuple[bytes, ParsedMessage]]
+    _loaded: tuple[bytes, ParsedMessage] | None = None
+
+    def content(self) -> tuple[bytes, ParsedMessage]:
+        if self._loaded is None:
+            self._loaded = self.load()
+        return self._loaded
+
+
+Predicate = Callable[[Candidate], bool]
+
+
+def parse_date(value: Value) -> date:
+    """RFC 3501 date: `1-Feb-1994` (quoted or not)."""
+    text = as_text(value)
+    try:
+        day, month, year = text.split("-")
+        return date(int(year), _MONTHS[month.upper()], int(day))
+    except (ValueError, KeyError):
+        raise ProtocolError(f"bad date {text!r}") from None
+
+
+def _decoded_header(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace")
+    try:
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):
+        return text
+
+
+def _header_values(candidate: Candidate, name: str) -> list[str]:
+    data, parsed = candidate.content()
+    values = []
+    for field_name, start, end in parsed.headers:
+        if field_name == name:
+            raw = data[start:end]
+            _, _, value = raw.partition(b":")
+            values.append(_decoded_header(value.replace(b"\r\n", b"").replace(b"\n", b"")))
+    return values
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    return needle.casefold() in haystack.casefold()
+
+
+def _body_text(candidate: Candidate) -> str:
+    data, parsed = candidate.content()
+    return data[parsed.body.body_start : parsed.body.body_end].decode("utf-8", "replace")
+
+
+def parse_search(args: list[Value]) -> Predicate:
+    """All keys must hold (RFC 3501 §6.4.4). A leading `CHARSET x` is the caller's business."""
+    position = 0
+    predicates: list[Predicate] = []
+    while position < len(args):
+        predicate, position = _key(args, position)
+        predicates.append(predicate)
+    if not predicates:
+        raise ProtocolError("SEARCH needs at least one key")
+    return lambda c: all(p(c) for p in predicates)
+
+
+def _take(args: list[Value], position: int) -> Value:
+    if position >= len(args):
+        raise ProtocolError("search key is missing its argument")
+    return args[position]
+
+
+def _key(args: list[Value], position: int) -> tuple[Predicate, int]:
+    value = args[position]
+    position += 1
+    if isinstance(value, list):
+        return parse_search(value), position
+    if not isinstance(value, Atom):
+        raise ProtocolError("bad search key")
+    key = value.upper()
+    if key == "ALL":
+        return (lambda c: True), position
+    if key in _FLAG_KEYS:
+        flag, wanted = _FLAG_KEYS[key]
+        return (lambda c: (flag in c.info.flags) == wanted), position
+    if key in ("KEYWORD", "UNKEYWORD"):
+        name = as_text(_take(args, position)).casefold()
+        wanted = key == "KEYWORD"
+        return (lambda c: (name in {k.casefold() for k in c.info.keywords}) == wanted), position + 1
+    if key == "RECENT":
+        return (lambda c: c.recent), position
+    if key == "OLD":
+        return (lambda c: not c.recent), position
+    if key == "NEW":
+        return (lambda c: c.recent and "\\Seen" not in c.info.flags), position
+    if key == "NOT":
+        inner, position = _key(args, position)
+        return (lambda c: not inner(c)), position
+    if key == "OR":
+        first, position = _key(args, position)
+        second, position = _key(args, position)
+        return (lambda c: first(c) or second(c)), position
+    if key in ("LARGER", "SMALLER"):
+        text = as_text(_take(args, position))
+        if not text.isdigit():
+            raise ProtocolError("LARGER and SMALLER take a number")
+        size = int(text)
+        if key == "LARGER":
+            return (lambda c: c.info.size > size), position + 1
+        return (lambda c: c.info.size < size), position + 1
+    if key in ("BEFORE", "ON", "SINCE"):
+        day = parse_date(_take(args, position))
+
+        def internal(c: Candidate, key: str = key) -> bool:
+            moment = datetime.fromtimestamp(c.info.internal_date, UTC).date()
+            return _compare(key, moment, day)
+
+        return internal, position + 1
+    if key in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        day = parse_date(_take(args, position))
+
+        def sent(c: Candidate, key: str = key[4:]) -> bool:
+            moment = c.content()[1].sent_day()
+            return moment is not None and _compare(key, moment, day)
+
+        return sent, position + 1
+    if key in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+        needle = as_text(_take(args, position))
+        name = key.lower()
+        return (lambda c: any(_contains(v, needle) for v in _header_values(c, name))), position + 1
+    if key == "HEADER":
+        name = as_text(_take(args, position)).lower()
+        needle = as_text(_take(args, position + 1))
+        return (lambda c: any(_contains(v, needle) for v in _header_values(c, name))), position + 2
+    if key == "BODY":
+        needle = as_text(_take(args, position))
+        return (lambda c: _contains(_body_text(c), needle)), position + 1
+    if key == "TEXT":
+        needle = as_text(_take(args, position))
+
+        def text_match(c: Candidate) -> bool:
+            data, _ = c.content()
+            return _contains(_decoded_header(data[: c.content()[1].header_size]), needle) or (
+                _contains(_body_text(c), needle)
+            )
+
+        return text_match, position + 1
+    if key == "UID":
+        ranges = parse_sequence_set(as_text(_take(args, position)))
+        return (lambda c: sequence_contains(ranges, c.info.uid, c.largest_uid)), position + 1
+    if is_sequence_set(key):
+        ranges = parse_sequence_set(key)
+        return (lambda c: sequence_contains(ranges, c.seq, c.largest_seq)), position
+    raise ProtocolError(f"unknown search key {value!r}")
+
+
+def _compare(key: str, moment: date, day: date) -> bool:
+    if key == "BEFORE":
+        return moment < day
+    if key == "ON":
+        return moment == day
+    return moment >= day

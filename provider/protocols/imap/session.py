@@ -1,0 +1,483 @@
+"""IMAP4rev1 session: the read loop (limits, literals, timeouts), state machine and dispatcher."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import ipaddress
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask
+
+from provider.errors import ProviderError
+from provider.extensions import db
+from provider.mailstore import (
+    FolderExists,
+    FolderNotFound,
+    InvalidFolderName,
+    MailboxMissing,
+    MailstoreBusy,
+    MailstoreError,
+    MessageNotFound,
+)
+from provider.protocols.imap.commands import Commands
+from provider.protocols.imap.parser import (
+    Command,
+    ProtocolError,
+    TaggedError,
+    as_text,
+    parse_command,
+    trailing_literal,
+)
+from provider.protocols.imap.selected import SelectedView
+from provider.protocols.lmtp import SessionMixin
+from provider.services import mail_access
+from provider.tls import server_context
+
+log = logging.getLogger(__name__)
+
+MAX_LINE = 65536  # Dovecot's imap_max_line_length; RFC 7162 asks for at least 8192
+BAD_BEFORE_LOGIN = 3
+BAD_AFTER_LOGIN = 20
+NO_EXPUNGE_COMMANDS = frozenset({"FETCH", "STORE", "SEARCH", "UID"})
+
+ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
+NOT_AUTHENTICATED = frozenset({"STARTTLS", "LOGIN", "AUTHENTICATE"})
+AUTHENTICATED = frozenset(
+    {
+        "SELECT",
+        "EXAMINE",
+        "CREATE",
+        "DELETE",
+        "RENAME",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "LIST",
+        "LSUB",
+        "STATUS",
+        "APPEND",
+        "NAMESPACE",
+        "ENABLE",
+        "IDLE",
+        "GETQUOTA",
+        "GETQUOTAROOT",
+    }
+)
+SELECTED = frozenset(
+    {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID"}
+)
+
+
+class Disconnect(Exception):
+    """End the session (after a BYE, a LOGOUT, or the client going away)."""
+
+
+def is_loopback(peer: str) -> bool:
+    try:
+        return ipaddress.ip_address(peer.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_login_allowed(tls_active: bool, peer: str) -> bool:
+    """DESIGN.md §6: plaintext LOGIN/AUTHENTICATE only over TLS or from loopback."""
+    return tls_active or is_loopback(peer)
+
+
+class SharedState:
+    """What every IMAP session of one app shares: failure delays and connection counts."""
+
+    def __init__(self, app: Flask) -> None:
+        config = app.config
+        self.failures = mail_access.FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]))
+        self.connections = mail_access.ConnectionLimit(
+            int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"])
+        )
+
+
+def shared_state(app: Flask) -> SharedState:
+    state = app.extensions.get("imap_shared")
+    if state is None:
+        state = app.extensions["imap_shared"] = SharedState(app)
+    return state  # type: ignore[no-any-return]
+
+
+class ImapSession(Commands):
+    """One client connection. Commands live in `Commands` as `do_<verb>` methods."""
+
+    def __init__(
+        self,
+        app: Flask,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        implicit_tls: bool,
+        tls_context: ssl.SSLContext,
+    ) -> None:
+        self.app = app
+        self.reader = reader
+        self.writer = writer
+        self.implicit_tls = implicit_tls
+        self.tls_context = tls_context
+        self.tls_active = False
+        peer = writer.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
+        self.shared = shared_state(app)
+        config = app.config
+        self.login_timeout = float(config["IMAP_LOGIN_TIMEOUT_SECONDS"])
+        self.idle_timeout = max(float(config["IMAP_AUTOLOGOUT_SECONDS"]), 0.001)
+        self.poll_interval = float(config["IMAP_IDLE_POLL_SECONDS"])
+        self.append_limit = int(float(config["MAX_MESSAGE_MB"]) * 1024 * 1024)
+        self.user: str | None = None
+        self.mailbox_id: int | None = None
+        self.selected: SelectedView | None = None
+        self.bad_commands = 0
+        self.current: str = ""
+
+    # --- plumbing
+
+    def _in_app(self, function: Callable[..., Any], *args: Any) -> Any:
+        with self.app.app_context():
+            try:
+                return function(*args)
+            finally:
+                db.session.remove()
+
+    async def blocking(self, function: Callable[..., Any], *args: Any) -> Any:
+        """The one way blocking work (hashing, database, files) leaves the event loop."""
+        return await asyncio.to_thread(self._in_app, function, *args)
+
+    async def send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def send_lines(self, lines: list[bytes]) -> None:
+        if lines:
+            self.writer.write(b"".join(lines))
+            await self.writer.drain()
+
+    @property
+    def timeout(self) -> float:
+        return self.login_timeout if self.user is None else self.idle_timeout
+
+    async def read_line(self, timeout: float | None = None) -> bytes | None:
+        """One line with its CRLF; None if it was longer than MAX_LINE (then skipped)."""
+        too_long = False
+        while True:
+            try:
+                line = await asyncio.wait_for(self.reader.readuntil(b"\n"), timeout or self.timeout)
+            except asyncio.LimitOverrunError as error:
+                # Drop what is buffered and keep looking for the end of this line.
+                await self.reader.readexactly(max(error.consumed, 1))
+                too_long = True
+                continue
+            except TimeoutError:
+                await self.bye("Autologout; idle for too long")
+                raise Disconnect from None
+            except (asyncio.IncompleteReadError, ConnectionError):
+                raise Disconnect from None
+            return None if too_long else line
+
+    async def read_exactly(self, size: int) -> bytes:
+        try:
+            return await asyncio.wait_for(self.reader.readexactly(size), self.timeout)
+        except TimeoutError:
+            await self.bye("Autologout; idle for too long")
+            raise Disconnect from None
+        except (asyncio.IncompleteReadError, ConnectionError):
+            raise Disconnect from None
+
+    async def bye(self, text: str) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.send(f"* BYE {text}\r\n")
+
+    async def read_command(self) -> bytes | None:
+        """A whole command, its literals inline; None when it was refused on the way (a BAD or
+        NO has then been sent). Literal sizes are checked before "+" is sent (RELIABILITY P2)."""
+        line = await self.read_line()
+        if line is None:
+            await self.bad("*", "Line too long")
+            return None
+        parts = [line]
+        total = len(line)
+        head = line.split(b" ", 2)
+        tag = head[0].decode("ascii", "replace")
+        is_append = len(head) > 1 and head[1].upper().rstrip(b"\r\n") == b"APPEND"
+        while (literal := trailing_literal(line)) is not None:
+            size, non_sync = literal
+            if is_append:
+                if size > self.append_limit:
+                    if non_sync:
+                        await self.bye("[TOOBIG] Message too large")
+                        raise Disconnect
+                    await self.send(f"{tag} NO [TOOBIG] Message too large\r\n")
+                    return None
+            elif total + size > MAX_LINE:
+                await self.bye("[TOOBIG] Literal too large")
+                raise Disconnect
+            if not non_sync:
+                await self.send(b"+ Ready for literal data\r\n")
+            parts.append(await self.read_exactly(size))
+            total += size
+            line = await self.read_line()
+            if line is None or (not is_append and total + len(line) > MAX_LINE):
+                await self.bad(tag, "Line too long")
+                return None
+            parts.append(line)
+            total += len(line)
+        return b"".join(parts)
+
+    async def bad(self, tag: str, text: str) -> None:
+        self.bad_commands += 1
+        await self.send(f"{tag} BAD {text}\r\n")
+        budget = BAD_BEFORE_LOGIN if self.user is None else BAD_AFTER_LOGIN
+        if self.bad_commands >= budget:
+            await self.bye("Too many invalid commands")
+            raise Disconnect
+
+    # --- the loop
+
+    async def run(self) -> None:
+        try:
+            if self.implicit_tls:
+                await self.writer.start_tls(self.tls_context)
+                self.tls_active = True
+            await self.send(f"* OK [CAPABILITY {self.capabilities()}] IMAP4rev1 ready\r\n")
+            while True:
+                data = await self.read_command()
+                if data is None:
+                    continue
+                await self.handle(data)
+        except (Disconnect, ConnectionError, ssl.SSLError, TimeoutError):
+            pass
+        except Exception:
+            log.exception("IMAP session failed")
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self.user is not None:
+            self.shared.connections.release(self.user, self.peer)
+            self.user = None
+        if not self.writer.is_closing():
+            self.writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+    async def handle(self, data: bytes) -> None:
+        try:
+            command = parse_command(data)
+        except TaggedError as error:
+            await self.bad(error.tag, f"Invalid command: {error}")
+            return
+        except ProtocolError as error:
+            await self.bad("*", f"Invalid command: {error}")
+            return
+        name = command.name
+        if name in ANY_STATE:
+            allowed = True
+        elif name in NOT_AUTHENTICATED:
+            allowed = self.user is None
+        elif name in AUTHENTICATED:
+            allowed = self.user is not None
+        elif name in SELECTED:
+            allowed = self.selected is not None
+        else:
+            await self.bad(command.tag, f"Unknown command {name}")
+            return
+        if not allowed:
+            await self.bad(command.tag, f"{name} is not allowed in this state")
+            return
+        self.current = name
+        handler = getattr(self, f"do_{name.lower()}")
+        try:
+            result = await handler(command)
+        except (TaggedError, ProtocolError) as error:
+            await self.bad(command.tag, str(error))
+            return
+        except ProviderError as error:
+            result = f"NO [{error.imap_code}] {error.message}"
+        except FolderNotFound:
+            result = "NO [NONEXISTENT] Mailbox does not exist"
+        except FolderExists:
+            result = "NO [ALREADYEXISTS] Mailbox already exists"
+        except InvalidFolderName as error:
+            result = f"NO [CANNOT] {error}"
+        except MailstoreBusy:
+            result = "NO [INUSE] Mailbox is busy; try again"
+        except MessageNotFound:
+            result = "NO Message no longer exists"
+        except (MailboxMissing, MailstoreError):
+            log.exception("mail store error")
+            result = "NO [UNAVAILABLE] Mail store unavailable; try again"
+        if result is None:
+            return
+        if self.selected is not None and name not in ("SELECT", "EXAMINE"):
+            await self.sync_selected(allow_expunge=name not in NO_EXPUNGE_COMMANDS)
+        await self.send(f"{command.tag} {result}\r\n")
+        if self.bad_commands and result.startswith("OK"):
+            pass
+
+    async def sync_selected(self, allow_expunge: bool = True) -> None:
+        view = self.selected
+        if view is None:
+            return
+        try:
+            messages = await asyncio.to_thread(view.folder.messages)
+        except MailstoreError:
+            await self.bye("Mailbox no longer exists")
+            raise Disconnect from None
+        await self.send_lines(view.refresh(messages, allow_expunge))
+
+    # --- capability and the any-state commands
+
+    def capabilities(self) -> str:
+        words = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE"]
+        if self.user is None:
+            if not self.tls_active and not self.implicit_tls:
+                words.append("STARTTLS")
+            if plaintext_login_allowed(self.tls_active, self.peer):
+                words.append("AUTH=PLAIN")
+            else:
+                words.append("LOGINDISABLED")
+        else:
+            words += [
+                "NAMESPACE",
+                "UIDPLUS",
+                "MOVE",
+                "UNSELECT",
+                "CHILDREN",
+                "SPECIAL-USE",
+                "LIST-EXTENDED",
+                "QUOTA",
+                f"APPENDLIMIT={self.append_limit}",
+            ]
+        return " ".join(words)
+
+    async def do_capability(self, command: Command) -> str:
+        await self.send(f"* CAPABILITY {self.capabilities()}\r\n")
+        return "OK CAPABILITY completed"
+
+    async def do_noop(self, command: Command) -> str:
+        return "OK NOOP completed"
+
+    async def do_logout(self, command: Command) -> None:
+        await self.send(f"* BYE Logging out\r\n{command.tag} OK LOGOUT completed\r\n")
+        raise Disconnect
+
+    async def do_id(self, command: Command) -> str:
+        await self.send('* ID ("name" "provider")\r\n')
+        return "OK ID completed"
+
+    # --- not authenticated
+
+    async def do_starttls(self, command: Command) -> str | None:
+        if self.tls_active or self.implicit_tls:
+            await self.bad(command.tag, "TLS is already active")
+            return None
+        # Anything the client sent after STARTTLS's CRLF arrived in plaintext and must not be
+        # taken as if it were encrypted (RELIABILITY P4, CVE-2021-33515 style injection):
+        # asyncio offers no public way to empty a StreamReader (CPython #118642).
+        self.reader._buffer.clear()  # type: ignore[attr-defined]
+        await self.send(f"{command.tag} OK Begin TLS negotiation now\r\n")
+        await self.writer.start_tls(self.tls_context)
+        self.reader._buffer.clear()  # type: ignore[attr-defined]
+        self.tls_active = True
+        return None
+
+    async def do_login(self, command: Command) -> str | None:
+        if len(command.args) != 2:
+            raise ProtocolError("LOGIN takes a user name and a password")
+        user, password = as_text(command.args[0]), as_text(command.args[1])
+        if not plaintext_login_allowed(self.tls_active, self.peer):
+            return "NO [PRIVACYREQUIRED] Plaintext login is not allowed without TLS"
+        return await self.authenticate(user, password)
+
+    async def do_authenticate(self, command: Command) -> str | None:
+        if not command.args or as_text(command.args[0]).upper() != "PLAIN":
+            return "NO [CANNOT] Unsupported authentication mechanism"
+        if not plaintext_login_allowed(self.tls_active, self.peer):
+            return "NO [PRIVACYREQUIRED] Plaintext authentication is not allowed without TLS"
+        if len(command.args) > 1:
+            response = as_text(command.args[1]).encode()
+        else:
+            await self.send(b"+ \r\n")
+            line = await self.read_line()
+            if line is None:
+                raise ProtocolError("response too long")
+            response = line.rstrip(b"\r\n")
+        if response == b"*":
+            await self.bad(command.tag, "Authentication cancelled")
+            return None
+        try:
+            decoded = base64.b64decode(response, validate=True) if response != b"=" else b""
+            authzid, user, password = decoded.decode("utf-8").split("\0")
+        except (binascii.Error, ValueError):
+            raise ProtocolError("Invalid SASL PLAIN response") from None
+        if authzid and authzid.lower() != user.lower():
+            return "NO [AUTHORIZATIONFAILED] Authorization failed"
+        return await self.authenticate(user, password)
+
+    async def authenticate(self, user: str, password: str) -> str:
+        try:
+            address, mailbox_id = await self.blocking(self._check_credentials, user, password)
+        except ProviderError as error:
+            if error.imap_code == "AUTHENTICATIONFAILED":
+                delay = self.shared.failures.failed(self.peer, user, password)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            return f"NO [{error.imap_code}] {error.message}"
+        self.shared.failures.succeeded(self.peer)
+        try:
+            self.shared.connections.acquire(address, self.peer)
+        except ProviderError as error:
+            return f"NO [{error.imap_code}] {error.message}"
+        self.user, self.mailbox_id = address, mailbox_id
+        self.bad_commands = 0
+        return f"OK [CAPABILITY {self.capabilities()}] Logged in"
+
+    def _check_credentials(self, user: str, password: str) -> tuple[str, int]:
+        mailbox = mail_access.login(db.session, user, password, "imap")
+        return mailbox.address, mailbox.id
+
+
+class ImapProtocol(SessionMixin, asyncio.StreamReaderProtocol):
+    """The asyncio protocol the runner creates per connection; runs one ImapSession."""
+
+    def __init__(self, app: Flask, implicit_tls: bool, tls_context: ssl.SSLContext) -> None:
+        self._app = app
+        self._implicit_tls = implicit_tls
+        self._tls_context = tls_context
+        super().__init__(asyncio.StreamReader(limit=MAX_LINE), self._start)
+
+    def _start(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+        session = ImapSession(
+            self._app,
+            reader,
+            writer,
+            implicit_tls=self._implicit_tls,
+            tls_context=self._tls_context,
+        )
+        return session.run()
+
+    @property
+    def transport(self) -> asyncio.BaseTransport | None:
+        return self._transport  # type: ignore[attr-defined,no-any-return]
+
+
+def protocol_factory(app: Flask, *, implicit_tls: bool) -> Callable[[], asyncio.Protocol]:
+    """A factory for asyncio's create_server: one ImapProtocol per connection."""
+    tls_context = server_context(app.config)
+    shared_state(app)
+
+    def make() -> asyncio.Protocol:
+        return ImapProtocol(app, implicit_tls, tls_context)
+
+    return make

@@ -1,0 +1,143 @@
+"""Who may read mail over IMAP/POP3: credentials, then policy; failure delays; connection limits."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from provider.errors import AccessRefused, AuthenticationFailed, TooManyConnections
+from provider.models import Mailbox
+from provider.models.mailbox import MailboxStatus, Plan
+from provider.services import auth
+from provider.services.clock import now
+
+AUTHENTICATION_FAILED = "Authentication failed."
+PROTOCOL_NAMES = {"imap": "IMAP", "pop3": "POP3"}
+MAX_PENALTY_SECONDS = 15.0
+PENALTY_EXPIRES_SECONDS = 3600.0
+REMEMBERED_ATTEMPTS = 10
+
+
+def check_policy(mailbox: Mailbox, protocol: str) -> None:
+    """Refuse a mailbox whose status or policy forbids `protocol`; call only after the password
+    was verified (RELIABILITY A6), so the reason never leaks to someone without it."""
+    name = PROTOCOL_NAMES.get(protocol, protocol.upper())
+    if mailbox.status == MailboxStatus.SUSPENDED.value:
+        raise AccessRefused("This mailbox is suspended; contact your provider")
+    expired = mailbox.status == MailboxStatus.EXPIRED.value or (
+        mailbox.plan == Plan.TRIAL.value
+        and mailbox.trial_expires_at is not None
+        and mailbox.trial_expires_at <= now()
+    )
+    if expired:
+        raise AccessRefused("The trial of this mailbox has expired; contact your provider")
+    if not mailbox.protocol_allowed(protocol):
+        raise AccessRefused(f"{name} access is not enabled for this mailbox; contact your provider")
+
+
+def login(session: Session, address: str, password: str, protocol: str) -> Mailbox:
+    """The mailbox for these credentials if it may use `protocol` now.
+
+    Raises AuthenticationFailed (same text, same work, for a wrong password and an unknown
+    user) or AccessRefused (only after a correct password). Commits a rehashed password.
+    """
+    mailbox = auth.authenticate_mailbox(session, address, password)
+    if mailbox is None:
+        session.rollback()
+        raise AuthenticationFailed(AUTHENTICATION_FAILED)
+    session.commit()
+    check_policy(mailbox, protocol)
+    return mailbox
+
+
+def address_group(remote: str) -> str:
+    """The key failures are counted under: the IPv4 address, or the IPv6 /48 (RELIABILITY A1)."""
+    try:
+        ip = ipaddress.ip_address(remote)
+    except ValueError:
+        return remote
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/48", strict=False))
+    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
+
+
+@dataclass
+class _Penalty:
+    failures: int = 0
+    last: float = 0.0
+    attempts: deque[bytes] = field(default_factory=lambda: deque(maxlen=REMEMBERED_ATTEMPTS))
+
+
+class FailureDelay:
+    """Per-address delay before answering a failed login: doubling, capped at 15 s (A1).
+
+    Repeating one of the last ten user+password attempts does not escalate (a client retrying
+    a saved wrong password is not guessing). Penalties expire an hour after the last failure
+    and are cleared by a successful login from the address.
+    """
+
+    def __init__(self, base_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_seconds = base_seconds
+        self.clock = clock
+        self._penalties: dict[str, _Penalty] = {}
+        self._lock = threading.Lock()
+        self._key = secrets.token_bytes(16)
+
+    def failed(self, remote: str, user: str, password: str) -> float:
+        """Record a failure and return how many seconds to wait before answering it."""
+        fingerprint = hmac.new(
+            self._key, user.encode() + b"\0" + password.encode(), hashlib.sha256
+        ).digest()
+        moment = self.clock()
+        with self._lock:
+            self._expire(moment)
+            penalty = self._penalties.setdefault(address_group(remote), _Penalty())
+            if fingerprint not in penalty.attempts or penalty.failures == 0:
+                penalty.failures += 1
+                penalty.attempts.append(fingerprint)
+            penalty.last = moment
+            failures = penalty.failures
+        return min(self.base_seconds * 2 ** (failures - 1), MAX_PENALTY_SECONDS)
+
+    def succeeded(self, remote: str) -> None:
+        with self._lock:
+            self._penalties.pop(address_group(remote), None)
+
+    def _expire(self, moment: float) -> None:
+        stale = [k for k, p in self._penalties.items() if moment - p.last > PENALTY_EXPIRES_SECONDS]
+        for key in stale:
+            del self._penalties[key]
+
+
+class ConnectionLimit:
+    """Counts logged-in sessions per user+address; refuses one over the limit (A4)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def acquire(self, user: str, remote: str) -> None:
+        key = (user, address_group(remote))
+        with self._lock:
+            if self._counts.get(key, 0) >= self.limit:
+                raise TooManyConnections("Maximum number of connections from user+IP exceeded")
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def release(self, user: str, remote: str) -> None:
+        key = (user, address_group(remote))
+        with self._lock:
+            count = self._counts.get(key, 0) - 1
+            if count > 0:
+                self._counts[key] = count
+            else:
+                self._counts.pop(key, None)

@@ -1,0 +1,1 @@
+"""Tests with external mail clients (mbsync, offlineimap) against a real IMAP server."""
