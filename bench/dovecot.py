@@ -91,8 +91,13 @@ def write_config(work: Path, mail_root: Path, users: Mapping[str, str], port: in
     index.mkdir(exist_ok=True)
     os.chown(index, mail_user.pw_uid, mail_user.pw_gid)
     passwd = work / "passwd"
+    # A secret that starts with "{SCHEME}" is a stored hash (e.g. our {ARGON2ID} hashes, so
+    # both servers pay the same for a login); anything else is a plaintext password.
     passwd.write_text(
-        "".join(f"{user}:{{PLAIN}}{secret}::::::\n" for user, secret in users.items())
+        "".join(
+            f"{user}:{secret if secret.startswith('{') else '{PLAIN}' + secret}::::::\n"
+            for user, secret in users.items()
+        )
     )
     specials = "\n".join(
         f"  mailbox {name} {{\n    special_use = \\{name}\n  }}"
