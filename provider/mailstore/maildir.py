@@ -534,7 +534,9 @@ class Folder:
                     fsync_directory(directory)
                 if removed:
                     self._drop_lines({info.uid for info in removed})
-            self._sync()
+            # _drop_lines re-listed the directories itself, so a plain sync would see "no
+            # change" and keep the removed messages in this process's view: rebuild it.
+            self._sync(force=True)
         return removed
 
     # --- internals: delivery

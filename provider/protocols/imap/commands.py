@@ -359,7 +359,9 @@ class Commands:
                 done, _ = await asyncio.wait({reading}, timeout=self.poll_interval)
                 if done:
                     line = reading.result()
-                    if line is not None and line.rstrip(b"\r\n").upper() == b"DONE":
+                    if line is None:
+                        return None  # read_line has answered BAD
+                    if line.rstrip(b"\r\n").upper() == b"DONE":
                         return "OK IDLE terminated"
                     await self.bad(command.tag, "Expected DONE")
                     return None

@@ -42,6 +42,8 @@ from provider.tls import server_context
 log = logging.getLogger(__name__)
 
 MAX_LINE = 65536  # Dovecot's imap_max_line_length; RFC 7162 asks for at least 8192
+# RELIABILITY P2: before login nothing legitimate (a user name, a password) needs more.
+MAX_LITERAL_BEFORE_LOGIN = 4096
 BAD_BEFORE_LOGIN = 3
 BAD_AFTER_LOGIN = 20
 NO_EXPUNGE_COMMANDS = frozenset({"FETCH", "STORE", "SEARCH", "UID"})
@@ -168,7 +170,10 @@ class ImapSession(Commands):
         return self.login_timeout if self.user is None else self.idle_timeout
 
     async def read_line(self, timeout: float | None = None) -> bytes | None:
-        """One line with its CRLF; None if it was longer than MAX_LINE (then skipped)."""
+        """One line with its CRLF; None if it was longer than MAX_LINE. The untagged BAD for an
+        overlong line goes out as soon as the limit is passed, not when the client finally
+        sends its CRLF, and the rest of the line is skipped in bounded chunks (RELIABILITY P1).
+        """
         too_long = False
         while True:
             try:
@@ -176,7 +181,9 @@ class ImapSession(Commands):
             except asyncio.LimitOverrunError as error:
                 # Drop what is buffered and keep looking for the end of this line.
                 await self.reader.readexactly(max(error.consumed, 1))
-                too_long = True
+                if not too_long:
+                    too_long = True
+                    await self.bad("*", "Line too long")
                 continue
             except TimeoutError:
                 await self.bye("Autologout; idle for too long")
@@ -203,13 +210,16 @@ class ImapSession(Commands):
         NO has then been sent). Literal sizes are checked before "+" is sent (RELIABILITY P2)."""
         line = await self.read_line()
         if line is None:
-            await self.bad("*", "Line too long")
-            return None
+            return None  # read_line has answered BAD
         parts = [line]
         total = len(line)
         head = line.split(b" ", 2)
         tag = head[0].decode("ascii", "replace")
-        is_append = len(head) > 1 and head[1].upper().rstrip(b"\r\n") == b"APPEND"
+        # APPEND's own limit applies only once APPEND is allowed, so that a client that has not
+        # logged in can never make the server read a message-sized literal.
+        is_append = (
+            self.user is not None and len(head) > 1 and head[1].upper().rstrip(b"\r\n") == b"APPEND"
+        )
         while (literal := trailing_literal(line)) is not None:
             size, non_sync = literal
             if is_append:
@@ -219,7 +229,7 @@ class ImapSession(Commands):
                         raise Disconnect
                     await self.send(f"{tag} NO [TOOBIG] Message too large\r\n")
                     return None
-            elif total + size > MAX_LINE:
+            elif total + size > MAX_LINE or (self.user is None and size > MAX_LITERAL_BEFORE_LOGIN):
                 await self.bye("[TOOBIG] Literal too large")
                 raise Disconnect
             if not non_sync:
@@ -227,7 +237,9 @@ class ImapSession(Commands):
             parts.append(await self.read_exactly(size))
             total += size
             line = await self.read_line()
-            if line is None or (not is_append and total + len(line) > MAX_LINE):
+            if line is None:
+                return None  # read_line has answered BAD
+            if not is_append and total + len(line) > MAX_LINE:
                 await self.bad(tag, "Line too long")
                 return None
             parts.append(line)
@@ -411,7 +423,7 @@ class ImapSession(Commands):
             await self.send(b"+ \r\n")
             line = await self.read_line()
             if line is None:
-                raise ProtocolError("response too long")
+                return None  # read_line has answered BAD
             response = line.rstrip(b"\r\n")
         if response == b"*":
             await self.bad(command.tag, "Authentication cancelled")

@@ -191,6 +191,12 @@ def test_folders_copy_move_quota(session, imap):
     assert any(b"COPYUID" in line for line in client.untagged_responses.get("OK", []))
     typ, data = client.status("Work", "(MESSAGES UNSEEN)")
     assert b"MESSAGES 1" in data[0]
+    # MOVE really moved: gone from INBOX (also for a fresh session), present in Trash.
+    assert b"MESSAGES 0" in client.status("INBOX", "(MESSAGES)")[1][0]
+    assert b"MESSAGES 1" in client.status("Trash", "(MESSAGES)")[1][0]
+    other = logged_in(imap)
+    assert other.select("INBOX")[1] == [b"0"]
+    other.logout()
     typ, data = client.getquotaroot("INBOX")
     assert data[0] == [b'INBOX ""'] and data[1][0].startswith(b'"" (STORAGE ')
     typ, data = client.select("Nope")

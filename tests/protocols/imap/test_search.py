@@ -1,0 +1,131 @@
+"""SEARCH keys (RFC 3501 §6.4.4) over a small fixed mailbox, table-driven, through imaplib."""
+
+from __future__ import annotations
+
+from tests.conftest import make_mailbox
+from tests.protocols.imap.test_session import logged_in
+
+LUNCH = (
+    b"From: Alice <alice@a.test>\r\nTo: bob@b.test\r\nCc: carol@c.test\r\n"
+    b"Subject: Lunch plans\r\nDate: Mon, 01 Jan 2024 10:00:00 +0000\r\n\r\nLet's eat pizza.\r\n"
+)
+GREETING = (
+    b"From: bob@b.test\r\nTo: alice@a.test\r\nBcc: dave@d.test\r\nX-Mailer: Foomail 2\r\n"
+    b"Subject: =?UTF-8?Q?Gr=C3=BC=C3=9Fe?=\r\nDate: Thu, 15 Feb 2024 09:00:00 +0000\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    + "Grüße aus Berlin.\r\n".encode()
+)
+REPORT = (
+    b"From: carol@c.test\r\nTo: alice@a.test\r\nSubject: Report\r\n"
+    b"Date: Sun, 10 Mar 2024 12:00:00 +0000\r\n\r\n" + b"figures " * 250 + b"\r\n"
+)
+HELLO = (
+    b"From: dave@d.test\r\nTo: alice@a.test\r\nSubject: Hello\r\n"
+    b"Date: Mon, 01 Apr 2024 08:00:00 +0000\r\n\r\nHi.\r\n"
+)
+# (message, flags, internal date); the last has no flags, so it is the one \Recent message.
+MAILBOX = [
+    (LUNCH, "(\\Seen \\Answered $Work)", '"01-Jan-2024 10:00:00 +0000"'),
+    (GREETING, "(\\Flagged \\Deleted)", '"15-Feb-2024 09:00:00 +0000"'),
+    (REPORT, "(\\Draft \\Seen)", '"10-Mar-2024 12:00:00 +0000"'),
+    (HELLO, None, None),
+]
+CASES = {
+    "ALL": "1 2 3 4",
+    "ANSWERED": "1",
+    "UNANSWERED": "2 3 4",
+    "BCC dave": "2",
+    "BEFORE 1-Feb-2024": "1",
+    "ON 15-Feb-2024": "2",
+    "SINCE 10-Mar-2024": "3 4",
+    "BODY pizza": "1",
+    "CC carol": "1",
+    "DELETED": "2",
+    "UNDELETED": "1 3 4",
+    "DRAFT": "3",
+    "UNDRAFT": "1 2 4",
+    "FLAGGED": "2",
+    "UNFLAGGED": "1 3 4",
+    "FROM bob": "2",
+    "FROM ALICE": "1",
+    "HEADER X-Mailer foomail": "2",
+    "KEYWORD $Work": "1",
+    "UNKEYWORD $Work": "2 3 4",
+    "LARGER 1000": "3",
+    "SMALLER 1000": "1 2 4",
+    "NEW": "4",
+    "OLD": "1 2 3",
+    "RECENT": "4",
+    "SEEN": "1 3",
+    "UNSEEN": "2 4",
+    "NOT SEEN": "2 4",
+    "OR FLAGGED DRAFT": "2 3",
+    "SENTBEFORE 1-Feb-2024": "1",
+    "SENTON 15-Feb-2024": "2",
+    "SENTSINCE 10-Mar-2024": "3 4",
+    'SUBJECT "lunch plans"': "1",
+    "TEXT pizza": "1",
+    "TEXT report": "3",
+    "TO alice": "2 3 4",
+    "UID 2": "2",
+    "2:3": "2 3",
+    "2,4": "2 4",
+    "*": "4",
+    "(SEEN ANSWERED)": "1",
+    "OR (SEEN ANSWERED) (FLAGGED (DELETED))": "1 2",
+    "NOT (OR SEEN FLAGGED)": "4",
+    "1:3 UNSEEN": "2",
+}
+
+
+def test_search_keys_over_a_fixed_mailbox(session, imap):
+    make_mailbox(session)
+    client = logged_in(imap)
+    for message, flags, when in MAILBOX:
+        assert client.append("INBOX", flags, when, message)[0] == "OK"
+    client.select("INBOX")
+    got = {}
+    for criteria, _ in CASES.items():
+        typ, data = client.search(None, criteria)
+        got[criteria] = data[0].decode() if typ == "OK" else f"{typ} {data}"
+    client.logout()
+    wrong = {key: (got[key], want) for key, want in CASES.items() if got[key] != want}
+    assert wrong == {}
+
+
+def test_search_charset_utf8_with_non_ascii_literal(session, imap):
+    make_mailbox(session)
+    client = logged_in(imap)
+    for message, flags, when in MAILBOX:
+        client.append("INBOX", flags, when, message)
+    client.select("INBOX")
+    found = {}
+    for key in ("SUBJECT", "BODY", "TEXT"):
+        client.literal = "grüße".encode()
+        typ, data = client.search("UTF-8", key)
+        found[key] = (typ, data[0])
+    typ, data = client.uid("SEARCH", "CHARSET", "UTF-8", "SUBJECT", '"Lunch"')
+    found["UID"] = (typ, data[0])
+    typ, data = client.search("KOI8-R", "ALL")
+    found["KOI8-R"] = (typ, b"BADCHARSET" in data[0])
+    client.logout()
+    assert found == {
+        "SUBJECT": ("OK", b"2"),
+        "BODY": ("OK", b"2"),
+        "TEXT": ("OK", b"2"),
+        "UID": ("OK", b"1"),
+        "KOI8-R": ("NO", True),
+    }
+
+
+def test_search_with_unknown_key_or_missing_argument_is_bad(session, imap):
+    make_mailbox(session)
+    client = logged_in(imap)
+    client.select("INBOX")
+    answers = []
+    for criteria in ("FROBNICATE", "FROM", "BEFORE yesterday", "LARGER many"):
+        tag = client._new_tag()
+        client.send(tag + b" SEARCH " + criteria.encode() + b"\r\n")
+        answers.append(client.readline().startswith(tag + b" BAD"))
+    client.logout()
+    assert answers == [True] * 4
