@@ -1,25 +1,9 @@
 """Dovecot serves a mailbox this store wrote, unchanged: UIDVALIDITY, UIDs, flags, keywords, bodies.
 
-Runs the real Dovecot (Debian package dovecot-imapd) as a subprocess on a free loopback port.
-Skipped when Dovecot is not installed, unless PROVIDER_REQUIRE_DOVECOT=1 (CI), then it fails.
-
-The dovecot.conf it needs (see `write_config`), and why:
-
-* ``mail_location = maildir:<home>/Maildir`` — Dovecot's default Maildir++ layout: INBOX at the
-  root, folders as ``.Name`` directories, names in modified UTF-7 (the ``UTF-8`` option is off).
-* ``namespace inbox { inbox = yes; separator = / }`` — clients see "/" as the hierarchy
-  separator, as with our store; on disk Maildir++ keeps ".". ``mailbox Sent { special_use =
-  \\Sent }`` and so on give the special-use roles (Dovecot keeps them in its config, not on disk).
-* ``listen = 127.0.0.1`` and an ``inet_listener imap`` on a free port, ``imaps`` disabled,
-  ``ssl = no``, ``auth_mechanisms = plain``, ``disable_plaintext_auth = no``.
-* ``passdb passwd-file`` with a ``{PLAIN}`` password; ``userdb static`` giving the mail uid/gid
-  and home. Dovecot refuses to run mail processes as root ("userdb returned 0 as uid") and
-  imap-login as root, so mail runs as ``nobody`` (the test chowns the mailbox to it) and logins
-  as ``dovenull`` (created by the package); ``default_internal_user = root`` is accepted.
-* ``base_dir``, ``state_dir`` and ``log_path`` in a private directory; it must be searchable by
-  the unprivileged login and mail users, so it is made under /tmp with mode 0755 (pytest's
-  tmp_path is 0700), and chroots are turned off for the same reason.
-* Started in the foreground with ``dovecot -F -c <conf>``; stopped with SIGTERM.
+Runs the real Dovecot (Debian package dovecot-imapd) as a subprocess on a free loopback port,
+configured by bench/dovecot.py (the same harness the IMAP benchmark and the sync-client tests
+use; its `write_config` documents every setting and why). Skipped when Dovecot cannot run here,
+unless PROVIDER_REQUIRE_DOVECOT=1 (CI), then it fails.
 """
 
 from __future__ import annotations
@@ -27,19 +11,15 @@ from __future__ import annotations
 import contextlib
 import imaplib
 import os
-import pwd
 import re
 import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bench.dovecot import DovecotServer, make_work_dir, unavailable_reason
+from bench.dovecot import running_dovecot as serve_store
 from provider.mailstore import MailStore, forget_cached_state
 from provider.mailstore.maildir import virtual_size
 from provider.mailstore.uidlist import UidlistFile
@@ -47,131 +27,17 @@ from tests.mailstore import sample_message
 
 ADDRESS = "alice@example.com"
 PASSWORD = "dovecot test secret"
-DEADLINE = 30.0  # seconds for Dovecot to accept connections
-
-
-def dovecot_binary() -> str:
-    path = shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
-    problem = None
-    if path is None:
-        problem = "dovecot is not installed (apt-get install -y dovecot-imapd)"
-    elif os.geteuid() != 0:
-        problem = "the Dovecot interop test runs Dovecot as root"
-    if problem is not None:
-        if os.environ.get("PROVIDER_REQUIRE_DOVECOT") == "1":
-            pytest.fail(f"{problem}, and PROVIDER_REQUIRE_DOVECOT=1")
-        pytest.skip(problem)
-    assert path is not None
-    return path
-
-
-def existing_user(*names: str) -> pwd.struct_passwd:
-    for name in names:
-        with contextlib.suppress(KeyError):
-            return pwd.getpwnam(name)
-    pytest.fail(f"none of the users {names} exists")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Dovecot:
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes]
-
-    def connect(self) -> imaplib.IMAP4:
-        client = imaplib.IMAP4("127.0.0.1", self.port, timeout=10)
-        client.login(ADDRESS, PASSWORD)
-        return client
-
-    def log_problems(self) -> list[str]:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return [
-            line
-            for line in text.splitlines()
-            if re.search(r"Error|Fatal|Panic|Broken|corrupt|renumber|lowered", line)
-        ]
-
-
-def write_config(work: Path, home: Path, port: int) -> Path:
-    mail_user = existing_user("nobody")
-    login_user = existing_user("dovenull", "nobody")
-    (work / "passwd").write_text(f"{ADDRESS}:{{PLAIN}}{PASSWORD}::::::\n")
-    specials = "\n".join(
-        f"  mailbox {name} {{\n    special_use = \\{name}\n  }}"
-        for name in ("Sent", "Drafts", "Trash", "Junk", "Archive")
-    )
-    config = work / "dovecot.conf"
-    config.write_text(
-        f"""protocols = imap
-listen = 127.0.0.1
-base_dir = {work}/run
-state_dir = {work}/state
-log_path = {work}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-auth_mechanisms = plain
-default_internal_user = root
-default_internal_group = root
-default_login_user = {login_user.pw_name}
-mail_location = maildir:{home}/Maildir
-namespace inbox {{
-  inbox = yes
-  separator = /
-{specials}
-}}
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {work}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={mail_user.pw_uid} gid={mail_user.pw_gid} home={home}
-}}
-service imap-login {{
-  chroot =
-  inet_listener imap {{
-    address = 127.0.0.1
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-service anvil {{
-  chroot =
-}}
-"""
-    )
-    return config
-
-
-def wait_until_serving(dovecot: Dovecot) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        if dovecot.process.poll() is not None:
-            pytest.fail(f"dovecot exited: {dovecot.log_problems() or dovecot.process.returncode}")
-        try:
-            client = imaplib.IMAP4("127.0.0.1", dovecot.port, timeout=2)
-        except OSError:
-            if time.monotonic() > deadline:
-                pytest.fail(f"dovecot did not accept connections within {DEADLINE:g} s")
-            time.sleep(0.05)  # polling the port, bounded by the deadline above
-            continue
-        client.logout()
-        return
 
 
 @pytest.fixture
 def work() -> Iterator[Path]:
+    reason = unavailable_reason()
+    if reason is not None:
+        if os.environ.get("PROVIDER_REQUIRE_DOVECOT") == "1":
+            pytest.fail(f"{reason}, and PROVIDER_REQUIRE_DOVECOT=1")
+        pytest.skip(reason)
     # Not tmp_path: Dovecot's unprivileged processes must be able to reach these files.
-    path = Path(tempfile.mkdtemp(prefix="mailstore-dovecot-", dir="/tmp"))
-    path.chmod(0o755)
+    path = make_work_dir("mailstore-dovecot-")
     try:
         yield path
     finally:
@@ -179,35 +45,18 @@ def work() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def running_dovecot(work: Path, store: MailStore) -> Iterator[Dovecot]:
-    binary = dovecot_binary()
-    home = store.path_for(ADDRESS).parent
-    mail_user = existing_user("nobody")
-    for directory, _dirs, files in os.walk(home):
-        for name in [".", *files]:
-            os.chown(os.path.join(directory, name), mail_user.pw_uid, mail_user.pw_gid)
-    for directory in (work / "run", work / "state"):
-        directory.mkdir(exist_ok=True)
-    port = free_port()
-    config = write_config(work, home, port)
-    with open(work / "stderr.log", "wb") as stderr:
-        process = subprocess.Popen(
-            [binary, "-F", "-c", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-        )
-    dovecot = Dovecot(port, work / "dovecot.log", process)
-    try:
-        wait_until_serving(dovecot)
-        yield dovecot
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            process.kill()
-            process.wait(timeout=20)
+def running_dovecot(work: Path, store: MailStore) -> Iterator[DovecotServer]:
+    """Dovecot serving ADDRESS from `store`; its config, log and index files in work/dovecot."""
+    dovecot_work = work / "dovecot"
+    dovecot_work.mkdir(mode=0o755)
+    with serve_store(store.root, {ADDRESS: PASSWORD}, work=dovecot_work) as server:
+        yield server
+
+
+def connect(server: DovecotServer) -> imaplib.IMAP4:
+    client = imaplib.IMAP4(server.host, server.port, timeout=10)
+    client.login(ADDRESS, PASSWORD)
+    return client
 
 
 FETCH_ITEM = re.compile(rb"UID (\d+) FLAGS \(([^)]*)\) RFC822\.SIZE (\d+)")
@@ -298,7 +147,7 @@ def test_dovecot_serves_the_store_unchanged(work):
     ours = {name: maildir.folder(name) for name in expected}
     before = {name: uidlist_records(folder.path) for name, folder in ours.items()}
     with running_dovecot(work, store) as dovecot:
-        client = dovecot.connect()
+        client = connect(dovecot)
         status, listed = client.list('""', "*")
         assert status == "OK"
         names = {}
@@ -335,7 +184,7 @@ def test_store_reads_back_what_dovecot_changed(work):
     )
     appended = sample_message("appended-by-dovecot")
     with running_dovecot(work, store) as dovecot:
-        client = dovecot.connect()
+        client = connect(dovecot)
         assert client.select("INBOX")[0] == "OK"
         assert client.uid("STORE", "1", "+FLAGS", "(\\Seen $Label1)")[0] == "OK"
         assert client.uid("STORE", "2", "+FLAGS", "(\\Deleted)")[0] == "OK"
