@@ -82,10 +82,7 @@ def resolve(session: Session, recipient: str) -> Destination:
 
 def check_room(session: Session, destination: Destination, size: int) -> None:
     """Refuse early (at RCPT) when `size` more bytes would not fit the quota."""
-    row = session.execute(
-        select(Mailbox.used_bytes, Mailbox.quota_bytes).where(Mailbox.id == destination.mailbox_id)
-    ).one()
-    if row.used_bytes + size > row.quota_bytes:
+    if not quota.fits(session, destination.mailbox_id, size):
         raise QuotaExceeded(f"<{destination.address}>: mailbox full")
 
 

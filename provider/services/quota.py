@@ -7,7 +7,7 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, NamedTuple
 
 from flask import current_app, has_app_context
-from sqlalchemy import case, select, update
+from sqlalchemy import ColumnElement, case, select, update
 from sqlalchemy.orm import Session
 
 from provider.errors import QuotaOutOfRange
@@ -100,6 +100,17 @@ class Usage(NamedTuple):
     warned_percent: int
 
 
+def _room_for(nbytes: int) -> ColumnElement[bool]:
+    """The quota rule itself: usage plus the new bytes stays within the limit."""
+    return Mailbox.used_bytes + nbytes <= Mailbox.quota_bytes
+
+
+def fits(session: Session, mailbox_id: int, nbytes: int) -> bool:
+    """Whether `nbytes` more would fit now (a check ahead of the data; reserve() decides)."""
+    found = session.scalar(select(Mailbox.id).where(Mailbox.id == mailbox_id, _room_for(nbytes)))
+    return found is not None
+
+
 def reserve(session: Session, mailbox_id: int, nbytes: int) -> Usage | None:
     """Add `nbytes` to the mailbox's usage if it stays within quota, in one conditional UPDATE.
 
@@ -111,7 +122,7 @@ def reserve(session: Session, mailbox_id: int, nbytes: int) -> Usage | None:
         raise ValueError("reserve takes a non-negative byte count")
     row = session.execute(
         update(Mailbox)
-        .where(Mailbox.id == mailbox_id, Mailbox.used_bytes + nbytes <= Mailbox.quota_bytes)
+        .where(Mailbox.id == mailbox_id, _room_for(nbytes))
         .values(used_bytes=Mailbox.used_bytes + nbytes)
         .returning(Mailbox.used_bytes, Mailbox.quota_bytes, Mailbox.quota_warned_percent)
         .execution_options(synchronize_session=False)

@@ -116,3 +116,12 @@ def test_concurrent_reservations_never_exceed_the_quota(session, database_url):
     engine.dispose()
     assert wins.count(True) == 10
     assert _usage(session, mailbox_id) == 10 * slot
+
+
+def test_fits_uses_the_same_boundary_as_reserve(session):
+    mailbox = make_mailbox(session)
+    room = mailbox.quota_bytes - 100
+    assert quota.reserve(session, mailbox.id, room)
+    assert quota.fits(session, mailbox.id, 100) and not quota.fits(session, mailbox.id, 101)
+    assert not quota.reserve(session, mailbox.id, 101) and quota.reserve(session, mailbox.id, 100)
+    assert not quota.fits(session, mailbox.id, 1)
