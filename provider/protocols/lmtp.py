@@ -232,10 +232,18 @@ class SessionMixin:
     gone (so shutdown can wait for sockets to be really closed)."""
 
     closed: asyncio.Future[None]
+    socket_transport: asyncio.BaseTransport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.closed = asyncio.get_running_loop().create_future()
+        # The transport on the socket itself (after STARTTLS the session talks to a TLS
+        # transport layered on top of it, which can be closed while this one is not).
+        self.socket_transport = transport
         super().connection_made(transport)  # type: ignore[misc]
+
+    def socket_open(self) -> bool:
+        sock = self.socket_transport.get_extra_info("socket")
+        return sock is not None and sock.fileno() != -1
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # type: ignore[misc]

@@ -166,18 +166,23 @@ class ProtocolRunner:
 
 
 async def _wait_closed(sessions: set[Any], timeout: float = 5.0) -> None:
-    """Wait until every connection is really closed (and its session task done), so that no
-    socket is left for the garbage collector when the loop ends."""
+    """Wait until every connection's socket is really closed (and every session task done), so
+    that no socket is left for the garbage collector when the loop ends."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
         # Sessions accepted at the very last moment appear once their accept task has run.
-        pending = [p.closed for p in list(sessions) if hasattr(p, "closed") and not p.closed.done()]
+        live = [p for p in list(sessions) if hasattr(p, "closed")]
+        pending = [p.closed for p in live if not p.closed.done()]
+        open_sockets = [p for p in live if p.socket_open()]
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        if not pending and not tasks:
+        if not pending and not open_sockets and not tasks:
             return
-        await asyncio.wait([*pending, *tasks], timeout=0.05)
-        for protocol in list(sessions):
-            transport: Any = getattr(protocol, "transport", None)
-            if transport is not None and not transport.is_closing():
-                transport.close()
+        for protocol in live:
+            for transport in (getattr(protocol, "transport", None), protocol.socket_transport):
+                if transport is not None and not transport.is_closing():
+                    transport.close()
+        if pending or tasks:
+            await asyncio.wait([*pending, *tasks], timeout=0.05)
+        else:
+            await asyncio.sleep(0.01)  # the scheduled socket closes run on the next turns
