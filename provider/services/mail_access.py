@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from flask import Flask
 from sqlalchemy.orm import Session
 
 from provider.errors import AccessRefused, AuthenticationFailed, TooManyConnections
@@ -141,3 +142,34 @@ class ConnectionLimit:
                 self._counts[key] = count
             else:
                 self._counts.pop(key, None)
+
+
+def is_loopback(peer: str) -> bool:
+    try:
+        return ipaddress.ip_address(peer.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def plaintext_login_allowed(tls_active: bool, peer: str) -> bool:
+    """DESIGN.md §6: plaintext LOGIN/USER/AUTHENTICATE PLAIN only over TLS or from loopback."""
+    return tls_active or is_loopback(peer)
+
+
+class Guards:
+    """What every IMAP and POP3 session of one app shares: one failure-delay table for both
+    protocols (a penalty earned on POP3 also slows IMAP), and a connection count per protocol
+    (Dovecot's mail_max_userip_connections is per protocol too)."""
+
+    def __init__(self, app: Flask) -> None:
+        config = app.config
+        self.failures = FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]))
+        self.imap_connections = ConnectionLimit(int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"]))
+
+
+def guards(app: Flask) -> Guards:
+    """The app's one Guards instance, made on first use."""
+    state = app.extensions.get("mail_access_guards")
+    if state is None:
+        state = app.extensions["mail_access_guards"] = Guards(app)
+    return state  # type: ignore[no-any-return]

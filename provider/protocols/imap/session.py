@@ -6,7 +6,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import ipaddress
 import logging
 import ssl
 from collections.abc import Callable
@@ -79,36 +78,6 @@ class Disconnect(Exception):
     """End the session (after a BYE, a LOGOUT, or the client going away)."""
 
 
-def is_loopback(peer: str) -> bool:
-    try:
-        return ipaddress.ip_address(peer.split("%")[0]).is_loopback
-    except ValueError:
-        return False
-
-
-def plaintext_login_allowed(tls_active: bool, peer: str) -> bool:
-    """DESIGN.md §6: plaintext LOGIN/AUTHENTICATE only over TLS or from loopback."""
-    return tls_active or is_loopback(peer)
-
-
-class SharedState:
-    """What every IMAP session of one app shares: failure delays and connection counts."""
-
-    def __init__(self, app: Flask) -> None:
-        config = app.config
-        self.failures = mail_access.FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]))
-        self.connections = mail_access.ConnectionLimit(
-            int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"])
-        )
-
-
-def shared_state(app: Flask) -> SharedState:
-    state = app.extensions.get("imap_shared")
-    if state is None:
-        state = app.extensions["imap_shared"] = SharedState(app)
-    return state  # type: ignore[no-any-return]
-
-
 class ImapSession(Commands):
     """One client connection. Commands live in `Commands` as `do_<verb>` methods."""
 
@@ -129,7 +98,7 @@ class ImapSession(Commands):
         self.tls_active = False
         peer = writer.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
-        self.shared = shared_state(app)
+        self.guards = mail_access.guards(app)
         config = app.config
         self.login_timeout = float(config["IMAP_LOGIN_TIMEOUT_SECONDS"])
         self.idle_timeout = max(float(config["IMAP_AUTOLOGOUT_SECONDS"]), 0.001)
@@ -276,7 +245,7 @@ class ImapSession(Commands):
 
     async def close(self) -> None:
         if self.user is not None:
-            self.shared.connections.release(self.user, self.peer)
+            self.guards.imap_connections.release(self.user, self.peer)
             self.user = None
         if not self.writer.is_closing():
             self.writer.close()
@@ -355,7 +324,7 @@ class ImapSession(Commands):
         if self.user is None:
             if not self.tls_active and not self.implicit_tls:
                 words.append("STARTTLS")
-            if plaintext_login_allowed(self.tls_active, self.peer):
+            if mail_access.plaintext_login_allowed(self.tls_active, self.peer):
                 words.append("AUTH=PLAIN")
             else:
                 words.append("LOGINDISABLED")
@@ -408,14 +377,14 @@ class ImapSession(Commands):
         if len(command.args) != 2:
             raise ProtocolError("LOGIN takes a user name and a password")
         user, password = as_text(command.args[0]), as_text(command.args[1])
-        if not plaintext_login_allowed(self.tls_active, self.peer):
+        if not mail_access.plaintext_login_allowed(self.tls_active, self.peer):
             return "NO [PRIVACYREQUIRED] Plaintext login is not allowed without TLS"
         return await self.authenticate(user, password)
 
     async def do_authenticate(self, command: Command) -> str | None:
         if not command.args or as_text(command.args[0]).upper() != "PLAIN":
             return "NO [CANNOT] Unsupported authentication mechanism"
-        if not plaintext_login_allowed(self.tls_active, self.peer):
+        if not mail_access.plaintext_login_allowed(self.tls_active, self.peer):
             return "NO [PRIVACYREQUIRED] Plaintext authentication is not allowed without TLS"
         if len(command.args) > 1:
             response = as_text(command.args[1]).encode()
@@ -442,13 +411,13 @@ class ImapSession(Commands):
             address, mailbox_id = await self.blocking(self._check_credentials, user, password)
         except ProviderError as error:
             if error.imap_code == "AUTHENTICATIONFAILED":
-                delay = self.shared.failures.failed(self.peer, user, password)
+                delay = self.guards.failures.failed(self.peer, user, password)
                 if delay > 0:
                     await asyncio.sleep(delay)
             return f"NO [{error.imap_code}] {error.message}"
-        self.shared.failures.succeeded(self.peer)
+        self.guards.failures.succeeded(self.peer)
         try:
-            self.shared.connections.acquire(address, self.peer)
+            self.guards.imap_connections.acquire(address, self.peer)
         except ProviderError as error:
             return f"NO [{error.imap_code}] {error.message}"
         self.user, self.mailbox_id = address, mailbox_id
@@ -487,7 +456,7 @@ class ImapProtocol(SessionMixin, asyncio.StreamReaderProtocol):
 def protocol_factory(app: Flask, *, implicit_tls: bool) -> Callable[[], asyncio.Protocol]:
     """A factory for asyncio's create_server: one ImapProtocol per connection."""
     tls_context = server_context(app.config)
-    shared_state(app)
+    mail_access.guards(app)
 
     def make() -> asyncio.Protocol:
         return ImapProtocol(app, implicit_tls, tls_context)

@@ -97,9 +97,9 @@ def test_append_over_appendlimit_gets_toobig_without_continuation(session, imap,
 
 
 def test_connection_limit_per_user_and_address(session, imap, app):
-    from provider.protocols.imap.session import shared_state
+    from provider.services.mail_access import guards
 
-    shared_state(app).connections.limit = 2
+    guards(app).imap_connections.limit = 2
     make_mailbox(session)
     first, second = logged_in(imap), logged_in(imap)
     third = connect(imap)

@@ -6,9 +6,8 @@ import imaplib
 import socket
 import ssl
 
-from provider.protocols.imap.session import plaintext_login_allowed
 from provider.services import provisioning
-from provider.services.mail_access import FailureDelay
+from provider.services.mail_access import FailureDelay, plaintext_login_allowed
 from provider.services.storage import mail_store
 from tests.conftest import MAILBOX_PASSWORD, TEST_ACTOR, make_mailbox, wait_until
 
