@@ -5,7 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
+import threading
+import time
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -169,6 +174,61 @@ def check_password_policy(
         raise WeakPassword("password must not be the address", "password")
 
 
+class VerifiedPasswords:
+    """A short memory of passwords that matched a stored hash, so that a mail client opening
+    several connections, or reconnecting every few minutes, costs one argon2id verification
+    per `ttl` seconds rather than one per login (PingDirectory's "encoded password cache";
+    Dovecot's auth cache serves the same purpose).
+
+    Only successes are kept, so a wrong password or an unknown user always costs the full
+    verification (RELIABILITY A3 timing holds). An entry is keyed by the stored hash itself,
+    so a password change (a new hash) makes it useless at once, and holds an HMAC of the
+    password under a random per-process key, never the password. Memory only, bounded.
+    """
+
+    def __init__(
+        self, ttl: float, max_entries: int = 20000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self._key = secrets.token_bytes(32)
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _digest(self, stored: str, password: str) -> bytes:
+        message = stored.encode() + b"\0" + password.encode("utf-8", "surrogatepass")
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def matches(self, stored: str, password: str) -> bool:
+        if self.ttl <= 0:
+            return False
+        with self._lock:
+            entry = self._entries.get(stored)
+        if entry is None or self.clock() >= entry[0]:
+            return False
+        return hmac.compare_digest(entry[1], self._digest(stored, password))
+
+    def remember(self, stored: str, password: str) -> None:
+        if self.ttl <= 0:
+            return
+        entry = (self.clock() + self.ttl, self._digest(stored, password))
+        with self._lock:
+            self._entries[stored] = entry
+            self._entries.move_to_end(stored)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
+def verified_passwords() -> VerifiedPasswords:
+    """The app's VerifiedPasswords (MAILBOX_AUTH_CACHE_SECONDS; 0 turns it off)."""
+    cache_ = current_app.extensions.get("verified_passwords")
+    if cache_ is None:
+        ttl = float(current_app.config["MAILBOX_AUTH_CACHE_SECONDS"])
+        cache_ = current_app.extensions["verified_passwords"] = VerifiedPasswords(ttl)
+    return cache_  # type: ignore[no-any-return]
+
+
 def authenticate_mailbox(session: Session, address: str, password: str) -> Mailbox | None:
     """Return the mailbox if the password is right; None otherwise, after the same work either way.
 
@@ -179,11 +239,16 @@ def authenticate_mailbox(session: Session, address: str, password: str) -> Mailb
     if mailbox is None:
         burn_dummy_verification()
         return None
+    remembered = verified_passwords()
+    if remembered.matches(mailbox.password_hash, password):
+        return mailbox
     result = verify_password(mailbox.password_hash, password)
     if not result.ok:
         return None
     if result.new_hash:
         mailbox.password_hash = result.new_hash
+    else:
+        remembered.remember(mailbox.password_hash, password)
     return mailbox
 
 

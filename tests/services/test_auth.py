@@ -142,3 +142,66 @@ def test_unknown_user_costs_as_much_as_a_wrong_password(session):
     known = median_seconds("alice@example.test")
     unknown = median_seconds("nobody@example.test")
     assert abs(known - unknown) / max(known, unknown) < 0.25
+
+
+class CountingVerifier:
+    """Counts full (argon2id) verifications made through auth.verify_password."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = auth.verify_password
+
+        def counting(stored: str, password: str, params: HashParams | None = None):
+            self.calls += 1
+            return real(stored, password, params)
+
+        monkeypatch.setattr(auth, "verify_password", counting)
+
+
+def test_a_matched_mailbox_password_skips_argon2_on_the_next_login(session, monkeypatch):
+    make_mailbox(session)
+    verifier = CountingVerifier(monkeypatch)
+    for _ in range(3):
+        assert auth.authenticate_mailbox(session, "alice@example.test", MAILBOX_PASSWORD)
+    assert verifier.calls == 1
+
+
+def test_a_wrong_password_is_never_answered_from_memory(session, monkeypatch):
+    make_mailbox(session)
+    assert auth.authenticate_mailbox(session, "alice@example.test", MAILBOX_PASSWORD)
+    verifier = CountingVerifier(monkeypatch)
+    for _ in range(2):
+        assert auth.authenticate_mailbox(session, "alice@example.test", "a wrong password") is None
+    assert verifier.calls == 2  # full work each time, as for an unknown user (A3)
+
+
+def test_a_new_password_voids_what_was_remembered_of_the_old_one(session):
+    mailbox = make_mailbox(session)
+    assert auth.authenticate_mailbox(session, mailbox.address, MAILBOX_PASSWORD)
+    mailbox.password_hash = auth.hash_password("the new passphrase")
+    session.commit()
+    assert auth.authenticate_mailbox(session, mailbox.address, MAILBOX_PASSWORD) is None
+    assert auth.authenticate_mailbox(session, mailbox.address, "the new passphrase")
+
+
+def test_remembered_passwords_expire_and_can_be_turned_off():
+    moment = [1000.0]
+    remembered = auth.VerifiedPasswords(ttl=600, clock=lambda: moment[0])
+    remembered.remember("{ARGON2ID}stored", "secret")
+    assert remembered.matches("{ARGON2ID}stored", "secret")
+    assert not remembered.matches("{ARGON2ID}stored", "Secret")
+    assert not remembered.matches("{ARGON2ID}other", "secret")
+    moment[0] += 600
+    assert not remembered.matches("{ARGON2ID}stored", "secret")
+    off = auth.VerifiedPasswords(ttl=0)
+    off.remember("{ARGON2ID}stored", "secret")
+    assert not off.matches("{ARGON2ID}stored", "secret")
+
+
+def test_remembered_passwords_are_bounded_and_hold_no_password():
+    remembered = auth.VerifiedPasswords(ttl=600, max_entries=2)
+    for n in range(3):
+        remembered.remember(f"stored{n}", "a passphrase")
+    assert not remembered.matches("stored0", "a passphrase")
+    assert remembered.matches("stored2", "a passphrase")
+    assert all(b"a passphrase" not in digest for _, digest in remembered._entries.values())

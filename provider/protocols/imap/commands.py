@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -25,7 +26,6 @@ from provider.protocols.imap.parser import (
     encode_mailbox,
     format_sequence_set,
     parse_sequence_set,
-    sequence_contains,
 )
 from provider.protocols.imap.search import Candidate, parse_search
 from provider.protocols.imap.selected import SelectedView
@@ -160,15 +160,11 @@ class Commands:
         def open_view() -> SelectedView:
             folder = self._maildir().folder(name)
             view = SelectedView(folder, readonly)
-            view.load(folder.messages())
-            view.uidvalidity = folder.uidvalidity  # type: ignore[attr-defined]
-            view.uidnext = folder.uidnext  # type: ignore[attr-defined]
+            view.load(folder.snapshot())
             return view
 
-        view: Any = await self.blocking(open_view)
-        unseen = next(
-            (i + 1 for i, uid in enumerate(view.uids) if "\\Seen" not in view.flags[uid]), None
-        )
+        view = await self.blocking(open_view)
+        unseen = view.first_unseen()
         lines = [
             f"* FLAGS ({' '.join(SYSTEM_FLAGS)})",
             f"* OK [PERMANENTFLAGS ({' '.join(SYSTEM_FLAGS)} \\*)] Flags permitted",
@@ -414,17 +410,31 @@ class Commands:
         ranges = parse_sequence_set(text)
         if not view.uids:
             return []
-        if by_uid:
-            largest = view.uids[-1]
-            return [u for u in view.uids if sequence_contains(ranges, u, largest)]
-        count = len(view.uids)
+        uids = view.uids
+        largest = uids[-1] if by_uid else len(uids)
+        if not by_uid:
+            for low, high in ranges:
+                for number in (low, high):
+                    if number is not None and number > largest:
+                        raise ProtocolError("no such message")
+        # Each range becomes a slice of the (ascending) UID list: bisect for UIDs, plain
+        # indexes for sequence numbers; `*` is the largest (RFC 3501 §6.4.8: 4:* may mean 3:4).
+        slices: list[tuple[int, int]] = []
         for low, high in ranges:
-            for number in (low, high):
-                if number is not None and number > count:
-                    raise ProtocolError("no such message")
-        return [
-            uid for seq, uid in enumerate(view.uids, 1) if sequence_contains(ranges, seq, count)
-        ]
+            a = largest if low is None else low
+            b = largest if high is None else high
+            a, b = min(a, b), max(a, b)
+            if by_uid:
+                slices.append((bisect.bisect_left(uids, a), bisect.bisect_right(uids, b)))
+            else:
+                slices.append((a - 1, b))
+        if len(slices) == 1:
+            start, stop = slices[0]
+            return uids[max(start, 0) : stop]
+        chosen: set[int] = set()
+        for start, stop in slices:
+            chosen.update(range(max(start, 0), stop))
+        return [uids[index] for index in sorted(chosen)]
 
     async def do_uid(self: ImapSession, command: Command) -> str:
         if not command.args or not isinstance(command.args[0], Atom):
@@ -462,12 +472,13 @@ class Commands:
     def _fetch(
         self: ImapSession, view: SelectedView, uids: list[int], items: list[fetching.FetchItem]
     ) -> list[bytes]:
+        # BODY[] (the whole message) needs only the file; any other section needs its structure.
         needs_parse = any(
             i.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822.HEADER", "RFC822.TEXT")
-            or i.section is not None
+            or (i.section is not None and i.section != "")
             for i in items
         )
-        needs_data = needs_parse or any(i.name == "RFC822" for i in items)
+        needs_data = needs_parse or any(i.name == "RFC822" or i.section == "" for i in items)
         sets_seen = not view.readonly and any(i.sets_seen for i in items)
         cache = MessageCache(view.folder.path) if needs_parse else None
         out: list[bytes] = []
@@ -510,8 +521,12 @@ class Commands:
     ) -> bytes:
         name = item.name
         if item.section is not None:
-            assert data is not None and parsed is not None
-            content = fetching.to_crlf(section_bytes(data, parsed, item.section))
+            assert data is not None
+            if item.section == "":
+                content = fetching.to_crlf(data)
+            else:
+                assert parsed is not None
+                content = fetching.to_crlf(section_bytes(data, parsed, item.section))
             return (
                 item.label.encode()
                 + b" "

@@ -36,7 +36,6 @@ SIMPLE = frozenset(
     }
 )
 _SECTION_ITEM = re.compile(r"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.I)
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 _WIDTH = re.compile(r",W=([0-9]+)")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
@@ -123,7 +122,10 @@ def rfc822_size(basename: str, data: bytes | None) -> int | None:
 
 def to_crlf(data: bytes) -> bytes:
     """Bare LF → CRLF (files written by other software may hold bare LFs; IMAP needs CRLF)."""
-    return _BARE_LF.sub(b"\r\n", data) if b"\n" in data else data
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    # CRLF → LF → CRLF turns every bare LF into CRLF and leaves the rest (bare CRs too) as is.
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def partial_of(data: bytes, partial: tuple[int, int] | None) -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from provider.mailstore import Folder, MessageInfo
+from provider.mailstore import Folder, FolderSnapshot, MessageInfo
 
 
 def flags_of(info: MessageInfo) -> frozenset[str]:
@@ -15,28 +15,33 @@ def flags_of(info: MessageInfo) -> frozenset[str]:
 @dataclass
 class SelectedView:
     """Sequence numbers stay stable until this session may send EXPUNGE (RFC 3501 §7.4.1):
-    a message removed by someone else stays in `uids` (as "gone") until then."""
+    a message removed by someone else stays in `uids` (as "gone") until then.
+
+    `infos` holds the MessageInfo this session last reported for each UID. The folder hands
+    out the same MessageInfo object for a message until it changes, so an identity check finds
+    what changed, and an unchanged folder version means there is nothing to look at at all.
+    """
 
     folder: Folder
     readonly: bool
     uids: list[int] = field(default_factory=list)
     infos: dict[int, MessageInfo] = field(default_factory=dict)
-    flags: dict[int, frozenset[str]] = field(default_factory=dict)
     recent: set[int] = field(default_factory=set)
     gone: set[int] = field(default_factory=set)
     highest: int = 0
+    version: int | None = None
+    uidvalidity: int = 0
+    uidnext: int = 0
 
-    def load(self, messages: list[MessageInfo]) -> None:
-        for info in messages:
-            self._add(info)
-
-    def _add(self, info: MessageInfo) -> None:
-        self.uids.append(info.uid)
-        self.infos[info.uid] = info
-        self.flags[info.uid] = flags_of(info)
-        if info.recent:
-            self.recent.add(info.uid)
-        self.highest = max(self.highest, info.uid)
+    def load(self, snapshot: FolderSnapshot) -> None:
+        messages = snapshot.messages or []
+        self.uids = [info.uid for info in messages]
+        self.infos = {info.uid: info for info in messages}
+        self.recent = {info.uid for info in messages if info.recent}
+        self.highest = self.uids[-1] if self.uids else 0
+        self.version = snapshot.version
+        self.uidvalidity = snapshot.uidvalidity
+        self.uidnext = snapshot.uidnext
 
     def seq_of(self, uid: int) -> int | None:
         index = bisect.bisect_left(self.uids, uid)
@@ -44,8 +49,15 @@ class SelectedView:
             return index + 1
         return None
 
+    def first_unseen(self) -> int | None:
+        for seq, uid in enumerate(self.uids, 1):
+            if "\\Seen" not in self.infos[uid].flags:
+                return seq
+        return None
+
     def display_flags(self, uid: int) -> list[str]:
-        names = sorted(self.flags.get(uid, frozenset()))
+        info = self.infos.get(uid)
+        names = sorted(flags_of(info)) if info is not None else []
         if uid in self.recent:
             names.append("\\Recent")
         return names
@@ -60,45 +72,61 @@ class SelectedView:
         """Our own STORE: remember the new flags so the next refresh does not repeat them."""
         if info.uid in self.infos:
             self.infos[info.uid] = info
-            self.flags[info.uid] = flags_of(info)
 
     def remove(self, uids: set[int]) -> list[bytes]:
         """EXPUNGE responses for these UIDs, highest sequence number first (so each number is
         right at the moment it is sent), and drop them from the view."""
         out: list[bytes] = []
+        kept: list[int] = []
         for index in range(len(self.uids) - 1, -1, -1):
             uid = self.uids[index]
             if uid in uids:
                 out.append(b"* %d EXPUNGE\r\n" % (index + 1))
-                del self.uids[index]
                 self.infos.pop(uid, None)
-                self.flags.pop(uid, None)
                 self.recent.discard(uid)
                 self.gone.discard(uid)
+            else:
+                kept.append(uid)
+        if out:
+            kept.reverse()
+            self.uids = kept
         return out
 
-    def refresh(self, messages: list[MessageInfo], allow_expunge: bool) -> list[bytes]:
+    def refresh(self, snapshot: FolderSnapshot, allow_expunge: bool) -> list[bytes]:
         """Untagged updates bringing the session up to date with the folder."""
-        current = {info.uid: info for info in messages}
         out: list[bytes] = []
-        self.gone |= {uid for uid in self.uids if uid not in current}
-        if allow_expunge and self.gone:
+        messages = snapshot.messages
+        if messages is not None:
+            self.version = snapshot.version
+            self.uidnext = snapshot.uidnext
+            current = {info.uid: info for info in messages}
+            self.gone.update([uid for uid in self.uids if uid not in current])
+            changed: list[int] = []
+            new: list[MessageInfo] = []
+            infos = self.infos
+            for info in messages:
+                old = infos.get(info.uid)
+                if old is info:
+                    continue
+                if old is None:
+                    if info.uid > self.highest:
+                        new.append(info)
+                    continue
+                infos[info.uid] = info
+                if flags_of(info) != flags_of(old):
+                    changed.append(info.uid)
+            if allow_expunge and self.gone:
+                out += self.remove(set(self.gone))
+            if new:
+                for info in new:
+                    self.uids.append(info.uid)
+                    infos[info.uid] = info
+                    if info.recent:
+                        self.recent.add(info.uid)
+                self.highest = self.uids[-1]
+                out.append(b"* %d EXISTS\r\n" % len(self.uids))
+                out.append(b"* %d RECENT\r\n" % len(self.recent))
+            out += [self.fetch_flags_line(uid) for uid in changed if uid in infos]
+        elif allow_expunge and self.gone:
             out += self.remove(set(self.gone))
-        new = [info for info in messages if info.uid > self.highest]
-        for info in new:
-            self._add(info)
-        if new:
-            out.append(b"* %d EXISTS\r\n" % len(self.uids))
-            out.append(b"* %d RECENT\r\n" % len(self.recent))
-        new_uids = {info.uid for info in new}
-        for uid in self.uids:
-            info = current.get(uid)
-            if info is None or uid in new_uids:
-                continue
-            if flags_of(info) != self.flags[uid]:
-                self.infos[uid] = info
-                self.flags[uid] = flags_of(info)
-                out.append(self.fetch_flags_line(uid))
-            else:
-                self.infos[uid] = info
         return out

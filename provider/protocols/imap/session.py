@@ -311,11 +311,11 @@ class ImapSession(Commands):
         if view is None:
             return
         try:
-            messages = await asyncio.to_thread(view.folder.messages)
+            snapshot = await asyncio.to_thread(view.folder.snapshot, view.version)
         except MailstoreError:
             await self.bye("Mailbox no longer exists")
             raise Disconnect from None
-        await self.send_lines(view.refresh(messages, allow_expunge))
+        await self.send_lines(view.refresh(snapshot, allow_expunge))
 
     # --- capability and the any-state commands
 
