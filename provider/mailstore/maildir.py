@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from provider.mailstore import keywords as kw
 from provider.mailstore import names
@@ -60,6 +61,8 @@ TMP_MAX_AGE = 36 * 3600
 """tmp/ files untouched for longer than this are debris of a crashed delivery (maildir(5))."""
 
 UNSTABLE_SECONDS = 2.0
+# Our own small file in a folder: "<uidvalidity> <lowest UID still \Recent>".
+RECENT_NAME = "provider-recent"
 """A directory changed this recently may change again within the same mtime tick: re-list it."""
 
 READ_LOCK_WAIT = 0.5
@@ -295,6 +298,9 @@ class _FolderState:
     built: tuple[object, ...] | None = None
     # Changes whenever `infos` does; unique in the process, so a replaced state never repeats one.
     version: int = field(default_factory=lambda: next(_versions))
+    # The \Recent marker (RECENT_NAME) as last read: lowest unclaimed UID, file signature.
+    first_recent: int = 0
+    recent_signature: tuple[object, ...] | None = None
 
     def __post_init__(self) -> None:
         self.uidlist = UidlistFile(self.path / UIDLIST_NAME)
@@ -382,6 +388,71 @@ class Folder:
             return FolderSnapshot(
                 state.version, messages, state.uidlist.uidvalidity, state.uidlist.next_uid
             )
+
+    # --- \Recent (RFC 3501 §2.3.2): the first session to be told of a message gets it
+
+    def recent_from(self) -> int:
+        """The lowest UID still \\Recent: every message from it up is recent for the next
+        session that claims it (EXAMINE and STATUS only look)."""
+        with self._state.lock:
+            self._sync()
+            return self._read_recent()
+
+    def claim_recent(self, up_to: int) -> int:
+        """Claim \\Recent for the messages up to UID `up_to` and return the lowest UID that
+        was still unclaimed: the caller's recent messages are those from it to `up_to`, and no
+        later claim, in this process or another, gets them again."""
+        state = self._state
+        with state.lock:
+            self._sync()
+            # It only grows: nothing left to claim. (Without a marker yet, write one, so that
+            # messages stored later with flags, in cur/, are recent too.)
+            if self._read_recent() > up_to and state.recent_signature is not None:
+                return up_to + 1
+            with self._lock():
+                first = self._read_recent()
+                if first <= up_to or state.recent_signature is None:
+                    self._write_recent(max(first, up_to + 1))
+                return first
+
+    def _read_recent(self) -> int:
+        state = self._state
+        path = self.path / RECENT_NAME
+        uidvalidity = state.uidlist.uidvalidity
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            signature = None
+        else:
+            signature = (st.st_ino, st.st_mtime_ns, st.st_size, uidvalidity)
+        if signature is not None and signature == state.recent_signature:
+            return state.first_recent
+        value: int | None = None
+        if signature is not None:
+            with contextlib.suppress(OSError, ValueError):
+                words = path.read_text("ascii").split()
+                if len(words) == 2 and int(words[0]) == uidvalidity:
+                    value = int(words[1])
+        if value is None:
+            # No marker (yet), or one from before a UIDVALIDITY change: what is still in new/
+            # is recent, as Dovecot treats a Maildir it has no index for.
+            in_new = [info.uid for info in state.infos if info.recent]
+            value = min(in_new) if in_new else state.uidlist.next_uid
+        state.first_recent, state.recent_signature = value, signature
+        return value
+
+    def _write_recent(self, first: int) -> None:
+        """Replace the marker (caller holds the folder lock). Not fsynced: if it is lost, some
+        messages are simply \\Recent once more."""
+        state = self._state
+        uidvalidity = state.uidlist.uidvalidity
+        path = self.path / RECENT_NAME
+        temp = path.with_name(RECENT_NAME + ".tmp")
+        temp.write_text(f"{uidvalidity} {first}\n", "ascii")
+        os.replace(temp, path)
+        st = os.stat(path)
+        state.first_recent = first
+        state.recent_signature = (st.st_ino, st.st_mtime_ns, st.st_size, uidvalidity)
 
     def get(self, uid: int) -> MessageInfo:
         with self._state.lock:
@@ -485,29 +556,52 @@ class Folder:
     def set_flags(
         self, uid: int, flags: Iterable[str], keywords: Iterable[str] = ()
     ) -> MessageInfo:
-        """Replace the message's flags and keywords (a rename within cur/, or new/ → cur/).
+        """Replace the message's flags and keywords (a rename within cur/, or new/ → cur/)."""
+        return self.change_flags(uid, "replace", flags, keywords)
 
-        Letters we do not know ("P", or keyword letters without a name) are kept, as Dovecot
-        keeps them.
+    def change_flags(
+        self,
+        uid: int,
+        mode: Literal["replace", "add", "remove"],
+        flags: Iterable[str],
+        keywords: Iterable[str] = (),
+    ) -> MessageInfo:
+        """Replace, add or remove flags and keywords (IMAP STORE FLAGS, +FLAGS, -FLAGS).
+
+        The result is worked out from the file's name at the moment of the rename, after a
+        sync, so a flag someone else set meanwhile is kept (RFC 3501 §6.4.6). Letters we do
+        not know ("P", or keyword letters without a name) are kept, as Dovecot keeps them.
         """
-        system = _system_letters(flags)
+        system = set(_system_letters(flags))
         wanted = _checked_keywords(keywords)
-        letters_by_keyword = self._keyword_letters(wanted)
-        keyword_letters = {letters_by_keyword[name.casefold()] for name in wanted}
+        given: set[str] = set()
+        if mode != "remove":
+            letters_by_keyword = self._keyword_letters(wanted)
+            given = {letters_by_keyword[name.casefold()] for name in wanted}
+        removed_names = {name.casefold() for name in wanted}
         state = self._state
         with state.lock:
             for attempt in range(5):
-                if attempt or state.built is None:
-                    self._sync(force=attempt > 1)
+                self._sync(force=attempt > 1)
                 info = state.by_uid.get(uid)
                 if info is None:
-                    if attempt == 0:
-                        continue
-                    break
+                    continue
                 old = _parse_filename("new" if info.recent else "cur", info.path.name)
                 named = {kw.letter(index) for index in state.keywords.names}
+                current_system = {c for c in old.letters if c in _LETTER_FLAGS}
+                current_keywords = {c for c in old.letters if c in named}
                 kept = {c for c in old.letters if c not in _LETTER_FLAGS and c not in named}
-                letters = "".join(sorted(set(system) | keyword_letters | kept))
+                if mode == "replace":
+                    chosen = system | given
+                elif mode == "add":
+                    chosen = current_system | system | current_keywords | given
+                else:
+                    chosen = (current_system - system) | {
+                        c
+                        for c in current_keywords
+                        if not {n.casefold() for n in state.keywords.names_for(c)} & removed_names
+                    }
+                letters = "".join(sorted(chosen | kept))
                 target = self.path / "cur" / f"{info.basename}:2,{letters}"
                 if target == info.path:
                     return info

@@ -6,12 +6,12 @@ import asyncio
 import bisect
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select
 
 from provider.extensions import db
-from provider.mailstore import Folder, IncomingMessage, Maildir, MessageInfo
+from provider.mailstore import Folder, FolderInfo, IncomingMessage, Maildir, MessageInfo
 from provider.mailstore.message import MessageCache, ParsedMessage, section_bytes
 from provider.mailstore.names import decode_mutf7
 from provider.models import Mailbox
@@ -38,7 +38,14 @@ if TYPE_CHECKING:
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 OVERQUOTA = "NO [OVERQUOTA] Quota exceeded (mailbox for user is full)"
 SUBSCRIPTIONS_FILE = "subscriptions"
+LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STORE_MODES: dict[str, Literal["replace", "add", "remove"]] = {
+    "FLAGS": "replace",
+    "+FLAGS": "add",
+    "-FLAGS": "remove",
+}
 
 
 def wire_name(value: Value) -> str:
@@ -80,6 +87,95 @@ def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
     if full.upper().startswith("INBOX"):
         return re.compile("(?i:INBOX)" + regex[5:] + r"\Z")
     return re.compile(regex + r"\Z")
+
+
+def _matches(regexes: list[re.Pattern[str]], name: str) -> bool:
+    return any(regex.match(name) for regex in regexes)
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split("/")
+    return ["/".join(parts[:n]) for n in range(1, len(parts))]
+
+
+def _list_line(verb: str, attributes: list[str], name: str, extra: bytes = b"") -> bytes:
+    return (
+        f'* {verb} ({" ".join(attributes)}) "/" '.encode() + encode_mailbox(name) + extra + b"\r\n"
+    )
+
+
+def lsub_lines(
+    folders: dict[str, FolderInfo],
+    subs: set[str],
+    regexes: list[re.Pattern[str]],
+    percent_last: list[bool],
+) -> list[bytes]:
+    """LSUB (RFC 3501 §6.3.9): the subscribed names that match; with a trailing `%`, also a
+    level above a subscribed name that is not itself subscribed, flagged \\Noselect."""
+    ordered = [n for n in folders if n in subs] + sorted(subs - folders.keys())
+    out = [_list_line("LSUB", [], name) for name in ordered if _matches(regexes, name)]
+    if any(percent_last):
+        trailing = [r for r, last in zip(regexes, percent_last, strict=True) if last]
+        parents = {a for name in subs for a in _ancestors(name) if a not in subs}
+        for name in sorted(parents):
+            if _matches(trailing, name):
+                out.append(_list_line("LSUB", ["\\Noselect"], name))
+    return out
+
+
+def list_lines(
+    folders: dict[str, FolderInfo],
+    subs: set[str],
+    regexes: list[re.Pattern[str]],
+    selection: set[str],
+    returns: set[str],
+) -> list[bytes]:
+    """LIST with LIST-EXTENDED (RFC 5258) and SPECIAL-USE (RFC 6154) options."""
+    by_subscription = "SUBSCRIBED" in selection
+    special_only = "SPECIAL-USE" in selection
+    recursive = "RECURSIVEMATCH" in selection
+    show_subscribed = by_subscription or "SUBSCRIBED" in returns
+    names = list(folders)
+    if by_subscription:
+        names += sorted(subs - folders.keys())
+    if recursive:
+        known = set(names)
+        names += sorted({a for n in known for a in _ancestors(n)} - known)
+
+    def chosen(name: str) -> bool:
+        if by_subscription and name not in subs:
+            return False
+        info = folders.get(name)
+        return not special_only or (info is not None and info.special_use is not None)
+
+    out = []
+    for name in names:
+        if not _matches(regexes, name):
+            continue
+        # RECURSIVEMATCH: a mailbox also answers for chosen descendants the pattern misses.
+        child_info = (
+            recursive
+            and by_subscription
+            and any(
+                other.startswith(name + "/") and chosen(other) and not _matches(regexes, other)
+                for other in names
+            )
+        )
+        if not chosen(name) and not child_info:
+            continue
+        info = folders.get(name)
+        if info is None:
+            attributes = ["\\NonExistent"]
+        else:
+            children = any(other.startswith(name + "/") for other in folders)
+            attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
+            if info.special_use:
+                attributes.append(info.special_use)
+        if show_subscribed and name in subs:
+            attributes.append("\\Subscribed")
+        extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if child_info else b""
+        out.append(_list_line("LIST", attributes, name, extra))
+    return out
 
 
 class Commands:
@@ -160,7 +256,11 @@ class Commands:
         def open_view() -> SelectedView:
             folder = self._maildir().folder(name)
             view = SelectedView(folder, readonly)
-            view.load(folder.snapshot())
+            snapshot = folder.snapshot()
+            top = snapshot.messages[-1].uid if snapshot.messages else 0
+            # A read-write session claims \\Recent; EXAMINE only looks (RFC 3501 §6.3.2).
+            recent_from = folder.recent_from() if readonly else folder.claim_recent(top)
+            view.load(snapshot, recent_from)
             return view
 
         view = await self.blocking(open_view)
@@ -216,50 +316,43 @@ class Commands:
 
     async def do_list(self: ImapSession, command: Command, lsub: bool = False) -> str:
         args = list(command.args)
-        selection: list[str] = []
-        if args and isinstance(args[0], list):
-            selection = [as_text(v).upper() for v in args.pop(0)]
+        selection: set[str] = set()
+        if not lsub and args and isinstance(args[0], list):
+            selection = {as_text(v).upper() for v in args.pop(0)}
+            # RFC 5258 §3: an unknown option is BAD, and RECURSIVEMATCH needs another one.
+            if selection - LIST_SELECTION_OPTIONS:
+                raise ProtocolError("unknown LIST selection option")
+            if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
+                raise ProtocolError("RECURSIVEMATCH needs another selection option")
         if len(args) < 2:
             raise ProtocolError("LIST takes a reference and a pattern")
         reference = as_text(args[0])
-        patterns = args[1] if isinstance(args[1], list) else [args[1]]
-        returns: list[str] = []
-        if len(args) >= 4 and as_text(args[2]).upper() == "RETURN" and isinstance(args[3], list):
-            returns = [as_text(v).upper() for v in args[3]]
+        patterns = args[1] if isinstance(args[1], list) and not lsub else [args[1]]
+        returns: set[str] = set()
+        rest = args[2:]
+        if rest:
+            if lsub or len(rest) != 2 or as_text(rest[0]).upper() != "RETURN":
+                raise ProtocolError("unexpected arguments after the LIST pattern")
+            if not isinstance(rest[1], list):
+                raise ProtocolError("RETURN takes a list of options")
+            returns = {as_text(v).upper() for v in rest[1]}
+            if returns - LIST_RETURN_OPTIONS:
+                raise ProtocolError("unknown LIST return option")
         verb = "LSUB" if lsub else "LIST"
         texts = [as_text(p) for p in patterns]
         if not lsub and texts == [""]:
             return await self._list_root(verb)
-        subscribed_only = lsub or "SUBSCRIBED" in selection
-        show_subscribed = "SUBSCRIBED" in selection or "SUBSCRIBED" in returns
 
         def listing() -> list[bytes]:
             maildir = self._maildir()
-            folders = maildir.folders()
+            folders = {info.name: info for info in maildir.folders()}
             subs = self._subscriptions(maildir)
-            names = [info.name for info in folders]
+            if subs is None:
+                subs = set(folders)
             regexes = [pattern_regex(decode_mutf7(reference), decode_mutf7(t)) for t in texts]
-            out = []
-            for info in folders:
-                if not any(r.match(info.name) for r in regexes):
-                    continue
-                is_subscribed = subs is None or info.name in subs
-                if subscribed_only and not is_subscribed:
-                    continue
-                if "SPECIAL-USE" in selection and info.special_use is None:
-                    continue
-                children = any(n.startswith(info.name + "/") for n in names)
-                attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
-                if info.special_use:
-                    attributes.append(info.special_use)
-                if show_subscribed and is_subscribed:
-                    attributes.append("\\Subscribed")
-                out.append(
-                    f'* {verb} ({" ".join(attributes)}) "/" '.encode()
-                    + encode_mailbox(info.name)
-                    + b"\r\n"
-                )
-            return out
+            if lsub:
+                return lsub_lines(folders, subs, regexes, [t.endswith("%") for t in texts])
+            return list_lines(folders, subs, regexes, selection, returns)
 
         await self.send_lines(await self.blocking(listing))
         return f"OK {verb} completed"
@@ -281,12 +374,14 @@ class Commands:
 
         def status() -> dict[str, int]:
             folder = self._maildir().folder(name)
-            messages = folder.messages()
+            snapshot = folder.snapshot()
+            messages = snapshot.messages or []
+            recent_from = folder.recent_from() if "RECENT" in items else 0
             return {
                 "MESSAGES": len(messages),
-                "RECENT": sum(m.recent for m in messages),
-                "UIDNEXT": folder.uidnext,
-                "UIDVALIDITY": folder.uidvalidity,
+                "RECENT": sum(m.uid >= recent_from for m in messages),
+                "UIDNEXT": snapshot.uidnext,
+                "UIDVALIDITY": snapshot.uidvalidity,
                 "UNSEEN": sum("\\Seen" not in m.flags for m in messages),
             }
 
@@ -408,15 +503,16 @@ class Commands:
         view = self.selected
         assert view is not None
         ranges = parse_sequence_set(text)
-        if not view.uids:
-            return []
         uids = view.uids
         largest = uids[-1] if by_uid else len(uids)
         if not by_uid:
+            # A message sequence number that does not exist is an error (RFC 3501 §9,
+            # seq-number); a range ending in `*` is not (`1:*` on an empty mailbox is empty).
             for low, high in ranges:
-                for number in (low, high):
-                    if number is not None and number > largest:
-                        raise ProtocolError("no such message")
+                if low is not None and high is not None and max(low, high) > largest:
+                    raise ProtocolError("Invalid message sequence number")
+        if not uids:
+            return []
         # Each range becomes a slice of the (ascending) UID list: bisect for UIDs, plain
         # indexes for sequence numbers; `*` is the largest (RFC 3501 §6.4.8: 4:* may mean 3:4).
         slices: list[tuple[int, int]] = []
@@ -496,7 +592,7 @@ class Commands:
                     continue
                 flags_changed = False
                 if sets_seen and "\\Seen" not in info.flags:
-                    info = view.folder.set_flags(uid, info.flags | {"\\Seen"}, info.keywords)
+                    info = view.folder.change_flags(uid, "add", {"\\Seen"})
                     view.note_flags(info)
                     flags_changed = True
                 parts: list[bytes] = []
@@ -578,21 +674,10 @@ class Commands:
 
         def store() -> list[bytes]:
             out = []
+            change = STORE_MODES[mode]
             for uid in uids:
-                info = view.infos[uid]
-                flags, words = set(info.flags), set(info.keywords)
-                if mode == "FLAGS":
-                    flags, words = set(system), set(keywords)
-                elif mode == "+FLAGS":
-                    flags |= set(system)
-                    words |= set(keywords)
-                else:
-                    flags -= set(system)
-                    words = {
-                        w for w in words if w.casefold() not in {k.casefold() for k in keywords}
-                    }
                 try:
-                    updated = view.folder.set_flags(uid, flags, words)
+                    updated = view.folder.change_flags(uid, change, system, keywords)
                 except KeyError:
                     continue
                 view.note_flags(updated)

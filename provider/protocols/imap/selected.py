@@ -33,11 +33,12 @@ class SelectedView:
     uidvalidity: int = 0
     uidnext: int = 0
 
-    def load(self, snapshot: FolderSnapshot) -> None:
+    def load(self, snapshot: FolderSnapshot, recent_from: int) -> None:
+        """Start from a snapshot; messages from UID `recent_from` up are \\Recent here."""
         messages = snapshot.messages or []
         self.uids = [info.uid for info in messages]
         self.infos = {info.uid: info for info in messages}
-        self.recent = {info.uid for info in messages if info.recent}
+        self.recent = {uid for uid in self.uids if uid >= recent_from}
         self.highest = self.uids[-1] if self.uids else 0
         self.version = snapshot.version
         self.uidvalidity = snapshot.uidvalidity
@@ -92,8 +93,11 @@ class SelectedView:
             self.uids = kept
         return out
 
-    def refresh(self, snapshot: FolderSnapshot, allow_expunge: bool) -> list[bytes]:
-        """Untagged updates bringing the session up to date with the folder."""
+    def refresh(
+        self, snapshot: FolderSnapshot, allow_expunge: bool, recent_from: int = 0
+    ) -> list[bytes]:
+        """Untagged updates bringing the session up to date with the folder; new messages
+        from UID `recent_from` up are \\Recent in this session."""
         out: list[bytes] = []
         messages = snapshot.messages
         if messages is not None:
@@ -121,7 +125,7 @@ class SelectedView:
                 for info in new:
                     self.uids.append(info.uid)
                     infos[info.uid] = info
-                    if info.recent:
+                    if info.uid >= recent_from:
                         self.recent.add(info.uid)
                 self.highest = self.uids[-1]
                 out.append(b"* %d EXISTS\r\n" % len(self.uids))

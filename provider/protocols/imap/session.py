@@ -18,6 +18,7 @@ from provider.extensions import db
 from provider.mailstore import (
     FolderExists,
     FolderNotFound,
+    FolderSnapshot,
     InvalidFolderName,
     MailboxMissing,
     MailstoreBusy,
@@ -311,11 +312,23 @@ class ImapSession(Commands):
         if view is None:
             return
         try:
-            snapshot = await asyncio.to_thread(view.folder.snapshot, view.version)
+            snapshot, recent_from = await asyncio.to_thread(self._look_again, view)
         except MailstoreError:
             await self.bye("Mailbox no longer exists")
             raise Disconnect from None
-        await self.send_lines(view.refresh(snapshot, allow_expunge))
+        await self.send_lines(view.refresh(snapshot, allow_expunge, recent_from))
+
+    @staticmethod
+    def _look_again(view: SelectedView) -> tuple[FolderSnapshot, int]:
+        """The folder's state if it changed, and where \\Recent starts for new messages (a
+        read-write session claims them: RFC 3501 §2.3.2)."""
+        snapshot = view.folder.snapshot(view.version)
+        recent_from = 0
+        if snapshot.messages and snapshot.messages[-1].uid > view.highest:
+            top = snapshot.messages[-1].uid
+            folder = view.folder
+            recent_from = folder.recent_from() if view.readonly else folder.claim_recent(top)
+        return snapshot, recent_from
 
     # --- capability and the any-state commands
 
