@@ -456,6 +456,7 @@ class Commands:
                         return "OK IDLE terminated"
                     await self.bad(command.tag, "Expected DONE")
                     return None
+                await self.recheck_account()
                 await self.sync_selected()
         finally:
             if not reading.done():

@@ -25,6 +25,7 @@ from provider.mailstore import (
     MailstoreError,
     MessageNotFound,
 )
+from provider.models import Mailbox
 from provider.protocols.imap.commands import Commands
 from provider.protocols.imap.parser import (
     Command,
@@ -104,6 +105,8 @@ class ImapSession(Commands):
         self.login_timeout = float(config["IMAP_LOGIN_TIMEOUT_SECONDS"])
         self.idle_timeout = max(float(config["IMAP_AUTOLOGOUT_SECONDS"]), 0.001)
         self.poll_interval = float(config["IMAP_IDLE_POLL_SECONDS"])
+        self.recheck_interval = float(config["ACCOUNT_RECHECK_SECONDS"])
+        self.next_recheck = 0.0
         self.append_limit = int(float(config["MAX_MESSAGE_MB"]) * 1024 * 1024)
         self.user: str | None = None
         self.mailbox_id: int | None = None
@@ -278,6 +281,7 @@ class ImapSession(Commands):
             await self.bad(command.tag, f"{name} is not allowed in this state")
             return
         self.current = name
+        await self.recheck_account()
         handler = getattr(self, f"do_{name.lower()}")
         try:
             result = await handler(command)
@@ -329,6 +333,33 @@ class ImapSession(Commands):
             folder = view.folder
             recent_from = folder.recent_from() if view.readonly else folder.claim_recent(top)
         return snapshot, recent_from
+
+    async def recheck_account(self) -> None:
+        """End the session (BYE) once its mailbox was suspended, expired, deleted or lost
+        IMAP access: looked up at most every ACCOUNT_RECHECK_SECONDS, before a command and
+        while idling (RELIABILITY A6, ASVS 5.0 7.4.2)."""
+        if self.mailbox_id is None:
+            return
+        moment = asyncio.get_running_loop().time()
+        if moment < self.next_recheck:
+            return
+        self.next_recheck = moment + self.recheck_interval
+        reason = await self.blocking(self._refusal, self.mailbox_id)
+        if reason is not None:
+            log.info("ending IMAP session of %s: %s", self.user, reason)
+            await self.bye(reason)
+            raise Disconnect
+
+    @staticmethod
+    def _refusal(mailbox_id: int) -> str | None:
+        mailbox = db.session.get(Mailbox, mailbox_id)
+        if mailbox is None:
+            return "This mailbox no longer exists"
+        try:
+            mail_access.check_policy(mailbox, "imap")
+        except ProviderError as error:
+            return error.message
+        return None
 
     # --- capability and the any-state commands
 
@@ -434,6 +465,7 @@ class ImapSession(Commands):
         except ProviderError as error:
             return f"NO [{error.imap_code}] {error.message}"
         self.user, self.mailbox_id = address, mailbox_id
+        self.next_recheck = asyncio.get_running_loop().time() + self.recheck_interval
         self.bad_commands = 0
         return f"OK [CAPABILITY {self.capabilities()}] Logged in"
 

@@ -234,3 +234,49 @@ def test_suspended_mailbox_refused(session, imap):
     except imaplib.IMAP4.error as error:
         assert "[CONTACTADMIN]" in str(error) and "suspended" in str(error)
     client.logout()
+
+
+def test_suspending_a_mailbox_ends_its_live_sessions(session, imap, app):
+    """RELIABILITY A6: an IDLE session gets BYE within ACCOUNT_RECHECK_SECONDS of the account
+    being disabled; a busy one at its next command after that."""
+    app.config["ACCOUNT_RECHECK_SECONDS"] = 0.2
+    mailbox = make_mailbox(session)
+    idler, busy = logged_in(imap), logged_in(imap)
+    idler.select("INBOX")
+    tag = idler._new_tag()
+    idler.send(tag + b" IDLE\r\n")
+    assert idler.readline().startswith(b"+")
+    provisioning.update_mailbox(session, mailbox, actor=TEST_ACTOR, status="suspended")
+    session.commit()
+    line = idler.readline()  # the socket timeout (10 s) bounds the wait
+    assert line.startswith(b"* BYE") and b"suspended" in line
+    assert idler.readline() == b""  # and the connection is closed
+    reasons: list[str] = []
+
+    def ended() -> bool:
+        try:
+            busy.noop()
+        except imaplib.IMAP4.abort as error:
+            reasons.append(str(error))
+            return True
+        return False
+
+    assert wait_until(ended, timeout=5)
+    assert "suspended" in reasons[0]
+    idler.shutdown()
+    busy.shutdown()
+
+
+def test_taking_imap_away_ends_the_session_with_the_policy_reason(session, imap, app):
+    app.config["ACCOUNT_RECHECK_SECONDS"] = 0
+    mailbox = make_mailbox(session)
+    client = logged_in(imap)
+    assert client.noop()[0] == "OK"
+    provisioning.update_mailbox(session, mailbox, actor=TEST_ACTOR, protocols="pop3")
+    session.commit()
+    try:
+        client.noop()
+        raise AssertionError("the session should have ended")
+    except imaplib.IMAP4.abort as error:
+        assert "IMAP access is not enabled" in str(error)
+    client.shutdown()
