@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -9,7 +11,7 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from flask import Flask
@@ -156,6 +158,31 @@ def plaintext_login_allowed(tls_active: bool, peer: str) -> bool:
     return tls_active or is_loopback(peer)
 
 
+class LoginTurns:
+    """At most `limit` logins from one address (group) are checked at a time; the others wait
+    their turn. Parallel connections then cannot multiply a guesser's rate past the failure
+    delay, which is served inside the turn (RELIABILITY A1: Dovecot's documentation admits that
+    parallel attempts get around its penalty). Used on the event loop only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(limit, 1)
+        self._turns: dict[str, asyncio.Semaphore] = {}
+        self._waiting: dict[str, int] = {}
+
+    @contextlib.asynccontextmanager
+    async def turn(self, remote: str) -> AsyncIterator[None]:
+        key = address_group(remote)
+        semaphore = self._turns.setdefault(key, asyncio.Semaphore(self.limit))
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key], self._turns[key]
+
+
 class Guards:
     """What every IMAP and POP3 session of one app shares: one failure-delay table for both
     protocols (a penalty earned on POP3 also slows IMAP), and a connection count per protocol
@@ -164,6 +191,7 @@ class Guards:
     def __init__(self, app: Flask) -> None:
         config = app.config
         self.failures = FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]))
+        self.logins = LoginTurns(int(config["LOGIN_PARALLEL_PER_ADDRESS"]))
         self.imap_connections = ConnectionLimit(int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"]))
 
 

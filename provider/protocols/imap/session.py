@@ -106,6 +106,7 @@ class ImapSession(Commands):
         self.idle_timeout = max(float(config["IMAP_AUTOLOGOUT_SECONDS"]), 0.001)
         self.poll_interval = float(config["IMAP_IDLE_POLL_SECONDS"])
         self.recheck_interval = float(config["ACCOUNT_RECHECK_SECONDS"])
+        self.output_timeout = float(config["IMAP_OUTPUT_TIMEOUT_SECONDS"])
         self.next_recheck = 0.0
         self.append_limit = int(float(config["MAX_MESSAGE_MB"]) * 1024 * 1024)
         self.user: str | None = None
@@ -131,12 +132,22 @@ class ImapSession(Commands):
         if isinstance(data, str):
             data = data.encode()
         self.writer.write(data)
-        await self.writer.drain()
+        await self.drain()
 
     async def send_lines(self, lines: list[bytes]) -> None:
         if lines:
             self.writer.write(b"".join(lines))
-            await self.writer.drain()
+            await self.drain()
+
+    async def drain(self) -> None:
+        """Wait until the client takes what was written; a client that stops reading for
+        IMAP_OUTPUT_TIMEOUT_SECONDS is dropped (RELIABILITY P3; Dovecot waits 5 minutes)."""
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.output_timeout)
+        except TimeoutError:
+            log.info("IMAP client %s stopped reading; closing", self.peer)
+            self.writer.transport.abort()
+            raise Disconnect from None
 
     @property
     def timeout(self) -> float:
@@ -451,14 +462,15 @@ class ImapSession(Commands):
         return await self.authenticate(user, password)
 
     async def authenticate(self, user: str, password: str) -> str:
-        try:
-            address, mailbox_id = await self.blocking(self._check_credentials, user, password)
-        except ProviderError as error:
-            if error.imap_code == "AUTHENTICATIONFAILED":
-                delay = self.guards.failures.failed(self.peer, user, password)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            return f"NO [{error.imap_code}] {error.message}"
+        async with self.guards.logins.turn(self.peer):
+            try:
+                address, mailbox_id = await self.blocking(self._check_credentials, user, password)
+            except ProviderError as error:
+                if error.imap_code == "AUTHENTICATIONFAILED":
+                    delay = self.guards.failures.failed(self.peer, user, password)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                return f"NO [{error.imap_code}] {error.message}"
         self.guards.failures.succeeded(self.peer)
         try:
             self.guards.imap_connections.acquire(address, self.peer)

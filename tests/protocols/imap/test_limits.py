@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from provider.protocols.imap.session import BAD_AFTER_LOGIN, MAX_LINE
-from tests.conftest import make_mailbox
+from provider.services.mail_access import guards
+from provider.services.storage import mail_store
+from tests.conftest import make_mailbox, wait_until
 from tests.protocols.imap.test_commands import raw_login, raw_session
 
 
@@ -72,4 +74,22 @@ def test_overlong_line_counts_against_the_budget_before_login(session, imap):
     lines = [reader.readline() for _ in range(4)]
     assert lines[0].startswith(b"* BAD") and lines[3].startswith(b"* BYE")
     assert reader.readline() == b""
+    reader.close()
+
+
+def test_a_client_that_stops_reading_is_dropped_after_the_output_timeout(session, imap, app):
+    """RELIABILITY P3: pipelined FETCHes of a big message, never read: the server gives up on
+    the connection (and frees its slot) instead of waiting for the reader forever."""
+    app.config["IMAP_OUTPUT_TIMEOUT_SECONDS"] = 0.5
+    make_mailbox(session)
+    body = b"x" * 76 + b"\r\n"
+    message = b"Subject: big\r\n\r\n" + body * 11000  # about 860 KB
+    mail_store().open("alice@example.test").folder("INBOX").deliver(message)
+    sock, reader = raw_session(imap)
+    raw_login(sock, reader)
+    sock.sendall(
+        b"s SELECT INBOX\r\n" + b"".join(b"f%d FETCH 1 BODY.PEEK[]\r\n" % n for n in range(60))
+    )
+    slots = guards(app).imap_connections
+    assert wait_until(lambda: not slots._counts, timeout=15)
     reader.close()

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import socket
 import ssl
+import time
 
 from provider.services import provisioning
-from provider.services.mail_access import FailureDelay, plaintext_login_allowed
+from provider.services.mail_access import (
+    FailureDelay,
+    LoginTurns,
+    guards,
+    plaintext_login_allowed,
+)
 from provider.services.storage import mail_store
 from tests.conftest import MAILBOX_PASSWORD, TEST_ACTOR, make_mailbox, wait_until
 
@@ -280,3 +287,45 @@ def test_taking_imap_away_ends_the_session_with_the_policy_reason(session, imap,
     except imaplib.IMAP4.abort as error:
         assert "IMAP access is not enabled" in str(error)
     client.shutdown()
+
+
+def test_login_turns_let_one_address_check_only_so_many_at_once():
+    turns = LoginTurns(limit=2)
+    inside = []
+    most = []
+
+    async def attempt(remote: str) -> None:
+        async with turns.turn(remote):
+            inside.append(remote)
+            most.append(len(inside))
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            inside.remove(remote)
+
+    async def main() -> None:
+        await asyncio.gather(*(attempt("192.0.2.7") for _ in range(6)), attempt("198.51.100.1"))
+
+    asyncio.run(main())
+    assert max(most) == 3  # two from 192.0.2.7 and the other address, never three from one
+    assert not turns._turns and not turns._waiting  # nothing kept once everyone is done
+
+
+def test_parallel_failed_logins_from_one_address_wait_for_each_other(session, imap, app):
+    """With one login at a time per address, three parallel wrong passwords are answered one
+    after another, each after its own escalating delay (0.2 + 0.4 + 0.8 s)."""
+    shared = guards(app)
+    shared.logins, shared.failures = LoginTurns(1), FailureDelay(0.2)
+    make_mailbox(session)
+    sockets = [socket.create_connection(imap["imap"], timeout=10) for _ in range(3)]
+    readers = [sock.makefile("rb") for sock in sockets]
+    for reader in readers:
+        assert reader.readline().startswith(b"* OK")
+    started = time.monotonic()
+    for n, sock in enumerate(sockets):
+        sock.sendall(b"a LOGIN alice@example.test wrong-password-%d\r\n" % n)
+    for reader in readers:
+        assert reader.readline().startswith(b"a NO [AUTHENTICATIONFAILED]")
+    assert time.monotonic() - started >= 1.4
+    for sock, reader in zip(sockets, readers, strict=True):
+        reader.close()
+        sock.close()
