@@ -87,6 +87,8 @@ like Dovecot we keep it (and any other letter we do not know) when the flags cha
 _LETTER_FLAGS = {letter: flag for flag, letter in SYSTEM_FLAG_LETTERS.items()}
 _FLAG_BY_FOLDED = {flag.casefold(): flag for flag in SYSTEM_FLAG_LETTERS}
 _SIZE_FIELD = re.compile(r",S=(\d+)")
+# Our own basename field (Dovecot ignores it): the APPEND date-time's zone, ",Z=+0200".
+_ZONE_FIELD = re.compile(r",Z=([+-])(\d\d)(\d\d)")
 _DELIVERY_TIME = re.compile(r"^(\d+)(?:\.M(\d+))?")
 _LOCAL_PART = re.compile(r"[a-z0-9_+=-]+(\.[a-z0-9_+=-]+)*")
 _DOMAIN = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+")
@@ -161,6 +163,8 @@ class MessageInfo:
     keywords: frozenset[str]
     internal_date: float
     recent: bool
+    # The time zone the internal date was given in (APPEND), minutes east of UTC.
+    zone_minutes: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,7 @@ class IncomingMessage:
     flags: Iterable[str] = ()
     keywords: Iterable[str] = ()
     internal_date: float | None = None
+    zone_minutes: int | None = None
 
 
 # --- file names ---------------------------------------------------------------------------------
@@ -200,6 +205,15 @@ def unique_basename() -> str:
     """``<secs>.M<usecs>P<pid>Q<counter>.<hostname>``: unique per host, process and call."""
     secs, usecs = divmod(time.time_ns() // 1000, 1_000_000)
     return f"{secs}.M{usecs}P{os.getpid()}Q{next(_counter)}.{_hostname()}"
+
+
+def zone_minutes(basename: str) -> int:
+    """The internal date's zone kept in the name (",Z=+0200" → 120), else 0 (UTC)."""
+    match = _ZONE_FIELD.search(basename) if ",Z=" in basename else None
+    if match is None:
+        return 0
+    minutes = int(match.group(2)) * 60 + int(match.group(3))
+    return -minutes if match.group(1) == "-" else minutes
 
 
 def virtual_size(data: bytes) -> int:
@@ -504,7 +518,7 @@ class Folder:
     def deliver_many(self, messages: Iterable[IncomingMessage]) -> list[StoredMessage]:
         """Store several messages all or nothing (RFC 3501 §6.3.11 / §6.4.7, RELIABILITY P6);
         they get consecutive ascending UIDs, in order."""
-        prepared: list[tuple[bytes, list[str], list[str], float | None]] = []
+        prepared: list[tuple[bytes, list[str], list[str], float | None, int | None]] = []
         for message in messages:
             if not isinstance(message.data, bytes | bytearray | memoryview):
                 raise TypeError("message data must be bytes")
@@ -514,6 +528,7 @@ class Folder:
                     _system_letters(message.flags),
                     _checked_keywords(message.keywords),
                     message.internal_date,
+                    message.zone_minutes,
                 )
             )
         if not prepared:
@@ -522,7 +537,7 @@ class Folder:
         created: list[Path] = []
         try:
             plan: list[tuple[Path, str, str | None, int]] = []
-            for data, flag_letters, names_, internal_date in prepared:
+            for data, flag_letters, names_, internal_date, zone in prepared:
                 temp, base = self._write_temp(data, internal_date)
                 created.append(temp)
                 letters = None
@@ -530,6 +545,9 @@ class Folder:
                     keyword_letters = [letters_by_keyword[n.casefold()] for n in names_]
                     letters = "".join(sorted(set(flag_letters) | set(keyword_letters)))
                 basename = f"{base},S={len(data)},W={virtual_size(data)}"
+                if zone:
+                    sign, minutes = "+" if zone > 0 else "-", abs(zone)
+                    basename += f",Z={sign}{minutes // 60:02d}{minutes % 60:02d}"
                 plan.append((temp, basename, letters, len(data)))
             # Files enter new/ and cur/ only under the lock, as in Dovecot's maildir-save.c:
             # otherwise another process could number (and even expunge) a message whose
@@ -973,6 +991,7 @@ class Folder:
                     keywords,
                     st.st_mtime,
                     entry.subdir == "new",
+                    zone_minutes(entry.basename),
                 )
             infos.append(info)
             by_uid[uid] = info

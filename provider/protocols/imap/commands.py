@@ -400,15 +400,16 @@ class Commands:
             raise ProtocolError("the message must be a literal")
         flags: list[str] = []
         internal_date: float | None = None
+        zone: int | None = None
         for extra in args:
             if isinstance(extra, list):
                 flags = flag_list(extra)
             else:
-                internal_date = parse_internal_date(as_text(extra))
+                internal_date, zone = parse_internal_date(as_text(extra))
         if len(message) > self.append_limit:
             return "NO [TOOBIG] Message too large"
         system, keywords = split_flags(flags)
-        incoming = IncomingMessage(message, system, keywords, internal_date)
+        incoming = IncomingMessage(message, system, keywords, internal_date, zone)
         result = await self.blocking(self._store_new, name, [incoming])
         if isinstance(result, str):
             return result
@@ -634,7 +635,8 @@ class Commands:
         if name == "UID":
             return b"UID %d" % info.uid
         if name == "INTERNALDATE":
-            return f'INTERNALDATE "{fetching.format_internal_date(info.internal_date)}"'.encode()
+            moment = fetching.format_internal_date(info.internal_date, info.zone_minutes)
+            return f'INTERNALDATE "{moment}"'.encode()
         if name == "RFC822.SIZE":
             size = fetching.rfc822_size(info.basename, None)
             if size is None:
@@ -742,7 +744,11 @@ class Commands:
                 data = view.folder.read(uid)
             except KeyError:
                 continue
-            messages.append(IncomingMessage(data, info.flags, info.keywords, info.internal_date))
+            messages.append(
+                IncomingMessage(
+                    data, info.flags, info.keywords, info.internal_date, info.zone_minutes
+                )
+            )
             sources.append(uid)
         if not messages:
             return "OK Nothing to copy", [], []
@@ -808,9 +814,11 @@ class Commands:
         return "OK MOVE completed"
 
 
-def parse_internal_date(text: str) -> float:
-    """RFC 3501 date-time: `17-Jul-1996 02:44:25 -0700`."""
+def parse_internal_date(text: str) -> tuple[float, int]:
+    """RFC 3501 date-time `17-Jul-1996 02:44:25 -0700` → (timestamp, zone minutes: -420)."""
     try:
-        return datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z").timestamp()
+        moment = datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z")
     except ValueError:
         raise ProtocolError(f"bad date-time {text!r}") from None
+    offset = moment.utcoffset()
+    return moment.timestamp(), int(offset.total_seconds() // 60) if offset else 0

@@ -135,12 +135,15 @@ def partial_of(data: bytes, partial: tuple[int, int] | None) -> bytes:
     return data[start : start + count]
 
 
-def format_internal_date(timestamp: float) -> str:
-    """RFC 3501 date-time, in UTC: `17-Jul-1996 02:44:25 +0000`."""
-    moment = time.gmtime(timestamp)
+def format_internal_date(timestamp: float, zone_minutes: int = 0) -> str:
+    """RFC 3501 date-time in the zone it was given in (UTC for deliveries):
+    `17-Jul-1996 02:44:25 -0700`."""
+    moment = time.gmtime(timestamp + zone_minutes * 60)
+    sign, minutes = ("-" if zone_minutes < 0 else "+"), abs(zone_minutes)
     return (
         f"{moment.tm_mday:02d}-{_MONTHS[moment.tm_mon - 1]}-{moment.tm_year:04d} "
-        f"{moment.tm_hour:02d}:{moment.tm_min:02d}:{moment.tm_sec:02d} +0000"
+        f"{moment.tm_hour:02d}:{moment.tm_min:02d}:{moment.tm_sec:02d} "
+        f"{sign}{minutes // 60:02d}{minutes % 60:02d}"
     )
 
 

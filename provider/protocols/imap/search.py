@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.header
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime, timedelta, timezone
 
 from provider.mailstore import MessageInfo
 from provider.mailstore.message import ParsedMessage
@@ -158,7 +158,9 @@ def _key(args: list[Value], position: int) -> tuple[Predicate, int]:
         day = parse_date(_take(args, position))
 
         def internal(c: Candidate, key: str = key) -> bool:
-            moment = datetime.fromtimestamp(c.info.internal_date, UTC).date()
+            # The date as the client sees it in INTERNALDATE, in the zone it was given in.
+            zone = timedelta(minutes=c.info.zone_minutes)
+            moment = datetime.fromtimestamp(c.info.internal_date, timezone(zone)).date()
             return _compare(key, moment, day)
 
         return internal, position + 1

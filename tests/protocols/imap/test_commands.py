@@ -241,3 +241,22 @@ def test_copy_that_breaks_quota_leaves_target_and_usage_unchanged(session, imap)
     typ, data = client.copy("1:5", "Archive")
     assert typ == "OK" and b"[COPYUID " in data[0]
     client.logout()
+
+
+def test_internaldate_keeps_the_zone_it_was_appended_with(session, imap):
+    """The date a client gave stays the date it sees, and searches by (imaptest search-intdate,
+    RFC 3501 §6.4.4: dates disregard time and zone)."""
+    make_mailbox(session)
+    client = logged_in(imap)
+    client.create("Other")
+    for stamp in ('"25-Mar-2007 00:30:00 +0200"', '"24-Mar-2007 23:30:00 -0500"'):
+        assert client.append("INBOX", None, stamp, MESSAGE)[0] == "OK"
+    client.select("INBOX")
+    _, data = client.fetch("1:2", "(INTERNALDATE)")
+    assert b'"25-Mar-2007 00:30:00 +0200"' in data[0] and b'"24-Mar-2007 23:30:00 -0500"' in data[1]
+    assert client.search(None, "ON", "25-Mar-2007") == ("OK", [b"1"])
+    assert client.search(None, "BEFORE", "25-Mar-2007") == ("OK", [b"2"])
+    assert client.copy("1", "Other")[0] == "OK"
+    client.select("Other")
+    assert b"+0200" in client.fetch("1", "(INTERNALDATE)")[1][0]
+    client.logout()
