@@ -89,6 +89,21 @@ def _header_values(candidate: Candidate, name: str) -> list[str]:
     return values
 
 
+def _address_texts(candidate: Candidate, name: str) -> list[str]:
+    """The field's addresses as parsed, "Name <local@domain>": a search for an address also
+    finds it written with comments or odd spacing (as Dovecot's address search does)."""
+    envelope = candidate.content()[1].envelope
+    addresses = getattr(envelope, "from_" if name == "from" else name)
+    texts = []
+    for address in addresses:
+        if address.mailbox is None or address.host is None:
+            continue  # group markers
+        spec = f"{address.mailbox}@{address.host}"
+        name_text = _decoded_header(address.name.encode()) if address.name else ""
+        texts.append(f"{name_text} <{spec}>" if name_text else spec)
+    return texts
+
+
 def _contains(haystack: str, needle: str) -> bool:
     return needle.casefold() in haystack.casefold()
 
@@ -172,10 +187,21 @@ def _key(args: list[Value], position: int) -> tuple[Predicate, int]:
             return moment is not None and _compare(key, moment, day)
 
         return sent, position + 1
-    if key in ("FROM", "TO", "CC", "BCC", "SUBJECT"):
+    if key == "SUBJECT":
+        needle = as_text(_take(args, position))
+        return (
+            lambda c: any(_contains(v, needle) for v in _header_values(c, "subject"))
+        ), position + 1
+    if key in ("FROM", "TO", "CC", "BCC"):
         needle = as_text(_take(args, position))
         name = key.lower()
-        return (lambda c: any(_contains(v, needle) for v in _header_values(c, name))), position + 1
+
+        def address_match(c: Candidate, name: str = name) -> bool:
+            return any(_contains(v, needle) for v in _header_values(c, name)) or any(
+                _contains(v, needle) for v in _address_texts(c, name)
+            )
+
+        return address_match, position + 1
     if key == "HEADER":
         name = as_text(_take(args, position)).lower()
         needle = as_text(_take(args, position + 1))

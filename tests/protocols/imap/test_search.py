@@ -20,7 +20,7 @@ REPORT = (
     b"Date: Sun, 10 Mar 2024 12:00:00 +0000\r\n\r\n" + b"figures " * 250 + b"\r\n"
 )
 HELLO = (
-    b"From: dave@d.test\r\nTo: alice@a.test\r\nSubject: Hello\r\n"
+    b"From: <dave (the boss)@ (home) d.test>\r\nTo: alice@a.test\r\nSubject: Hello\r\n"
     b"Date: Mon, 01 Apr 2024 08:00:00 +0000\r\n\r\nHi.\r\n"
 )
 # (message, flags, internal date); the last has no flags, so it is the one \Recent message.
@@ -32,6 +32,7 @@ MAILBOX = [
 ]
 CASES = {
     "ALL": "1 2 3 4",
+    "FROM dave@d.test": "4",  # written with comments, found by the parsed address
     "ANSWERED": "1",
     "UNANSWERED": "2 3 4",
     "BCC dave": "2",
