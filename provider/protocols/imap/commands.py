@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Literal
@@ -34,6 +35,8 @@ from provider.services.storage import mail_store
 
 if TYPE_CHECKING:
     from provider.protocols.imap.session import ImapSession
+
+log = logging.getLogger(__name__)
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 OVERQUOTA = "NO [OVERQUOTA] Quota exceeded (mailbox for user is full)"
@@ -562,14 +565,22 @@ class Commands:
         items = fetching.parse_fetch_items(command.args[1])
         if by_uid and not any(item.name == "UID" for item in items):
             items.insert(0, fetching.FetchItem("UID"))
-        uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
-        lines = await self.blocking(self._fetch, view, uids, items)
+        wanted = self._targets(as_text(command.args[0]), by_uid)
+        uids = [u for u in wanted if u not in view.gone]
+        lines, missing, broken = await self.blocking(self._fetch, view, uids, items)
         await self.send_lines(lines)
+        if broken:
+            return "NO [SERVERBUG] Some messages could not be read; the others were fetched"
+        # A message another session expunged (and this one was not told of yet) cannot be
+        # fetched: say so rather than answer OK without it (RFC 2180 §4.1.2, RFC 5530).
+        if missing or (not by_uid and len(uids) < len(wanted)):
+            return "NO [EXPUNGEISSUED] Some messages were expunged; the others were fetched"
         return f"OK {'UID ' if by_uid else ''}FETCH completed"
 
     def _fetch(
         self: ImapSession, view: SelectedView, uids: list[int], items: list[fetching.FetchItem]
-    ) -> list[bytes]:
+    ) -> tuple[list[bytes], int, int]:
+        """The FETCH responses, and how many messages were gone or unreadable."""
         # BODY[] (the whole message) needs only the file; any other section needs its structure.
         needs_parse = any(
             i.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822.HEADER", "RFC822.TEXT")
@@ -580,6 +591,7 @@ class Commands:
         sets_seen = not view.readonly and any(i.sets_seen for i in items)
         cache = MessageCache(view.folder.path) if needs_parse else None
         out: list[bytes] = []
+        missing = broken = 0
         try:
             for uid in uids:
                 info = view.infos[uid]
@@ -590,7 +602,12 @@ class Commands:
                         data = view.folder.read(uid)
                     if cache is not None:
                         parsed = cache.get(info.basename, info.path)
-                except (OSError, KeyError):
+                except (FileNotFoundError, KeyError):
+                    missing += 1
+                    continue
+                except OSError:
+                    log.exception("cannot read message %s in %s", info.basename, view.folder)
+                    broken += 1
                     continue
                 flags_changed = False
                 if sets_seen and "\\Seen" not in info.flags:
@@ -607,7 +624,7 @@ class Commands:
         finally:
             if cache is not None:
                 cache.close()
-        return out
+        return out, missing, broken
 
     def _fetch_item(
         self: ImapSession,

@@ -146,3 +146,28 @@ def test_a_sequence_number_past_the_last_message_is_bad(session, imap, command):
     client.select("Empty")
     assert client.fetch("1:*", "(FLAGS)") == ("OK", [None])
     client.logout()
+
+
+def test_fetching_a_message_another_session_expunged_says_expungeissued(session, imap):
+    make_mailbox(session)
+    folder = mail_store().open(ADDRESS).folder("INBOX")
+    for _ in range(3):
+        folder.deliver(MESSAGE)
+    first, second = selected_pair(imap)
+    second.store("2", "+FLAGS", "(\\Deleted)")
+    assert second.expunge()[0] == "OK"
+    # The first session still numbers the messages 1..3; the body of 2 is gone.
+    tag = first._new_tag()
+    first.send(tag + b" FETCH 1:3 (BODY.PEEK[])\r\n")
+    lines = []
+    while not (line := first.readline()).startswith(tag):
+        lines.append(line)
+    assert line.startswith(tag + b" NO [EXPUNGEISSUED]")
+    assert any(raw.startswith(b"* 1 FETCH") for raw in lines)
+    assert any(raw.startswith(b"* 3 FETCH") for raw in lines)
+    assert not any(raw.startswith((b"* 2 FETCH", b"* 2 EXPUNGE")) for raw in lines)
+    first.noop()
+    assert untagged(first, "EXPUNGE") == [b"2"]
+    assert first.fetch("2", "(UID)")[1] == [b"2 (UID 3)"]
+    first.logout()
+    second.logout()
