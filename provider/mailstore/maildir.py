@@ -61,9 +61,14 @@ TMP_MAX_AGE = 36 * 3600
 """tmp/ files untouched for longer than this are debris of a crashed delivery (maildir(5))."""
 
 UNSTABLE_SECONDS = 2.0
+"""On a file system with whole-second times, a directory changed this recently may change again
+within the same mtime tick: re-list it."""
+TICK_MARGIN_SECONDS = 0.05
+"""With sub-second times: a listing made this long after the directory's mtime saw every change
+up to it; any later change moves the mtime (the kernel's timestamp clock lags by one tick at
+most, a few milliseconds)."""
 # Our own small file in a folder: "<uidvalidity> <lowest UID still \Recent>".
 RECENT_NAME = "provider-recent"
-"""A directory changed this recently may change again within the same mtime tick: re-list it."""
 
 READ_LOCK_WAIT = 0.5
 """How long a reader waits for the lock to give UIDs to new files before leaving them for later."""
@@ -240,6 +245,16 @@ def _parse_filename(subdir: str, filename: str) -> _Entry:
     letters = info[2:].split(",", 1)[0] if info.startswith("2,") else ""
     size = _SIZE_FIELD.search(basename)
     return _Entry(subdir, filename, basename, letters, int(size.group(1)) if size else None)
+
+
+def _listing_is_complete(mtime_ns: int, listed_at: float) -> bool:
+    """Whether a listing started at `listed_at` of a directory whose mtime (read before it)
+    was `mtime_ns` can be trusted until the mtime moves: any change after the listing must
+    then show as a new mtime. Whole-second mtimes need UNSTABLE_SECONDS (Dovecot's rule)."""
+    age = listed_at - mtime_ns / 1e9
+    if mtime_ns % 1_000_000_000 == 0:
+        return age > UNSTABLE_SECONDS
+    return age > TICK_MARGIN_SECONDS
 
 
 def _delivery_order(basename: str) -> tuple[int, int, str]:
@@ -882,6 +897,7 @@ class Folder:
             if not force and state.dir_stable[subdir] and signature == state.dir_signature[subdir]:
                 continue
             old = state.listing[subdir]
+            listed_at = time.time()
             # Set operations in C: a 10,000-file directory that did not change costs one
             # listdir and one set comparison, not a Python loop over every name.
             names = set(os.listdir(directory))
@@ -899,7 +915,7 @@ class Folder:
                     added.append(entry)
                 state.listing[subdir] = fresh
             state.dir_signature[subdir] = signature
-            state.dir_stable[subdir] = time.time() - st.st_mtime > UNSTABLE_SECONDS
+            state.dir_stable[subdir] = _listing_is_complete(st.st_mtime_ns, listed_at)
         if changed:
             state.added.update(entry.basename for entry in added)
             if state.removed:

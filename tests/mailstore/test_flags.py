@@ -168,3 +168,17 @@ def test_keyword_named_later_by_another_writer_is_reported(inbox):
     (inbox.path / "dovecot-keywords").write_text("2 $Important\n")
     [info] = inbox.messages()
     assert (info.flags, info.keywords) == ({"\\Seen"}, {"$Important"})
+
+
+def test_every_flag_change_made_behind_our_back_is_seen_at_once(inbox):
+    """The listing cache trusts a directory only while its mtime has not moved since a listing
+    made safely after that mtime: a rename by another process right after a listing (within
+    the same timestamp tick or not) is never missed."""
+    uids = [inbox.deliver(sample_message(n), flags=["\\Seen"]).uid for n in range(5)]
+    for round_ in range(200):
+        uid = uids[round_ % len(uids)]
+        info = inbox.get(uid)
+        letters = "S" if "\\Flagged" in info.flags else "FS"
+        os.rename(info.path, inbox.path / "cur" / f"{info.basename}:2,{letters}")
+        flagged = {i.uid: "\\Flagged" in i.flags for i in inbox.messages()}
+        assert flagged[uid] is (letters == "FS"), round_
