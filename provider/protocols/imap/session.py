@@ -9,7 +9,6 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from flask import Flask
 
@@ -25,7 +24,7 @@ from provider.mailstore import (
     MailstoreError,
     MessageNotFound,
 )
-from provider.models import Mailbox
+from provider.protocols import streams
 from provider.protocols.imap.commands import Commands
 from provider.protocols.imap.parser import (
     Command,
@@ -36,9 +35,7 @@ from provider.protocols.imap.parser import (
     trailing_literal,
 )
 from provider.protocols.imap.selected import SelectedView
-from provider.protocols.lmtp import SessionMixin
 from provider.services import mail_access
-from provider.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +77,7 @@ class Disconnect(Exception):
     """End the session (after a BYE, a LOGOUT, or the client going away)."""
 
 
-class ImapSession(Commands):
+class ImapSession(Commands, streams.StreamSession):
     """One client connection. Commands live in `Commands` as `do_<verb>` methods."""
 
     def __init__(
@@ -92,41 +89,19 @@ class ImapSession(Commands):
         implicit_tls: bool,
         tls_context: ssl.SSLContext,
     ) -> None:
-        self.app = app
-        self.reader = reader
-        self.writer = writer
-        self.implicit_tls = implicit_tls
-        self.tls_context = tls_context
-        self.tls_active = False
-        peer = writer.get_extra_info("peername")
-        self.peer = str(peer[0]) if isinstance(peer, tuple) else "unknown"
-        self.guards = mail_access.guards(app)
+        super().__init__(app, reader, writer, implicit_tls=implicit_tls, tls_context=tls_context)
         config = app.config
         self.login_timeout = float(config["IMAP_LOGIN_TIMEOUT_SECONDS"])
         self.idle_timeout = max(float(config["IMAP_AUTOLOGOUT_SECONDS"]), 0.001)
         self.poll_interval = float(config["IMAP_IDLE_POLL_SECONDS"])
-        self.recheck_interval = float(config["ACCOUNT_RECHECK_SECONDS"])
         self.output_timeout = float(config["IMAP_OUTPUT_TIMEOUT_SECONDS"])
-        self.next_recheck = 0.0
         self.append_limit = int(float(config["MAX_MESSAGE_MB"]) * 1024 * 1024)
         self.user: str | None = None
         self.mailbox_id: int | None = None
         self.selected: SelectedView | None = None
-        self.bad_commands = 0
         self.current: str = ""
 
     # --- plumbing
-
-    def _in_app(self, function: Callable[..., Any], *args: Any) -> Any:
-        with self.app.app_context():
-            try:
-                return function(*args)
-            finally:
-                db.session.remove()
-
-    async def blocking(self, function: Callable[..., Any], *args: Any) -> Any:
-        """The one way blocking work (hashing, database, files) leaves the event loop."""
-        return await asyncio.to_thread(self._in_app, function, *args)
 
     async def send(self, data: bytes | str) -> None:
         if isinstance(data, str):
@@ -242,9 +217,7 @@ class ImapSession(Commands):
 
     async def run(self) -> None:
         try:
-            if self.implicit_tls:
-                await self.writer.start_tls(self.tls_context)
-                self.tls_active = True
+            await self.start_implicit_tls()
             await self.send(f"* OK [CAPABILITY {self.capabilities()}] IMAP4rev1 ready\r\n")
             while True:
                 data = await self.read_command()
@@ -262,10 +235,7 @@ class ImapSession(Commands):
         if self.user is not None:
             self.guards.imap_connections.release(self.user, self.peer)
             self.user = None
-        if not self.writer.is_closing():
-            self.writer.close()
-        with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, TimeoutError):
-            await asyncio.wait_for(self.writer.wait_closed(), 2)
+        await self.close_connection()
 
     async def handle(self, data: bytes) -> None:
         try:
@@ -347,30 +317,14 @@ class ImapSession(Commands):
 
     async def recheck_account(self) -> None:
         """End the session (BYE) once its mailbox was suspended, expired, deleted or lost
-        IMAP access: looked up at most every ACCOUNT_RECHECK_SECONDS, before a command and
-        while idling (RELIABILITY A6, ASVS 5.0 7.4.2)."""
+        IMAP access: checked before a command and while idling."""
         if self.mailbox_id is None:
             return
-        moment = asyncio.get_running_loop().time()
-        if moment < self.next_recheck:
-            return
-        self.next_recheck = moment + self.recheck_interval
-        reason = await self.blocking(self._refusal, self.mailbox_id)
+        reason = await self.recheck_refusal(self.mailbox_id, "imap")
         if reason is not None:
             log.info("ending IMAP session of %s: %s", self.user, reason)
             await self.bye(reason)
             raise Disconnect
-
-    @staticmethod
-    def _refusal(mailbox_id: int) -> str | None:
-        mailbox = db.session.get(Mailbox, mailbox_id)
-        if mailbox is None:
-            return "This mailbox no longer exists"
-        try:
-            mail_access.check_policy(mailbox, "imap")
-        except ProviderError as error:
-            return error.message
-        return None
 
     # --- capability and the any-state commands
 
@@ -379,7 +333,7 @@ class ImapSession(Commands):
         if self.user is None:
             if not self.tls_active and not self.implicit_tls:
                 words.append("STARTTLS")
-            if mail_access.plaintext_login_allowed(self.tls_active, self.peer):
+            if self.plaintext_allowed:
                 words.append("AUTH=PLAIN")
             else:
                 words.append("LOGINDISABLED")
@@ -418,28 +372,22 @@ class ImapSession(Commands):
         if self.tls_active or self.implicit_tls:
             await self.bad(command.tag, "TLS is already active")
             return None
-        # Anything the client sent after STARTTLS's CRLF arrived in plaintext and must not be
-        # taken as if it were encrypted (RELIABILITY P4, CVE-2021-33515 style injection):
-        # asyncio offers no public way to empty a StreamReader (CPython #118642).
-        self.reader._buffer.clear()  # type: ignore[attr-defined]
-        await self.send(f"{command.tag} OK Begin TLS negotiation now\r\n")
-        await self.writer.start_tls(self.tls_context)
-        self.reader._buffer.clear()  # type: ignore[attr-defined]
-        self.tls_active = True
+        # CVE-2021-33515 style injection: see upgrade_to_tls.
+        await self.upgrade_to_tls(f"{command.tag} OK Begin TLS negotiation now\r\n".encode())
         return None
 
     async def do_login(self, command: Command) -> str | None:
         if len(command.args) != 2:
             raise ProtocolError("LOGIN takes a user name and a password")
         user, password = as_text(command.args[0]), as_text(command.args[1])
-        if not mail_access.plaintext_login_allowed(self.tls_active, self.peer):
+        if not self.plaintext_allowed:
             return "NO [PRIVACYREQUIRED] Plaintext login is not allowed without TLS"
         return await self.authenticate(user, password)
 
     async def do_authenticate(self, command: Command) -> str | None:
         if not command.args or as_text(command.args[0]).upper() != "PLAIN":
             return "NO [CANNOT] Unsupported authentication mechanism"
-        if not mail_access.plaintext_login_allowed(self.tls_active, self.peer):
+        if not self.plaintext_allowed:
             return "NO [PRIVACYREQUIRED] Plaintext authentication is not allowed without TLS"
         if len(command.args) > 1:
             response = as_text(command.args[1]).encode()
@@ -477,7 +425,7 @@ class ImapSession(Commands):
         except ProviderError as error:
             return f"NO [{error.imap_code}] {error.message}"
         self.user, self.mailbox_id = address, mailbox_id
-        self.next_recheck = asyncio.get_running_loop().time() + self.recheck_interval
+        self.logged_in_now()
         self.bad_commands = 0
         return f"OK [CAPABILITY {self.capabilities()}] Logged in"
 
@@ -486,36 +434,6 @@ class ImapSession(Commands):
         return mailbox.address, mailbox.id
 
 
-class ImapProtocol(SessionMixin, asyncio.StreamReaderProtocol):
-    """The asyncio protocol the runner creates per connection; runs one ImapSession."""
-
-    def __init__(self, app: Flask, implicit_tls: bool, tls_context: ssl.SSLContext) -> None:
-        self._app = app
-        self._implicit_tls = implicit_tls
-        self._tls_context = tls_context
-        super().__init__(asyncio.StreamReader(limit=MAX_LINE), self._start)
-
-    def _start(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-        session = ImapSession(
-            self._app,
-            reader,
-            writer,
-            implicit_tls=self._implicit_tls,
-            tls_context=self._tls_context,
-        )
-        return session.run()
-
-    @property
-    def transport(self) -> asyncio.BaseTransport | None:
-        return self._transport  # type: ignore[attr-defined,no-any-return]
-
-
 def protocol_factory(app: Flask, *, implicit_tls: bool) -> Callable[[], asyncio.Protocol]:
-    """A factory for asyncio's create_server: one ImapProtocol per connection."""
-    tls_context = server_context(app.config)
-    mail_access.guards(app)
-
-    def make() -> asyncio.Protocol:
-        return ImapProtocol(app, implicit_tls, tls_context)
-
-    return make
+    """A factory for asyncio's create_server: one ImapSession per connection."""
+    return streams.session_factory(app, ImapSession, implicit_tls=implicit_tls, line_limit=MAX_LINE)
