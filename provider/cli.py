@@ -209,11 +209,24 @@ def _mailbox_text(m: dict[str, Any]) -> str:
         f"  plan:      {m['plan']}"
         + (f" (trial ends {m['trial_expires_at']})" if m["trial_expires_at"] else ""),
     ]
+    if "pop3" in m["protocols"] and m.get("pop3_action"):
+        lines.append(f"  pop3:      on download, {POP3_ACTION_TEXT[m['pop3_action']]}")
     if m["contact_email"]:
         lines.append(f"  contact:   {m['contact_email']}")
     if m["aliases"]:
         lines.append(f"  aliases:   {', '.join(m['aliases'])}")
     return "\n".join(lines)
+
+
+POP3_ACTION_TEXT = {
+    "keep": "keep (the client decides)",
+    "seen": "mark read",
+    "archive": "move to Archive",
+}
+POP3_ACTION_HELP = (
+    "What the server does with a message a POP3 client downloads: keep (the default; the "
+    "client decides), seen (mark it read) or archive (move it to Archive)."
+)
 
 
 def _mailbox_line(m: dict[str, Any]) -> str:
@@ -233,6 +246,12 @@ def mailbox_group() -> None:
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
 @click.option("--trial", is_flag=True, help="Create it as a free trial.")
 @click.option("--contact-email", default=None, help="Where to reach the customer.")
+@click.option(
+    "--pop3-action",
+    type=click.Choice(["keep", "seen", "archive"]),
+    default="keep",
+    help=POP3_ACTION_HELP,
+)
 @json_option
 def mailbox_add(
     address: str,
@@ -241,6 +260,7 @@ def mailbox_add(
     password_stdin: bool,
     trial: bool,
     contact_email: str | None,
+    pop3_action: str,
     as_json: bool,
 ) -> None:
     """Create a mailbox. Without --password-stdin a password is made up and printed once."""
@@ -255,6 +275,7 @@ def mailbox_add(
             actor=CLI_ACTOR,
             plan="trial" if trial else "paid",
             contact_email=contact_email,
+            pop3_action=pop3_action,
         )
     record = mailbox.to_dict()
     if generated:
@@ -276,6 +297,12 @@ def mailbox_add(
 @click.option("--status", type=click.Choice(["active", "suspended"]), default=None)
 @click.option("--plan", type=click.Choice(["trial", "paid"]), default=None)
 @click.option("--contact-email", default=None)
+@click.option(
+    "--pop3-action",
+    type=click.Choice(["keep", "seen", "archive"]),
+    default=None,
+    help=POP3_ACTION_HELP,
+)
 @json_option
 def mailbox_set(
     address: str,
@@ -285,9 +312,10 @@ def mailbox_set(
     status: str | None,
     plan: str | None,
     contact_email: str | None,
+    pop3_action: str | None,
     as_json: bool,
 ) -> None:
-    """Change a mailbox's quota, protocols, password, status or plan."""
+    """Change a mailbox's quota, protocols, password, status, plan or POP3 download action."""
     password = read_password(password_stdin)
     with committing():
         mailbox = provisioning.get_mailbox(db.session, address)
@@ -301,6 +329,7 @@ def mailbox_set(
             plan=plan,
             password=password,
             contact_email=contact_email,
+            pop3_action=pop3_action,
         )
     emit(mailbox.to_dict(), as_json, _mailbox_text)
 

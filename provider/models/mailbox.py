@@ -25,6 +25,15 @@ class Protocol(enum.StrEnum):
     POP3 = "pop3"
 
 
+class Pop3Action(enum.StrEnum):
+    """What the server does with a message a POP3 client downloaded (RETR) and kept, applied
+    when the session ends with QUIT."""
+
+    KEEP = "keep"  # stays put, the client decides; marked read when the mailbox has IMAP too
+    SEEN = "seen"  # mark it read, so IMAP clients of the same mailbox see it as read
+    ARCHIVE = "archive"  # move it to the Archive folder (out of POP3's view, kept for IMAP)
+
+
 class MailboxStatus(enum.StrEnum):
     ACTIVE = "active"
     SUSPENDED = "suspended"
@@ -48,6 +57,7 @@ class Mailbox(db.Model):  # type: ignore[name-defined,misc]
         CheckConstraint("imap_enabled OR pop3_enabled", name="has_protocol"),
         CheckConstraint("status IN ('active', 'suspended', 'expired')", name="status_known"),
         CheckConstraint("plan IN ('trial', 'paid')", name="plan_known"),
+        CheckConstraint("pop3_action IN ('keep', 'seen', 'archive')", name="pop3_action_known"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -70,6 +80,9 @@ class Mailbox(db.Model):  # type: ignore[name-defined,misc]
     # Highest usage threshold (percent) already announced to the customer; 0 = none. Lowered
     # again when usage falls back below it, so the next crossing warns again.
     quota_warned_percent: Mapped[int] = mapped_column(default=0, server_default="0")
+    pop3_action: Mapped[str] = mapped_column(
+        String(16), default=Pop3Action.KEEP.value, server_default=Pop3Action.KEEP.value
+    )
 
     domain: Mapped[Domain] = relationship(back_populates="mailboxes")
     aliases: Mapped[list[Alias]] = relationship(
@@ -116,6 +129,7 @@ class Mailbox(db.Model):  # type: ignore[name-defined,misc]
             "status": self.status,
             "plan": self.plan,
             "contact_email": self.contact_email,
+            "pop3_action": self.pop3_action,
             "created_at": self.created_at.isoformat() if self.created_at else None,
             "trial_expires_at": (
                 self.trial_expires_at.isoformat() if self.trial_expires_at else None

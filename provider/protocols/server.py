@@ -58,6 +58,18 @@ def _imaps(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol
     return protocol_factory(app, implicit_tls=True)
 
 
+def _pop3(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]:
+    from provider.protocols.pop3 import protocol_factory
+
+    return protocol_factory(app, implicit_tls=False)
+
+
+def _pop3s(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]:
+    from provider.protocols.pop3 import protocol_factory
+
+    return protocol_factory(app, implicit_tls=True)
+
+
 # One service name may start several listeners (IMAP: STARTTLS and implicit TLS).
 LISTENERS: dict[str, tuple[Listener, ...]] = {
     "lmtp": (Listener("lmtp", "LMTP_PORT", _lmtp, "LMTP (STARTTLS)"),),
@@ -65,6 +77,10 @@ LISTENERS: dict[str, tuple[Listener, ...]] = {
     "imap": (
         Listener("imap", "IMAP_PORT", _imap, "IMAP (STARTTLS)"),
         Listener("imaps", "IMAPS_PORT", _imaps, "IMAP (implicit TLS)"),
+    ),
+    "pop3": (
+        Listener("pop3", "POP3_PORT", _pop3, "POP3 (STLS)"),
+        Listener("pop3s", "POP3S_PORT", _pop3s, "POP3 (implicit TLS)"),
     ),
 }
 

@@ -193,6 +193,7 @@ class Guards:
         self.failures = FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]))
         self.logins = LoginTurns(int(config["LOGIN_PARALLEL_PER_ADDRESS"]))
         self.imap_connections = ConnectionLimit(int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"]))
+        self.pop3_connections = ConnectionLimit(int(config["POP3_MAX_CONNECTIONS_PER_USER_IP"]))
 
 
 def guards(app: Flask) -> Guards:

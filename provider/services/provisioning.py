@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from provider.errors import AlreadyExists, DomainNotEmpty, InvalidInput, NotFound, ProviderError
 from provider.models import Alias, Domain, Mailbox, MailboxStatus, Plan, Protocol
+from provider.models.mailbox import Pop3Action
 from provider.services import audit, auth, quota, storage
 from provider.services.aftercommit import on_commit
 from provider.services.audit import Actor
@@ -63,6 +64,16 @@ def split_address(address: str, field: str = "address") -> tuple[str, str]:
         return normalize_local_part(local, field), normalize_domain_name(domain)
     except InvalidInput as exc:
         raise InvalidInput(exc.message, field) from None
+
+
+def parse_pop3_action(value: str) -> str:
+    """Read a POP3 download action: keep (the default), seen or archive."""
+    try:
+        return Pop3Action(value.strip().lower()).value
+    except ValueError:
+        raise InvalidInput(
+            f"unknown POP3 download action {value!r}: keep, seen or archive", "pop3_action"
+        ) from None
 
 
 def parse_protocols(value: str | Iterable[str]) -> set[str]:
@@ -173,6 +184,7 @@ def create_mailbox(
     actor: Actor,
     plan: str = Plan.PAID.value,
     contact_email: str | None = None,
+    pop3_action: str = Pop3Action.KEEP.value,
 ) -> Mailbox:
     """Create a mailbox; every check runs before anything is written, so failure leaves nothing."""
     local_part, domain_name = split_address(address)
@@ -185,6 +197,7 @@ def create_mailbox(
         raise AlreadyExists(taken, "address")
     quota_bytes = quota.quota_bytes_from_gb(quota_gb)
     allowed = parse_protocols(protocols)
+    action = parse_pop3_action(pop3_action)
     auth.check_password_policy(password, address=full_address)
     plan = Plan(plan).value
     created = now()
@@ -198,6 +211,7 @@ def create_mailbox(
         status=MailboxStatus.ACTIVE.value,
         plan=plan,
         contact_email=normalize_contact(contact_email),
+        pop3_action=action,
         created_at=created,
         updated_at=created,
         trial_expires_at=(
@@ -238,6 +252,7 @@ def update_mailbox(
     plan: str | None = None,
     password: str | None = None,
     contact_email: str | None = None,
+    pop3_action: str | None = None,
 ) -> Mailbox:
     """Change any of a mailbox's settings; all are checked before any is applied."""
     before = mailbox.to_dict()
@@ -270,6 +285,8 @@ def update_mailbox(
         changes["password_hash"] = auth.hash_password(password)
     if contact_email is not None:
         changes["contact_email"] = normalize_contact(contact_email)
+    if pop3_action is not None:
+        changes["pop3_action"] = parse_pop3_action(pop3_action)
 
     if "plan" in changes and changes["plan"] != mailbox.plan:
         if changes["plan"] == Plan.PAID.value:
@@ -364,6 +381,7 @@ __all__ = [
     "get_alias",
     "get_domain",
     "get_mailbox",
+    "parse_pop3_action",
     "parse_protocols",
     "set_domain_signup",
     "update_mailbox",

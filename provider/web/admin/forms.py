@@ -35,6 +35,17 @@ PROTOCOL_HELP = {
     "server.",
 }
 PLAN_LABELS = {"paid": "Paid", "trial": "Trial"}
+POP3_ACTION_LABELS = {
+    "keep": "Leave it as it is",
+    "seen": "Mark it read",
+    "archive": "Move it to Archive",
+}
+POP3_ACTION_HELP = {
+    "keep": "The POP3 client decides (delete, or leave a copy on the server); the default.",
+    "seen": "The copy on the server stays in the inbox, marked read for IMAP and webmail.",
+    "archive": "The copy on the server moves to the Archive folder, out of the POP3 inbox.",
+}
+POP3_ACTION_LEGEND = "When a POP3 client downloads a message"
 PROTOCOLS_REQUIRED = "Choose how the customer reads mail: IMAP, POP3 or both."
 
 
@@ -91,6 +102,13 @@ class MailboxCreateForm(PasswordForm):
     contact_email = EmailField(
         "Contact e-mail (optional)", validators=[Optional(), Length(max=ADDRESS_MAX)]
     )
+    # Optional in the request (older clients of the form do not send it): absent means keep.
+    pop3_action = RadioField(
+        POP3_ACTION_LEGEND,
+        choices=choices(POP3_ACTION_LABELS),
+        default="keep",
+        validators=[Optional()],
+    )
 
 
 class MailboxEditForm(FlaskForm):
@@ -103,6 +121,10 @@ class MailboxEditForm(FlaskForm):
     plan = RadioField("Plan", choices=choices(PLAN_LABELS), validators=[InputRequired()])
     contact_email = EmailField(
         "Contact e-mail (optional)", validators=[Optional(), Length(max=ADDRESS_MAX)]
+    )
+    # Absent from the request: left unchanged.
+    pop3_action = RadioField(
+        POP3_ACTION_LEGEND, choices=choices(POP3_ACTION_LABELS), validators=[Optional()]
     )
 
 

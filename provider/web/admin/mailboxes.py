@@ -20,6 +20,8 @@ from provider.web.admin.access import (
 )
 from provider.web.admin.filters import gb_text
 from provider.web.admin.forms import (
+    POP3_ACTION_HELP,
+    POP3_ACTION_LABELS,
     PROTOCOL_HELP,
     AliasForm,
     ConfirmForm,
@@ -91,6 +93,7 @@ def create_mailbox() -> Response | str:
                 actor=actor(),
                 plan=form.plan.data or "paid",
                 contact_email=form.contact_email.data,
+                pop3_action=form.pop3_action.data or "keep",
             )
             db.session.commit()
         except ProviderError as exc:
@@ -106,6 +109,7 @@ def create_mailbox() -> Response | str:
         has_domains=bool(domains),
         quota_limits=_quota_limits(),
         protocol_help=PROTOCOL_HELP,
+        pop3_action_help=POP3_ACTION_HELP,
     )
 
 
@@ -118,6 +122,7 @@ def _edit_form_for(mailbox: Mailbox) -> MailboxEditForm:
             "protocols": reports.protocol_policy(mailbox.imap_enabled, mailbox.pop3_enabled),
             "plan": mailbox.plan,
             "contact_email": mailbox.contact_email or "",
+            "pop3_action": mailbox.pop3_action,
         },
     )
 
@@ -142,6 +147,8 @@ def render_mailbox_page(
         alias_form=alias_form,
         quota_limits=_quota_limits(),
         protocol_help=PROTOCOL_HELP,
+        pop3_action_help=POP3_ACTION_HELP,
+        pop3_action_labels=POP3_ACTION_LABELS,
     )
 
 
@@ -167,6 +174,7 @@ def update_mailbox(mailbox_id: int) -> Response | str:
                 protocols=form.protocols.data,
                 plan=form.plan.data,
                 contact_email=form.contact_email.data or "",
+                pop3_action=form.pop3_action.data or None,
             )
             db.session.commit()
         except ProviderError as exc:
