@@ -81,8 +81,15 @@ def give_to_mail_user(mail_root: Path) -> None:
             os.chown(os.path.join(directory, name), mail_user.pw_uid, mail_user.pw_gid)
 
 
-def write_config(work: Path, mail_root: Path, users: Mapping[str, str], port: int) -> Path:
-    """dovecot.conf (and its passwd-file) serving every address in `users` from `mail_root`."""
+def write_config(
+    work: Path,
+    mail_root: Path,
+    users: Mapping[str, str],
+    port: int,
+    pop3_port: int | None = None,
+) -> Path:
+    """dovecot.conf (and its passwd-file) serving every address in `users` from `mail_root`;
+    with `pop3_port`, POP3 too (package dovecot-pop3d)."""
     mail_user = _user("nobody")
     login_user = _user("dovenull", "nobody")
     for name in ("run", "state"):
@@ -103,9 +110,30 @@ def write_config(work: Path, mail_root: Path, users: Mapping[str, str], port: in
         f"  mailbox {name} {{\n    special_use = \\{name}\n  }}"
         for name in ("Sent", "Drafts", "Trash", "Junk", "Archive")
     )
+    # POP3 set up like ours: UIDL = the Maildir base file name (our UIDLs are that name when
+    # it fits in 70 characters), no \Seen changes on RETR (our default download action,
+    # "keep"), and one session per mailbox at a time.
+    pop3 = (
+        f"""pop3_uidl_format = %f
+pop3_no_flag_updates = yes
+pop3_lock_session = yes
+service pop3-login {{
+  chroot =
+  inet_listener pop3 {{
+    address = 127.0.0.1
+    port = {pop3_port}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+"""
+        if pop3_port is not None
+        else ""
+    )
     config = work / "dovecot.conf"
     config.write_text(
-        f"""protocols = imap
+        f"""protocols = imap{" pop3" if pop3_port is not None else ""}
 listen = 127.0.0.1
 base_dir = {work}/run
 state_dir = {work}/state
@@ -144,7 +172,7 @@ service imap-login {{
 service anvil {{
   chroot =
 }}
-"""
+{pop3}"""
     )
     return config
 
@@ -157,6 +185,7 @@ class DovecotServer:
     port: int
     work: Path
     process: subprocess.Popen[bytes]
+    pop3_port: int | None = None
 
     @property
     def log(self) -> Path:
@@ -198,9 +227,10 @@ class DovecotServer:
 
 @contextlib.contextmanager
 def running_dovecot(
-    mail_root: Path, users: Mapping[str, str], work: Path | None = None
+    mail_root: Path, users: Mapping[str, str], work: Path | None = None, *, pop3: bool = False
 ) -> Iterator[DovecotServer]:
-    """Serve `users` ({address: password}) from MailStore(mail_root) until the block ends.
+    """Serve `users` ({address: password}) from MailStore(mail_root) until the block ends;
+    over IMAP, and with `pop3` over POP3 too (on `server.pop3_port`).
 
     mail_root (and its parents) must be reachable by 'nobody': use make_work_dir(). The store
     is chowned to 'nobody'; `work` (made and removed here when not given) holds the config,
@@ -216,7 +246,8 @@ def running_dovecot(
     try:
         give_to_mail_user(mail_root)
         port = free_port()
-        config = write_config(work, mail_root, users, port)
+        pop3_port = free_port() if pop3 else None
+        config = write_config(work, mail_root, users, port, pop3_port)
         with open(work / "stderr.log", "wb") as stderr:
             process = subprocess.Popen(
                 [binary, "-F", "-c", str(config)],
@@ -224,7 +255,7 @@ def running_dovecot(
                 stdout=stderr,
                 stderr=stderr,
             )
-        server = DovecotServer("127.0.0.1", port, work, process)
+        server = DovecotServer("127.0.0.1", port, work, process, pop3_port)
         try:
             server.wait_until_serving()
             yield server
