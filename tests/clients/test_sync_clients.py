@@ -511,3 +511,54 @@ def test_sync_client_keeps_both_sides_in_step(sync_client: SyncClient) -> None:
     # A sync with nothing changed changes nothing (no re-uploads, no duplicates).
     sync_client.sync()
     assert assert_in_step(sync_client) == view
+
+
+def test_four_clients_on_one_mailbox_see_each_others_flag_changes(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The issue's done-when: mbsync, offlineimap, IMAPClient and imaplib on one 500-message
+    mailbox of this server; a flag change made through any one of them shows in all the others,
+    and nobody ends up with a duplicate."""
+    from imapclient import IMAPClient
+
+    with provider_server(request) as server:
+        mbsync, offline = Mbsync(server, tmp_path / "mbsync"), OfflineImap(server, tmp_path / "oi")
+        mbsync.sync()
+        offline.sync()
+        watcher = server.connect()  # imaplib, kept open with INBOX selected
+        assert watcher.select("INBOX")[0] == "OK"
+        with IMAPClient(server.host, port=server.port, ssl=False, timeout=30) as other:
+            other.login(server.user, server.password)
+            other.select_folder("INBOX")
+
+            def flags_seen_by_imapclient(message_id: str) -> frozenset[str]:
+                [uid] = other.search(["HEADER", "Message-ID", message_id])
+                return system_flags([f.decode() for f in other.get_flags([uid])[uid]])
+
+            # IMAPClient flags a message: imaplib hears of it at once, both sync clients next.
+            [uid] = other.search(["HEADER", "Message-ID", "<inbox-5@sync.test>"])
+            other.add_flags([uid], [b"\\Flagged"])
+            watcher.noop()
+            assert any(b"\\Flagged" in line for line in watcher.untagged_responses.pop("FETCH"))
+            # mbsync marks another one read locally and syncs it up.
+            set_local_flags(local_file(mbsync.local, "INBOX", "<inbox-7@sync.test>"), {"\\Seen"})
+            mbsync.sync()
+            assert flags_seen_by_imapclient("<inbox-7@sync.test>") == {"\\Seen"}
+            # offlineimap gets both changes, and sends one of its own.
+            offline.sync()
+            view = assert_in_step(offline)
+            assert view["INBOX"]["<inbox-5@sync.test>"] == {"\\Flagged"}
+            assert view["INBOX"]["<inbox-7@sync.test>"] == {"\\Seen"}
+            set_local_flags(
+                local_file(offline.local, "INBOX", "<inbox-9@sync.test>"), {"\\Answered"}
+            )
+            offline.sync()
+            assert flags_seen_by_imapclient("<inbox-9@sync.test>") == {"\\Answered"}
+            mbsync.sync()
+            view = assert_in_step(mbsync)
+            assert view["INBOX"]["<inbox-9@sync.test>"] == {"\\Answered"}
+            assert view["INBOX"]["<inbox-5@sync.test>"] == {"\\Flagged"}
+            assert {name: len(view[name]) for name in SEED} == SEED  # no duplicates anywhere
+            assert assert_in_step(offline) == view
+            other.logout()
+        watcher.logout()
