@@ -16,7 +16,7 @@ not the bottleneck; their CPU time is reported beside the results (the server sh
 cores).
 
     .venv/bin/python bench/imap_load.py [--target both|dovecot|provider] [--clients 10]
-        [--processes 4] [--duration 20] [--data DIR]
+        [--processes 4] [--duration 20] [--data DIR] [--auth-cache SECONDS]
 
 --data DIR keeps the generated mail (DIR/mail) for the next run; without it a temporary copy
 is made and removed. Dovecot needs root (its mail processes run as 'nobody').
@@ -34,11 +34,9 @@ import re
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -48,15 +46,20 @@ if not __package__:  # run as a script: make `bench` and `provider` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.dovecot import DovecotFailed, DovecotUnavailable, make_work_dir, running_dovecot
+from bench.provider_target import (
+    TargetUnavailable,
+    add_mailboxes,
+    provider_env,
+    provider_serving,
+    run_provider,
+)
 from provider.mailstore import IncomingMessage, MailStore
 
-PROVIDER = str(Path(sys.executable).with_name("provider"))
 DOMAIN = "bench.test"
 PASSWORD = "imap bench secret"
 MAILBOXES = 10
 MESSAGES = 1000
 BODY_FETCHES = 5  # UID FETCH of a random body, per session
-NOT_AVAILABLE = "imap: not available in this version, skipped"
 WORDS = tuple(
     [
         "mail",
@@ -306,10 +309,6 @@ def measure(
 # --- targets ----------------------------------------------------------------------------------
 
 
-class TargetUnavailable(Exception):
-    """The target cannot be benchmarked here; the message is one line saying why."""
-
-
 def bench_dovecot(data: Path, users: list[str], options: argparse.Namespace) -> Result:
     try:
         secret = PASSWORD
@@ -328,96 +327,17 @@ def bench_dovecot(data: Path, users: list[str], options: argparse.Namespace) -> 
     return result
 
 
-def provider_env(instance: Path, data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVIDER_")}
-    env.update(
-        PROVIDER_INSTANCE_DIR=str(instance),
-        PROVIDER_DATA_DIR=str(data),
-        PROVIDER_IMAP_PORT="0",
-        PROVIDER_IMAPS_PORT="0",
-        PROVIDER_ADMIN_PASSWORD="imap bench admin passphrase",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def run_provider(env: dict[str, str], *args: str, stdin: str = "") -> str:
-    result = subprocess.run(
-        [PROVIDER, *args], env=env, input=stdin, capture_output=True, text=True, timeout=300
-    )
-    if result.returncode != 0:
-        raise TargetUnavailable(
-            f"provider {' '.join(args[:2])} failed: {result.stderr.strip().splitlines()[-1:]}"
-        )
-    return result.stdout
-
-
-@contextlib.contextmanager
-def provider_imap(env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    """`provider serve --services imap`; yields where IMAP listens, or raises TargetUnavailable
-    when this version has no IMAP service."""
-    server = subprocess.Popen(
-        [PROVIDER, "serve", "--services", "imap"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert server.stdout is not None
-    try:
-        address: tuple[str, int] | None = None
-        output: list[str] = []
-        for line in server.stdout:
-            output.append(line.rstrip())
-            if line.strip() == NOT_AVAILABLE:
-                raise TargetUnavailable("provider: IMAP service not available in this version")
-            match = re.match(r"imap: (\S+):(\d+)", line)
-            if match:
-                address = (match.group(1), int(match.group(2)))
-            if line.startswith("ready"):
-                break
-        if address is None:
-            raise TargetUnavailable(f"provider serve did not start IMAP: {output[-3:]}")
-        threading.Thread(target=server.stdout.read, daemon=True).start()  # keep the pipe drained
-        yield address
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=60)
-
-
 def provision_provider(instance: Path, data: Path) -> dict[str, str]:
-    """A provider instance over `data`: init, then the domain and mailboxes (whose Maildirs may
-    already hold the messages: `mailbox add` must keep them, which is checked)."""
-    env = provider_env(instance, data)
+    """A provider instance over `data` (its mailboxes are added once the mail is there)."""
+    env = provider_env(instance, data, "imap")
     run_provider(env, "init")
-    with provider_imap(env):  # fails fast, before minutes of filling, when IMAP is missing
+    with provider_serving(env, "imap"):  # fails fast, before minutes of filling, without IMAP
         pass
     return env
 
 
-def add_provider_mailboxes(env: dict[str, str], data: Path, users: list[str]) -> None:
-    store = MailStore(data / "mail")
-    before = {user: len(store.open(user).folder("INBOX").messages()) for user in users}
-    run_provider(env, "domain", "add", DOMAIN)
-    for user in users:
-        run_provider(
-            env,
-            *("mailbox", "add", user, "--quota-gb", "100", "--protocols", "imap,pop3"),
-            "--password-stdin",
-            stdin=PASSWORD + "\n",
-        )
-    after = {user: len(store.open(user).folder("INBOX").messages()) for user in users}
-    if after != before:
-        raise TargetUnavailable(f"provider mailbox add changed the Maildirs: {before} -> {after}")
-
-
 def bench_provider(env: dict[str, str], users: list[str], options: argparse.Namespace) -> Result:
-    with provider_imap(env) as (host, port):
+    with provider_serving(env, "imap") as (host, port):
         return measure("provider", host, port, users, options)
 
 
@@ -432,6 +352,14 @@ def main() -> int:
         choices=("argon2id", "plain"),
         default="argon2id",
         help="Dovecot's stored passwords: our argon2id hashes (fair) or plaintext",
+    )
+    parser.add_argument(
+        "--auth-cache",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="our MAILBOX_AUTH_CACHE_SECONDS (default: the setting's default; 0 = verify "
+        "argon2id on every login, as Dovecot does)",
     )
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--processes", type=int, default=4)
@@ -455,6 +383,8 @@ def main() -> int:
         if options.target in ("both", "provider"):
             try:
                 env = provision_provider(scratch / "instance", data)
+                if options.auth_cache is not None:
+                    env["PROVIDER_MAILBOX_AUTH_CACHE_SECONDS"] = str(options.auth_cache)
             except TargetUnavailable as exc:
                 if options.target == "provider":
                     print(exc, file=sys.stderr)
@@ -471,7 +401,7 @@ def main() -> int:
                 failures.append(str(exc))
         if env is not None:
             try:
-                add_provider_mailboxes(env, data, users)
+                add_mailboxes(env, data, DOMAIN, users, PASSWORD)
                 results.append(bench_provider(env, users, options))
             except TargetUnavailable as exc:
                 failures.append(str(exc))

@@ -29,16 +29,13 @@ import argparse
 import contextlib
 import multiprocessing
 import os
-import re
 import resource
 import shutil
 import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +44,14 @@ if not __package__:  # run as a script: make `bench` and `provider` importable
 
 from bench.dovecot import DovecotFailed, DovecotUnavailable, make_work_dir, running_dovecot
 from bench.imap_load import DOMAIN, addresses, fill_store
-from provider.mailstore import MailStore
+from bench.provider_target import (
+    TargetUnavailable,
+    add_mailboxes,
+    provider_env,
+    provider_serving,
+    run_provider,
+)
 
-PROVIDER = str(Path(sys.executable).with_name("provider"))
 PASSWORD = "pop3 bench secret"
 CLIENTS = 4
 MESSAGES = 1000
@@ -253,10 +255,6 @@ def measure(
 # --- targets --------------------------------------------------------------------------------------
 
 
-class TargetUnavailable(Exception):
-    """The target cannot be benchmarked here; the message is one line saying why."""
-
-
 def bench_dovecot(
     data: Path, users: list[str], options: argparse.Namespace
 ) -> tuple[Result, list[str]]:
@@ -276,90 +274,18 @@ def bench_dovecot(
     return result, uidls
 
 
-def provider_env(instance: Path, data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVIDER_")}
-    env.update(
-        PROVIDER_INSTANCE_DIR=str(instance),
-        PROVIDER_DATA_DIR=str(data),
-        PROVIDER_POP3_PORT="0",
-        PROVIDER_POP3S_PORT="0",
-        PROVIDER_ADMIN_PASSWORD="pop3 bench admin passphrase",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def run_provider(env: dict[str, str], *args: str, stdin: str = "") -> str:
-    result = subprocess.run(
-        [PROVIDER, *args], env=env, input=stdin, capture_output=True, text=True, timeout=300
-    )
-    if result.returncode != 0:
-        raise TargetUnavailable(
-            f"provider {' '.join(args[:2])} failed: {result.stderr.strip().splitlines()[-1:]}"
-        )
-    return result.stdout
-
-
-@contextlib.contextmanager
-def provider_pop3(env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    """`provider serve --services pop3`; yields where POP3 (STLS port) listens."""
-    server = subprocess.Popen(
-        [PROVIDER, "serve", "--services", "pop3"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert server.stdout is not None
-    try:
-        address: tuple[str, int] | None = None
-        output: list[str] = []
-        for line in server.stdout:
-            output.append(line.rstrip())
-            match = re.match(r"pop3: (\S+):(\d+)", line)
-            if match:
-                address = (match.group(1), int(match.group(2)))
-            if line.startswith("ready"):
-                break
-        if address is None:
-            raise TargetUnavailable(f"provider serve did not start POP3: {output[-3:]}")
-        threading.Thread(target=server.stdout.read, daemon=True).start()  # keep the pipe drained
-        yield address
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=60)
-
-
 def provision_provider(instance: Path, data: Path, users: list[str]) -> dict[str, str]:
-    """A provider instance over `data` whose Maildirs already hold the messages (`mailbox add`
-    keeps them, which is checked)."""
-    env = provider_env(instance, data)
+    """A provider instance over `data` whose Maildirs already hold the messages."""
+    env = provider_env(instance, data, "pop3")
     run_provider(env, "init")
-    store = MailStore(data / "mail")
-    before = {user: len(store.open(user).folder("INBOX").messages()) for user in users}
-    run_provider(env, "domain", "add", DOMAIN)
-    for user in users:
-        run_provider(
-            env,
-            *("mailbox", "add", user, "--quota-gb", "100", "--protocols", "imap,pop3"),
-            "--password-stdin",
-            stdin=PASSWORD + "\n",
-        )
-    after = {user: len(store.open(user).folder("INBOX").messages()) for user in users}
-    if after != before:
-        raise TargetUnavailable(f"provider mailbox add changed the Maildirs: {before} -> {after}")
+    add_mailboxes(env, data, DOMAIN, users, PASSWORD)
     return env
 
 
 def bench_provider(
     env: dict[str, str], users: list[str], options: argparse.Namespace
 ) -> tuple[Result, list[str]]:
-    with provider_pop3(env) as (host, port):
+    with provider_serving(env, "pop3") as (host, port):
         uidls = uidl_list(host, port, users[0])
         return measure("provider", host, port, users, options), uidls
 
