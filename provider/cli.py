@@ -494,6 +494,193 @@ def admin_list(as_json: bool) -> None:
     )
 
 
+# --- backup --------------------------------------------------------------------------------
+
+
+def _size(nbytes: int) -> str:
+    value = float(nbytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{nbytes} B"
+
+
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, steps: int) -> None:
+        return None
+
+
+def _progress(length: int, label: str) -> Any:
+    """A progress bar on standard error for people at a terminal; nothing in scripts and pipes
+    (so `--json` output stays parseable even with both streams captured together)."""
+    if not sys.stderr.isatty():
+        return _NoProgress()
+    return click.progressbar(length=length, label=label, file=sys.stderr, show_pos=True)
+
+
+@click.group("backup")
+def backup_group() -> None:
+    """Time-machine backups of IMAP mailboxes: snapshot, list, restore, verify."""
+
+
+@backup_group.command("run")
+@click.argument("addresses", nargs=-1)
+@json_option
+def backup_run(addresses: tuple[str, ...], as_json: bool) -> None:
+    """Snapshot now (IMAP mailboxes only; all of them when no ADDRESS is given), then retention."""
+    from provider.services import backups
+
+    try:
+        targets, _ = backups.backup_targets(db.session, addresses or None)
+    except ProviderError as exc:
+        raise click.ClickException(exc.message) from None
+    with _progress(len(targets), "snapshots") as bar:
+        summary = backups.run_backups(
+            db.session, addresses or None, progress=lambda _mailbox: bar.update(1)
+        )
+    record = summary.to_dict()
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+    else:
+        for run in summary.mailboxes:
+            if run.error:
+                click.echo(f"{run.address}  FAILED  {run.error}")
+            else:
+                click.echo(
+                    f"{run.address}  {run.snapshot}  {run.messages} messages  "
+                    f"{_size(run.bytes)}  {run.new_objects} new  {run.seconds:.2f}s"
+                    + (f"  dropped {len(run.dropped)}" if run.dropped else "")
+                )
+        click.echo(
+            f"{record['snapshots']} snapshot(s), {record['failed']} failed, "
+            f"{record['skipped_pop3_only']} POP3-only mailbox(es) skipped, "
+            f"{record['snapshots_dropped']} old snapshot(s) dropped, "
+            f"{record['objects_removed']} object(s) removed"
+        )
+    if summary.failed:
+        raise SystemExit(1)
+
+
+@backup_group.command("list")
+@click.argument("address")
+@json_option
+def backup_list(address: str, as_json: bool) -> None:
+    """The mailbox's snapshots, newest first."""
+    from provider.services import backups
+
+    try:
+        records = [s.to_dict() for s in backups.list_snapshots(db.session, address)]
+    except ProviderError as exc:
+        raise click.ClickException(exc.message) from None
+    emit(
+        records,
+        as_json,
+        lambda rs: (
+            "\n".join(
+                f"{r['snapshot']}  {r['created_at']}  {r['messages']} messages  "
+                f"{_size(r['bytes'])}  {r['status']}"
+                for r in rs
+            )
+            or "no snapshots"
+        ),
+    )
+
+
+@backup_group.command("restore")
+@click.argument("address")
+@click.option("--snapshot", "snapshot_id", required=True, help="Snapshot id (see backup list).")
+@click.option("--folder", default=None, help="Only this folder of the snapshot.")
+@click.option("--uid", "uids", type=int, multiple=True, help="Only these UIDs (of --folder).")
+@click.option("--into", default=None, help="Restore under this folder instead of the originals.")
+@json_option
+def backup_restore(
+    address: str,
+    snapshot_id: str,
+    folder: str | None,
+    uids: tuple[int, ...],
+    into: str | None,
+    as_json: bool,
+) -> None:
+    """Bring back what the mailbox no longer has; never deletes, overwrites or duplicates."""
+    from provider.services import backups
+
+    try:
+        report = backups.restore(
+            db.session, address, snapshot_id, folder, list(uids) or None, into, actor=CLI_ACTOR
+        )
+    except ProviderError as exc:
+        db.session.rollback()
+        raise click.ClickException(exc.message) from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(
+            f"restored {report.restored} message(s) ({_size(report.restored_bytes)}), "
+            f"skipped {report.skipped} already present, "
+            f"{report.shortfall} not restored for lack of quota ({_size(report.shortfall_bytes)})"
+            + (f", {len(report.unreadable)} unreadable in the backup" if report.unreadable else "")
+        )
+        for missing in report.shortfall_messages:
+            click.echo(
+                f"  over quota: {missing['folder']} UID {missing['uid']} {missing['subject']}"
+            )
+        for problem in report.unreadable:
+            click.echo(f"  unreadable: {problem}")
+    if report.shortfall or report.unreadable:
+        raise SystemExit(1)
+
+
+@backup_group.command("verify")
+@click.argument("addresses", nargs=-1)
+@json_option
+def backup_verify(addresses: tuple[str, ...], as_json: bool) -> None:
+    """Re-read every backup object and manifest; exit 1 naming anything damaged or missing."""
+    from provider.services import backups
+
+    try:
+        count = (
+            len(addresses)
+            if addresses
+            else db.session.scalar(select(func.count()).select_from(Mailbox))
+        )
+        with _progress(count or 0, "verifying") as bar:
+            report = backups.verify(
+                db.session, addresses or None, progress=lambda _mailbox: bar.update(1)
+            )
+    except ProviderError as exc:
+        raise click.ClickException(exc.message) from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        for box in report.mailboxes:
+            state = "ok" if box.ok else "DAMAGED"
+            click.echo(
+                f"{box.address}  {state}  {box.snapshots} snapshot(s)  "
+                f"{box.objects_checked} object(s) checked"
+            )
+            for problem in box.problems:
+                if "digest" in problem:
+                    click.echo(
+                        f"  {problem['problem']} object {problem['digest']} ({problem['path']}) "
+                        f"used by {', '.join(problem['snapshots']) or 'no snapshot'}"
+                    )
+                else:
+                    click.echo(
+                        f"  {problem['problem']} manifest {problem['manifest']} "
+                        f"({problem['path']}) {problem['detail']}"
+                    )
+        click.echo("all backups verified" if report.ok else "backups are damaged")
+    if not report.ok:
+        raise SystemExit(1)
+
+
 # --- jobs ----------------------------------------------------------------------------------
 
 
@@ -505,15 +692,40 @@ def jobs_group() -> None:
 @jobs_group.command("list")
 @json_option
 def jobs_list(as_json: bool) -> None:
-    """The scheduled jobs and when they run (cron, UTC)."""
-    from jobs.scheduler import JOBS
+    """The scheduled jobs: cron (UTC), next run and last run."""
+    from jobs.scheduler import JOBS, last_runs, next_run, stored_next_runs
 
-    records = [{"name": j.name, "cron": j.cron, "description": j.description} for j in JOBS]
-    emit(
-        records,
-        as_json,
-        lambda rs: "\n".join(f"{r['name']:16} {r['cron']:12} {r['description']}" for r in rs),
-    )
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    stored = stored_next_runs(app)
+    latest = last_runs([job.name for job in JOBS])
+    records = []
+    for job in JOBS:
+        cron = job.cron(app)
+        upcoming = stored.get(job.name) if cron else None
+        upcoming = upcoming or next_run(cron, clock.now())
+        last = latest.get(job.name)
+        records.append(
+            {
+                "name": job.name,
+                "cron": cron,
+                "next_run": upcoming.isoformat() if upcoming else None,
+                "last_run": last.to_dict() if last else None,
+                "description": job.description,
+            }
+        )
+
+    def text(rows: list[dict[str, Any]]) -> str:
+        lines = []
+        for r in rows:
+            last = r["last_run"]
+            done = f"last {last['started_at'][:16]} {last['outcome']}" if last else "never run"
+            lines.append(
+                f"{r['name']:16} {r['cron'] or 'off':12} next {(r['next_run'] or '-')[:16]:16}"
+                f"  {done}  {r['description']}"
+            )
+        return "\n".join(lines)
+
+    emit(records, as_json, text)
 
 
 @jobs_group.command("run")
@@ -521,8 +733,8 @@ def jobs_list(as_json: bool) -> None:
 @click.option("--now", "as_of", default=None, help="Run as of this ISO-8601 time (UTC if no zone).")
 @json_option
 def jobs_run(name: str, as_of: str | None, as_json: bool) -> None:
-    """Run one scheduled job once, now or as of --now."""
-    from jobs.scheduler import JOBS, get_job
+    """Run one scheduled job once, now or as of --now (the run is recorded like a scheduled one)."""
+    from jobs.scheduler import JOBS, get_job, run_recorded
 
     job = get_job(name)
     if job is None:
@@ -539,10 +751,12 @@ def jobs_run(name: str, as_of: str | None, as_json: bool) -> None:
             moment = moment.replace(tzinfo=UTC)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if moment is None:
-        summary = job.run(app)
+        record, summary = run_recorded(app, job, "command")
     else:
         with clock.frozen_at(moment):
-            summary = job.run(app)
+            record, summary = run_recorded(app, job, "command")
+    if record.error:
+        raise click.ClickException(f"{name} failed: {record.error}")
     emit(summary, as_json, lambda r: f"{name}: " + json.dumps(r, indent=2))
 
 
@@ -553,6 +767,7 @@ COMMANDS = [
     mailbox_group,
     alias_group,
     admin_group,
+    backup_group,
     jobs_group,
 ]
 

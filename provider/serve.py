@@ -55,7 +55,10 @@ def run(app: Flask, services: list[str], stop: threading.Event | None = None) ->
             scheduler = build_scheduler(app)
             scheduler.start()
             stoppers.append(("scheduler", scheduler))
-            click.echo(f"scheduler: {len(scheduler.get_jobs())} job(s)")
+            if scheduler.active:
+                click.echo(f"scheduler: {len(scheduler.get_jobs())} job(s)")
+            else:
+                click.echo("scheduler: standing by (another process runs the jobs)")
 
         protocol_names = [name for name in services if name in LISTENERS]
         if protocol_names:

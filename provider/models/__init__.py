@@ -3,17 +3,25 @@
 from provider.models.admin import AdminUser, admin_domains
 from provider.models.alias import Alias
 from provider.models.audit import AuditEvent
+from provider.models.backup import BackupRestore, BackupSnapshot, SnapshotStatus
 from provider.models.domain import Domain
+from provider.models.job import JobRun, RunOutcome, SchedulerLease
 from provider.models.mailbox import Mailbox, MailboxStatus, Plan, Protocol
 
 __all__ = [
     "AdminUser",
     "Alias",
     "AuditEvent",
+    "BackupRestore",
+    "BackupSnapshot",
     "Domain",
+    "JobRun",
     "Mailbox",
     "MailboxStatus",
     "Plan",
     "Protocol",
+    "RunOutcome",
+    "SchedulerLease",
+    "SnapshotStatus",
     "admin_domains",
 ]

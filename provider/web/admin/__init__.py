@@ -52,6 +52,7 @@ from provider.web.admin import (  # noqa: E402  (views register on bp)
     dashboard,
     domains,
     filters,
+    jobs,
     mailboxes,
 )
 
@@ -64,5 +65,6 @@ __all__ = [
     "dashboard",
     "domains",
     "filters",
+    "jobs",
     "mailboxes",
 ]
