@@ -138,6 +138,8 @@ def test_a_snapshot_killed_half_way_is_never_listed(app, app_config, session):
         from provider.extensions import db
         from provider.mailstore import Folder
         from provider.services import backups
+        import provider.backup.snapshot
+        provider.backup.snapshot.BATCH = 5  # objects are stored five at a time
         app = create_app(json.loads(sys.argv[1]))
         real_read, reads = Folder.read, [0]
         def read(self, uid):
