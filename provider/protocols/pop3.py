@@ -419,6 +419,9 @@ class Pop3Session(streams.StreamSession):
     async def run(self) -> None:
         try:
             await self.start_implicit_tls()
+            if self.guards.bans.banned(self.peer):
+                await self.err("[SYS/TEMP] Too many failed logins from your address")
+                raise Disconnect
             await self.ok("POP3 ready")
             while True:
                 line = await self.read_line()
@@ -599,6 +602,9 @@ class Pop3Session(streams.StreamSession):
             try:
                 account: Account = await self.blocking(_check_credentials, user, password)
             except AuthenticationFailed as error:
+                if self.guards.bans.failure(self.peer):
+                    await self.err("[AUTH] Too many failed logins from your address")
+                    raise Disconnect from None
                 delay = self.guards.failures.failed(self.peer, user, password)
                 if delay > 0:
                     await asyncio.sleep(delay)

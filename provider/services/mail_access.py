@@ -121,6 +121,60 @@ class FailureDelay:
             del self._penalties[key]
 
 
+class BanList:
+    """RELIABILITY A2: an address (group) with `limit` failed logins within `window` seconds —
+    IMAP, POP3 and the admin panel counted together — is refused by all three for
+    `ban_seconds`. Below the limit nothing is slowed by it (the failure delay does that), and
+    another address is never affected. Per process, like the failure delays."""
+
+    def __init__(
+        self,
+        limit: int,
+        window: float = 86400.0,
+        ban_seconds: float = 86400.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = max(limit, 1)
+        self.window = window
+        self.ban_seconds = ban_seconds
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}
+        self._banned: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def failure(self, remote: str) -> bool:
+        """Count a failed login from `remote`; True when that (now) bans the address."""
+        key = address_group(remote)
+        moment = self.clock()
+        with self._lock:
+            times = self._failures.setdefault(key, deque(maxlen=self.limit))
+            times.append(moment)
+            while times and moment - times[0] > self.window:
+                times.popleft()
+            if len(times) >= self.limit:
+                self._banned[key] = moment + self.ban_seconds
+                del self._failures[key]
+            self._forget(moment)
+            return key in self._banned
+
+    def banned(self, remote: str) -> bool:
+        key = address_group(remote)
+        with self._lock:
+            until = self._banned.get(key)
+            if until is None:
+                return False
+            if self.clock() >= until:
+                del self._banned[key]
+                return False
+            return True
+
+    def _forget(self, moment: float) -> None:
+        if len(self._failures) > 10000:  # bounded memory under a scan from many addresses
+            stale = [k for k, t in self._failures.items() if not t or moment - t[-1] > self.window]
+            for key in stale:
+                del self._failures[key]
+
+
 class ConnectionLimit:
     """Counts logged-in sessions per user+address; refuses one over the limit (A4)."""
 
@@ -192,6 +246,9 @@ class Guards:
         config = app.config
         self.failures = FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]))
         self.logins = LoginTurns(int(config["LOGIN_PARALLEL_PER_ADDRESS"]))
+        self.bans = BanList(
+            int(config["LOGIN_BAN_FAILURES"]), ban_seconds=float(config["LOGIN_BAN_SECONDS"])
+        )
         self.imap_connections = ConnectionLimit(int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"]))
         self.pop3_connections = ConnectionLimit(int(config["POP3_MAX_CONNECTIONS_PER_USER_IP"]))
 

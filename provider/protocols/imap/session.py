@@ -218,6 +218,9 @@ class ImapSession(Commands, streams.StreamSession):
     async def run(self) -> None:
         try:
             await self.start_implicit_tls()
+            if self.guards.bans.banned(self.peer):
+                await self.bye("Too many failed logins from your address; try again tomorrow")
+                raise Disconnect
             await self.send(f"* OK [CAPABILITY {self.capabilities()}] IMAP4rev1 ready\r\n")
             while True:
                 data = await self.read_command()
@@ -415,6 +418,9 @@ class ImapSession(Commands, streams.StreamSession):
                 address, mailbox_id = await self.blocking(self._check_credentials, user, password)
             except ProviderError as error:
                 if error.imap_code == "AUTHENTICATIONFAILED":
+                    if self.guards.bans.failure(self.peer):
+                        await self.bye("Too many failed logins from your address")
+                        raise Disconnect from None
                     delay = self.guards.failures.failed(self.peer, user, password)
                     if delay > 0:
                         await asyncio.sleep(delay)

@@ -9,7 +9,7 @@ from flask_login import current_user, login_user, logout_user
 from werkzeug.wrappers import Response
 
 from provider.extensions import db
-from provider.services import admins
+from provider.services import admins, mail_access
 from provider.services import auth as auth_service
 from provider.services.ratelimit import FailureLimiter
 from provider.web.admin import bp
@@ -51,11 +51,15 @@ def login() -> Response | str | tuple[str, int]:
         email = (form.email.data or "").strip().lower()
         keys = (f"email:{email}", f"ip:{request.remote_addr}")
         limiter = login_limiter()
-        if limiter.blocked(*keys):
+        # The mail protocols' ban list too: a ban earned on IMAP or POP3 covers the panel.
+        bans = mail_access.guards(current_app).bans
+        remote = request.remote_addr or ""
+        if limiter.blocked(*keys) or bans.banned(remote):
             return render_template("admin/login.html", form=form, error=TOO_MANY), 429
         admin = auth_service.authenticate_admin(db.session, email, form.password.data or "")
         if admin is None:
             limiter.fail(*keys)
+            bans.failure(remote)
             db.session.rollback()
             return render_template("admin/login.html", form=form, error=GENERIC_FAILURE), 200
         limiter.reset(keys[0])
