@@ -252,8 +252,10 @@ class SessionMixin:
         asyncio.get_running_loop().call_soon(self._mark_closed)
 
     def _mark_closed(self) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
+        # A transport closed before connection_made ran (see server._close_orphans) has none.
+        closed = getattr(self, "closed", None)
+        if closed is not None and not closed.done():
+            closed.set_result(None)
 
 
 class _RewritingMixin(SessionMixin):

@@ -179,6 +179,24 @@ class ProtocolRunner:
         for server in servers:
             await server.wait_closed()
         await _wait_closed(sessions)
+        await _close_orphans(self._loop)
+
+
+async def _close_orphans(loop: asyncio.AbstractEventLoop) -> None:
+    """Close transports no session owns. In CPython 3.11 a connection accepted just before
+    `Server.close()` gets a transport whose `Server._attach()` then fails (the server is
+    closed): its protocol never hears of it and nobody closes its socket (CPython
+    gh-109538-style race, seen here about one run in five). Uses the loop's private transport
+    table; without one (another loop implementation) there is nothing to do."""
+    table = getattr(loop, "_transports", None)
+    if not table:
+        return
+    orphans = [t for t in list(table.values()) if t is not None and not t.is_closing()]
+    for transport in orphans:
+        transport.abort()
+    if orphans:
+        await asyncio.sleep(0)  # the aborts close their sockets on the next turns
+        await asyncio.sleep(0)
 
 
 async def _wait_closed(sessions: set[Any], timeout: float = 5.0) -> None:
