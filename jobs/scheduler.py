@@ -54,6 +54,7 @@ class Job:
 def _registry() -> list[Job]:
     from jobs.backup import backup, backup_verify
     from jobs.quota import quota_recount
+    from jobs.trial import trial_lifecycle
 
     return [
         Job(
@@ -73,6 +74,12 @@ def _registry() -> list[Job]:
             quota_recount,
             "JOB_QUOTA_RECOUNT_CRON",
             "Recount mailbox usage from disk, repair drift, clean old tmp/ files",
+        ),
+        Job(
+            "trial-lifecycle",
+            trial_lifecycle,
+            "JOB_TRIAL_LIFECYCLE_CRON",
+            "Trial reminders, expiry, and deletion after the grace period",
         ),
     ]
 

@@ -7,6 +7,7 @@ from provider.models.backup import BackupRestore, BackupSnapshot, SnapshotStatus
 from provider.models.domain import Domain
 from provider.models.job import JobRun, RunOutcome, SchedulerLease
 from provider.models.mailbox import Mailbox, MailboxStatus, Plan, Protocol
+from provider.models.trial import Trial, TrialOutcome, TrialReminder
 
 __all__ = [
     "AdminUser",
@@ -23,5 +24,8 @@ __all__ = [
     "RunOutcome",
     "SchedulerLease",
     "SnapshotStatus",
+    "Trial",
+    "TrialOutcome",
+    "TrialReminder",
     "admin_domains",
 ]

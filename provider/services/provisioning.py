@@ -288,6 +288,7 @@ def update_mailbox(
     if pop3_action is not None:
         changes["pop3_action"] = parse_pop3_action(pop3_action)
 
+    old_plan = mailbox.plan
     if "plan" in changes and changes["plan"] != mailbox.plan:
         if changes["plan"] == Plan.PAID.value:
             mailbox.trial_expires_at = None
@@ -302,6 +303,11 @@ def update_mailbox(
         return mailbox  # a form saved unchanged: nothing to record
     mailbox.updated_at = now()
     session.flush()
+    if mailbox.plan != old_plan:
+        # Imported here: the trial service builds on this module.
+        from provider.services import trials
+
+        trials.plan_changed(session, mailbox, old_plan, actor)
     action = "mailbox.password" if set(changes) == {"password_hash"} else "mailbox.update"
     audit.record(
         session,
@@ -320,6 +326,10 @@ def delete_mailbox(session: Session, mailbox: Mailbox, *, actor: Actor) -> None:
     before = mailbox.to_dict()
     domain_name = mailbox.domain.name
     address = mailbox.address
+    if mailbox.plan == Plan.TRIAL.value:
+        from provider.services import trials
+
+        trials.mailbox_deleted(session, mailbox)
     for alias in list(mailbox.aliases):
         session.delete(alias)
     session.delete(mailbox)

@@ -22,12 +22,18 @@ def load_admin(session_id: str) -> AdminUser | None:
 
 
 def register_web(app: Flask) -> None:
+    from provider.web.account import bp as account_bp
     from provider.web.admin import bp as admin_bp
+    from provider.web.autoconfig import bp as autoconfig_bp
+    from provider.web.signup import init_signup
 
     login_manager.login_view = "admin.login"
     login_manager.login_message = "Please log in."
     login_manager.login_message_category = "info"
     app.register_blueprint(admin_bp)
+    app.register_blueprint(account_bp)
+    app.register_blueprint(autoconfig_bp)
+    init_signup(app)
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int, dict[str, str]]:

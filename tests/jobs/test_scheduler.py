@@ -187,4 +187,5 @@ def test_the_issue_jobs_are_scheduled_by_default(runner):
         "backup": "0 2 * * *",
         "backup-verify": "0 4 * * 0",
         "quota-recount": "30 3 * * *",
+        "trial-lifecycle": "0 * * * *",
     }

@@ -8,7 +8,7 @@ from werkzeug.wrappers import Response
 from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import Mailbox, MailboxStatus
-from provider.services import provisioning, reports
+from provider.services import provisioning, reports, trials
 from provider.services.quota import current_bounds, format_gb
 from provider.web.admin import bp
 from provider.web.admin.access import (
@@ -209,6 +209,23 @@ def suspend_mailbox(mailbox_id: int) -> Response:
 @bp.post("/mailboxes/<int:mailbox_id>/reactivate")
 def reactivate_mailbox(mailbox_id: int) -> Response:
     return _set_status(mailbox_id, MailboxStatus.ACTIVE, "reactivated")
+
+
+@bp.post("/mailboxes/<int:mailbox_id>/convert")
+def convert_mailbox(mailbox_id: int) -> Response:
+    """Convert a trial to paid: ends the trial lifecycle and restores an expired one at once."""
+    mailbox = get_mailbox_or_404(mailbox_id)
+    form = ConfirmForm()
+    if form.validate_on_submit():
+        try:
+            trials.convert_to_paid(db.session, mailbox.address, actor=actor())
+            db.session.commit()
+        except ProviderError as exc:
+            db.session.rollback()
+            flash(exc.message, "error")
+        else:
+            flash(f"Mailbox {mailbox.address} converted to paid.", "success")
+    return redirect(url_for("admin.mailbox", mailbox_id=mailbox.id))
 
 
 @bp.post("/mailboxes/<int:mailbox_id>/password")

@@ -1,0 +1,46 @@
+"""A mailbox's time machine in the admin panel: snapshots, browse, search, view, .eml, restore."""
+
+from __future__ import annotations
+
+from werkzeug.wrappers import Response
+
+from provider.web import timemachine
+from provider.web.admin import bp
+from provider.web.admin.access import actor, get_mailbox_or_404
+
+
+def _tm(mailbox_id: int) -> timemachine.TimeMachine:
+    # The tenant check happens here, once: another domain's mailbox is a 404.
+    mailbox = get_mailbox_or_404(mailbox_id)
+    return timemachine.TimeMachine(
+        mailbox=mailbox,
+        actor=actor(),
+        endpoint_prefix="admin.mailbox_",
+        template_dir="admin/backups",
+        url_values={"mailbox_id": mailbox.id},
+    )
+
+
+@bp.get("/mailboxes/<int:mailbox_id>/backups")
+def mailbox_backups(mailbox_id: int) -> str:
+    return timemachine.snapshots_page(_tm(mailbox_id))
+
+
+@bp.get("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>")
+def mailbox_backup_snapshot(mailbox_id: int, snapshot_id: str) -> str:
+    return timemachine.snapshot_page(_tm(mailbox_id), snapshot_id)
+
+
+@bp.get("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/<int:uid>")
+def mailbox_backup_message(mailbox_id: int, snapshot_id: str, uid: int) -> str:
+    return timemachine.message_page(_tm(mailbox_id), snapshot_id, uid)
+
+
+@bp.get("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/<int:uid>.eml")
+def mailbox_backup_eml(mailbox_id: int, snapshot_id: str, uid: int) -> Response:
+    return timemachine.eml_download(_tm(mailbox_id), snapshot_id, uid)
+
+
+@bp.post("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/restore")
+def mailbox_backup_restore(mailbox_id: int, snapshot_id: str) -> Response | str:
+    return timemachine.restore_action(_tm(mailbox_id), snapshot_id)
