@@ -198,10 +198,26 @@ def _show_error(form: SignupForm, error: ProviderError) -> None:
     target.errors = [*target.errors, error.message]
 
 
+def terms_url() -> str:
+    """TERMS_URL (the hosting company's own terms), else the built-in placeholder page."""
+    return str(current_app.config.get("TERMS_URL") or "") or url_for("signup.terms")
+
+
+@bp.get("/terms")
+def terms() -> Response | str:
+    """The built-in terms of service: placeholder text for the hosting company to replace (or
+    point TERMS_URL at its own page, to which this one then redirects)."""
+    configured = str(current_app.config.get("TERMS_URL") or "")
+    if configured:
+        return redirect(configured)
+    return render_template("signup/terms.html")
+
+
 def _page(form: SignupForm) -> str:
     return render_template(
         "signup/form.html",
         form=form,
+        terms_url=terms_url(),
         protocol_help=PROTOCOL_HELP,
         trial_days=int(current_app.config["TRIAL_DAYS"]),
         quota_gb=current_app.config["TRIAL_QUOTA_GB"],

@@ -1,19 +1,22 @@
-"""The mailbox owner's portal: login, throttling, sessions apart from the admins', own backups."""
+"""The mailbox owner's portal: login, sessions, own backups, trial, password change, terms."""
 
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provider.models import BackupRestore, Mailbox
-from provider.services import backups, provisioning
-from tests.conftest import MAILBOX_PASSWORD, TEST_ACTOR, login, make_mailbox
-from tests.web.conftest import count
+from provider.models import AuditEvent, BackupRestore, Mailbox
+from provider.services import auth, backups, clock, provisioning
+from provider.web.account.trial import UPGRADE_REQUESTED, upgrade_requested_at
+from tests.conftest import MAILBOX_PASSWORD, TEST_ACTOR, login, make_domain, make_mailbox
+from tests.web.conftest import count, errors_of
 from tests.web.timemachine_helpers import (
     csrf_token,
     deliver,
@@ -284,3 +287,309 @@ def test_admin_login_still_works_beside_an_account_session(owner: FlaskClient, a
     response = login(owner)
     assert response.status_code == 302
     assert owner.get("/admin/").status_code == 200
+
+
+# --- overview: usage, client settings, trial (issue 7) --------------------------------------
+
+
+@pytest.fixture
+def public_hosts(app_config: dict) -> dict:
+    app_config.update(
+        PUBLIC_IMAP_HOST="imap.provider.test",
+        PUBLIC_POP3_HOST="pop.provider.test",
+        PUBLIC_SMTP_HOST="smtp.provider.test",
+        PUBLIC_SMTP_PORT=465,
+    )
+    return app_config
+
+
+def _settings_rows(html: str) -> dict[str, list[str]]:
+    """The client settings table: protocol -> its cells."""
+    table = re.search(r'<table id="client-settings">(.*?)</table>', html, re.S)
+    assert table, "no client settings table"
+    return {
+        protocol: re.findall(r"<td>(.*?)</td>", cells)
+        for protocol, cells in re.findall(
+            r'<tr data-protocol="(\w+)">(.*?)</tr>', table.group(1), re.S
+        )
+    }
+
+
+def test_overview_shows_usage_policy_and_the_client_settings_of_the_policy(
+    public_hosts: dict, owner: FlaskClient, alice: Mailbox, session: Session
+):
+    alice.used_bytes = 2 * 1024**3
+    session.commit()
+    html = text(owner.get("/account/"))
+    assert '<label for="usage-meter">Storage used</label>' in html
+    assert re.search(r'<meter id="usage-meter"[^>]* max="8589934592" value="2147483648"', html)
+    assert "2 GB of 8 GB (25.0%)" in html
+    assert '<dd id="protocol-policy">IMAP only</dd>' in html
+    assert _settings_rows(html) == {
+        "imap": ["IMAP", "imap.provider.test", "993", "SSL/TLS", alice.address],
+        "smtp": ["SMTP (sending)", "smtp.provider.test", "465", "STARTTLS", alice.address],
+    }
+    # A paid mailbox has no trial box and nothing to upgrade.
+    assert 'id="trial"' not in html and "/account/upgrade" not in html
+
+
+def test_a_pop3_owner_gets_the_pop3_settings(public_hosts: dict, client: FlaskClient, session):
+    make_mailbox(session, "pop@example.test", protocols="both")
+    account_login(client, "pop@example.test")
+    rows = _settings_rows(text(client.get("/account/")))
+    assert list(rows) == ["imap", "pop3", "smtp"]
+    assert rows["pop3"][:4] == ["POP3", "pop.provider.test", "995", "SSL/TLS"]
+
+
+@pytest.fixture
+def trial_owner(client: FlaskClient, session: Session) -> tuple[FlaskClient, Mailbox]:
+    mailbox = make_mailbox(session, "tina@example.test", plan="trial", contact_email="t@else.test")
+    assert account_login(client, mailbox.address).status_code == 302
+    return client, mailbox
+
+
+def test_a_trial_owner_sees_the_days_left(trial_owner, session: Session):
+    client, tina = trial_owner
+    tina.trial_expires_at = clock.now() + timedelta(days=9, hours=1)
+    session.commit()
+    html = text(client.get("/account/"))
+    assert '<strong id="trial-days-left">10 days left</strong>' in html
+    assert 'action="/account/upgrade"' in html and "Request an upgrade" in html
+    assert "has ended" not in html
+    tina.trial_expires_at = clock.now() + timedelta(hours=3)
+    session.commit()
+    assert "1 day left</strong>" in text(client.get("/account/"))
+
+
+def _upgrade_events(session: Session) -> list[AuditEvent]:
+    session.expire_all()
+    return list(session.scalars(select(AuditEvent).where(AuditEvent.action == UPGRADE_REQUESTED)))
+
+
+def test_an_upgrade_request_is_recorded_once_and_converts_nothing(
+    trial_owner, session: Session, admin, app: Flask
+):
+    client, tina = trial_owner
+    response = client.post("/account/upgrade")
+    assert response.status_code == 302 and response.location.endswith("/account/")
+    [event] = _upgrade_events(session)
+    assert event.actor == "mailbox:tina@example.test" and event.target == tina.address
+    assert event.domain == "example.test" and event.after["contact_email"] == "t@else.test"
+    session.refresh(tina)
+    assert tina.plan == "trial" and tina.trial_expires_at is not None
+    html = text(client.get("/account/"))
+    assert "An administrator will convert your" in html and 'id="upgrade-requested"' in html
+    assert 'action="/account/upgrade"' not in html
+    # Asking again records nothing more.
+    client.post("/account/upgrade")
+    assert len(_upgrade_events(session)) == 1
+    assert "already sent" in text(client.get("/account/"))
+    # The admin sees the request on the mailbox page.
+    admin_client = app.test_client()
+    login(admin_client)
+    page = text(admin_client.get(f"/admin/mailboxes/{tina.id}"))
+    assert 'id="upgrade-requested"' in page and "Upgrade requested" in page
+
+
+def test_a_paid_owner_cannot_request_an_upgrade(owner: FlaskClient, session: Session):
+    assert owner.post("/account/upgrade").status_code == 302
+    assert _upgrade_events(session) == []
+    assert "not a trial" in text(owner.get("/account/"))
+
+
+def test_an_old_request_does_not_carry_over_to_a_new_trial_period(trial_owner, session: Session):
+    client, tina = trial_owner
+    client.post("/account/upgrade")
+    with clock.frozen_at(clock.now() + timedelta(minutes=5)):
+        provisioning.update_mailbox(session, tina, actor=TEST_ACTOR, plan="paid")
+        session.commit()
+    with clock.frozen_at(clock.now() + timedelta(minutes=10)):
+        provisioning.update_mailbox(session, tina, actor=TEST_ACTOR, plan="trial")
+        session.commit()
+        assert upgrade_requested_at(session, tina) is None
+        assert 'action="/account/upgrade"' in text(client.get("/account/"))
+
+
+def test_the_upgrade_request_needs_a_csrf_token(csrf_on: dict, client: FlaskClient, session):
+    tina = make_mailbox(session, "tina@example.test", plan="trial")
+    token = csrf_token(text(client.get("/account/login")))
+    client.post(
+        "/account/login",
+        data={"email": tina.address, "password": MAILBOX_PASSWORD, "csrf_token": token},
+    )
+    assert client.post("/account/upgrade").status_code == 400
+    assert _upgrade_events(session) == []
+    token = csrf_token(text(client.get("/account/")))
+    assert client.post("/account/upgrade", data={"csrf_token": token}).status_code == 302
+    assert len(_upgrade_events(session)) == 1
+
+
+def test_an_expired_trial_is_told_so_with_the_grace_end_and_how_to_upgrade(
+    trial_owner, session: Session
+):
+    client, tina = trial_owner
+    expired_at = clock.now() - timedelta(days=2)
+    tina.trial_expires_at = expired_at
+    tina.status = "expired"
+    session.commit()
+    # The status change ended the session (its epoch); an expired trial may log in again.
+    assert client.get("/account/").status_code == 302
+    assert account_login(client, tina.address).status_code == 302
+    html = text(client.get("/account/"))
+    assert "Your free trial has ended" in html
+    grace_end = (expired_at + timedelta(days=30)).strftime("%Y-%m-%d %H:%M UTC")
+    assert f"mail sent to you is still accepted until {grace_end}" in html
+    assert "days left" not in html
+    assert 'action="/account/upgrade"' in html
+    assert "<script" not in html and " style=" not in html
+
+
+def test_a_trial_past_its_date_shows_expired_before_the_job_marks_it(trial_owner, session):
+    client, tina = trial_owner
+    tina.trial_expires_at = clock.now() - timedelta(minutes=1)
+    session.commit()
+    assert "Your free trial has ended" in text(client.get("/account/"))
+
+
+# --- password change ------------------------------------------------------------------------
+
+NEW_PASSWORD = "another quite long passphrase"
+
+
+def _change(client: FlaskClient, current: str, new: str, repeat: str | None = None, **extra: str):
+    return client.post(
+        "/account/password",
+        data={
+            "current_password": current,
+            "new_password": new,
+            "new_password_confirm": new if repeat is None else repeat,
+            **extra,
+        },
+    )
+
+
+def _field_error(response: Any, name: str) -> str:
+    return errors_of(response, name)
+
+
+def _password_ok(session: Session, mailbox: Mailbox, password: str) -> bool:
+    session.expire_all()
+    return auth.verify_password(mailbox.password_hash, password).ok
+
+
+def test_owner_changes_the_password_stays_logged_in_and_other_sessions_end(
+    app: Flask, owner: FlaskClient, alice: Mailbox, session: Session
+):
+    other = app.test_client()
+    assert account_login(other, alice.address).status_code == 302
+    assert other.get("/account/").status_code == 200
+
+    response = _change(owner, MAILBOX_PASSWORD, NEW_PASSWORD)
+    assert response.status_code == 302 and response.location.endswith("/account/")
+    assert _password_ok(session, alice, NEW_PASSWORD)
+    page = owner.get("/account/")
+    assert page.status_code == 200 and "Your password has been changed" in text(page)
+    assert other.get("/account/").status_code == 302  # the other browser is out
+
+    [event] = session.scalars(select(AuditEvent).where(AuditEvent.action == "mailbox.password"))
+    assert event.actor == "mailbox:alice@example.test" and event.target == alice.address
+    assert "password_hash" not in (event.after or {})
+    fresh = app.test_client()
+    assert account_login(fresh, alice.address, MAILBOX_PASSWORD).status_code == 200
+    assert account_login(fresh, alice.address, NEW_PASSWORD).status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "repeat", "field", "message"),
+    [
+        ("not the password", NEW_PASSWORD, None, "current_password", "current password is wrong"),
+        (MAILBOX_PASSWORD, "short", None, "new_password", "at least 8 characters"),
+        (MAILBOX_PASSWORD, "password123", None, "new_password", "too common"),
+        (MAILBOX_PASSWORD, "alice@example.test", None, "new_password", "must not be the address"),
+        (MAILBOX_PASSWORD, NEW_PASSWORD, "something else", "new_password_confirm", "do not match"),
+    ],
+)
+def test_a_refused_password_change_changes_nothing(
+    owner: FlaskClient,
+    alice: Mailbox,
+    session: Session,
+    current: str,
+    new: str,
+    repeat: str | None,
+    field: str,
+    message: str,
+):
+    response = _change(owner, current, new, repeat)
+    assert response.status_code == 200
+    assert message in _field_error(response, field)
+    assert _password_ok(session, alice, MAILBOX_PASSWORD)
+    assert owner.get("/account/").status_code == 200  # still logged in
+    assert (
+        session.scalars(select(AuditEvent).where(AuditEvent.action == "mailbox.password")).all()
+        == []
+    )
+
+
+def test_wrong_current_passwords_count_as_failed_logins(
+    three_failures: dict, owner: FlaskClient, alice: Mailbox, session: Session
+):
+    for _ in range(3):
+        assert _change(owner, "guess", NEW_PASSWORD).status_code == 200
+    blocked = _change(owner, MAILBOX_PASSWORD, NEW_PASSWORD)
+    assert blocked.status_code == 429 and "Too many failed logins" in text(blocked)
+    assert _password_ok(session, alice, MAILBOX_PASSWORD)
+
+
+def test_the_password_change_needs_a_csrf_token(csrf_on: dict, client: FlaskClient, alice, session):
+    token = csrf_token(text(client.get("/account/login")))
+    client.post(
+        "/account/login",
+        data={"email": alice.address, "password": MAILBOX_PASSWORD, "csrf_token": token},
+    )
+    assert _change(client, MAILBOX_PASSWORD, NEW_PASSWORD).status_code == 400
+    assert _password_ok(session, alice, MAILBOX_PASSWORD)
+    token = csrf_token(text(client.get("/account/")))
+    response = _change(client, MAILBOX_PASSWORD, NEW_PASSWORD, csrf_token=token)
+    assert response.status_code == 302 and _password_ok(session, alice, NEW_PASSWORD)
+    assert client.get("/account/").status_code == 200
+
+
+def test_the_password_form_is_labelled(owner: FlaskClient):
+    html = text(owner.get("/account/"))
+    for name in ("current_password", "new_password", "new_password_confirm"):
+        assert f'<label for="{name}">' in html, name
+        assert re.search(rf'<input[^>]* id="{name}"[^>]* name="{name}"', html), name
+    assert 'autocomplete="current-password"' in html and 'autocomplete="new-password"' in html
+
+
+# --- the terms page linked from /signup -------------------------------------------------------
+
+
+def test_the_signup_form_links_the_built_in_terms_page(client: FlaskClient, session: Session):
+    make_domain(session, "open.test", signup_enabled=True)
+    form = text(client.get("/signup"))
+    assert re.search(r'<a href="/terms" id="terms-link"[^>]*>terms of service</a>', form)
+    terms = client.get("/terms")
+    assert terms.status_code == 200 and "Terms of service" in text(terms)
+    assert "placeholder" in text(terms)
+    assert "<script" not in text(terms) and " style=" not in text(terms)
+
+
+@pytest.fixture
+def own_terms(app_config: dict) -> dict:
+    app_config["TERMS_URL"] = "https://hoster.example/terms"
+    return app_config
+
+
+def test_terms_url_replaces_the_built_in_page(own_terms: dict, client: FlaskClient, session):
+    make_domain(session, "open.test", signup_enabled=True)
+    assert 'href="https://hoster.example/terms"' in text(client.get("/signup"))
+    response = client.get("/terms")
+    assert response.status_code == 302 and response.location == "https://hoster.example/terms"
+
+
+def test_the_new_forms_need_an_account_session(client: FlaskClient, alice: Mailbox, session):
+    for url in ("/account/upgrade", "/account/password"):
+        response = client.post(url, data={"current_password": MAILBOX_PASSWORD})
+        assert response.status_code == 302 and response.location.endswith("/account/login"), url
+    assert _password_ok(session, alice, MAILBOX_PASSWORD) and _upgrade_events(session) == []

@@ -10,6 +10,7 @@ from provider.extensions import db
 from provider.models import Mailbox, MailboxStatus
 from provider.services import provisioning, reports, trials
 from provider.services.quota import current_bounds, format_gb
+from provider.web.account.trial import upgrade_requested_at
 from provider.web.admin import bp
 from provider.web.admin.access import (
     actor,
@@ -149,6 +150,7 @@ def render_mailbox_page(
         protocol_help=PROTOCOL_HELP,
         pop3_action_help=POP3_ACTION_HELP,
         pop3_action_labels=POP3_ACTION_LABELS,
+        upgrade_requested_at=upgrade_requested_at(db.session, mailbox),
     )
 
 
