@@ -83,6 +83,9 @@ class Mailbox(db.Model):  # type: ignore[name-defined,misc]
     pop3_action: Mapped[str] = mapped_column(
         String(16), default=Pop3Action.KEEP.value, server_default=Pop3Action.KEEP.value
     )
+    # Raised to end every /account session of the mailbox: at logout and at a status change
+    # (so reactivating a suspended mailbox does not bring its old cookies back).
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
 
     domain: Mapped[Domain] = relationship(back_populates="mailboxes")
     aliases: Mapped[list[Alias]] = relationship(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -296,6 +297,9 @@ def update_mailbox(
                 changes["status"] = MailboxStatus.ACTIVE.value
         else:
             mailbox.trial_expires_at = now() + timedelta(days=int(_setting("TRIAL_DAYS", 30)))
+    if changes.get("status", mailbox.status) != mailbox.status:
+        # Suspending ends the owner's /account sessions; reactivating must not revive them.
+        mailbox.session_epoch += 1
     for name, value in changes.items():
         setattr(mailbox, name, value)
     after = mailbox.to_dict()
@@ -322,7 +326,7 @@ def update_mailbox(
 
 
 def delete_mailbox(session: Session, mailbox: Mailbox, *, actor: Actor) -> None:
-    """Delete the mailbox and its aliases, and its mail on disk once that is committed."""
+    """Delete the mailbox and its aliases, and its mail and backups on disk once committed."""
     before = mailbox.to_dict()
     domain_name = mailbox.domain.name
     address = mailbox.address
@@ -334,8 +338,14 @@ def delete_mailbox(session: Session, mailbox: Mailbox, *, actor: Actor) -> None:
         session.delete(alias)
     session.delete(mailbox)
     session.flush()
-    # The mail goes only once the deletion is committed; a rolled-back delete keeps it.
+    # The mail and its backups go only once the deletion is committed; a rolled-back delete
+    # keeps them. (The snapshot index rows go with the mailbox row: kept files could never be
+    # listed or restored again, only take disk space.)
+    from provider.services import backups
+
+    backup_root = backups.store_for(address).root
     on_commit(session, lambda: storage.mail_store().remove(address))
+    on_commit(session, lambda: shutil.rmtree(backup_root, ignore_errors=True))
     audit.record(
         session, actor, "mailbox.delete", before["address"], domain=domain_name, before=before
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
-import shutil
 import smtplib
 import socket
 from dataclasses import dataclass, field
@@ -31,8 +30,7 @@ from provider.models import (
     TrialOutcome,
     TrialReminder,
 )
-from provider.services import audit, auth, backups, provisioning, quota
-from provider.services.aftercommit import on_commit
+from provider.services import audit, auth, provisioning, quota
 from provider.services.audit import Actor
 from provider.services.clock import now
 
@@ -422,6 +420,7 @@ def _advance(
         if mailbox.status == MailboxStatus.ACTIVE.value:
             before = mailbox.to_dict()
             mailbox.status = MailboxStatus.EXPIRED.value
+            mailbox.session_epoch += 1  # a status change ends /account sessions
             mailbox.updated_at = moment
             trial.expired_at = moment
             session.flush()
@@ -568,15 +567,13 @@ def _delete_lapsed(session: Session, mailbox: Mailbox, trial: Trial, actor: Acto
     """The grace period is over: the mailbox, its mail and its backups go (after the commit)."""
     address = mailbox.address
     domain = mailbox.domain.name
-    backup_root = backups.store_for(address).root
     summary = {
         "trial_started_at": trial.started_at.isoformat(),
         "trial_expired_at": mailbox.trial_expires_at.isoformat(),  # type: ignore[union-attr]
         "used_bytes": mailbox.used_bytes,
         "grace_days": grace_period().days,
     }
-    provisioning.delete_mailbox(session, mailbox, actor=actor)
-    on_commit(session, lambda: shutil.rmtree(backup_root, ignore_errors=True))
+    provisioning.delete_mailbox(session, mailbox, actor=actor)  # with its mail and backups
     audit.record(session, actor, "trial.delete", address, domain=domain, before=summary)
     session.commit()
 

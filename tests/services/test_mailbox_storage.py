@@ -83,3 +83,20 @@ def test_recount_rearms_quota_warnings(session):
     quota.recount_usage(session, mail_store(), actor=TEST_ACTOR)
     session.expire_all()
     assert provisioning.get_mailbox(session, "alice@example.test").quota_warned_percent == 0
+
+
+def test_deleted_mailbox_loses_its_backups_only_when_committed(session):
+    from provider.services import backups
+
+    mailbox = make_mailbox(session)
+    mail_store().open(mailbox.address).folder("INBOX").deliver(b"Subject: s\r\n\r\nbody\r\n")
+    backups.run_backups(session, [mailbox.address])
+    root = backups.store_for(mailbox.address).root
+    assert root.is_dir()
+    provisioning.delete_mailbox(session, mailbox, actor=TEST_ACTOR)
+    session.rollback()
+    assert root.is_dir()  # a rolled-back delete keeps them
+    mailbox = session.scalar(select(Mailbox).where(Mailbox.address == "alice@example.test"))
+    provisioning.delete_mailbox(session, mailbox, actor=TEST_ACTOR)
+    session.commit()
+    assert not root.exists()

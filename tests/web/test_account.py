@@ -171,6 +171,35 @@ def test_logout_is_a_post_and_ends_the_session(owner: FlaskClient):
     assert owner.get("/account/").status_code == 302
 
 
+def copied_session(app: Flask, owner: FlaskClient) -> FlaskClient:
+    """Another browser holding a copy of the owner's session cookie."""
+    copy = app.test_client()
+    with owner.session_transaction() as original, copy.session_transaction() as stolen:
+        stolen.update(original)
+    return copy
+
+
+def test_logout_ends_copies_of_the_session_too(app: Flask, owner: FlaskClient):
+    copy = copied_session(app, owner)
+    assert copy.get("/account/").status_code == 200
+    owner.post("/account/logout")
+    assert copy.get("/account/").status_code == 302
+
+
+def test_reactivating_a_mailbox_does_not_revive_old_sessions(
+    app: Flask, owner: FlaskClient, alice, session
+):
+    copy = copied_session(app, owner)
+    provisioning.update_mailbox(session, alice, actor=TEST_ACTOR, status="suspended")
+    session.commit()
+    provisioning.update_mailbox(session, alice, actor=TEST_ACTOR, status="active")
+    session.commit()
+    assert owner.get("/account/").status_code == 302
+    assert copy.get("/account/").status_code == 302
+    assert account_login(owner, alice.address).status_code == 302  # a new login works
+    assert owner.get("/account/").status_code == 200
+
+
 def test_an_account_session_cannot_open_the_admin_panel(owner: FlaskClient, alice, admin):
     for url in ("/admin/", "/admin/mailboxes", f"/admin/mailboxes/{alice.id}/backups"):
         response = owner.get(url)

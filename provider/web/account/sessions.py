@@ -1,8 +1,9 @@
 """Mailbox owner sessions: their own session key and loader, apart from the admins' Flask-Login.
 
 The session holds `<mailbox id>:<epoch>` under ACCOUNT_KEY. The epoch is an HMAC (keyed by the
-app's secret key) of the mailbox's password hash and status, so a new password or any status
-change (suspension, expiry) voids every cookie issued before, with no server-side session store
+app's secret key) of the mailbox's password hash, status and session counter, so a new password,
+a status change (suspension, expiry, reactivation: the counter moves) or a logout (the counter
+moves) voids every cookie issued before, with no server-side session store
 (RELIABILITY W2). It is an HMAC rather than a plain digest because the session cookie is signed,
 not encrypted: nothing derived from the password hash may be readable or testable offline.
 Flask-Login's `current_user` never sees these sessions, so they cannot open /admin.
@@ -24,7 +25,10 @@ _MISSING = object()
 
 def session_epoch(mailbox: Mailbox) -> str:
     secret = str(current_app.config["SECRET_KEY"]).encode()
-    material = f"account-session\0{mailbox.id}\0{mailbox.password_hash}\0{mailbox.status}"
+    material = (
+        f"account-session\0{mailbox.id}\0{mailbox.password_hash}\0{mailbox.status}"
+        f"\0{mailbox.session_epoch}"
+    )
     return hmac.new(secret, material.encode(), hashlib.sha256).hexdigest()[:32]
 
 
@@ -42,6 +46,11 @@ def start_session(mailbox: Mailbox) -> None:
 
 
 def end_session() -> None:
+    """Log out: every session of this mailbox ends (a copied cookie is worthless too)."""
+    mailbox = current_mailbox()
+    if mailbox is not None:
+        mailbox.session_epoch += 1
+        db.session.commit()
     session.clear()
     g.account_mailbox = None
 
