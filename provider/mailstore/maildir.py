@@ -7,9 +7,10 @@ On disk (DESIGN.md §4)::
     <root>/<domain>/<local>/Maildir/.A.B/    folder "A/B" (names in modified UTF-7)
     <root>/<domain>/<local>/Maildir/dovecot-uidvalidity(.<hex>)   the UIDVALIDITY counter
 
-There are no index or cache files: the only state besides the messages is Dovecot's own control
-files (dovecot-uidlist, dovecot-keywords, dovecot-uidvalidity), and what this module keeps in
-memory is re-checked against them on every call.
+Besides the messages, the state is Dovecot's own control files (dovecot-uidlist,
+dovecot-keywords, dovecot-uidvalidity) and three small files of ours, names Dovecot never uses:
+provider-recent (\\Recent), provider-modseq.sqlite (RFC 7162 mod-sequences) and the parsed-message
+cache. What this module keeps in memory is re-checked against them on every call.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ import os
 import re
 import shutil
 import socket
+import sqlite3
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -69,6 +71,9 @@ up to it; any later change moves the mtime (the kernel's timestamp clock lags by
 most, a few milliseconds)."""
 # Our own small file in a folder: "<uidvalidity> <lowest UID still \Recent>".
 RECENT_NAME = "provider-recent"
+MODSEQ_NAME = "provider-modseq.sqlite"
+"""Per-folder mod-sequences (RFC 7162): the letters each message had when it got its modseq."""
+MODSEQ_BUSY_SECONDS = 10.0
 
 READ_LOCK_WAIT = 0.5
 """How long a reader waits for the lock to give UIDs to new files before leaving them for later."""
@@ -173,11 +178,21 @@ class MessageInfo:
 
 
 @dataclass(frozen=True)
+class Modseqs:
+    """Mod-sequences (RFC 7162) of a folder's messages, as of one sync: treat as read-only."""
+
+    highest: int
+    by_uid: dict[int, int]
+
+
+@dataclass(frozen=True)
 class FolderSnapshot:
     version: int
     messages: list[MessageInfo] | None
     uidvalidity: int
     uidnext: int
+    # Only when asked for: the mod-sequences of exactly these messages.
+    modseqs: Modseqs | None = None
 
 
 @dataclass(frozen=True)
@@ -299,6 +314,166 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+# --- mod-sequences (RFC 7162 CONDSTORE) -----------------------------------------------------------
+
+# sqlite3 error codes that mean the file cannot be trusted (primary code: the low byte).
+_SQLITE_ERROR, _SQLITE_CORRUPT, _SQLITE_NOTADB = 1, 11, 26
+
+
+def _next_modseq(last: int) -> int:
+    """A modseq above `last` and never below the clock in microseconds, so that a lost or
+    replaced file cannot make the folder's values go backwards."""
+    return max(last + 1, time.time_ns() // 1000)
+
+
+class _ModseqFile:
+    """provider-modseq.sqlite: for each message (by basename) the info letters and UID it had
+    when it last got a modseq, and the folder's highest modseq.
+
+    A message whose letters differ from the recorded ones (a flag change by anyone, Dovecot
+    included), or that has no record (a delivery), gets a fresh modseq; records of messages that
+    are gone are dropped and raise the highest modseq. All of it in one write transaction, so
+    processes sharing the folder agree: the first to notice a change numbers it, the others find
+    the letters recorded and take that value. Caller holds the folder state's thread lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.connection: sqlite3.Connection | None = None
+        self.identity: tuple[int, int] | None = None
+        self.data_version: int | None = None
+        self.records: dict[str, tuple[str, int, int]] = {}
+        self.highest = 0
+        # The highest value this process saw in any incarnation of the file.
+        self.floor = 0
+
+    def close(self) -> None:
+        connection, self.connection, self.identity = self.connection, None, None
+        self.data_version, self.records, self.highest = None, {}, 0
+        if connection is not None:
+            connection.close()
+
+    def discard(self) -> None:
+        """Remove a damaged file: every message then gets a fresh, higher modseq."""
+        self.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            st = None
+        if self.connection is not None:
+            if st is not None and (st.st_dev, st.st_ino) == self.identity:
+                return self.connection
+            self.close()  # deleted or replaced: follow the file on disk
+        connection = sqlite3.connect(
+            self.path, timeout=MODSEQ_BUSY_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS message (basename TEXT PRIMARY KEY,"
+                " letters TEXT NOT NULL, uid INTEGER NOT NULL, modseq INTEGER NOT NULL)"
+            )
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+            )
+            st = os.stat(self.path)
+        except BaseException:
+            connection.close()
+            raise
+        self.connection, self.identity = connection, (st.st_dev, st.st_ino)
+        return connection
+
+    def _load(self, connection: sqlite3.Connection) -> None:
+        self.records = {
+            str(basename): (str(letters), int(uid), int(modseq))
+            for basename, letters, uid, modseq in connection.execute(
+                "SELECT basename, letters, uid, modseq FROM message"
+            )
+        }
+        row = connection.execute("SELECT value FROM meta WHERE name = 'highest'").fetchone()
+        self.highest = int(row[0]) if row else 0
+        self.floor = max(self.floor, self.highest)
+
+    def _differences(
+        self, current: dict[str, tuple[str, int]], next_uid: int
+    ) -> tuple[list[str], list[str]]:
+        """Messages to number again, and records of messages that are gone. A record whose UID
+        is at least `next_uid` belongs to a delivery this process has not seen yet: kept."""
+        records = self.records
+        stale = [b for b, seen in current.items() if records.get(b, ("",))[:2] != seen]
+        gone = [b for b, r in records.items() if r[1] < next_uid and b not in current]
+        return stale, gone
+
+    def reconcile(
+        self,
+        current_of: Callable[[], dict[str, tuple[str, int]]],
+        next_uid: int,
+        known: bool,
+    ) -> bool:
+        """Bring the file up to date with the folder's messages, `current_of()` (basename →
+        (letters, UID)); `known` says they are what the last call saw, so that nothing needs
+        comparing unless another process wrote. True when the records may have changed."""
+        connection = self._connect()
+        version = connection.execute("PRAGMA data_version").fetchone()[0]
+        changed = version != self.data_version
+        if changed:
+            self._load(connection)
+            self.data_version = version
+        elif known:
+            return False
+        current = current_of()
+        stale, gone = self._differences(current, next_uid)
+        if self.highest and not stale and not gone:
+            return changed
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA data_version").fetchone()[0]
+            if version != self.data_version:
+                self._load(connection)
+                self.data_version = version
+                stale, gone = self._differences(current, next_uid)
+            last = max(self.highest, self.floor)
+            rows: list[tuple[str, str, int, int]] = []
+            for basename in sorted(stale, key=lambda b: current[b][1]):
+                last = _next_modseq(last)
+                letters, uid = current[basename]
+                rows.append((basename, letters, uid, last))
+            if gone or not (self.highest or rows):
+                last = _next_modseq(last)
+            if rows:
+                connection.executemany(
+                    "INSERT OR REPLACE INTO message (basename, letters, uid, modseq)"
+                    " VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+            if gone:
+                connection.executemany(
+                    "DELETE FROM message WHERE basename = ?", [(b,) for b in gone]
+                )
+            if last != self.highest:
+                connection.execute(
+                    "INSERT OR REPLACE INTO meta (name, value) VALUES ('highest', ?)", (last,)
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        for basename, letters, uid, modseq in rows:
+            self.records[basename] = (letters, uid, modseq)
+        for basename in gone:
+            del self.records[basename]
+        self.highest = last
+        self.floor = max(self.floor, last)
+        return True
+
+
 # --- per-folder cache shared by every Folder object on the same directory in this process --------
 
 
@@ -330,10 +505,15 @@ class _FolderState:
     # The \Recent marker (RECENT_NAME) as last read: lowest unclaimed UID, file signature.
     first_recent: int = 0
     recent_signature: tuple[object, ...] | None = None
+    # Mod-sequences (MODSEQ_NAME), worked out only when someone asks (a CONDSTORE client).
+    modseq_file: _ModseqFile = field(init=False)
+    modseqs: Modseqs | None = None
+    modseqs_version: int | None = None
 
     def __post_init__(self) -> None:
         self.uidlist = UidlistFile(self.path / UIDLIST_NAME)
         self.keywords = kw.KeywordFile(self.path / kw.KEYWORDS_NAME)
+        self.modseq_file = _ModseqFile(self.path / MODSEQ_NAME)
 
 
 _versions = itertools.count(1)
@@ -344,27 +524,43 @@ _MAX_STATES = 256
 
 def _state_for(path: Path) -> _FolderState:
     key = str(path)
+    dropped: list[_FolderState] = []
     with _STATES_LOCK:
         state = _STATES.get(key)
         if state is None:
             state = _STATES[key] = _FolderState(path)
         _STATES.move_to_end(key)
         while len(_STATES) > _MAX_STATES:
-            _STATES.popitem(last=False)
-        return state
+            dropped.append(_STATES.popitem(last=False)[1])
+    _close_dropped(dropped)
+    return state
+
+
+def _close_dropped(states: Iterable[_FolderState]) -> None:
+    """Close the modseq databases of states no longer cached (unless one is in use right now:
+    a Folder object may still hold its state, and would simply reconnect)."""
+    for state in states:
+        if state.lock.acquire(blocking=False):
+            try:
+                state.modseq_file.close()
+            finally:
+                state.lock.release()
 
 
 def _forget_states(path: Path) -> None:
     prefix = str(path)
     with _STATES_LOCK:
-        for key in [k for k in _STATES if k == prefix or k.startswith(prefix + os.sep)]:
-            del _STATES[key]
+        keys = [k for k in _STATES if k == prefix or k.startswith(prefix + os.sep)]
+        dropped = [_STATES.pop(key) for key in keys]
+    _close_dropped(dropped)
 
 
 def forget_cached_state() -> None:
     """Drop every folder's in-memory cache, as a restarted process would have none."""
     with _STATES_LOCK:
+        dropped = list(_STATES.values())
         _STATES.clear()
+    _close_dropped(dropped)
 
 
 class _Moved(Exception):
@@ -407,16 +603,96 @@ class Folder:
             self._sync()
             return list(self._state.infos)
 
-    def snapshot(self, known_version: int | None = None) -> FolderSnapshot:
+    def snapshot(
+        self, known_version: int | None = None, *, modseqs: bool = False
+    ) -> FolderSnapshot:
         """The folder after a sync, in one step: its messages (None when they are still those
-        of `known_version`: nothing to compare), UIDVALIDITY and UIDNEXT."""
+        of `known_version`: nothing to compare), UIDVALIDITY and UIDNEXT, and with `modseqs`
+        the mod-sequences of those very messages."""
         with self._state.lock:
             self._sync()
             state = self._state
             messages = None if known_version == state.version else list(state.infos)
             return FolderSnapshot(
-                state.version, messages, state.uidlist.uidvalidity, state.uidlist.next_uid
+                state.version,
+                messages,
+                state.uidlist.uidvalidity,
+                state.uidlist.next_uid,
+                self._modseqs() if modseqs else None,
             )
+
+    # --- mod-sequences (RFC 7162): worked out when asked for, never on the plain paths
+
+    def modseqs(self) -> Modseqs:
+        """Every message's modseq and the folder's highest, after a sync. A message changed by
+        anyone since the last look (flags, delivery) gets a new value now; the values are kept
+        in provider-modseq.sqlite, shared by every process, and never go backwards."""
+        with self._state.lock:
+            self._sync()
+            return self._modseqs()
+
+    def _modseqs(self) -> Modseqs:
+        """(Caller holds the state lock and has synced.)"""
+        state = self._state
+        known = state.modseqs is not None and state.modseqs_version == state.version
+
+        def current() -> dict[str, tuple[str, int]]:
+            return {entry.basename: (entry.letters, uid) for uid, entry in state.built_from.items()}
+
+        modseq_file = state.modseq_file
+        changed = False
+        for attempt in range(2):
+            try:
+                changed = modseq_file.reconcile(current, state.uidlist.next_uid, known)
+                break
+            except sqlite3.Error as error:
+                code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF
+                modseq_file.close()
+                if attempt or code not in (_SQLITE_ERROR, _SQLITE_CORRUPT, _SQLITE_NOTADB):
+                    raise MailstoreBusy(f"{self.path / MODSEQ_NAME}: {error}") from error
+                log.warning("%s: %s; giving every message a new modseq", self.path, error)
+                modseq_file.discard()
+                known = False
+        if state.modseqs is None or changed or not known:
+            records = modseq_file.records
+            by_uid = {
+                uid: records[entry.basename][2]
+                for uid, entry in state.built_from.items()
+                if entry.basename in records
+            }
+            state.modseqs = Modseqs(modseq_file.highest, by_uid)
+            state.modseqs_version = state.version
+        return state.modseqs
+
+    def change_flags_unchanged_since(
+        self,
+        uids: Iterable[int],
+        since: int,
+        mode: Literal["replace", "add", "remove"],
+        flags: Iterable[str],
+        keywords: Iterable[str] = (),
+    ) -> tuple[list[MessageInfo], list[int], Modseqs]:
+        """STORE with UNCHANGEDSINCE (RFC 7162 §3.1.3): change only the messages whose modseq
+        is at most `since`. Returns the messages changed (or left as they were), the UIDs that
+        failed the test, and the modseqs afterwards. Other sessions of this process wait; another
+        process can still slip a change between the test and the rename."""
+        flags, keywords = list(flags), list(keywords)
+        state = self._state
+        with state.lock:
+            self._sync()
+            before = self._modseqs().by_uid
+            done: list[MessageInfo] = []
+            failed: list[int] = []
+            for uid in uids:
+                if uid not in before:
+                    continue
+                if before[uid] > since:
+                    failed.append(uid)
+                    continue
+                with contextlib.suppress(MessageNotFound):
+                    done.append(self.change_flags(uid, mode, flags, keywords))
+            self._sync()
+            return done, failed, self._modseqs()
 
     # --- \Recent (RFC 3501 §2.3.2): the first session to be told of a message gets it
 

@@ -43,12 +43,40 @@ OVERQUOTA = "NO [OVERQUOTA] Quota exceeded (mailbox for user is full)"
 SUBSCRIPTIONS_FILE = "subscriptions"
 LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
 STORE_MODES: dict[str, Literal["replace", "add", "remove"]] = {
     "FLAGS": "replace",
     "+FLAGS": "add",
     "-FLAGS": "remove",
 }
+
+
+def modifiers(value: Value, allowed: tuple[str, ...], what: str) -> dict[str, int]:
+    """A parenthesised modifier list of `NAME number` pairs (RFC 7162 fetch-modifier,
+    store-modifier), each name at most once: {"CHANGEDSINCE": 12}."""
+    if not isinstance(value, list) or not value:
+        raise ProtocolError(f"{what} modifiers must be a parenthesised list")
+    found: dict[str, int] = {}
+    position = 0
+    while position < len(value):
+        name = value[position]
+        if not isinstance(name, Atom) or name.upper() not in allowed:
+            raise ProtocolError(f"unknown {what} modifier")
+        if name.upper() in found or position + 1 >= len(value):
+            raise ProtocolError(f"bad {what} modifier {name}")
+        found[name.upper()] = mod_sequence(value[position + 1])
+        position += 2
+    return found
+
+
+def mod_sequence(value: Value) -> int:
+    """A mod-sequence-valzer (RFC 7162 §7): 0 to 2^63 - 1, digits only."""
+    if not isinstance(value, Atom) or not value.isdigit() or not value.isascii():
+        raise ProtocolError("expected a mod-sequence value")
+    number = int(value)
+    if number >= 2**63:
+        raise ProtocolError("mod-sequence value out of range")
+    return number
 
 
 def wire_name(value: Value) -> str:
@@ -251,15 +279,24 @@ class Commands:
     # --- authenticated state
 
     async def do_select(self: ImapSession, command: Command, readonly: bool = False) -> str:
-        if len(command.args) != 1:
+        if len(command.args) not in (1, 2):
             raise ProtocolError("SELECT takes one mailbox name")
+        if len(command.args) == 2:
+            # RFC 4466 select parameters: only CONDSTORE (RFC 7162 §3.1.8) is known.
+            params = command.args[1]
+            if not isinstance(params, list) or [as_text(p).upper() for p in params] != [
+                "CONDSTORE"
+            ]:
+                raise ProtocolError("unknown SELECT parameter")
+            self.condstore = True
         self.selected = None
         name = wire_name(command.args[0])
+        condstore = self.condstore
 
         def open_view() -> SelectedView:
             folder = self._maildir().folder(name)
-            view = SelectedView(folder, readonly)
-            snapshot = folder.snapshot()
+            view = SelectedView(folder, readonly, condstore=condstore)
+            snapshot = folder.snapshot(modseqs=condstore)
             top = snapshot.messages[-1].uid if snapshot.messages else 0
             # A read-write session claims \\Recent; EXAMINE only looks (RFC 3501 §6.3.2).
             recent_from = folder.recent_from() if readonly else folder.claim_recent(top)
@@ -278,6 +315,8 @@ class Commands:
         ]
         if unseen is not None:
             lines.append(f"* OK [UNSEEN {unseen}] First unseen")
+        if condstore:
+            lines.append(f"* OK [HIGHESTMODSEQ {view.highest_modseq}] Highest")
         await self.send("".join(line + "\r\n" for line in lines))
         self.selected = view
         mode = "READ-ONLY" if readonly else "READ-WRITE"
@@ -374,6 +413,8 @@ class Commands:
         items = [as_text(v).upper() for v in command.args[1]]
         if not items or any(i not in STATUS_ITEMS for i in items):
             raise ProtocolError("unknown STATUS item")
+        if "HIGHESTMODSEQ" in items:
+            await self.enable_condstore()
 
         def status() -> dict[str, int]:
             folder = self._maildir().folder(name)
@@ -386,6 +427,7 @@ class Commands:
                 "UIDNEXT": snapshot.uidnext,
                 "UIDVALIDITY": snapshot.uidvalidity,
                 "UNSEEN": sum("\\Seen" not in m.flags for m in messages),
+                "HIGHESTMODSEQ": folder.modseqs().highest if "HIGHESTMODSEQ" in items else 0,
             }
 
         values = await self.blocking(status)
@@ -424,7 +466,16 @@ class Commands:
         return "OK NAMESPACE completed"
 
     async def do_enable(self: ImapSession, command: Command) -> str:
-        await self.send("* ENABLED\r\n")
+        if not command.args:
+            raise ProtocolError("ENABLE takes at least one capability")
+        enabled = []
+        for value in command.args:
+            if as_text(value).upper() == "CONDSTORE" and "CONDSTORE" not in enabled:
+                # Not already on: RFC 5161 lists only what this command enabled.
+                if not self.condstore:
+                    enabled.append("CONDSTORE")
+                await self.enable_condstore()
+        await self.send("".join(f"* ENABLED{''.join(' ' + e for e in enabled)}\r\n"))
         return "OK ENABLE completed"
 
     async def do_getquotaroot(self: ImapSession, command: Command) -> str:
@@ -558,15 +609,33 @@ class Commands:
         raise ProtocolError(f"unknown UID command {sub}")
 
     async def do_fetch(self: ImapSession, command: Command, by_uid: bool = False) -> str:
-        if len(command.args) != 2:
+        if len(command.args) not in (2, 3):
             raise ProtocolError("FETCH takes a sequence set and items")
         view = self.selected
         assert view is not None
         items = fetching.parse_fetch_items(command.args[1])
+        changed_since = None
+        if len(command.args) == 3:
+            changed_since = modifiers(command.args[2], ("CHANGEDSINCE",), "FETCH")["CHANGEDSINCE"]
         if by_uid and not any(item.name == "UID" for item in items):
             items.insert(0, fetching.FetchItem("UID"))
         wanted = self._targets(as_text(command.args[0]), by_uid)
+        if changed_since is not None or any(item.name == "MODSEQ" for item in items):
+            await self.enable_condstore()
+        has_modseq = any(item.name == "MODSEQ" for item in items)
+        if (
+            self.condstore
+            and not has_modseq
+            and (changed_since is not None or any(item.name == "FLAGS" for item in items))
+        ):
+            items.append(fetching.FetchItem("MODSEQ"))
         uids = [u for u in wanted if u not in view.gone]
+        if changed_since is not None:
+            # RFC 7162 §3.1.4: only the messages whose modseq is above the value; messages
+            # expunged elsewhere are not asked for, so they are no reason for a NO either.
+            modseqs = view.modseqs
+            uids = [u for u in uids if modseqs.get(u, 0) > changed_since]
+            wanted = uids
         lines, missing, broken = await self.blocking(self._fetch, view, uids, items)
         await self.send_lines(lines)
         if broken:
@@ -589,6 +658,18 @@ class Commands:
         )
         needs_data = needs_parse or any(i.name == "RFC822" or i.section == "" for i in items)
         sets_seen = not view.readonly and any(i.sets_seen for i in items)
+        seen_now: set[int] = set()
+        if sets_seen and view.condstore:
+            # CONDSTORE: set \Seen first, so that one look at the modseqs covers every message.
+            for uid in uids:
+                if "\\Seen" not in view.infos[uid].flags:
+                    try:
+                        view.note_flags(view.folder.change_flags(uid, "add", {"\\Seen"}))
+                    except KeyError:
+                        continue
+                    seen_now.add(uid)
+            if seen_now:
+                view.note_modseqs(view.folder.modseqs(), sorted(seen_now))
         cache = MessageCache(view.folder.path) if needs_parse else None
         out: list[bytes] = []
         missing = broken = 0
@@ -609,7 +690,7 @@ class Commands:
                     log.exception("cannot read message %s in %s", info.basename, view.folder)
                     broken += 1
                     continue
-                flags_changed = False
+                flags_changed = uid in seen_now
                 if sets_seen and "\\Seen" not in info.flags:
                     info = view.folder.change_flags(uid, "add", {"\\Seen"})
                     view.note_flags(info)
@@ -619,6 +700,8 @@ class Commands:
                     parts.append(self._fetch_item(view, info, item, data, parsed))
                 if flags_changed and not any(i.name == "FLAGS" for i in items):
                     parts.append(b"FLAGS (" + " ".join(view.display_flags(uid)).encode() + b")")
+                    if view.condstore and not any(i.name == "MODSEQ" for i in items):
+                        parts.append(view.modseq_part(uid))
                 seq = view.seq_of(uid)
                 out.append(b"* %d FETCH (" % (seq or 0) + b" ".join(parts) + b")\r\n")
         finally:
@@ -651,6 +734,8 @@ class Commands:
             return b"FLAGS (" + " ".join(view.display_flags(info.uid)).encode() + b")"
         if name == "UID":
             return b"UID %d" % info.uid
+        if name == "MODSEQ":
+            return view.modseq_part(info.uid)
         if name == "INTERNALDATE":
             moment = fetching.format_internal_date(info.internal_date, info.zone_minutes)
             return f'INTERNALDATE "{moment}"'.encode()
@@ -678,8 +763,13 @@ class Commands:
         )
 
     async def do_store(self: ImapSession, command: Command, by_uid: bool = False) -> str:
-        if len(command.args) != 3:
+        args = list(command.args)
+        unchanged_since = None
+        if len(args) == 4:
+            unchanged_since = modifiers(args.pop(1), ("UNCHANGEDSINCE",), "STORE")["UNCHANGEDSINCE"]
+        if len(args) != 3:
             raise ProtocolError("STORE takes a sequence set, an action and flags")
+        command = Command(command.tag, command.name, args)
         view = self.selected
         assert view is not None
         action = as_text(command.args[1]).upper()
@@ -691,6 +781,13 @@ class Commands:
         if view.readonly:
             return "NO [READ-ONLY] Mailbox is read-only"
         uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
+        if unchanged_since is not None:
+            await self.enable_condstore()
+            return await self._store_conditional(
+                view, uids, unchanged_since, mode, system, keywords, silent, by_uid
+            )
+        if view.condstore:
+            return await self._store_condstore(view, uids, mode, system, keywords, silent, by_uid)
 
         def store() -> list[bytes]:
             out = []
@@ -708,6 +805,69 @@ class Commands:
         await self.send_lines(await self.blocking(store))
         return f"OK {'UID ' if by_uid else ''}STORE completed"
 
+    async def _store_condstore(
+        self: ImapSession,
+        view: SelectedView,
+        uids: list[int],
+        mode: str,
+        system: list[str],
+        keywords: list[str],
+        silent: bool,
+        by_uid: bool,
+    ) -> str:
+        """STORE once CONDSTORE is on: the FETCH responses carry the new MODSEQ."""
+
+        def store() -> list[bytes]:
+            changed = []
+            for uid in uids:
+                try:
+                    view.note_flags(
+                        view.folder.change_flags(uid, STORE_MODES[mode], system, keywords)
+                    )
+                except KeyError:
+                    continue
+                changed.append(uid)
+            view.note_modseqs(view.folder.modseqs(), changed)
+            if silent:
+                return []
+            return [view.fetch_flags_line(uid, with_uid=by_uid) for uid in changed]
+
+        await self.send_lines(await self.blocking(store))
+        return f"OK {'UID ' if by_uid else ''}STORE completed"
+
+    async def _store_conditional(
+        self: ImapSession,
+        view: SelectedView,
+        uids: list[int],
+        since: int,
+        mode: str,
+        system: list[str],
+        keywords: list[str],
+        silent: bool,
+        by_uid: bool,
+    ) -> str:
+        """STORE (UNCHANGEDSINCE n), RFC 7162 §3.1.3: messages modified after n are left alone
+        and named in [MODIFIED]; the others answer with FETCH and MODSEQ even when .SILENT."""
+
+        def store() -> tuple[list[bytes], list[int]]:
+            done, failed, modseqs = view.folder.change_flags_unchanged_since(
+                uids, since, STORE_MODES[mode], system, keywords
+            )
+            for info in done:
+                view.note_flags(info)
+            view.note_modseqs(modseqs, [info.uid for info in done])
+            lines = [
+                view.fetch_flags_line(info.uid, with_uid=by_uid, flags=not silent) for info in done
+            ]
+            return lines, failed
+
+        lines, failed = await self.blocking(store)
+        await self.send_lines(lines)
+        if failed:
+            numbers = failed if by_uid else [view.seq_of(uid) or 0 for uid in failed]
+            return f"OK [MODIFIED {format_sequence_set(numbers)}] Conditional STORE failed"
+        return f"OK {'UID ' if by_uid else ''}STORE completed"
+
     async def do_search(self: ImapSession, command: Command, by_uid: bool = False) -> str:
         view = self.selected
         assert view is not None
@@ -719,9 +879,15 @@ class Commands:
             if charset not in ("UTF-8", "US-ASCII"):
                 return "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset"
             args = args[2:]
-        predicate = parse_search(args)
+        used: set[str] = set()
+        predicate = parse_search(args, used)
+        with_modseq = "MODSEQ" in used
+        if with_modseq:
+            await self.enable_condstore()
+        top_modseq = 0
 
         def search() -> list[int]:
+            nonlocal top_modseq
             cache = MessageCache(view.folder.path)
             found = []
             try:
@@ -737,9 +903,12 @@ class Commands:
                     candidate = Candidate(
                         seq, info, uid in view.recent, len(view.uids), largest_uid, load
                     )
+                    if with_modseq:
+                        candidate.modseq = view.modseqs.get(uid, 0)
                     try:
                         if predicate(candidate):
                             found.append(uid if by_uid else seq)
+                            top_modseq = max(top_modseq, candidate.modseq)
                     except (OSError, KeyError):
                         continue
             finally:
@@ -747,7 +916,9 @@ class Commands:
             return found
 
         found = await self.blocking(search)
-        await self.send(("* SEARCH" + "".join(f" {n}" for n in found) + "\r\n").encode())
+        # RFC 7162 §3.1.6: a MODSEQ search appends the highest modseq of what it found.
+        suffix = f" (MODSEQ {top_modseq})" if with_modseq and found else ""
+        await self.send(("* SEARCH" + "".join(f" {n}" for n in found) + suffix + "\r\n").encode())
         return f"OK {'UID ' if by_uid else ''}SEARCH completed"
 
     def _copy(

@@ -33,6 +33,7 @@ SIMPLE = frozenset(
         "RFC822",
         "RFC822.HEADER",
         "RFC822.TEXT",
+        "MODSEQ",
     }
 )
 _SECTION_ITEM = re.compile(r"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.I)

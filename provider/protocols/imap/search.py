@@ -49,6 +49,8 @@ class Candidate:
     largest_seq: int
     largest_uid: int
     load: Callable[[], tuple[bytes, ParsedMessage]]
+    # RFC 7162: filled in only when the search has a MODSEQ key.
+    modseq: int = 0
     _loaded: tuple[bytes, ParsedMessage] | None = None
 
     def content(self) -> tuple[bytes, ParsedMessage]:
@@ -113,12 +115,14 @@ def _body_text(candidate: Candidate) -> str:
     return data[parsed.body.body_start : parsed.body.body_end].decode("utf-8", "replace")
 
 
-def parse_search(args: list[Value]) -> Predicate:
-    """All keys must hold (RFC 3501 §6.4.4). A leading `CHARSET x` is the caller's business."""
+def parse_search(args: list[Value], used: set[str] | None = None) -> Predicate:
+    """All keys must hold (RFC 3501 §6.4.4). A leading `CHARSET x` is the caller's business.
+    Keys that need more than the message (MODSEQ) are added to `used`."""
+    used = set() if used is None else used
     position = 0
     predicates: list[Predicate] = []
     while position < len(args):
-        predicate, position = _key(args, position)
+        predicate, position = _key(args, position, used)
         predicates.append(predicate)
     if not predicates:
         raise ProtocolError("SEARCH needs at least one key")
@@ -131,11 +135,11 @@ def _take(args: list[Value], position: int) -> Value:
     return args[position]
 
 
-def _key(args: list[Value], position: int) -> tuple[Predicate, int]:
+def _key(args: list[Value], position: int, used: set[str]) -> tuple[Predicate, int]:
     value = args[position]
     position += 1
     if isinstance(value, list):
-        return parse_search(value), position
+        return parse_search(value, used), position
     if not isinstance(value, Atom):
         raise ProtocolError("bad search key")
     key = value.upper()
@@ -155,11 +159,11 @@ def _key(args: list[Value], position: int) -> tuple[Predicate, int]:
     if key == "NEW":
         return (lambda c: c.recent and "\\Seen" not in c.info.flags), position
     if key == "NOT":
-        inner, position = _key(args, position)
+        inner, position = _key(args, position, used)
         return (lambda c: not inner(c)), position
     if key == "OR":
-        first, position = _key(args, position)
-        second, position = _key(args, position)
+        first, position = _key(args, position, used)
+        second, position = _key(args, position, used)
         return (lambda c: first(c) or second(c)), position
     if key in ("LARGER", "SMALLER"):
         text = as_text(_take(args, position))
@@ -219,6 +223,20 @@ def _key(args: list[Value], position: int) -> tuple[Predicate, int]:
             )
 
         return text_match, position + 1
+    if key == "MODSEQ":
+        # RFC 7162 §3.1.5: MODSEQ ["/flags/<flag>" priv|shared|all] <n>. One modseq per
+        # message here, so the entry name and type are checked and then ignored.
+        if isinstance(_take(args, position), bytes):
+            entry_type = as_text(_take(args, position + 1)).lower()
+            if entry_type not in ("priv", "shared", "all"):
+                raise ProtocolError("MODSEQ entry type must be priv, shared or all")
+            position += 2
+        text = as_text(_take(args, position))
+        if not text.isdigit() or not text.isascii() or int(text) >= 2**63:
+            raise ProtocolError("MODSEQ takes a mod-sequence value")
+        least = int(text)
+        used.add("MODSEQ")
+        return (lambda c: c.modseq >= least), position + 1
     if key == "UID":
         ranges = parse_sequence_set(as_text(_take(args, position)))
         return (lambda c: sequence_contains(ranges, c.info.uid, c.largest_uid)), position + 1

@@ -6,6 +6,7 @@ import bisect
 from dataclasses import dataclass, field
 
 from provider.mailstore import Folder, FolderSnapshot, MessageInfo
+from provider.mailstore.maildir import Modseqs
 
 
 def flags_of(info: MessageInfo) -> frozenset[str]:
@@ -32,6 +33,11 @@ class SelectedView:
     version: int | None = None
     uidvalidity: int = 0
     uidnext: int = 0
+    # CONDSTORE (RFC 7162): once enabled, every FETCH with FLAGS carries MODSEQ; the modseqs
+    # are those of the messages as this session last reported them.
+    condstore: bool = False
+    modseqs: dict[int, int] = field(default_factory=dict)
+    highest_modseq: int = 0
 
     def load(self, snapshot: FolderSnapshot, recent_from: int) -> None:
         """Start from a snapshot; messages from UID `recent_from` up are \\Recent here."""
@@ -43,6 +49,24 @@ class SelectedView:
         self.version = snapshot.version
         self.uidvalidity = snapshot.uidvalidity
         self.uidnext = snapshot.uidnext
+        if snapshot.modseqs is not None:
+            self.set_modseqs(snapshot.modseqs)
+
+    def set_modseqs(self, modseqs: Modseqs) -> None:
+        self.modseqs = modseqs.by_uid
+        self.highest_modseq = modseqs.highest
+
+    def note_modseqs(self, modseqs: Modseqs, uids: list[int]) -> None:
+        """After our own STORE: the new modseqs of these messages (the others keep what this
+        session reported, so that no change is ever paired with a modseq it has not shown)."""
+        if uids:
+            self.modseqs = dict(self.modseqs)
+            for uid in uids:
+                if uid in modseqs.by_uid:
+                    self.modseqs[uid] = modseqs.by_uid[uid]
+
+    def modseq_part(self, uid: int) -> bytes:
+        return b"MODSEQ (%d)" % self.modseqs.get(uid, 0)
 
     def seq_of(self, uid: int) -> int | None:
         index = bisect.bisect_left(self.uids, uid)
@@ -63,11 +87,16 @@ class SelectedView:
             names.append("\\Recent")
         return names
 
-    def fetch_flags_line(self, uid: int, with_uid: bool = False) -> bytes:
+    def fetch_flags_line(self, uid: int, with_uid: bool = False, flags: bool = True) -> bytes:
+        """`* n FETCH (FLAGS (...))`, with UID when asked and MODSEQ once CONDSTORE is on;
+        without FLAGS only for a .SILENT conditional STORE."""
         seq = self.seq_of(uid) or 0
-        flags = " ".join(self.display_flags(uid))
-        extra = f" UID {uid}" if with_uid else ""
-        return f"* {seq} FETCH (FLAGS ({flags}){extra})\r\n".encode()
+        parts = [b"FLAGS (" + " ".join(self.display_flags(uid)).encode() + b")"] if flags else []
+        if with_uid:
+            parts.append(b"UID %d" % uid)
+        if self.condstore:
+            parts.append(self.modseq_part(uid))
+        return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 
     def note_flags(self, info: MessageInfo) -> None:
         """Our own STORE: remember the new flags so the next refresh does not repeat them."""
@@ -100,6 +129,8 @@ class SelectedView:
         from UID `recent_from` up are \\Recent in this session."""
         out: list[bytes] = []
         messages = snapshot.messages
+        if snapshot.modseqs is not None:
+            self.set_modseqs(snapshot.modseqs)
         if messages is not None:
             self.version = snapshot.version
             self.uidnext = snapshot.uidnext

@@ -100,6 +100,8 @@ class ImapSession(Commands, streams.StreamSession):
         self.mailbox_id: int | None = None
         self.selected: SelectedView | None = None
         self.current: str = ""
+        # RFC 7162: set by the first CONDSTORE enabling command, for the rest of the session.
+        self.condstore = False
 
     # --- plumbing
 
@@ -301,6 +303,8 @@ class ImapSession(Commands, streams.StreamSession):
             return
         try:
             snapshot, recent_from = await asyncio.to_thread(self._look_again, view)
+        except MailstoreBusy:
+            return  # the folder lock or the modseq file is busy: look again after the next command
         except MailstoreError:
             await self.bye("Mailbox no longer exists")
             raise Disconnect from None
@@ -310,13 +314,29 @@ class ImapSession(Commands, streams.StreamSession):
     def _look_again(view: SelectedView) -> tuple[FolderSnapshot, int]:
         """The folder's state if it changed, and where \\Recent starts for new messages (a
         read-write session claims them: RFC 3501 §2.3.2)."""
-        snapshot = view.folder.snapshot(view.version)
+        snapshot = view.folder.snapshot(view.version, modseqs=view.condstore)
         recent_from = 0
         if snapshot.messages and snapshot.messages[-1].uid > view.highest:
             top = snapshot.messages[-1].uid
             folder = view.folder
             recent_from = folder.recent_from() if view.readonly else folder.claim_recent(top)
         return snapshot, recent_from
+
+    async def enable_condstore(self) -> None:
+        """A CONDSTORE enabling command (RFC 7162 §3.1): the first one with a mailbox selected
+        reports its HIGHESTMODSEQ, and FETCH responses carry MODSEQ from now on."""
+        if self.condstore:
+            return
+        self.condstore = True
+        view = self.selected
+        if view is None:
+            return
+        modseqs = await self.blocking(view.folder.modseqs)
+        # Only the values of messages this session knows; the rest come with the next sync.
+        view.modseqs = {uid: m for uid, m in modseqs.by_uid.items() if uid in view.infos}
+        view.highest_modseq = modseqs.highest
+        view.condstore = True
+        await self.send(f"* OK [HIGHESTMODSEQ {modseqs.highest}] Highest\r\n")
 
     async def recheck_account(self) -> None:
         """End the session (BYE) once its mailbox was suspended, expired, deleted or lost
@@ -350,6 +370,7 @@ class ImapSession(Commands, streams.StreamSession):
                 "SPECIAL-USE",
                 "LIST-EXTENDED",
                 "QUOTA",
+                "CONDSTORE",
                 f"APPENDLIMIT={self.append_limit}",
             ]
         return " ".join(words)
