@@ -786,48 +786,18 @@ class Commands:
             return await self._store_conditional(
                 view, uids, unchanged_since, mode, system, keywords, silent, by_uid
             )
-        if view.condstore:
-            return await self._store_condstore(view, uids, mode, system, keywords, silent, by_uid)
-
-        def store() -> list[bytes]:
-            out = []
-            change = STORE_MODES[mode]
-            for uid in uids:
-                try:
-                    updated = view.folder.change_flags(uid, change, system, keywords)
-                except KeyError:
-                    continue
-                view.note_flags(updated)
-                if not silent:
-                    out.append(view.fetch_flags_line(uid, with_uid=by_uid))
-            return out
-
-        await self.send_lines(await self.blocking(store))
-        return f"OK {'UID ' if by_uid else ''}STORE completed"
-
-    async def _store_condstore(
-        self: ImapSession,
-        view: SelectedView,
-        uids: list[int],
-        mode: str,
-        system: list[str],
-        keywords: list[str],
-        silent: bool,
-        by_uid: bool,
-    ) -> str:
-        """STORE once CONDSTORE is on: the FETCH responses carry the new MODSEQ."""
 
         def store() -> list[bytes]:
             changed = []
+            change = STORE_MODES[mode]
             for uid in uids:
                 try:
-                    view.note_flags(
-                        view.folder.change_flags(uid, STORE_MODES[mode], system, keywords)
-                    )
+                    view.note_flags(view.folder.change_flags(uid, change, system, keywords))
                 except KeyError:
                     continue
                 changed.append(uid)
-            view.note_modseqs(view.folder.modseqs(), changed)
+            if view.condstore:  # the FETCH responses then carry the new MODSEQ
+                view.note_modseqs(view.folder.modseqs(), changed)
             if silent:
                 return []
             return [view.fetch_flags_line(uid, with_uid=by_uid) for uid in changed]
