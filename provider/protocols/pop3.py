@@ -707,15 +707,23 @@ class Pop3Session(streams.StreamSession):
         except FileNotFoundError:
             return None
 
-    async def pop3_RETR(self, argument: str) -> None:
-        message = self._number(argument)
+    async def _message_and_content(self, number: str) -> tuple[Message, bytes] | None:
+        """The message a RETR or TOP names and its bytes; None once the error is answered."""
+        message = self._number(number)
         if isinstance(message, str):
             await self.err(message)
-            return
+            return None
         data = await self._content(message)
         if data is None:
             await self.err("Message was removed by another session")
+            return None
+        return message, data
+
+    async def pop3_RETR(self, argument: str) -> None:
+        found = await self._message_and_content(argument)
+        if found is None:
             return
+        message, data = found
         message.retrieved = True
         wire = wire_form(data, crlf_only=len(data) == message.size)
         await self.send(b"+OK %d octets\r\n" % message.size + wire + b".\r\n")
@@ -725,15 +733,10 @@ class Pop3Session(streams.StreamSession):
         if len(words) != 2 or not words[1].isdigit() or not words[1].isascii():
             await self.bad("TOP takes a message number and a line count")
             return
-        message = self._number(words[0])
-        if isinstance(message, str):
-            await self.err(message)
+        found = await self._message_and_content(words[0])
+        if found is None:
             return
-        data = await self._content(message)
-        if data is None:
-            await self.err("Message was removed by another session")
-            return
-        top = top_form(data, int(words[1]))
+        top = top_form(found[1], int(words[1]))
         await self.send(b"+OK Top of message follows\r\n" + top + b".\r\n")
 
     async def pop3_DELE(self, argument: str) -> None:
