@@ -6,6 +6,8 @@ import threading
 from collections import defaultdict, deque
 from datetime import timedelta
 
+from flask import Flask
+
 from provider.services.clock import now
 
 
@@ -44,3 +46,15 @@ class FailureLimiter:
         with self._lock:
             for key in keys:
                 self._failures.pop(key, None)
+
+
+def login_limiter(app: Flask, name: str) -> FailureLimiter:
+    """The app's limiter of failed web logins called `name` ("admin", "account"): each its own
+    buckets, both with the LOGIN_MAX_FAILURES per LOGIN_WINDOW_SECONDS limits."""
+    key = f"{name}_login_limiter"
+    limiter = app.extensions.get(key)
+    if limiter is None:
+        limiter = app.extensions[key] = FailureLimiter(
+            int(app.config["LOGIN_MAX_FAILURES"]), float(app.config["LOGIN_WINDOW_SECONDS"])
+        )
+    return limiter  # type: ignore[no-any-return]

@@ -7,7 +7,7 @@ from werkzeug.wrappers import Response
 
 from provider.extensions import db
 from provider.services import auth as auth_service
-from provider.services import mail_access
+from provider.services import mail_access, ratelimit
 from provider.services.ratelimit import FailureLimiter
 from provider.web.account import bp
 from provider.web.account.forms import AccountLoginForm
@@ -19,15 +19,7 @@ SUSPENDED = "This mailbox is suspended; contact your provider."
 
 
 def login_limiter() -> FailureLimiter:
-    """The app's limiter of failed portal logins: its own buckets, the admin login's limits."""
-    limiter = current_app.extensions.get("account_login_limiter")
-    if limiter is None:
-        limiter = FailureLimiter(
-            int(current_app.config["LOGIN_MAX_FAILURES"]),
-            float(current_app.config["LOGIN_WINDOW_SECONDS"]),
-        )
-        current_app.extensions["account_login_limiter"] = limiter
-    return limiter
+    return ratelimit.login_limiter(current_app, "account")
 
 
 def _page(form: AccountLoginForm, error: str | None, status: int = 200) -> tuple[str, int]:

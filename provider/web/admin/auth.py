@@ -9,7 +9,7 @@ from flask_login import current_user, login_user, logout_user
 from werkzeug.wrappers import Response
 
 from provider.extensions import db
-from provider.services import admins, mail_access
+from provider.services import admins, mail_access, ratelimit
 from provider.services import auth as auth_service
 from provider.services.ratelimit import FailureLimiter
 from provider.web.admin import bp
@@ -21,15 +21,7 @@ TOO_MANY = "Too many failed logins. Try again later."
 
 
 def login_limiter() -> FailureLimiter:
-    """The app's one limiter of failed admin logins (per e-mail and per address buckets)."""
-    limiter = current_app.extensions.get("admin_login_limiter")
-    if limiter is None:
-        limiter = FailureLimiter(
-            int(current_app.config["LOGIN_MAX_FAILURES"]),
-            float(current_app.config["LOGIN_WINDOW_SECONDS"]),
-        )
-        current_app.extensions["admin_login_limiter"] = limiter
-    return limiter
+    return ratelimit.login_limiter(current_app, "admin")
 
 
 def _safe_next(target: str | None) -> str:
