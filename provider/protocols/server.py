@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,12 +95,23 @@ class _ClosingProtocol(lmtp.SessionMixin, asyncio.Protocol):
 
 
 class ProtocolRunner:
-    """Runs the chosen listeners on one event loop in a background thread."""
+    """Runs the chosen listeners on one event loop in a background thread.
 
-    def __init__(self, app: Flask, names: list[str]) -> None:
+    Without `sockets` it binds each listener's port setting itself; with `sockets` (listener
+    name → listening sockets, bound by `provider serve`'s supervisor and inherited by this mail
+    process) it serves those, so several processes can share one port."""
+
+    def __init__(
+        self,
+        app: Flask,
+        names: list[str],
+        sockets: Mapping[str, Sequence[socket.socket]] | None = None,
+    ) -> None:
         self.app = app
         self.names = [name for name in names if name in LISTENERS]
+        self.sockets = sockets
         self.bound: list[Bound] = []
+        self.finished = threading.Event()  # set once the loop has ended, for whatever reason
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -131,8 +143,13 @@ class ProtocolRunner:
             if not self._ready.is_set():
                 self._failure = exc
                 self._ready.set()
+            elif self._stop is not None and self._stop.is_set():
+                # Shutting down anyway: one line, never a traceback (issue 11, item 17).
+                log.warning("protocol runner: %s while stopping: %s", type(exc).__name__, exc)
             else:
                 log.exception("protocol runner failed")
+        finally:
+            self.finished.set()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -152,12 +169,20 @@ class ProtocolRunner:
                     sessions.add(protocol)
                     return protocol
 
-                server = await self._loop.create_server(
-                    tracked, host=host, port=int(self.app.config[listener.port_setting])
-                )
-                _accept_late_connections(server)
-                servers.append(server)
-                port = server.sockets[0].getsockname()[1]
+                if self.sockets is None:
+                    port_setting = int(self.app.config[listener.port_setting])
+                    created = [
+                        await self._loop.create_server(tracked, host=host, port=port_setting)
+                    ]
+                else:
+                    created = [
+                        await self._loop.create_server(tracked, sock=sock)
+                        for sock in self.sockets[listener.name]
+                    ]
+                for server in created:
+                    _accept_late_connections(server)
+                servers.extend(created)
+                port = created[0].sockets[0].getsockname()[1]
                 self.bound.append(Bound(listener.name, host, port, listener.description))
         except BaseException:
             for server in servers:
@@ -174,12 +199,36 @@ class ProtocolRunner:
         except TimeoutError:
             log.warning("%d deliveries still running after %.0f s; closing", inflight.count, grace)
         for protocol in list(sessions):
+            _say_goodbye(protocol)
             transport: Any = getattr(protocol, "transport", None)
             if transport is not None and not transport.is_closing():
                 transport.close()
         for server in servers:
             await server.wait_closed()
         await _wait_closed(sessions)
+
+
+def _say_goodbye(protocol: Any) -> None:
+    """Let a live session tell its client that the server is going away (IMAP `* BYE`, POP3
+    `-ERR`, SMTP `421`) before its connection is closed. Sessions that have no such method,
+    or whose connection is already closing, are simply closed."""
+    goodbye = getattr(protocol, "say_goodbye", None)
+    transport: Any = getattr(protocol, "transport", None)
+    if goodbye is None or transport is None or transport.is_closing():
+        return
+    try:
+        goodbye()
+    except Exception as exc:  # a goodbye is a courtesy: it must never stop the shutdown
+        log.warning("goodbye to a client failed: %s: %s", type(exc).__name__, exc)
+
+
+def _socket_open(protocol: Any) -> bool:
+    """Whether the session's socket is still open. A TLS transport torn down under its session
+    can no longer be asked (AttributeError inside asyncio); its socket is closed by then."""
+    try:
+        return bool(protocol.socket_open())
+    except Exception:
+        return False
 
 
 def _accept_late_connections(server: asyncio.AbstractServer) -> None:
@@ -215,7 +264,7 @@ async def _wait_closed(sessions: set[Any], timeout: float = 5.0) -> None:
         # Sessions accepted at the very last moment appear once their accept task has run.
         live = [p for p in list(sessions) if hasattr(p, "closed")]
         pending = [p.closed for p in live if not p.closed.done()]
-        open_sockets = [p for p in live if p.socket_open()]
+        open_sockets = [p for p in live if _socket_open(p)]
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         if not pending and not open_sockets and not tasks:
             return

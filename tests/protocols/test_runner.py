@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import imaplib
+import logging
 import socket
+import ssl
 import threading
 
 import pytest
 
 from provider.protocols.server import ProtocolRunner
 from provider.services import delivery
-from tests.conftest import make_mailbox, wait_until
+from tests.conftest import MAILBOX_PASSWORD, make_mailbox, wait_until
 from tests.protocols.conftest import RawClient
 
 
@@ -69,3 +72,51 @@ def test_shutdown_waits_for_a_delivery_in_progress(app, session, monkeypatch):
     stopper.join(30)
     assert not stopper.is_alive()
     assert replies and replies[0][0] == 250
+
+
+def _idle_session(address: tuple[str, int], implicit_tls: bool) -> imaplib.IMAP4:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if implicit_tls:
+        client: imaplib.IMAP4 = imaplib.IMAP4_SSL(*address, ssl_context=context, timeout=10)
+    else:
+        client = imaplib.IMAP4(*address, timeout=10)
+        client.starttls(context)
+    client.login("alice@example.test", MAILBOX_PASSWORD)
+    client.select("INBOX")
+    client.send(client._new_tag() + b" IDLE\r\n")
+    assert client.readline().startswith(b"+")
+    return client
+
+
+def test_shutdown_with_idle_clients_says_goodbye_and_logs_no_traceback(
+    app, app_config, session, monkeypatch, caplog
+):
+    """Ctrl-C with IDLE clients (issue 11, item 17): each live session is asked to say goodbye
+    (`say_goodbye()`, which writes BYE) before its connection is closed, the clients see the
+    connection end, and nothing is logged as a warning or an error (once: two tracebacks)."""
+    from provider.protocols import streams
+
+    farewells: list[object] = []
+
+    def say_goodbye(protocol: object) -> None:
+        farewells.append(protocol)
+
+    monkeypatch.setattr(streams.SessionProtocol, "say_goodbye", say_goodbye, raising=False)
+    app.config.update(IMAP_PORT=0, IMAPS_PORT=0, LOGIN_FAILURE_DELAY_SECONDS=0)
+    make_mailbox(session, "alice@example.test")
+    runner = ProtocolRunner(app, ["imap"])
+    bound = {b.name: (b.host, b.port) for b in runner.start()}
+    clients = [
+        _idle_session(bound["imap"], implicit_tls=False),
+        _idle_session(bound["imaps"], implicit_tls=True),
+    ]
+    with caplog.at_level(logging.WARNING):
+        runner.stop()
+    assert len(farewells) == 2
+    for client in clients:
+        while client.readline():  # the BYE, when the session writes one, then the end
+            pass
+        client.shutdown()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
