@@ -15,15 +15,17 @@ import click
 from flask import Flask, current_app
 from flask.cli import FlaskGroup
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import selectinload
 
+from provider.dbcheck import DatabaseUnavailable, check_database, explain, is_database_failure
 from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import Domain, Mailbox
 from provider.services import admins, clock, provisioning, reports
 from provider.services.audit import CLI_ACTOR
 from provider.services.quota import format_gb
-from provider.settings import SettingsError
+from provider.settings import SettingsError, load_settings
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 
@@ -73,6 +75,10 @@ def init_command(admin_email: str | None, as_json: bool) -> None:
     from flask_migrate import upgrade
 
     config = current_app.config
+    try:
+        check_database(current_app._get_current_object())  # type: ignore[attr-defined]
+    except DatabaseUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     Path(config["DATA_DIR"], "mail").mkdir(parents=True, exist_ok=True)
     upgrade(directory=current_app.extensions["migrate"].directory)
     with committing():
@@ -113,10 +119,11 @@ def init_command(admin_email: str | None, as_json: bool) -> None:
     "--services",
     default="web,imap,pop3,lmtp,smtp,scheduler",
     show_default=True,
-    help="Comma-separated services to run in this process.",
+    help="Comma-separated services to run (each kind in processes of its own).",
 )
 def serve_command(services: str) -> None:
-    """Run the web app (waitress) and the mail services until SIGINT/SIGTERM."""
+    """Run the web app (gunicorn), the mail listeners and the scheduler, each in processes of
+    its own under a supervisor that restarts them, until SIGINT/SIGTERM."""
     from provider.serve import KNOWN_SERVICES, run
 
     chosen = [name.strip() for name in services.split(",") if name.strip()]
@@ -794,4 +801,10 @@ def main() -> None:
         cli(prog_name="provider")
     except SettingsError as exc:  # a bad setting surfaces before any command runs
         click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except DBAPIError as exc:
+        if not is_database_failure(exc):
+            raise
+        # The database cannot be reached or was never set up: one line, not a traceback.
+        click.echo(f"Error: {explain(load_settings()['DATABASE_URL'], exc)}", err=True)
         raise SystemExit(1) from None

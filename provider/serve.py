@@ -1,86 +1,363 @@
-"""`provider serve`: run the web app and the mail services in one process until a signal."""
+"""`provider serve`: check the database, bind every port, then supervise the web, mail and
+scheduler processes until SIGINT/SIGTERM (docs/DESIGN-NOTES.md, "Processes")."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+import socket
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import click
 from flask import Flask
-from waitress.server import create_server
 
+from provider.dbcheck import DatabaseUnavailable, check_database
+from provider.extensions import db
 from provider.protocols.server import LISTENERS, ProtocolRunner
+from provider.supervisor import (
+    ChildContext,
+    ChildFailed,
+    Service,
+    StopRequested,
+    Supervisor,
+    raise_open_file_limit,
+    remove_stale_status_files,
+    status_path,
+)
 
 KNOWN_SERVICES = ("web", "imap", "pop3", "lmtp", "smtp", "scheduler")
 # Services that later parts of the product add; asked for now, they are reported and skipped.
 NOT_YET_AVAILABLE: frozenset[str] = frozenset()
+MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp")
+# Processes per kind of service. Mail may later run one per core, all accepting on the same
+# inherited listening sockets (issue "IMAP on every core"); the web's counters (login and
+# signup limits) live in its process's memory, so it stays one process with threads.
+WORKERS = {"web": 1, "mail": 1, "scheduler": 1}
+WEB_THREADS = 8
+LISTEN_BACKLOG = 1024
+# How long a stopping service may take beyond the delivery grace period before it is killed.
+STOP_MARGIN_SECONDS = 15.0
+
+# Tasks run once, in the supervisor, after the database check and before any port is opened
+# or any service starts: each takes the app (call it inside `app.app_context()` as needed).
+# A task that fails is reported on one line and start-up goes on. Quota reconciliation after
+# a crash (issue 11, item 11) belongs here.
+BEFORE_SERVING: list[Callable[[Flask], None]] = []
 
 
-def run(app: Flask, services: list[str], stop: threading.Event | None = None) -> None:
-    """Start the chosen services, print where they listen, and block until SIGINT/SIGTERM."""
-    stop = stop or threading.Event()
-    stoppers: list[tuple[str, object]] = []
+@dataclass
+class Listening:
+    """A port `serve` opened: for the web app, or for one mail listener."""
 
-    if threading.current_thread() is threading.main_thread():
+    name: str  # web, imap, imaps, pop3, …
+    service: str  # web or the mail service it belongs to (imap for imaps)
+    port_setting: str
+    description: str
+    sockets: list[socket.socket]
 
-        def request_stop(signum: int, _frame: FrameType | None) -> None:
-            click.echo(f"{signal.Signals(signum).name} received, stopping…")
-            stop.set()
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
 
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
 
-    threads: list[threading.Thread] = []
+class CannotListen(Exception):
+    """A port could not be opened; the message says which and which setting to change."""
+
+
+def _label(name: str) -> str:
+    return "web" if name == "web" else name.upper()
+
+
+def bind_port(name: str, host: str, port: int, port_setting: str) -> list[socket.socket]:
+    """Listening sockets on every address `host` stands for (one port for all, even when the
+    port setting is 0), or CannotListen saying what to change."""
+    where = f"{host}:{port}"
     try:
-        if "web" in services:
-            server = create_server(
-                app,
-                host=app.config["BIND_HOST"],
-                port=int(app.config["WEB_PORT"]),
-                threads=8,
-                ident="provider",
-                clear_untrusted_proxy_headers=True,
-            )
-            web_thread = threading.Thread(target=server.run, name="web", daemon=True)
-            web_thread.start()
-            threads.append(web_thread)
-            stoppers.append(("web", server))
-            host = app.config["BIND_HOST"]
-            click.echo(f"web: http://{host}:{server.effective_port}/admin/login", color=False)
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise CannotListen(
+            f"cannot listen on {where} for {_label(name)}: {exc.strerror}; "
+            "set PROVIDER_BIND_HOST to an address of this machine"
+        ) from None
+    sockets: list[socket.socket] = []
+    seen: set[Any] = set()
+    try:
+        for family, kind, proto, _, address in addresses:
+            if address in seen:
+                continue
+            seen.add(address)
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if len(sockets) > 1:  # port 0: the port the first address got, for all of them
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+            sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CannotListen(
+                f"{_label(name)} port {where} is already in use; "
+                f"set PROVIDER_{port_setting} to another port"
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise CannotListen(
+                f"{_label(name)} port {where} needs privileges this user lacks; "
+                f"set PROVIDER_{port_setting} to a port above 1023"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise CannotListen(
+                f"cannot listen on {where} for {_label(name)}: no such address on this "
+                "machine; set PROVIDER_BIND_HOST to one of its addresses"
+            ) from None
+        raise CannotListen(f"cannot listen on {where} for {_label(name)}: {exc.strerror}") from None
+    return sockets
 
-        if "scheduler" in services:
-            from jobs.scheduler import build_scheduler
 
-            scheduler = build_scheduler(app)
-            scheduler.start()
-            stoppers.append(("scheduler", scheduler))
-            if scheduler.active:
-                click.echo(f"scheduler: {len(scheduler.get_jobs())} job(s)")
-            else:
-                click.echo("scheduler: standing by (another process runs the jobs)")
+def open_ports(app: Flask, services: list[str]) -> list[Listening]:
+    """Bind every port the chosen services need, before any process starts: a taken port
+    stops start-up at once, and port 0 is resolved here, once, for every worker."""
+    host = str(app.config["BIND_HOST"])
+    wanted: list[tuple[str, str, str, str]] = []
+    if "web" in services:
+        wanted.append(("web", "web", "WEB_PORT", "web UI"))
+    for service in services:
+        for listener in LISTENERS.get(service, ()):
+            wanted.append((listener.name, service, listener.port_setting, listener.description))
+    opened: list[Listening] = []
+    try:
+        for name, service, setting, description in wanted:
+            sockets = bind_port(name, host, int(app.config[setting]), setting)
+            opened.append(Listening(name, service, setting, description, sockets))
+    except CannotListen:
+        for listening in opened:
+            for sock in listening.sockets:
+                sock.close()
+        raise
+    return opened
 
-        protocol_names = [name for name in services if name in LISTENERS]
-        if protocol_names:
-            runner = ProtocolRunner(app, protocol_names)
-            for bound in runner.start():
-                click.echo(f"{bound.name}: {bound.host}:{bound.port}  {bound.description}")
-            stoppers.append(("protocols", runner))
 
-        for name in services:
-            if name in NOT_YET_AVAILABLE:
-                click.echo(f"{name}: not available in this version, skipped")
+def public_notes(app: Flask, opened: list[Listening]) -> tuple[dict[str, str], list[str]]:
+    """What customers are told (PUBLIC_* settings) where it is set: a note per listener name,
+    and lines for services that have no listener here (SMTP submission)."""
+    config = app.config
+    notes: dict[str, str] = {}
+    lines: list[str] = []
+    ports = {listening.name: listening.port for listening in opened}
 
-        click.echo("ready; Ctrl-C to stop")
-        stop.wait()
+    def told(prefix: str, listener: str | None) -> str | None:
+        host = str(config.get(f"PUBLIC_{prefix}_HOST") or "")
+        port = int(config.get(f"PUBLIC_{prefix}_PORT") or 0)
+        if not host and not port:
+            return None
+        host = host or str(config.get("HOSTNAME") or socket.getfqdn())
+        shown = port or (ports.get(listener) if listener else None)
+        return f"{host}:{shown}" if shown else host
+
+    for prefix, listener in (("IMAP", "imaps"), ("POP3", "pop3s")):
+        if listener in ports and (public := told(prefix, listener)):
+            notes[listener] = f"customers are told {public}"
+    if any(listening.service in MAIL_SERVICES for listening in opened) and (
+        public := told("SMTP", None)
+    ):
+        lines.append(f"submission: no listener in this version  — customers are told {public}")
+    return notes, lines
+
+
+def run_before_serving(app: Flask) -> None:
+    for task in BEFORE_SERVING:
+        try:
+            task(app)
+        except Exception as exc:  # one line; serving matters more than the task
+            click.echo(f"warning: start-up task {task.__name__} failed: {exc}", err=True)
+
+
+def run(app: Flask, services: list[str]) -> None:
+    """Start the chosen services, print where they listen, and block until SIGINT/SIGTERM."""
+    raise_open_file_limit()
+    try:
+        check_database(app)
+    except DatabaseUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    run_before_serving(app)
+    try:
+        opened = open_ports(app, services)
+    except CannotListen as exc:
+        raise click.ClickException(str(exc)) from None
+
+    host = app.config["BIND_HOST"]
+    notes, extra_lines = public_notes(app, opened)
+    for listening in opened:
+        if listening.name == "web":
+            click.echo(f"web: http://{host}:{listening.port}/admin/login", color=False)
+        else:
+            note = f"  — {notes[listening.name]}" if listening.name in notes else ""
+            click.echo(f"{listening.name}: {host}:{listening.port}  {listening.description}{note}")
+    for line in extra_lines:
+        click.echo(line)
+    for name in services:
+        if name in NOT_YET_AVAILABLE:
+            click.echo(f"{name}: not available in this version, skipped")
+
+    children = build_services(app, services, opened)
+    run_dir = os.path.join(app.config["INSTANCE_DIR"], "run")
+    os.makedirs(run_dir, exist_ok=True)
+    status_file = status_path(app.config["INSTANCE_DIR"], os.getpid())
+    remove_stale_status_files(Path(run_dir))
+    # Read by /healthz and the dashboard in the web process (forked from here, so it sees it).
+    app.config["SERVICE_STATUS_FILE"] = str(status_file)
+    with app.app_context():
+        db.engine.dispose()  # no connection of this process may be shared with a child
+
+    supervisor = Supervisor(children, status_file, echo=click.echo)
+    supervisor.install_signal_handlers()
+    grace = float(app.config["SHUTDOWN_GRACE_SECONDS"]) + STOP_MARGIN_SECONDS
+    try:
+        try:
+            for line in supervisor.start():
+                click.echo(line)
+            click.echo("ready; Ctrl-C to stop")
+            signum = supervisor.run()
+            click.echo(f"{signal.Signals(signum).name} received, stopping…")
+        except StopRequested as stop:
+            click.echo(f"{stop} received, stopping…")
+        except ChildFailed as exc:
+            supervisor.stop(grace)
+            raise click.ClickException(str(exc)) from None
+        for listening in opened:  # new connections are refused from now on
+            for sock in listening.sockets:
+                sock.close()
+        supervisor.stop(grace)
     finally:
-        for name, component in reversed(stoppers):
-            if name == "web":
-                component.close()  # type: ignore[attr-defined]
-            elif name == "scheduler":
-                component.shutdown(wait=True)  # type: ignore[attr-defined]
-            elif name == "protocols":
-                component.stop()  # type: ignore[attr-defined]
-        for thread in threads:
-            thread.join(timeout=10)
-        click.echo("stopped")
+        supervisor.close()
+        supervisor.restore_signal_handlers()
+        for listening in opened:
+            for sock in listening.sockets:
+                sock.close()
+    click.echo("stopped")
+
+
+def build_services(app: Flask, services: list[str], opened: list[Listening]) -> list[Service]:
+    """The child processes for the chosen services: web, mail (every mail listener) and
+    scheduler, in that order."""
+    children: list[Service] = []
+    web = [sock for listening in opened if listening.name == "web" for sock in listening.sockets]
+    if web:
+
+        def run_web(context: ChildContext) -> None:
+            serve_web(app, web, context)
+
+        children.append(Service("web", "web", run_web, WORKERS["web"], web))
+    mail = [listening for listening in opened if listening.service in MAIL_SERVICES]
+    if mail:
+        names = [name for name in MAIL_SERVICES if name in services]
+        sockets = {listening.name: listening.sockets for listening in mail}
+
+        def run_mail(context: ChildContext) -> None:
+            serve_mail(app, names, sockets, context)
+
+        label = f"mail ({', '.join(names)})"
+        all_sockets = [sock for listening in mail for sock in listening.sockets]
+        children.append(Service("mail", label, run_mail, WORKERS["mail"], all_sockets))
+    if "scheduler" in services:
+
+        def run_scheduler(context: ChildContext) -> None:
+            serve_scheduler(app, context)
+
+        children.append(Service("scheduler", "scheduler", run_scheduler, WORKERS["scheduler"]))
+    return children
+
+
+# --- what each child process runs --------------------------------------------------------------
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM, SIGINT or SIGHUP (the supervisor sends SIGTERM)."""
+    stop = threading.Event()
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, request_stop)
+    return stop
+
+
+def serve_mail(
+    app: Flask, names: list[str], sockets: dict[str, list[socket.socket]], context: ChildContext
+) -> None:
+    """The mail process: every mail listener on one event loop, on the inherited sockets."""
+    stop = stop_on_signals()
+    runner = ProtocolRunner(app, names, sockets=sockets)
+    runner.start()
+    context.ready()
+    while not stop.wait(1.0):
+        if runner.finished.is_set():
+            raise RuntimeError("the protocol listeners stopped unexpectedly")
+    runner.stop()
+
+
+def serve_scheduler(app: Flask, context: ChildContext) -> None:
+    """The scheduler process: runs the jobs while it holds the installation's lease."""
+    from jobs.scheduler import build_scheduler
+
+    stop = stop_on_signals()
+    scheduler = build_scheduler(app)
+    scheduler.start()
+    if scheduler.active:
+        context.ready([f"scheduler: {len(scheduler.get_jobs())} job(s)"])
+    else:
+        context.ready(["scheduler: standing by (another process runs the jobs)"])
+    while not stop.wait(1.0):
+        pass
+    scheduler.shutdown(wait=True)
+
+
+def serve_web(app: Flask, sockets: list[socket.socket], context: ChildContext) -> None:
+    """The web process: gunicorn's arbiter with gthread workers (epoll, not select(), so the
+    number of descriptors never matters) on the inherited listening sockets."""
+    from gunicorn.app.base import BaseApplication
+
+    # gunicorn closes the descriptors it is given, so it gets copies of ours.
+    descriptors = [os.dup(sock.fileno()) for sock in sockets]
+    for sock in sockets:
+        sock.close()
+
+    def when_ready(_server: Any) -> None:
+        context.ready()
+
+    options: dict[str, Any] = {
+        "bind": [f"fd://{fd}" for fd in descriptors],
+        "workers": 1,
+        "worker_class": "gthread",
+        "threads": WEB_THREADS,
+        "graceful_timeout": 10,
+        "keepalive": 5,
+        "loglevel": "warning",
+        # No X-Forwarded-* header is trusted (as waitress was set up): a proxy in front of
+        # the panel must be configured explicitly.
+        "forwarded_allow_ips": "",
+        "control_socket_disable": True,  # no gunicornc socket in the user's home
+        "when_ready": when_ready,
+    }
+
+    class WebServer(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return app
+
+    WebServer().run()

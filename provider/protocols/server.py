@@ -16,6 +16,7 @@ from provider.protocols import lmtp
 from provider.tls import server_context
 
 log = logging.getLogger(__name__)
+BACKLOG = 1024  # pending connections per pre-bound listening socket
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,9 @@ class ProtocolRunner:
                     ]
                 else:
                     created = [
-                        await self._loop.create_server(tracked, sock=sock)
+                        # The backlog the supervisor chose (asyncio would listen() again
+                        # with its default of 100).
+                        await self._loop.create_server(tracked, sock=sock, backlog=BACKLOG)
                         for sock in self.sockets[listener.name]
                     ]
                 for server in created:

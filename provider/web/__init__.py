@@ -7,6 +7,7 @@ from sqlalchemy import text
 
 from provider.extensions import db, login_manager
 from provider.models import AdminUser
+from provider.supervisor import read_states
 
 
 @login_manager.user_loader
@@ -37,9 +38,19 @@ def register_web(app: Flask) -> None:
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int, dict[str, str]]:
+        """First line `ok` (200) when the database answers and, under `provider serve`, every
+        service runs; then one line per service: its name and state, with its restarts
+        (docs/DESIGN-NOTES.md, "Processes"). `degraded` or `database unavailable`: 503."""
+        plain = {"Content-Type": "text/plain", "Cache-Control": "no-store"}
         try:
             db.session.execute(text("SELECT 1"))
         except Exception:  # any database failure means "not healthy"; the reason is logged
             app.logger.exception("health check: database did not answer")
-            return "database unavailable\n", 503, {"Content-Type": "text/plain"}
-        return "ok\n", 200, {"Content-Type": "text/plain"}
+            return "database unavailable\n", 503, plain
+        states = read_states(app.config.get("SERVICE_STATUS_FILE"))
+        if not states:
+            return "ok\n", 200, plain
+        healthy = all(state.state == "running" for state in states)
+        lines = ["ok" if healthy else "degraded"]
+        lines += [f"{state.name}: {state.summary}" for state in states]
+        return "\n".join(lines) + "\n", 200 if healthy else 503, plain

@@ -149,7 +149,12 @@ def test_serve_answers_on_the_printed_address_and_stops_on_signal(environment, s
             assert response.status == 200
         health_url = login_url.replace("/admin/login", "/healthz")
         with urllib.request.urlopen(health_url, timeout=10) as response:
-            assert response.read() == b"ok\n"
+            # "ok", then each service of this `serve` and its state.
+            assert response.read().decode().splitlines() == [
+                "ok",
+                "web: running",
+                "scheduler: running",
+            ]
         process.send_signal(stop_signal)
         assert process.wait(timeout=20) == 0
         assert process.output.until("stopped", 5)  # type: ignore[attr-defined]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from flask import render_template
+from flask import current_app, render_template
 
 from provider.extensions import db
 from provider.services import reports, trials
+from provider.supervisor import read_states
 from provider.web.admin import bp
-from provider.web.admin.access import scope
+from provider.web.admin.access import current_admin, scope
 
 
 @bp.get("/")
@@ -15,4 +16,12 @@ def dashboard() -> str:
     domain_ids = scope()
     stats = reports.dashboard_stats(db.session, domain_ids)
     trial_stages = trials.trial_stages(db.session, domain_ids)
-    return render_template("admin/dashboard.html", stats=stats, trials=trial_stages)
+    # The processes of `provider serve` concern the whole installation: superadmins only.
+    services = (
+        read_states(current_app.config.get("SERVICE_STATUS_FILE"))
+        if current_admin().is_superadmin
+        else None
+    )
+    return render_template(
+        "admin/dashboard.html", stats=stats, trials=trial_stages, services=services
+    )
