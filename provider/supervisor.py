@@ -315,8 +315,9 @@ class Supervisor:
         if not first_start:
             worker.restarts += 1
             worker.last_restart_at = datetime.now(UTC).replace(microsecond=0)
+        self.write_status()  # before saying so: whoever reads the line finds it in the file
+        if not first_start:
             self.echo(f"{worker.service.name}: restarted (pid {worker.pid})")
-        self.write_status()
 
     def _reap(self) -> None:
         for worker in self.workers:
@@ -343,9 +344,9 @@ class Supervisor:
         worker.failures = 1 if (was == "running" and ran >= STABLE_SECONDS) else worker.failures + 1
         delay = backoff(worker.failures)
         worker.state, worker.restart_at = "restarting", time.monotonic() + delay
+        self.write_status()
         reason = f"{how}: {worker.error}" if worker.error else how
         self.echo(f"{worker.service.name}: {reason}; restarting in {delay:g} s")
-        self.write_status()
 
     # --- stop ---------------------------------------------------------------------------------
 
