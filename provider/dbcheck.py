@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flask import Flask
-from sqlalchemy import make_url, text
+from sqlalchemy import inspect, make_url, text
 from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 
 from provider.extensions import db
@@ -59,12 +59,17 @@ def explain(url: str, error: BaseException) -> str:
     return f"cannot use the database {masked(url)}: {reason}"
 
 
-def check_database(app: Flask) -> None:
-    """Raise DatabaseUnavailable (one line) unless the database answers a query."""
+def check_database(app: Flask, *, migrated: bool = False) -> None:
+    """Raise DatabaseUnavailable (one line) unless the database answers a query and, when
+    `migrated`, has been set up by `provider init`."""
     url = str(app.config["SQLALCHEMY_DATABASE_URI"])
     with app.app_context():
         try:
             db.session.execute(text("SELECT 1"))
+            if migrated and not inspect(db.engine).has_table("alembic_version"):
+                raise DatabaseUnavailable(
+                    f"the database {masked(url)} has no tables yet; run `provider init` first"
+                )
         except (SQLAlchemyError, OSError) as exc:
             raise DatabaseUnavailable(explain(url, exc)) from None
         finally:

@@ -4,6 +4,7 @@ scheduler processes until SIGINT/SIGTERM (docs/DESIGN-NOTES.md, "Processes")."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import signal
 import socket
@@ -187,7 +188,7 @@ def run(app: Flask, services: list[str]) -> None:
     """Start the chosen services, print where they listen, and block until SIGINT/SIGTERM."""
     raise_open_file_limit()
     try:
-        check_database(app)
+        check_database(app, migrated=True)
     except DatabaseUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     run_before_serving(app)
@@ -282,6 +283,14 @@ def build_services(app: Flask, services: list[str], opened: list[Listening]) -> 
 # --- what each child process runs --------------------------------------------------------------
 
 
+def log_to_stderr(name: str) -> None:
+    """Warnings and errors of a child's libraries, marked with the service and its pid."""
+    logging.basicConfig(
+        level=logging.WARNING,
+        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+
+
 def stop_on_signals() -> threading.Event:
     """An event set by SIGTERM, SIGINT or SIGHUP (the supervisor sends SIGTERM)."""
     stop = threading.Event()
@@ -298,6 +307,7 @@ def serve_mail(
     app: Flask, names: list[str], sockets: dict[str, list[socket.socket]], context: ChildContext
 ) -> None:
     """The mail process: every mail listener on one event loop, on the inherited sockets."""
+    log_to_stderr("mail")
     stop = stop_on_signals()
     runner = ProtocolRunner(app, names, sockets=sockets)
     runner.start()
@@ -312,6 +322,7 @@ def serve_scheduler(app: Flask, context: ChildContext) -> None:
     """The scheduler process: runs the jobs while it holds the installation's lease."""
     from jobs.scheduler import build_scheduler
 
+    log_to_stderr("scheduler")
     stop = stop_on_signals()
     scheduler = build_scheduler(app)
     scheduler.start()

@@ -441,7 +441,10 @@ def _run_service(service: Service, context: ChildContext) -> int:
     except KeyboardInterrupt:
         return 0
     except BaseException as exc:
-        message = f"{exc}" if isinstance(exc, OSError | ValueError) else f"{exc!r}"
+        detail = str(exc).strip().splitlines()
+        message = detail[0] if detail else type(exc).__name__
+        if not isinstance(exc, OSError | ValueError):
+            message = f"{type(exc).__name__}: {message}"
         if not context.reported:
             context.fail(message)
         else:

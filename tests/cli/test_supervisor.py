@@ -349,3 +349,26 @@ def test_start_up_says_what_customers_are_told_next_to_the_real_listeners(mail_e
         )
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(60) == 0
+
+
+# --- a service that cannot start -------------------------------------------------------------------
+
+
+def test_a_service_that_cannot_start_stops_start_up_with_one_line(mail_environment):
+    mail_environment["PROVIDER_JOB_BACKUP_CRON"] = "every day at two"
+    result = run(mail_environment, "serve", "--services", "web,imap,scheduler")
+    assert result.returncode == 1
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert error.startswith("Error: scheduler: JOB_BACKUP_CRON: ")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "ready" not in result.stdout
+
+
+def test_serve_on_a_database_never_set_up_says_to_run_init(environment, tmp_path):
+    environment["PROVIDER_DATABASE_URL"] = f"sqlite:///{tmp_path}/empty.db"
+    result = run(environment, "serve", "--services", "web")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"Error: the database sqlite:///{tmp_path}/empty.db has no tables yet; "
+        "run `provider init` first\n"
+    )
