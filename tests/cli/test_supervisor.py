@@ -351,7 +351,7 @@ def test_start_up_says_what_customers_are_told_next_to_the_real_listeners(mail_e
         assert served.process.wait(60) == 0
 
 
-# --- a service that cannot start -------------------------------------------------------------------
+# --- a service that cannot start ------------------------------------------------------------------
 
 
 def test_a_service_that_cannot_start_stops_start_up_with_one_line(mail_environment):
