@@ -225,13 +225,30 @@ def _say_goodbye(protocol: Any) -> None:
         log.warning("goodbye to a client failed: %s: %s", type(exc).__name__, exc)
 
 
+def _transports(protocol: Any) -> list[Any]:
+    """Every transport a session holds: the one it writes to, the socket's own, and the one
+    aiosmtpd keeps aside after STARTTLS (`_original_transport`: the socket's, which closing
+    the TLS layer alone leaves open while the client does not answer the TLS close)."""
+    found = []
+    for name in ("transport", "socket_transport", "_original_transport"):
+        transport = getattr(protocol, name, None)
+        if transport is not None and transport not in found:
+            found.append(transport)
+    return found
+
+
 def _socket_open(protocol: Any) -> bool:
-    """Whether the session's socket is still open. A TLS transport torn down under its session
-    can no longer be asked (AttributeError inside asyncio); its socket is closed by then."""
-    try:
-        return bool(protocol.socket_open())
-    except Exception:
-        return False
+    """Whether one of the session's sockets is still open. A TLS transport torn down under
+    its session can no longer be asked (AttributeError inside asyncio); its socket is closed
+    by then."""
+    for transport in _transports(protocol):
+        try:
+            sock = transport.get_extra_info("socket")
+        except Exception:
+            continue
+        if sock is not None and sock.fileno() != -1:
+            return True
+    return False
 
 
 def _accept_late_connections(server: asyncio.AbstractServer) -> None:
@@ -272,8 +289,8 @@ async def _wait_closed(sessions: set[Any], timeout: float = 5.0) -> None:
         if not pending and not open_sockets and not tasks:
             return
         for protocol in live:
-            for transport in (getattr(protocol, "transport", None), protocol.socket_transport):
-                if transport is not None and not transport.is_closing():
+            for transport in _transports(protocol):
+                if not transport.is_closing():
                     transport.close()
         if pending or tasks:
             await asyncio.wait([*pending, *tasks], timeout=0.05)

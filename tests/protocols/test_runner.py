@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import imaplib
 import logging
 import socket
@@ -119,4 +120,33 @@ def test_shutdown_with_idle_clients_says_goodbye_and_logs_no_traceback(
         while client.readline():  # the BYE, when the session writes one, then the end
             pass
         client.shutdown()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_shutdown_with_smtp_and_lmtp_clients_after_starttls_logs_nothing(app, caplog):
+    """Ctrl-C with SMTP/LMTP sessions that went through STARTTLS: nothing logged, and their
+    sockets really closed (aiosmtpd keeps the socket's own transport aside after STARTTLS; it
+    was left for the garbage collector)."""
+    app.config.update(LMTP_PORT=0, SMTP_PORT=0)
+    runner = ProtocolRunner(app, ["lmtp", "smtp"])
+    bound = {b.name: (b.host, b.port) for b in runner.start()}
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    clients: list[RawClient] = []
+    for name, hello in (("smtp", "EHLO"), ("lmtp", "LHLO")):
+        client = RawClient(bound[name])
+        clients.append(client)
+        client.reply()
+        client.command(f"{hello} client.test")
+        assert client.command("STARTTLS")[0] == 220
+        client.start_tls()
+        assert client.command(f"{hello} client.test")[0] == 250
+    with caplog.at_level(logging.WARNING):
+        runner.stop()
+    for client in clients:
+        while client.file.readline():  # a 421 where the session says one, then the end
+            pass
+        client.close()
+    gc.collect()  # a server socket left open would be reported (ResourceWarning) right here
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
