@@ -1,7 +1,9 @@
 """Dovecot-compatible Maildir++ mail store: plain filesystem code, no Flask and no database."""
 
 from provider.mailstore.maildir import (
+    EARLIEST_INTERNAL_DATE,
     INBOX,
+    LATEST_INTERNAL_DATE,
     SEPARATOR,
     SPECIAL_USE,
     SYSTEM_FLAG_LETTERS,
@@ -13,6 +15,7 @@ from provider.mailstore.maildir import (
     FolderSnapshot,
     IncomingMessage,
     InvalidAddress,
+    InvalidDate,
     InvalidFlag,
     InvalidFolderName,
     MailboxMissing,
@@ -28,7 +31,9 @@ from provider.mailstore.maildir import (
 )
 
 __all__ = [
+    "EARLIEST_INTERNAL_DATE",
     "INBOX",
+    "LATEST_INTERNAL_DATE",
     "SEPARATOR",
     "SPECIAL_USE",
     "SYSTEM_FLAG_LETTERS",
@@ -40,6 +45,7 @@ __all__ = [
     "FolderSnapshot",
     "IncomingMessage",
     "InvalidAddress",
+    "InvalidDate",
     "InvalidFlag",
     "InvalidFolderName",
     "MailStore",

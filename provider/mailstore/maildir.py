@@ -80,6 +80,13 @@ READ_LOCK_WAIT = 0.5
 
 UIDVALIDITY_NAME = "dovecot-uidvalidity"
 
+EARLIEST_INTERNAL_DATE = 0
+LATEST_INTERNAL_DATE = 2**32 - 1
+"""Internal dates the store keeps (as the file's mtime): 1970-01-01 to 2106-02-07 06:28:15 UTC.
+Dovecot's index holds the received date as an unsigned 32-bit time, and many file systems
+hold no more (ext4 stops in 2446, older ones in 2038 or 1901): a date outside is refused,
+never changed silently."""
+
 SYSTEM_FLAG_LETTERS: dict[str, str] = {
     "\\Draft": "D",
     "\\Flagged": "F",
@@ -138,6 +145,10 @@ class InvalidFlag(MailstoreError, ValueError):
 
 class MailstoreBusy(MailstoreError):
     """The folder stayed locked for the whole bounded wait; try again later."""
+
+
+class InvalidDate(MailstoreError, ValueError):
+    """An internal date outside what the store can keep (EARLIEST/LATEST_INTERNAL_DATE)."""
 
 
 class TooManyKeywords(MailstoreError):
@@ -306,6 +317,14 @@ def _checked_keywords(keywords: Iterable[str]) -> list[str]:
         if keyword.casefold() not in {k.casefold() for k in result}:
             result.append(keyword)
     return result
+
+
+def check_internal_date(timestamp: float | None) -> None:
+    """InvalidDate unless the store can keep this internal date exactly."""
+    if timestamp is not None and not (EARLIEST_INTERNAL_DATE <= timestamp <= LATEST_INTERNAL_DATE):
+        raise InvalidDate(
+            "the internal date must be between 1970-01-01 and 2106-02-07 06:28:15 UTC"
+        )
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -813,6 +832,7 @@ class Folder:
         for message in messages:
             if not isinstance(message.data, bytes | bytearray | memoryview):
                 raise TypeError("message data must be bytes")
+            check_internal_date(message.internal_date)
             prepared.append(
                 (
                     bytes(message.data),

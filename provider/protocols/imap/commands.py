@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from provider.extensions import db
 from provider.mailstore import Folder, FolderInfo, IncomingMessage, Maildir, MessageInfo
+from provider.mailstore.maildir import InvalidDate, check_internal_date
 from provider.mailstore.message import MessageCache, ParsedMessage, section_bytes
 from provider.mailstore.names import decode_mutf7
 from provider.models import Mailbox
@@ -80,13 +81,19 @@ def mod_sequence(value: Value) -> int:
 
 
 def wire_name(value: Value) -> str:
-    """A mailbox argument (modified UTF-7 on the wire) as a folder name."""
-    text = as_text(value)
-    try:
-        name = decode_mutf7(text)
-    except ValueError:
-        name = text
+    """A mailbox argument (modified UTF-7 on the wire) as a folder name; ProtocolError (BAD)
+    unless it is modified UTF-7 in canonical form (RFC 3501 §5.1.3), as Dovecot refuses it:
+    taking the text as it came would store a name that LIST then shows differently."""
+    name = decoded_name(as_text(value))
     return "INBOX" if name.upper() == "INBOX" else name
+
+
+def decoded_name(text: str) -> str:
+    """Modified UTF-7 → text; ProtocolError saying what is wrong with it."""
+    try:
+        return decode_mutf7(text)
+    except ValueError as error:
+        raise ProtocolError(f"Mailbox name is not valid modified UTF-7: {error}") from None
 
 
 def split_flags(names: list[str]) -> tuple[list[str], list[str]]:
@@ -385,13 +392,14 @@ class Commands:
         if not lsub and texts == [""]:
             return await self._list_root(verb)
 
+        regexes = [pattern_regex(decoded_name(reference), decoded_name(t)) for t in texts]
+
         def listing() -> list[bytes]:
             maildir = self._maildir()
             folders = {info.name: info for info in maildir.folders()}
             subs = self._subscriptions(maildir)
             if subs is None:
                 subs = set(folders)
-            regexes = [pattern_regex(decode_mutf7(reference), decode_mutf7(t)) for t in texts]
             if lsub:
                 return lsub_lines(folders, subs, regexes, [t.endswith("%") for t in texts])
             return list_lines(folders, subs, regexes, selection, returns)
@@ -973,10 +981,16 @@ class Commands:
 
 
 def parse_internal_date(text: str) -> tuple[float, int]:
-    """RFC 3501 date-time `17-Jul-1996 02:44:25 -0700` → (timestamp, zone minutes: -420)."""
+    """RFC 3501 date-time `17-Jul-1996 02:44:25 -0700` → (timestamp, zone minutes: -420).
+    ProtocolError (BAD) for a date the store cannot keep as it is, rather than a changed one."""
     try:
         moment = datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z")
     except ValueError:
         raise ProtocolError(f"bad date-time {text!r}") from None
     offset = moment.utcoffset()
-    return moment.timestamp(), int(offset.total_seconds() // 60) if offset else 0
+    timestamp = moment.timestamp()
+    try:
+        check_internal_date(timestamp)
+    except InvalidDate as error:
+        raise ProtocolError(f"date-time {text!r} out of range: {error}") from None
+    return timestamp, int(offset.total_seconds() // 60) if offset else 0
