@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provider.mailstore import diskio
 from provider.mailstore.uidlist import fsync_directory
 
 KEYWORDS_NAME = "dovecot-keywords"
@@ -128,7 +129,7 @@ class KeywordFile:
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             try:
-                os.write(fd, format_keywords(names).encode("utf-8"))
+                diskio.write_all(fd, format_keywords(names).encode("utf-8"))
                 # Dovecot notices changes by mtime in whole seconds: it must grow every time.
                 if int(os.fstat(fd).st_mtime) <= old_mtime:
                     os.utime(fd, (old_mtime + 1, old_mtime + 1))

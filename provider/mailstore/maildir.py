@@ -19,6 +19,7 @@ import bisect
 import contextlib
 import dataclasses
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -33,10 +34,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
+from provider.mailstore import diskio, names
 from provider.mailstore import keywords as kw
-from provider.mailstore import names
 from provider.mailstore.locking import DEFAULT_TIMEOUT, FolderLock, LockTimeout
 from provider.mailstore.uidlist import (
     UIDLIST_NAME,
@@ -153,6 +154,31 @@ class InvalidDate(MailstoreError, ValueError):
 
 class TooManyKeywords(MailstoreError):
     """A folder can name at most 26 keywords (the letters a-z in Maildir file names)."""
+
+
+class StorageFull(MailstoreError):
+    """No space left on the disk (ENOSPC), or the system's disk quota is used up (EDQUOT). The
+    write was undone: nothing half-written stays in tmp/, new/, cur/ or the uidlist."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _disk_full_is_storage_full(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn ENOSPC and EDQUOT raised by a write path into StorageFull (the method has already
+    undone its own partial work on the way out)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except OSError as error:
+            if not diskio.is_disk_full(error):
+                raise
+            raise StorageFull(f"not enough disk space ({error.strerror})") from error
+
+    return wrapper
 
 
 class MessageNotFound(MailstoreError, KeyError):
@@ -325,12 +351,6 @@ def check_internal_date(timestamp: float | None) -> None:
         raise InvalidDate(
             "the internal date must be between 1970-01-01 and 2106-02-07 06:28:15 UTC"
         )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 # --- mod-sequences (RFC 7162 CONDSTORE) -----------------------------------------------------------
@@ -772,8 +792,17 @@ class Folder:
         uidvalidity = state.uidlist.uidvalidity
         path = self.path / RECENT_NAME
         temp = path.with_name(RECENT_NAME + ".tmp")
-        temp.write_text(f"{uidvalidity} {first}\n", "ascii")
-        os.replace(temp, path)
+        try:
+            temp.write_text(f"{uidvalidity} {first}\n", "ascii")
+            os.replace(temp, path)
+        except OSError as error:
+            if not diskio.is_disk_full(error):
+                raise
+            # A full disk must not stop SELECT: these messages are \Recent once more later.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            log.warning("%s: \\Recent marker not updated: %s", self.path, error)
+            return
         st = os.stat(path)
         state.first_recent = first
         state.recent_signature = (st.st_ino, st.st_mtime_ns, st.st_size, uidvalidity)
@@ -825,6 +854,7 @@ class Folder:
         )
         return stored
 
+    @_disk_full_is_storage_full
     def deliver_many(self, messages: Iterable[IncomingMessage]) -> list[StoredMessage]:
         """Store several messages all or nothing (RFC 3501 §6.3.11 / §6.4.7, RELIABILITY P6);
         they get consecutive ascending UIDs, in order."""
@@ -888,6 +918,7 @@ class Folder:
         """Replace the message's flags and keywords (a rename within cur/, or new/ → cur/)."""
         return self.change_flags(uid, "replace", flags, keywords)
 
+    @_disk_full_is_storage_full
     def change_flags(
         self,
         uid: int,
@@ -978,7 +1009,14 @@ class Folder:
                 for directory in sorted(directories):
                     fsync_directory(directory)
                 if removed:
-                    self._drop_lines({info.uid for info in removed})
+                    try:
+                        self._drop_lines({info.uid for info in removed})
+                    except OSError as error:
+                        if not diskio.is_disk_full(error):
+                            raise
+                        # The files are gone (and their space free): lines without a file
+                        # are harmless and go with the next rewrite.
+                        log.warning("%s: uidlist not rewritten after expunge: %s", self, error)
             # _drop_lines re-listed the directories itself, so a plain sync would see "no
             # change" and keep the removed messages in this process's view: rebuild it.
             self._sync(force=True)
@@ -1000,7 +1038,7 @@ class Folder:
             break
         try:
             try:
-                _write_all(fd, data)
+                diskio.write_all(fd, data)
                 if internal_date is not None:
                     # atime stays "now", so clean_tmp never mistakes this file for debris.
                     os.utime(fd, (time.time(), internal_date))
@@ -1395,6 +1433,7 @@ class Maildir:
         found.sort(key=lambda info: info.name)
         return [FolderInfo(INBOX, None, self.root), *found]
 
+    @_disk_full_is_storage_full
     def create_folder(self, name: str) -> Folder:
         """Create a folder, and any missing superior folders (RFC 3501 §6.3.3 SHOULD)."""
         name = _folder_name(name)
@@ -1452,6 +1491,7 @@ class Maildir:
             log.warning("could not remove %s; clean_tmp will retry", trash, exc_info=True)
         return removed
 
+    @_disk_full_is_storage_full
     def rename_folder(self, old: str, new: str) -> None:
         """Rename a folder and its sub-folders; missing superiors of the new name are created.
 

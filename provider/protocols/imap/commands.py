@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from sqlalchemy import select
 
 from provider.extensions import db
-from provider.mailstore import Folder, FolderInfo, IncomingMessage, Maildir, MessageInfo
+from provider.mailstore import (
+    Folder,
+    FolderInfo,
+    IncomingMessage,
+    Maildir,
+    MessageInfo,
+    StorageFull,
+)
 from provider.mailstore.maildir import InvalidDate, check_internal_date
 from provider.mailstore.message import MessageCache, ParsedMessage, section_bytes
 from provider.mailstore.names import decode_mutf7
@@ -41,6 +50,8 @@ log = logging.getLogger(__name__)
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 OVERQUOTA = "NO [OVERQUOTA] Quota exceeded (mailbox for user is full)"
+# Dovecot's answer when the disk (or the system's disk quota) is full (RFC 5530 OVERQUOTA).
+DISK_FULL = "NO [OVERQUOTA] Not enough disk space"
 SUBSCRIPTIONS_FILE = "subscriptions"
 LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
@@ -50,6 +61,24 @@ STORE_MODES: dict[str, Literal["replace", "add", "remove"]] = {
     "+FLAGS": "add",
     "-FLAGS": "remove",
 }
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[str | None]])
+
+
+def answers_disk_full(handler: _Handler) -> _Handler:
+    """A command that writes to the store answers DISK_FULL when the disk is full; the store
+    has undone the write by then (nothing half-written, quota released by the caller)."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: object, **kwargs: object) -> str | None:
+        try:
+            return await handler(*args, **kwargs)
+        except StorageFull as error:
+            log.warning("disk full during %s: %s", handler.__name__, error)
+            return DISK_FULL
+
+    return wrapper  # type: ignore[return-value]
 
 
 def modifiers(value: Value, allowed: tuple[str, ...], what: str) -> dict[str, int]:
@@ -332,6 +361,7 @@ class Commands:
     async def do_examine(self: ImapSession, command: Command) -> str:
         return await self.do_select(command, readonly=True)
 
+    @answers_disk_full
     async def do_create(self: ImapSession, command: Command) -> str:
         name = wire_name(command.args[0]).rstrip("/") if command.args else ""
         if not name:
@@ -348,6 +378,7 @@ class Commands:
         await self.blocking(delete)
         return "OK DELETE completed"
 
+    @answers_disk_full
     async def do_rename(self: ImapSession, command: Command) -> str:
         old, new = wire_name(command.args[0]), wire_name(command.args[1])
         await self.blocking(lambda: self._maildir().rename_folder(old, new))
@@ -443,6 +474,7 @@ class Commands:
         await self.send(b"* STATUS " + encode_mailbox(name) + f" ({body})\r\n".encode())
         return "OK STATUS completed"
 
+    @answers_disk_full
     async def do_append(self: ImapSession, command: Command) -> str:
         args = list(command.args)
         if len(args) < 2:
@@ -770,6 +802,7 @@ class Commands:
             fetching.to_crlf(section_bytes(data, parsed, "TEXT"))
         )
 
+    @answers_disk_full
     async def do_store(self: ImapSession, command: Command, by_uid: bool = False) -> str:
         args = list(command.args)
         unchanged_since = None
@@ -942,6 +975,7 @@ class Commands:
         stored = folder.deliver_many(messages)
         return stored[0].uidvalidity, [s.uid for s in stored]
 
+    @answers_disk_full
     async def do_copy(self: ImapSession, command: Command, by_uid: bool = False) -> str:
         if len(command.args) != 2:
             raise ProtocolError("COPY takes a sequence set and a mailbox")
@@ -954,6 +988,7 @@ class Commands:
             return code
         return f"OK {code} COPY completed"
 
+    @answers_disk_full
     async def do_move(self: ImapSession, command: Command, by_uid: bool = False) -> str:
         if len(command.args) != 2:
             raise ProtocolError("MOVE takes a sequence set and a mailbox")
