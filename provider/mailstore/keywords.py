@@ -20,10 +20,6 @@ FIRST_LETTER = "a"
 _NOT_IN_ATOM = set('(){ %*"\\]')
 
 
-class KeywordsFull(ValueError):
-    """A folder already uses all 26 keyword letters."""
-
-
 def check_keyword(name: str) -> None:
     """ValueError unless `name` is an IMAP keyword (an atom that is not a system flag)."""
     if not name:
@@ -100,25 +96,32 @@ class KeywordFile:
             self.names[index_of(char)] for char in letters if index_of(char) in self.names
         )
 
-    def add(self, wanted: list[str]) -> None:
-        """Give the missing keywords free letters and write the file. Call with the folder lock
-        held (Dovecot relies on the uidlist lock for this file too), right after refresh()."""
+    def add(self, wanted: list[str]) -> list[str]:
+        """Give the missing keywords free letters, in the order given, and write the file; the
+        keywords that found no free letter (the folder already names 26) are returned. Call
+        with the folder lock held (Dovecot relies on the uidlist lock for this file too), right
+        after refresh()."""
         missing: list[str] = []
         for name in wanted:
             if self.lookup(name) is None and name.casefold() not in {m.casefold() for m in missing}:
                 missing.append(name)
         if not missing:
-            return
+            return []
         free = [index for index in range(MAX_KEYWORDS) if index not in self.names]
-        if len(missing) > len(free):
-            raise KeywordsFull(
-                f"this folder already has {len(self.names)} keywords; Maildir allows at most "
-                f"{MAX_KEYWORDS}, so {', '.join(missing)} cannot be added"
-            )
-        names = dict(self.names)
-        for index, name in zip(free, missing, strict=False):
-            names[index] = name
-        self._write(names)
+        if free:
+            names = dict(self.names)
+            for index, name in zip(free, missing, strict=False):
+                names[index] = name
+            self._write(names)
+        return missing[len(free) :]
+
+    @property
+    def full(self) -> bool:
+        """Every letter a-z names a keyword: no new keyword can be stored in this folder."""
+        return len(self.names) >= MAX_KEYWORDS
+
+    def ordered_names(self) -> tuple[str, ...]:
+        return tuple(self.names[index] for index in sorted(self.names))
 
     def _write(self, names: dict[int, str]) -> None:
         lock = self.path.with_name(LOCK_NAME)

@@ -153,7 +153,16 @@ class InvalidDate(MailstoreError, ValueError):
 
 
 class TooManyKeywords(MailstoreError):
-    """A folder can name at most 26 keywords (the letters a-z in Maildir file names)."""
+    """A folder can name at most 26 keywords (the letters a-z in Maildir file names), and these
+    new ones (`names`) do not fit."""
+
+    def __init__(self, names: list[str]) -> None:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        super().__init__(
+            f"This folder already names the {kw.MAX_KEYWORDS} keywords Maildir can hold, so "
+            f"{shown} cannot be added"
+        )
+        self.names = names
 
 
 class StorageFull(MailstoreError):
@@ -198,6 +207,8 @@ class StoredMessage:
     basename: str
     size: int
     path: Path
+    # Keywords asked for that the folder had no letter left for (it names 26): not stored.
+    dropped_keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -230,6 +241,8 @@ class FolderSnapshot:
     uidnext: int
     # Only when asked for: the mod-sequences of exactly these messages.
     modseqs: Modseqs | None = None
+    # The keywords the folder names (in letter order), as of the same sync.
+    keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -658,6 +671,7 @@ class Folder:
                 state.uidlist.uidvalidity,
                 state.uidlist.next_uid,
                 self._modseqs() if modseqs else None,
+                state.keywords.ordered_names(),
             )
 
     # --- mod-sequences (RFC 7162): worked out when asked for, never on the plain paths
@@ -874,7 +888,12 @@ class Folder:
             )
         if not prepared:
             return []
-        letters_by_keyword = self._keyword_letters([k for p in prepared for k in p[2]])
+        # Keywords beyond the 26 a folder can name are dropped (and reported), never a reason
+        # to refuse the message: Dovecot keeps them in its index only, which we do not have.
+        letters_by_keyword = self._keyword_letters(
+            [k for p in prepared for k in p[2]], all_or_nothing=False
+        )
+        dropped: list[tuple[str, ...]] = []
         created: list[Path] = []
         try:
             plan: list[tuple[Path, str, str | None, int]] = []
@@ -882,8 +901,13 @@ class Folder:
                 temp, base = self._write_temp(data, internal_date)
                 created.append(temp)
                 letters = None
+                dropped.append(tuple(n for n in names_ if n.casefold() not in letters_by_keyword))
                 if flag_letters or names_:
-                    keyword_letters = [letters_by_keyword[n.casefold()] for n in names_]
+                    keyword_letters = [
+                        letters_by_keyword[n.casefold()]
+                        for n in names_
+                        if n.casefold() in letters_by_keyword
+                    ]
                     letters = "".join(sorted(set(flag_letters) | set(keyword_letters)))
                 basename = f"{base},S={len(data)},W={virtual_size(data)}"
                 if zone:
@@ -908,8 +932,8 @@ class Folder:
                     os.unlink(path)
             raise
         return [
-            StoredMessage(uid, uidvalidity, basename, size, final)
-            for uid, (final, basename, size) in zip(uids, placed, strict=True)
+            StoredMessage(uid, uidvalidity, basename, size, final, lost)
+            for uid, (final, basename, size), lost in zip(uids, placed, dropped, strict=True)
         ]
 
     def set_flags(
@@ -936,7 +960,7 @@ class Folder:
         wanted = _checked_keywords(keywords)
         given: set[str] = set()
         if mode != "remove":
-            letters_by_keyword = self._keyword_letters(wanted)
+            letters_by_keyword = self._keyword_letters(wanted, all_or_nothing=True)
             given = {letters_by_keyword[name.casefold()] for name in wanted}
         removed_names = {name.casefold() for name in wanted}
         state = self._state
@@ -1090,8 +1114,10 @@ class Folder:
             uidlist.append(missing)
         return [uidlist.uids[name] for name in basenames], uidlist.uidvalidity
 
-    def _keyword_letters(self, wanted: list[str]) -> dict[str, str]:
-        """casefolded keyword → its letter, adding missing keywords to dovecot-keywords."""
+    def _keyword_letters(self, wanted: list[str], *, all_or_nothing: bool) -> dict[str, str]:
+        """casefolded keyword → its letter, adding missing keywords to dovecot-keywords. A
+        keyword that finds no free letter (26 are named already) is left out of the result, or
+        with `all_or_nothing` makes it raise TooManyKeywords before anything is written."""
         if not wanted:
             return {}
         state = self._state
@@ -1100,16 +1126,27 @@ class Folder:
             if any(state.keywords.lookup(name) is None for name in wanted):
                 with self._lock():
                     state.keywords.refresh()
-                    try:
-                        state.keywords.add(wanted)
-                    except kw.KeywordsFull as error:
-                        raise TooManyKeywords(str(error)) from error
+                    if all_or_nothing:
+                        missing = {
+                            n.casefold(): n for n in wanted if state.keywords.lookup(n) is None
+                        }
+                        free = kw.MAX_KEYWORDS - len(state.keywords.names)
+                        if len(missing) > free:
+                            raise TooManyKeywords(list(missing.values()))
+                    state.keywords.add(wanted)
             result = {}
             for name in wanted:
                 index = state.keywords.lookup(name)
-                assert index is not None
-                result[name.casefold()] = kw.letter(index)
+                if index is not None:
+                    result[name.casefold()] = kw.letter(index)
             return result
+
+    def keyword_names(self) -> tuple[str, ...]:
+        """The keywords this folder names (dovecot-keywords), in letter order: what IMAP
+        lists in FLAGS and PERMANENTFLAGS."""
+        with self._state.lock:
+            self._state.keywords.refresh()
+            return self._state.keywords.ordered_names()
 
     # --- internals: locking and syncing
 
