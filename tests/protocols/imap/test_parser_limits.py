@@ -106,9 +106,12 @@ def test_search_not_5000_times_gets_bad_and_the_session_goes_on(selected):
     assert reply.startswith(b"a BAD ") and b"nested" in reply
     sock.sendall(b"b UID SEARCH " + b"OR " * 3000 + b"ALL " * 3000 + b"ALL\r\n")
     assert until_tagged(reader, b"b")[-1].startswith(b"b BAD ")
-    # A program within the limit still runs.
+    # Programs within the limits still run.
     sock.sendall(b"c SEARCH " + b"NOT " * 11 + b"ALL\r\n")
     assert until_tagged(reader, b"c") == [b"* SEARCH\r\n", b"c OK SEARCH completed\r\n"]
+    deep = b"(" * 60 + b"NOT " * 2 + b"UNSEEN" + b")" * 60
+    sock.sendall(b"d SEARCH " + deep + b"\r\n")
+    assert until_tagged(reader, b"d") == [b"* SEARCH 1\r\n", b"d OK SEARCH completed\r\n"]
     still_answers(sock, reader)
 
 
