@@ -230,3 +230,23 @@ def test_a_keyword_set_by_another_session_is_named_in_flags_before_any_fetch(ses
     keywords_before_use(watcher.lines)
     watcher.logout()
     writer.logout()
+
+
+def test_own_append_and_copy_name_their_new_keywords_before_using_them(session, imap):
+    make_mailbox(session)
+    mail_store().open(ADDRESS).folder("Archive").deliver(MESSAGE, keywords=["$fromArchive"])
+    client = login(imap)
+    client.select("INBOX")
+    start = len(client.lines)
+    assert client.append("INBOX", "($mine)", None, MESSAGE)[0] == "OK"
+    new = [line for line in client.lines[start:] if not line.startswith(b"+ ")]
+    assert new[0].startswith(b"* FLAGS (") and b"$mine" in new[0], new
+    assert new[1].startswith(b"* OK [PERMANENTFLAGS (") and b"$mine" in new[1], new
+    assert any(line.startswith(b"* 1 EXISTS") for line in new[2:]), new
+    client.select("Archive")
+    start = len(client.lines)
+    assert client.copy("1", "Archive")[0] == "OK"  # into the selected folder itself
+    typ, data = client.fetch("1:*", "(FLAGS)")
+    assert typ == "OK" and all(b"$fromArchive" in item for item in data), data
+    keywords_before_use(client.lines)
+    client.logout()
