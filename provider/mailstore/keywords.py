@@ -115,12 +115,8 @@ class KeywordFile:
             self._write(names)
         return missing[len(free) :]
 
-    @property
-    def full(self) -> bool:
-        """Every letter a-z names a keyword: no new keyword can be stored in this folder."""
-        return len(self.names) >= MAX_KEYWORDS
-
     def ordered_names(self) -> tuple[str, ...]:
+        """The keyword names in letter order (a, b, …)."""
         return tuple(self.names[index] for index in sorted(self.names))
 
     def _write(self, names: dict[int, str]) -> None:

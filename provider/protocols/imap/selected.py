@@ -45,7 +45,6 @@ class SelectedView:
     # The folder's keywords as this session was last told them (FLAGS, PERMANENTFLAGS): no
     # FETCH shows a keyword before the FLAGS response that names it (RFC 3501 §7.2.6).
     keywords: tuple[str, ...] = ()
-    _announced: frozenset[str] = frozenset()
 
     def load(self, snapshot: FolderSnapshot, recent_from: int) -> None:
         """Start from a snapshot; messages from UID `recent_from` up are \\Recent here."""
@@ -59,14 +58,14 @@ class SelectedView:
         self.uidnext = snapshot.uidnext
         if snapshot.modseqs is not None:
             self.set_modseqs(snapshot.modseqs)
-        self.keywords, self._announced = snapshot.keywords, frozenset(snapshot.keywords)
+        self.keywords = snapshot.keywords
 
     def flags_lines(self, keywords: tuple[str, ...]) -> list[bytes]:
         """`* FLAGS (...)` and `* OK [PERMANENTFLAGS (...)]` naming the system flags and these
         keywords, which the session then knows. PERMANENTFLAGS offers `\\*` (new keywords
         may be created) only while the folder has a free keyword letter, and is empty in a
         read-only session, where nothing can be changed (RFC 3501 §7.1, §6.3.2)."""
-        self.keywords, self._announced = keywords, frozenset(keywords)
+        self.keywords = keywords
         names = " ".join((*SYSTEM_FLAGS, *keywords))
         if self.readonly:
             permanent, text = "", "No permanent flags permitted"
@@ -138,7 +137,7 @@ class SelectedView:
         A keyword this session has not been told of yet (set by someone else a moment ago) is
         left out: the next refresh names it in FLAGS first, then reports it in a FETCH."""
         if info.uid in self.infos:
-            unknown = info.keywords - self._announced
+            unknown = info.keywords.difference(self.keywords)
             if unknown:
                 info = dataclasses.replace(info, keywords=info.keywords - unknown)
             self.infos[info.uid] = info
