@@ -15,6 +15,7 @@ from provider.mailstore import (
     IncomingMessage,
     Maildir,
     MessageNotFound,
+    StorageFull,
 )
 
 BATCH = 100  # messages stored (and quota reserved) at once
@@ -171,6 +172,13 @@ def _store(
     ]
     try:
         deliver_many(incoming)
+    except StorageFull as error:
+        # The batch was stored all or nothing: what was restored before it is whole.
+        release(total)
+        raise StorageFull(
+            f"not enough disk space; {result.restored} message(s) were restored before the "
+            "disk filled up. Free some space and run the restore again: it skips what is back"
+        ) from error
     except BaseException:
         release(total)
         raise

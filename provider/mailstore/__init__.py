@@ -1,7 +1,9 @@
 """Dovecot-compatible Maildir++ mail store: plain filesystem code, no Flask and no database."""
 
 from provider.mailstore.maildir import (
+    EARLIEST_INTERNAL_DATE,
     INBOX,
+    LATEST_INTERNAL_DATE,
     SEPARATOR,
     SPECIAL_USE,
     SYSTEM_FLAG_LETTERS,
@@ -13,6 +15,7 @@ from provider.mailstore.maildir import (
     FolderSnapshot,
     IncomingMessage,
     InvalidAddress,
+    InvalidDate,
     InvalidFlag,
     InvalidFolderName,
     MailboxMissing,
@@ -22,13 +25,16 @@ from provider.mailstore.maildir import (
     MailstoreError,
     MessageInfo,
     MessageNotFound,
+    StorageFull,
     StoredMessage,
     TooManyKeywords,
     forget_cached_state,
 )
 
 __all__ = [
+    "EARLIEST_INTERNAL_DATE",
     "INBOX",
+    "LATEST_INTERNAL_DATE",
     "SEPARATOR",
     "SPECIAL_USE",
     "SYSTEM_FLAG_LETTERS",
@@ -40,6 +46,7 @@ __all__ = [
     "FolderSnapshot",
     "IncomingMessage",
     "InvalidAddress",
+    "InvalidDate",
     "InvalidFlag",
     "InvalidFolderName",
     "MailStore",
@@ -49,6 +56,7 @@ __all__ = [
     "MailstoreError",
     "MessageInfo",
     "MessageNotFound",
+    "StorageFull",
     "StoredMessage",
     "TooManyKeywords",
     "forget_cached_state",

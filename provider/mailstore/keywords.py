@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provider.mailstore import diskio
 from provider.mailstore.uidlist import fsync_directory
 
 KEYWORDS_NAME = "dovecot-keywords"
@@ -17,10 +18,6 @@ FIRST_LETTER = "a"
 
 # RFC 3501 §9: atom-specials, plus "\" (system flags) and "]" (resp-specials).
 _NOT_IN_ATOM = set('(){ %*"\\]')
-
-
-class KeywordsFull(ValueError):
-    """A folder already uses all 26 keyword letters."""
 
 
 def check_keyword(name: str) -> None:
@@ -99,25 +96,28 @@ class KeywordFile:
             self.names[index_of(char)] for char in letters if index_of(char) in self.names
         )
 
-    def add(self, wanted: list[str]) -> None:
-        """Give the missing keywords free letters and write the file. Call with the folder lock
-        held (Dovecot relies on the uidlist lock for this file too), right after refresh()."""
+    def add(self, wanted: list[str]) -> list[str]:
+        """Give the missing keywords free letters, in the order given, and write the file; the
+        keywords that found no free letter (the folder already names 26) are returned. Call
+        with the folder lock held (Dovecot relies on the uidlist lock for this file too), right
+        after refresh()."""
         missing: list[str] = []
         for name in wanted:
             if self.lookup(name) is None and name.casefold() not in {m.casefold() for m in missing}:
                 missing.append(name)
         if not missing:
-            return
+            return []
         free = [index for index in range(MAX_KEYWORDS) if index not in self.names]
-        if len(missing) > len(free):
-            raise KeywordsFull(
-                f"this folder already has {len(self.names)} keywords; Maildir allows at most "
-                f"{MAX_KEYWORDS}, so {', '.join(missing)} cannot be added"
-            )
-        names = dict(self.names)
-        for index, name in zip(free, missing, strict=False):
-            names[index] = name
-        self._write(names)
+        if free:
+            names = dict(self.names)
+            for index, name in zip(free, missing, strict=False):
+                names[index] = name
+            self._write(names)
+        return missing[len(free) :]
+
+    def ordered_names(self) -> tuple[str, ...]:
+        """The keyword names in letter order (a, b, …)."""
+        return tuple(self.names[index] for index in sorted(self.names))
 
     def _write(self, names: dict[int, str]) -> None:
         lock = self.path.with_name(LOCK_NAME)
@@ -128,7 +128,7 @@ class KeywordFile:
         fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             try:
-                os.write(fd, format_keywords(names).encode("utf-8"))
+                diskio.write_all(fd, format_keywords(names).encode("utf-8"))
                 # Dovecot notices changes by mtime in whole seconds: it must grow every time.
                 if int(os.fstat(fd).st_mtime) <= old_mtime:
                     os.utime(fd, (old_mtime + 1, old_mtime + 1))

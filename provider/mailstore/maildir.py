@@ -19,6 +19,7 @@ import bisect
 import contextlib
 import dataclasses
 import errno
+import functools
 import itertools
 import logging
 import os
@@ -33,10 +34,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
+from provider.mailstore import diskio, names
 from provider.mailstore import keywords as kw
-from provider.mailstore import names
 from provider.mailstore.locking import DEFAULT_TIMEOUT, FolderLock, LockTimeout
 from provider.mailstore.uidlist import (
     UIDLIST_NAME,
@@ -79,6 +80,13 @@ READ_LOCK_WAIT = 0.5
 """How long a reader waits for the lock to give UIDs to new files before leaving them for later."""
 
 UIDVALIDITY_NAME = "dovecot-uidvalidity"
+
+EARLIEST_INTERNAL_DATE = 0
+LATEST_INTERNAL_DATE = 2**32 - 1
+"""Internal dates the store keeps (as the file's mtime): 1970-01-01 to 2106-02-07 06:28:15 UTC.
+Dovecot's index holds the received date as an unsigned 32-bit time, and many file systems
+hold no more (ext4 stops in 2446, older ones in 2038 or 1901): a date outside is refused,
+never changed silently."""
 
 SYSTEM_FLAG_LETTERS: dict[str, str] = {
     "\\Draft": "D",
@@ -140,8 +148,46 @@ class MailstoreBusy(MailstoreError):
     """The folder stayed locked for the whole bounded wait; try again later."""
 
 
+class InvalidDate(MailstoreError, ValueError):
+    """An internal date outside what the store can keep (EARLIEST/LATEST_INTERNAL_DATE)."""
+
+
 class TooManyKeywords(MailstoreError):
-    """A folder can name at most 26 keywords (the letters a-z in Maildir file names)."""
+    """A folder can name at most 26 keywords (the letters a-z in Maildir file names), and these
+    new ones (`names`) do not fit."""
+
+    def __init__(self, names: list[str]) -> None:
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        super().__init__(
+            f"This folder already names the {kw.MAX_KEYWORDS} keywords Maildir can hold, so "
+            f"{shown} cannot be added"
+        )
+        self.names = names
+
+
+class StorageFull(MailstoreError):
+    """No space left on the disk (ENOSPC), or the system's disk quota is used up (EDQUOT). The
+    write was undone: nothing half-written stays in tmp/, new/, cur/ or the uidlist."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _disk_full_is_storage_full(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Turn ENOSPC and EDQUOT raised by a write path into StorageFull (the method has already
+    undone its own partial work on the way out)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except OSError as error:
+            if not diskio.is_disk_full(error):
+                raise
+            raise StorageFull(f"not enough disk space ({error.strerror})") from error
+
+    return wrapper
 
 
 class MessageNotFound(MailstoreError, KeyError):
@@ -161,6 +207,8 @@ class StoredMessage:
     basename: str
     size: int
     path: Path
+    # Keywords asked for that the folder had no letter left for (it names 26): not stored.
+    dropped_keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,6 +241,8 @@ class FolderSnapshot:
     uidnext: int
     # Only when asked for: the mod-sequences of exactly these messages.
     modseqs: Modseqs | None = None
+    # The keywords the folder names (in letter order), as of the same sync.
+    keywords: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -308,10 +358,12 @@ def _checked_keywords(keywords: Iterable[str]) -> list[str]:
     return result
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def check_internal_date(timestamp: float | None) -> None:
+    """InvalidDate unless the store can keep this internal date exactly."""
+    if timestamp is not None and not (EARLIEST_INTERNAL_DATE <= timestamp <= LATEST_INTERNAL_DATE):
+        raise InvalidDate(
+            "the internal date must be between 1970-01-01 and 2106-02-07 06:28:15 UTC"
+        )
 
 
 # --- mod-sequences (RFC 7162 CONDSTORE) -----------------------------------------------------------
@@ -619,6 +671,7 @@ class Folder:
                 state.uidlist.uidvalidity,
                 state.uidlist.next_uid,
                 self._modseqs() if modseqs else None,
+                state.keywords.ordered_names(),
             )
 
     # --- mod-sequences (RFC 7162): worked out when asked for, never on the plain paths
@@ -753,8 +806,17 @@ class Folder:
         uidvalidity = state.uidlist.uidvalidity
         path = self.path / RECENT_NAME
         temp = path.with_name(RECENT_NAME + ".tmp")
-        temp.write_text(f"{uidvalidity} {first}\n", "ascii")
-        os.replace(temp, path)
+        try:
+            temp.write_text(f"{uidvalidity} {first}\n", "ascii")
+            os.replace(temp, path)
+        except OSError as error:
+            if not diskio.is_disk_full(error):
+                raise
+            # A full disk must not stop SELECT: these messages are \Recent once more later.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            log.warning("%s: \\Recent marker not updated: %s", self.path, error)
+            return
         st = os.stat(path)
         state.first_recent = first
         state.recent_signature = (st.st_ino, st.st_mtime_ns, st.st_size, uidvalidity)
@@ -806,6 +868,7 @@ class Folder:
         )
         return stored
 
+    @_disk_full_is_storage_full
     def deliver_many(self, messages: Iterable[IncomingMessage]) -> list[StoredMessage]:
         """Store several messages all or nothing (RFC 3501 §6.3.11 / §6.4.7, RELIABILITY P6);
         they get consecutive ascending UIDs, in order."""
@@ -813,6 +876,7 @@ class Folder:
         for message in messages:
             if not isinstance(message.data, bytes | bytearray | memoryview):
                 raise TypeError("message data must be bytes")
+            check_internal_date(message.internal_date)
             prepared.append(
                 (
                     bytes(message.data),
@@ -824,7 +888,12 @@ class Folder:
             )
         if not prepared:
             return []
-        letters_by_keyword = self._keyword_letters([k for p in prepared for k in p[2]])
+        # Keywords beyond the 26 a folder can name are dropped (and reported), never a reason
+        # to refuse the message: Dovecot keeps them in its index only, which we do not have.
+        letters_by_keyword = self._keyword_letters(
+            [k for p in prepared for k in p[2]], all_or_nothing=False
+        )
+        dropped: list[tuple[str, ...]] = []
         created: list[Path] = []
         try:
             plan: list[tuple[Path, str, str | None, int]] = []
@@ -832,8 +901,13 @@ class Folder:
                 temp, base = self._write_temp(data, internal_date)
                 created.append(temp)
                 letters = None
+                dropped.append(tuple(n for n in names_ if n.casefold() not in letters_by_keyword))
                 if flag_letters or names_:
-                    keyword_letters = [letters_by_keyword[n.casefold()] for n in names_]
+                    keyword_letters = [
+                        letters_by_keyword[n.casefold()]
+                        for n in names_
+                        if n.casefold() in letters_by_keyword
+                    ]
                     letters = "".join(sorted(set(flag_letters) | set(keyword_letters)))
                 basename = f"{base},S={len(data)},W={virtual_size(data)}"
                 if zone:
@@ -858,8 +932,8 @@ class Folder:
                     os.unlink(path)
             raise
         return [
-            StoredMessage(uid, uidvalidity, basename, size, final)
-            for uid, (final, basename, size) in zip(uids, placed, strict=True)
+            StoredMessage(uid, uidvalidity, basename, size, final, lost)
+            for uid, (final, basename, size), lost in zip(uids, placed, dropped, strict=True)
         ]
 
     def set_flags(
@@ -868,6 +942,7 @@ class Folder:
         """Replace the message's flags and keywords (a rename within cur/, or new/ → cur/)."""
         return self.change_flags(uid, "replace", flags, keywords)
 
+    @_disk_full_is_storage_full
     def change_flags(
         self,
         uid: int,
@@ -885,7 +960,7 @@ class Folder:
         wanted = _checked_keywords(keywords)
         given: set[str] = set()
         if mode != "remove":
-            letters_by_keyword = self._keyword_letters(wanted)
+            letters_by_keyword = self._keyword_letters(wanted, all_or_nothing=True)
             given = {letters_by_keyword[name.casefold()] for name in wanted}
         removed_names = {name.casefold() for name in wanted}
         state = self._state
@@ -958,7 +1033,14 @@ class Folder:
                 for directory in sorted(directories):
                     fsync_directory(directory)
                 if removed:
-                    self._drop_lines({info.uid for info in removed})
+                    try:
+                        self._drop_lines({info.uid for info in removed})
+                    except OSError as error:
+                        if not diskio.is_disk_full(error):
+                            raise
+                        # The files are gone (and their space free): lines without a file
+                        # are harmless and go with the next rewrite.
+                        log.warning("%s: uidlist not rewritten after expunge: %s", self, error)
             # _drop_lines re-listed the directories itself, so a plain sync would see "no
             # change" and keep the removed messages in this process's view: rebuild it.
             self._sync(force=True)
@@ -980,7 +1062,7 @@ class Folder:
             break
         try:
             try:
-                _write_all(fd, data)
+                diskio.write_all(fd, data)
                 if internal_date is not None:
                     # atime stays "now", so clean_tmp never mistakes this file for debris.
                     os.utime(fd, (time.time(), internal_date))
@@ -1032,8 +1114,10 @@ class Folder:
             uidlist.append(missing)
         return [uidlist.uids[name] for name in basenames], uidlist.uidvalidity
 
-    def _keyword_letters(self, wanted: list[str]) -> dict[str, str]:
-        """casefolded keyword → its letter, adding missing keywords to dovecot-keywords."""
+    def _keyword_letters(self, wanted: list[str], *, all_or_nothing: bool) -> dict[str, str]:
+        """casefolded keyword → its letter, adding missing keywords to dovecot-keywords. A
+        keyword that finds no free letter (26 are named already) is left out of the result, or
+        with `all_or_nothing` makes it raise TooManyKeywords before anything is written."""
         if not wanted:
             return {}
         state = self._state
@@ -1042,16 +1126,27 @@ class Folder:
             if any(state.keywords.lookup(name) is None for name in wanted):
                 with self._lock():
                     state.keywords.refresh()
-                    try:
-                        state.keywords.add(wanted)
-                    except kw.KeywordsFull as error:
-                        raise TooManyKeywords(str(error)) from error
+                    if all_or_nothing:
+                        missing = {
+                            n.casefold(): n for n in wanted if state.keywords.lookup(n) is None
+                        }
+                        free = kw.MAX_KEYWORDS - len(state.keywords.names)
+                        if len(missing) > free:
+                            raise TooManyKeywords(list(missing.values()))
+                    state.keywords.add(wanted)
             result = {}
             for name in wanted:
                 index = state.keywords.lookup(name)
-                assert index is not None
-                result[name.casefold()] = kw.letter(index)
+                if index is not None:
+                    result[name.casefold()] = kw.letter(index)
             return result
+
+    def keyword_names(self) -> tuple[str, ...]:
+        """The keywords this folder names (dovecot-keywords), in letter order: what IMAP
+        lists in FLAGS and PERMANENTFLAGS."""
+        with self._state.lock:
+            self._state.keywords.refresh()
+            return self._state.keywords.ordered_names()
 
     # --- internals: locking and syncing
 
@@ -1375,6 +1470,7 @@ class Maildir:
         found.sort(key=lambda info: info.name)
         return [FolderInfo(INBOX, None, self.root), *found]
 
+    @_disk_full_is_storage_full
     def create_folder(self, name: str) -> Folder:
         """Create a folder, and any missing superior folders (RFC 3501 §6.3.3 SHOULD)."""
         name = _folder_name(name)
@@ -1432,6 +1528,7 @@ class Maildir:
             log.warning("could not remove %s; clean_tmp will retry", trash, exc_info=True)
         return removed
 
+    @_disk_full_is_storage_full
     def rename_folder(self, old: str, new: str) -> None:
         """Rename a folder and its sub-folders; missing superiors of the new name are created.
 

@@ -1198,6 +1198,23 @@ def _decode_entry(blob: object) -> ParsedMessage:
     return from_json(json.loads(zlib.decompress(blob)))
 
 
+def _read_renamed(path: Path, basename: str) -> bytes:
+    """The message a caller knew at `path` before a flag change (another session's STORE)
+    renamed it: the same basename with other flags, in cur/ (or still in new/)."""
+    folder = path.parent.parent
+    for _attempt in range(3):
+        for subdir in ("cur", "new"):
+            try:
+                with os.scandir(folder / subdir) as entries:
+                    names = [e.name for e in entries if e.name.split(":", 1)[0] == basename]
+            except FileNotFoundError:
+                continue
+            for name in names:
+                with contextlib.suppress(FileNotFoundError):
+                    return (folder / subdir / name).read_bytes()
+    raise FileNotFoundError(f"message {basename} is no longer in {folder}")
+
+
 class MessageCache:
     """Per-folder cache of ParsedMessage, keyed by file basename (the part before ':2,').
 
@@ -1224,7 +1241,11 @@ class MessageCache:
         cached = self._use(lambda connection: self._load(connection, basename), create=True)
         if cached is not None:
             return cached
-        parsed = parse_message(Path(path).read_bytes())
+        try:
+            data = Path(path).read_bytes()
+        except FileNotFoundError:
+            data = _read_renamed(Path(path), basename)
+        parsed = parse_message(data)
         blob = _encode_entry(parsed)
         self._use(
             lambda connection: connection.execute(

@@ -19,6 +19,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provider.mailstore import diskio
+
 log = logging.getLogger(__name__)
 
 UIDLIST_NAME = "dovecot-uidlist"
@@ -323,9 +325,9 @@ class UidlistFile:
         """Give each basename the next UID by appending lines (fsynced); the caller holds the
         folder lock and has just refreshed.
 
-        If that fails, the lines are taken back out by a rewrite whose header skips past their
-        UIDs: a reader may already have seen them, so they must never be handed out again. If
-        even that fails, the lines stay, pointing at no file, which is harmless.
+        If that fails, the file is cut back to its old length, then rewritten with a header that
+        skips past their UIDs: a reader may already have seen them, so they must never be
+        handed out again. If the rewrite fails too (a full disk), the file is as it was before.
         """
         assert self.exists and self.header is not None and self._offset == self._size
         first = self.next_uid
@@ -339,9 +341,13 @@ class UidlistFile:
             if (before.st_dev, before.st_ino) != self._identity or before.st_size != self._size:
                 raise UidlistCorrupt(f"{self.path} changed while locked")
             try:
-                _write_all(fd, payload)
+                diskio.write_all(fd, payload)
                 os.fsync(fd)
             except BaseException:
+                # A full disk can leave part of a line: cut the file back first (that needs no
+                # space), so that it never ends in half a record even if the rewrite fails too.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, before.st_size)
                 self._take_back(first + len(new))
                 raise
             after = os.fstat(fd)
@@ -389,7 +395,7 @@ class UidlistFile:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             try:
-                _write_all(fd, payload)
+                diskio.write_all(fd, payload)
                 os.fsync(fd)
                 os.rename(temp, self.path)
             except BaseException:
@@ -412,13 +418,6 @@ class UidlistFile:
         if uidvalidity != self.known_uidvalidity:
             self.known_uidvalidity, self.known_next_uid = uidvalidity, 0
         self._remember()
-
-
-def _write_all(fd: int, payload: bytes) -> None:
-    view = memoryview(payload)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def fsync_directory(path: Path) -> None:

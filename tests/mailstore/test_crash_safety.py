@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from provider.mailstore import TMP_MAX_AGE, IncomingMessage, MailStore, forget_cached_state
+from provider.mailstore import TMP_MAX_AGE, IncomingMessage, MailStore, diskio, forget_cached_state
 from provider.mailstore import maildir as maildir_module
 from provider.mailstore import uidlist as uidlist_module
 from tests.mailstore import age, files_in, sample_message, uidlist_lines
@@ -46,7 +46,7 @@ def fail_on_call(monkeypatch, owner, name: str, call: int) -> None:
 
 FAILURES = {
     # name: (what to patch, attribute, failing call)
-    "writing the message": (maildir_module, "_write_all", 1),
+    "writing the message": (diskio, "write_all", 1),
     "setting the internal date": (os, "utime", 1),
     "fsync of the message file": (os, "fsync", 1),
     "link into new/": (os, "link", 1),

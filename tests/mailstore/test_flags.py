@@ -7,6 +7,7 @@ import os
 import pytest
 
 from provider.mailstore import (
+    IncomingMessage,
     InvalidFlag,
     MailStore,
     MessageNotFound,
@@ -77,12 +78,33 @@ def test_a_folder_holds_at_most_26_keywords(inbox):
     names = [f"kw{n}" for n in range(26)]
     stored = inbox.deliver(sample_message("m"), keywords=names)
     assert stored.path.name.endswith(":2,abcdefghijklmnopqrstuvwxyz")
-    with pytest.raises(TooManyKeywords, match="at most 26"):
-        inbox.deliver(sample_message("n"), keywords=["one-too-many"])
-    with pytest.raises(TooManyKeywords):
-        inbox.set_flags(stored.uid, [], ["one-too-many"])
-    assert [m.uid for m in inbox.messages()] == [stored.uid]
+    assert stored.dropped_keywords == ()
+    # A delivery is never refused for it: the message is stored, the 27th keyword dropped.
+    more = inbox.deliver(sample_message("n"), keywords=["kw3", "one-too-many"], flags=["\\Seen"])
+    assert more.dropped_keywords == ("one-too-many",)
+    assert more.path.name.endswith(":2,Sd")
+    assert (inbox.get(more.uid).flags, inbox.get(more.uid).keywords) == ({"\\Seen"}, {"kw3"})
+    # A flag change is all or nothing: refused before anything changes.
+    with pytest.raises(TooManyKeywords, match="keywords Maildir can hold") as refused:
+        inbox.set_flags(stored.uid, ["\\Flagged"], ["kw0", "one-too-many", "and-another"])
+    assert refused.value.names == ["one-too-many", "and-another"]
+    assert inbox.get(stored.uid).keywords == frozenset(names)
+    assert inbox.get(stored.uid).flags == frozenset()
+    assert [m.uid for m in inbox.messages()] == [stored.uid, more.uid]
     assert files_in(inbox.path, "tmp") == []
+    assert len((inbox.path / "dovecot-keywords").read_text().splitlines()) == 26
+
+
+def test_keywords_beyond_the_free_letters_are_dropped_in_the_order_given(inbox):
+    inbox.deliver(sample_message("m"), keywords=[f"kw{n}" for n in range(24)])
+    batch = [
+        IncomingMessage(sample_message("a"), keywords=["new1", "kw0", "new2"]),
+        IncomingMessage(sample_message("b"), keywords=["new3", "NEW2"]),
+    ]
+    first, second = inbox.deliver_many(batch)
+    assert (first.dropped_keywords, second.dropped_keywords) == ((), ("new3",))
+    assert inbox.get(second.uid).keywords == {"new2"}
+    assert inbox.keyword_names()[-2:] == ("new1", "new2")
 
 
 def test_keyword_file_mtime_grows_with_every_change(inbox):

@@ -1419,3 +1419,19 @@ def test_four_processes_share_one_folder_cache_safely(tmp_path: Path) -> None:
         for key in cache_rows(tmp_path):
             stored = cache.get(key, tmp_path / "no-such-file")
             assert stored == parse_message((tmp_path / "cur" / f"{key}:2,S").read_bytes())
+
+
+def test_cache_miss_finds_a_message_renamed_by_a_flag_change(tmp_path: Path) -> None:
+    """A session still holds the name the message had before another session's STORE renamed
+    it (new flags after ':2,'): the parse reads the file under its new name."""
+    data = b"Subject: renamed\r\n\r\nbody\r\n"
+    path = store_message(tmp_path, data)
+    renamed = path.with_name(path.name.replace(":2,S", ":2,FS"))
+    os.rename(path, renamed)
+    with message.MessageCache(tmp_path) as cache:
+        parsed = cache.get(basename(path), path)
+    assert parsed.envelope.subject == "renamed"
+    os.unlink(renamed)
+    remove_cache_files(tmp_path)
+    with message.MessageCache(tmp_path) as cache, pytest.raises(FileNotFoundError):
+        cache.get(basename(path), path)

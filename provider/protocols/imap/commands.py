@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from sqlalchemy import select
 
+from provider.errors import ProviderError
 from provider.extensions import db
-from provider.mailstore import Folder, FolderInfo, IncomingMessage, Maildir, MessageInfo
+from provider.mailstore import (
+    Folder,
+    FolderInfo,
+    IncomingMessage,
+    Maildir,
+    MessageInfo,
+    StorageFull,
+    StoredMessage,
+    TooManyKeywords,
+)
+from provider.mailstore.keywords import MAX_KEYWORD_LENGTH, MAX_KEYWORDS, check_keyword
+from provider.mailstore.maildir import InvalidDate, check_internal_date
 from provider.mailstore.message import MessageCache, ParsedMessage, section_bytes
 from provider.mailstore.names import decode_mutf7
 from provider.models import Mailbox
@@ -29,7 +43,7 @@ from provider.protocols.imap.parser import (
     parse_sequence_set,
 )
 from provider.protocols.imap.search import Candidate, parse_search
-from provider.protocols.imap.selected import SelectedView
+from provider.protocols.imap.selected import SYSTEM_FLAGS, SelectedView
 from provider.services import quota
 from provider.services.storage import mail_store
 
@@ -38,8 +52,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+MAX_KEYWORDS_PER_COMMAND = 100
+"""Keywords one STORE or APPEND may name. A folder holds 26, so more can never all be kept;
+the bound keeps a hostile command from making the store sort through thousands."""
 OVERQUOTA = "NO [OVERQUOTA] Quota exceeded (mailbox for user is full)"
+# Dovecot's answer when the disk (or the system's disk quota) is full (RFC 5530 OVERQUOTA).
+DISK_FULL = "NO [OVERQUOTA] Not enough disk space"
 SUBSCRIPTIONS_FILE = "subscriptions"
 LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
@@ -49,6 +67,24 @@ STORE_MODES: dict[str, Literal["replace", "add", "remove"]] = {
     "+FLAGS": "add",
     "-FLAGS": "remove",
 }
+
+
+_Handler = TypeVar("_Handler", bound=Callable[..., Awaitable[str | None]])
+
+
+def answers_disk_full(handler: _Handler) -> _Handler:
+    """A command that writes to the store answers DISK_FULL when the disk is full; the store
+    has undone the write by then (nothing half-written, quota released by the caller)."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: object, **kwargs: object) -> str | None:
+        try:
+            return await handler(*args, **kwargs)
+        except StorageFull as error:
+            log.warning("disk full during %s: %s", handler.__name__, error)
+            return DISK_FULL
+
+    return wrapper  # type: ignore[return-value]
 
 
 def modifiers(value: Value, allowed: tuple[str, ...], what: str) -> dict[str, int]:
@@ -80,16 +116,30 @@ def mod_sequence(value: Value) -> int:
 
 
 def wire_name(value: Value) -> str:
-    """A mailbox argument (modified UTF-7 on the wire) as a folder name."""
-    text = as_text(value)
-    try:
-        name = decode_mutf7(text)
-    except ValueError:
-        name = text
+    """A mailbox argument (modified UTF-7 on the wire) as a folder name; ProtocolError (BAD)
+    unless it is modified UTF-7 in canonical form (RFC 3501 §5.1.3), as Dovecot refuses it:
+    taking the text as it came would store a name that LIST then shows differently."""
+    name = decoded_name(as_text(value))
     return "INBOX" if name.upper() == "INBOX" else name
 
 
+def decoded_name(text: str) -> str:
+    """Modified UTF-7 → text; ProtocolError saying what is wrong with it."""
+    try:
+        return decode_mutf7(text)
+    except ValueError as error:
+        raise ProtocolError(f"Mailbox name is not valid modified UTF-7: {error}") from None
+
+
+class KeywordLimit(ProviderError):
+    """A keyword, or a number of keywords, beyond what the server accepts (RFC 5530 LIMIT)."""
+
+    imap_code = "LIMIT"
+
+
 def split_flags(names: list[str]) -> tuple[list[str], list[str]]:
+    """System flags and keywords of a flag list. BAD for what is not a flag; NO [LIMIT] for a
+    keyword over 255 characters or more than MAX_KEYWORDS_PER_COMMAND keywords."""
     system = {flag.casefold(): flag for flag in SYSTEM_FLAGS}
     flags, keywords = [], []
     for name in names:
@@ -101,7 +151,32 @@ def split_flags(names: list[str]) -> tuple[list[str], list[str]]:
             flags.append(system[name.casefold()])
         else:
             keywords.append(name)
+    if len({k.casefold() for k in keywords}) > MAX_KEYWORDS_PER_COMMAND:
+        raise KeywordLimit(
+            f"At most {MAX_KEYWORDS_PER_COMMAND} keywords in one command "
+            f"(a folder holds {MAX_KEYWORDS})"
+        )
+    for name in keywords:
+        if len(name) > MAX_KEYWORD_LENGTH:
+            raise KeywordLimit(f"Keywords are at most {MAX_KEYWORD_LENGTH} characters long")
+        try:
+            check_keyword(name)
+        except ValueError as error:
+            raise ProtocolError(str(error)) from None
     return flags, keywords
+
+
+def dropped_keywords_notice(stored: list[StoredMessage]) -> list[bytes]:
+    """An untagged NO (a warning: the command still succeeds, RFC 3501 §7.1.2) naming the
+    keywords the target folder had no room for, so the client knows they were not kept."""
+    names = sorted({n for s in stored for n in s.dropped_keywords}, key=str.casefold)
+    if not names:
+        return []
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return [
+        f"* NO [LIMIT] Keywords not kept: {shown} (a folder holds at most {MAX_KEYWORDS} "
+        "keywords, and this one has no room left)\r\n".encode()
+    ]
 
 
 def flag_list(value: Value) -> list[str]:
@@ -244,8 +319,8 @@ class Commands:
 
     def _store_new(
         self: ImapSession, target: str, messages: list[IncomingMessage]
-    ) -> tuple[int, list[int]] | str:
-        """Reserve the bytes, then store all or nothing; (uidvalidity, uids) or a NO text."""
+    ) -> list[StoredMessage] | str:
+        """Reserve the bytes, then store all or nothing; what was stored, or a NO text."""
         try:
             folder = self._maildir().folder(target)
         except Exception as error:
@@ -268,7 +343,7 @@ class Commands:
             raise
         quota.update_warning_level(db.session, self.mailbox_id)
         db.session.commit()
-        return stored[0].uidvalidity, [s.uid for s in stored]
+        return stored
 
     def _release(self: ImapSession, removed: list[MessageInfo]) -> None:
         total = sum(info.size for info in removed)
@@ -306,8 +381,7 @@ class Commands:
         view = await self.blocking(open_view)
         unseen = view.first_unseen()
         lines = [
-            f"* FLAGS ({' '.join(SYSTEM_FLAGS)})",
-            f"* OK [PERMANENTFLAGS ({' '.join(SYSTEM_FLAGS)} \\*)] Flags permitted",
+            *(line.decode().rstrip("\r\n") for line in view.flags_lines(view.keywords)),
             f"* {len(view.uids)} EXISTS",
             f"* {len(view.recent)} RECENT",
             f"* OK [UIDVALIDITY {view.uidvalidity}] UIDs valid",
@@ -325,6 +399,7 @@ class Commands:
     async def do_examine(self: ImapSession, command: Command) -> str:
         return await self.do_select(command, readonly=True)
 
+    @answers_disk_full
     async def do_create(self: ImapSession, command: Command) -> str:
         name = wire_name(command.args[0]).rstrip("/") if command.args else ""
         if not name:
@@ -341,6 +416,7 @@ class Commands:
         await self.blocking(delete)
         return "OK DELETE completed"
 
+    @answers_disk_full
     async def do_rename(self: ImapSession, command: Command) -> str:
         old, new = wire_name(command.args[0]), wire_name(command.args[1])
         await self.blocking(lambda: self._maildir().rename_folder(old, new))
@@ -385,13 +461,14 @@ class Commands:
         if not lsub and texts == [""]:
             return await self._list_root(verb)
 
+        regexes = [pattern_regex(decoded_name(reference), decoded_name(t)) for t in texts]
+
         def listing() -> list[bytes]:
             maildir = self._maildir()
             folders = {info.name: info for info in maildir.folders()}
             subs = self._subscriptions(maildir)
             if subs is None:
                 subs = set(folders)
-            regexes = [pattern_regex(decode_mutf7(reference), decode_mutf7(t)) for t in texts]
             if lsub:
                 return lsub_lines(folders, subs, regexes, [t.endswith("%") for t in texts])
             return list_lines(folders, subs, regexes, selection, returns)
@@ -435,6 +512,7 @@ class Commands:
         await self.send(b"* STATUS " + encode_mailbox(name) + f" ({body})\r\n".encode())
         return "OK STATUS completed"
 
+    @answers_disk_full
     async def do_append(self: ImapSession, command: Command) -> str:
         args = list(command.args)
         if len(args) < 2:
@@ -458,8 +536,8 @@ class Commands:
         result = await self.blocking(self._store_new, name, [incoming])
         if isinstance(result, str):
             return result
-        uidvalidity, uids = result
-        return f"OK [APPENDUID {uidvalidity} {uids[0]}] APPEND completed"
+        await self.send_lines(dropped_keywords_notice(result))
+        return f"OK [APPENDUID {result[0].uidvalidity} {result[0].uid}] APPEND completed"
 
     async def do_namespace(self: ImapSession, command: Command) -> str:
         await self.send('* NAMESPACE (("" "/")) NIL NIL\r\n')
@@ -762,6 +840,7 @@ class Commands:
             fetching.to_crlf(section_bytes(data, parsed, "TEXT"))
         )
 
+    @answers_disk_full
     async def do_store(self: ImapSession, command: Command, by_uid: bool = False) -> str:
         args = list(command.args)
         unchanged_since = None
@@ -788,21 +867,29 @@ class Commands:
             )
 
         def store() -> list[bytes]:
-            changed = []
+            infos: list[MessageInfo] = []
             change = STORE_MODES[mode]
             for uid in uids:
                 try:
-                    view.note_flags(view.folder.change_flags(uid, change, system, keywords))
+                    infos.append(view.folder.change_flags(uid, change, system, keywords))
                 except KeyError:
                     continue
-                changed.append(uid)
+            # A keyword new to the folder is named in FLAGS before a FETCH shows it.
+            lines = view.announce_keywords(view.folder.keyword_names()) if keywords else []
+            for info in infos:
+                view.note_flags(info)
+            changed = [info.uid for info in infos]
             if view.condstore:  # the FETCH responses then carry the new MODSEQ
                 view.note_modseqs(view.folder.modseqs(), changed)
             if silent:
-                return []
-            return [view.fetch_flags_line(uid, with_uid=by_uid) for uid in changed]
+                return lines
+            return lines + [view.fetch_flags_line(uid, with_uid=by_uid) for uid in changed]
 
-        await self.send_lines(await self.blocking(store))
+        try:
+            lines = await self.blocking(store)
+        except TooManyKeywords as error:
+            return f"NO [LIMIT] {error}; nothing was changed"
+        await self.send_lines(lines)
         return f"OK {'UID ' if by_uid else ''}STORE completed"
 
     async def _store_conditional(
@@ -823,15 +910,19 @@ class Commands:
             done, failed, modseqs = view.folder.change_flags_unchanged_since(
                 uids, since, STORE_MODES[mode], system, keywords
             )
+            lines = view.announce_keywords(view.folder.keyword_names()) if keywords else []
             for info in done:
                 view.note_flags(info)
             view.note_modseqs(modseqs, [info.uid for info in done])
-            lines = [
+            lines += [
                 view.fetch_flags_line(info.uid, with_uid=by_uid, flags=not silent) for info in done
             ]
             return lines, failed
 
-        lines, failed = await self.blocking(store)
+        try:
+            lines, failed = await self.blocking(store)
+        except TooManyKeywords as error:
+            return f"NO [LIMIT] {error}; nothing was changed"
         await self.send_lines(lines)
         if failed:
             numbers = failed if by_uid else [view.seq_of(uid) or 0 for uid in failed]
@@ -893,7 +984,8 @@ class Commands:
 
     def _copy(
         self: ImapSession, view: SelectedView, uids: list[int], target: str, move: bool
-    ) -> tuple[str, list[int], list[int]]:
+    ) -> tuple[str, list[int], list[bytes]]:
+        """(a NO text, or the COPYUID code), the source UIDs copied, and warnings to send."""
         messages = []
         sources = []
         for uid in uids:
@@ -913,16 +1005,15 @@ class Commands:
         result = self._store_moved(target, messages) if move else self._store_new(target, messages)
         if isinstance(result, str):
             return result, [], []
-        uidvalidity, new_uids = result
         code = (
-            f"[COPYUID {uidvalidity} {format_sequence_set(sources)} "
-            f"{format_sequence_set(new_uids)}]"
+            f"[COPYUID {result[0].uidvalidity} {format_sequence_set(sources)} "
+            f"{format_sequence_set(s.uid for s in result)}]"
         )
-        return code, sources, new_uids
+        return code, sources, dropped_keywords_notice(result)
 
     def _store_moved(
         self: ImapSession, target: str, messages: list[IncomingMessage]
-    ) -> tuple[int, list[int]] | str:
+    ) -> list[StoredMessage] | str:
         """MOVE keeps the bytes inside the mailbox, so the usage does not change (the copies
         are stored, then the originals expunged without releasing their quota)."""
         from provider.mailstore import FolderNotFound, InvalidFolderName
@@ -931,9 +1022,9 @@ class Commands:
             folder: Folder = self._maildir().folder(target)
         except (FolderNotFound, InvalidFolderName):
             return "NO [TRYCREATE] Mailbox does not exist"
-        stored = folder.deliver_many(messages)
-        return stored[0].uidvalidity, [s.uid for s in stored]
+        return folder.deliver_many(messages)
 
+    @answers_disk_full
     async def do_copy(self: ImapSession, command: Command, by_uid: bool = False) -> str:
         if len(command.args) != 2:
             raise ProtocolError("COPY takes a sequence set and a mailbox")
@@ -941,11 +1032,13 @@ class Commands:
         assert view is not None
         uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
         target = wire_name(command.args[1])
-        code, _, _ = await self.blocking(self._copy, view, uids, target, False)
+        code, _, notice = await self.blocking(self._copy, view, uids, target, False)
         if code.startswith(("NO", "OK")):
             return code
+        await self.send_lines(notice)
         return f"OK {code} COPY completed"
 
+    @answers_disk_full
     async def do_move(self: ImapSession, command: Command, by_uid: bool = False) -> str:
         if len(command.args) != 2:
             raise ProtocolError("MOVE takes a sequence set and a mailbox")
@@ -955,9 +1048,10 @@ class Commands:
             return "NO [READ-ONLY] Mailbox is read-only"
         uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
         target = wire_name(command.args[1])
-        code, sources, _ = await self.blocking(self._copy, view, uids, target, True)
+        code, sources, notice = await self.blocking(self._copy, view, uids, target, True)
         if code.startswith(("NO", "OK")):
             return code
+        await self.send_lines(notice)
         # RFC 6851 §4.3: COPYUID comes in an untagged OK before the EXPUNGEs.
         await self.send(f"* OK {code} Moved\r\n")
 
@@ -973,10 +1067,16 @@ class Commands:
 
 
 def parse_internal_date(text: str) -> tuple[float, int]:
-    """RFC 3501 date-time `17-Jul-1996 02:44:25 -0700` → (timestamp, zone minutes: -420)."""
+    """RFC 3501 date-time `17-Jul-1996 02:44:25 -0700` → (timestamp, zone minutes: -420).
+    ProtocolError (BAD) for a date the store cannot keep as it is, rather than a changed one."""
     try:
         moment = datetime.strptime(text.strip(), "%d-%b-%Y %H:%M:%S %z")
     except ValueError:
         raise ProtocolError(f"bad date-time {text!r}") from None
     offset = moment.utcoffset()
-    return moment.timestamp(), int(offset.total_seconds() // 60) if offset else 0
+    timestamp = moment.timestamp()
+    try:
+        check_internal_date(timestamp)
+    except InvalidDate as error:
+        raise ProtocolError(f"date-time {text!r} out of range: {error}") from None
+    return timestamp, int(offset.total_seconds() // 60) if offset else 0

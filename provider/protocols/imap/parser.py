@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from typing import Union
 
 MAX_SEQUENCE_NUMBER = 2**32 - 1
+MAX_NESTING = 64
+"""Deepest parenthesised list a command may hold. Nothing legitimate comes close (a SEARCH
+program nests a few levels); without a bound a 64 KB line of "(" would exhaust the stack."""
 
 
 class ProtocolError(Exception):
@@ -33,9 +36,12 @@ class Command:
 
 
 _ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0x20)) | {0x7F}
-# Where an atom-like argument ends: wildcards (LIST), `*` (sequence sets) and a leading
-# backslash (flags) are let through, and `[` starts a section that runs to its `]`.
-_ARGUMENT_END = frozenset(b'(){ "]') | frozenset(range(0x20)) | {0x7F}
+# Where an atom-like argument ends: wildcards (LIST), `*` (sequence sets), a leading backslash
+# (flags) and `]` (an ASTRING-CHAR: mailbox names may hold it) are let through. `[` is an
+# ordinary ATOM-CHAR too, except right after a fetch attribute that takes a section
+# (`BODY.PEEK[HEADER.FIELDS (To)]`), where the section runs to its `]`.
+_ARGUMENT_END = frozenset(b'(){ "') | frozenset(range(0x20)) | {0x7F}
+_SECTION_ATTRIBUTES = frozenset({b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"})
 _TAG_FORBIDDEN = _ATOM_SPECIALS | {ord("+")}
 _LITERAL_AT_END = re.compile(rb"\{([0-9]{1,20})(\+?)\}\r?\n\Z")
 _SEQUENCE_SET = re.compile(
@@ -56,6 +62,7 @@ class _Reader:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.pos = 0
+        self.depth = 0
 
     def peek(self) -> int | None:
         return self.data[self.pos] if self.pos < len(self.data) else None
@@ -69,12 +76,13 @@ class _Reader:
         return self.pos >= len(self.data)
 
     def atom(self) -> Atom:
-        """An atom; `[...]` runs (a fetch section) and `<...>` (a partial) are kept inside it."""
+        """An atom (or an astring's atom form); a fetch section `[...]` after BODY, BODY.PEEK or
+        BINARY[.PEEK|.SIZE], and the partial `<...>` after it, are kept inside it."""
         start = self.pos
         data = self.data
         while self.pos < len(data):
             char = data[self.pos]
-            if char == ord("["):
+            if char == ord("[") and data[start : self.pos].upper() in _SECTION_ATTRIBUTES:
                 end = data.find(b"]", self.pos)
                 if end < 0:
                     raise ProtocolError("unterminated [")
@@ -130,11 +138,15 @@ class _Reader:
     def value(self) -> Value:
         char = self.peek()
         if char == ord("("):
+            if self.depth >= MAX_NESTING:
+                raise ProtocolError(f"parenthesised lists nested more than {MAX_NESTING} deep")
             self.pos += 1
+            self.depth += 1
             items: list[Value] = []
             while True:
                 if self.peek() == ord(")"):
                     self.pos += 1
+                    self.depth -= 1
                     return items
                 if items:
                     self.expect(b" ")

@@ -19,6 +19,11 @@ from provider.protocols.imap.parser import (
     sequence_contains,
 )
 
+MAX_DEPTH = 64
+"""How deeply NOT, OR and parenthesised keys may nest. The keys are parsed and evaluated by
+recursion, so an unbounded program (`NOT NOT ... ALL` five thousand times) would exhaust the
+stack; real clients nest a few levels."""
+
 _MONTHS = {
     m: i + 1
     for i, m in enumerate(
@@ -115,14 +120,15 @@ def _body_text(candidate: Candidate) -> str:
     return data[parsed.body.body_start : parsed.body.body_end].decode("utf-8", "replace")
 
 
-def parse_search(args: list[Value], used: set[str] | None = None) -> Predicate:
+def parse_search(args: list[Value], used: set[str] | None = None, depth: int = 0) -> Predicate:
     """All keys must hold (RFC 3501 §6.4.4). A leading `CHARSET x` is the caller's business.
-    Keys that need more than the message (MODSEQ) are added to `used`."""
+    Keys that need more than the message (MODSEQ) are added to `used`. ProtocolError for keys
+    nested more than MAX_DEPTH deep."""
     used = set() if used is None else used
     position = 0
     predicates: list[Predicate] = []
     while position < len(args):
-        predicate, position = _key(args, position, used)
+        predicate, position = _key(args, position, used, depth)
         predicates.append(predicate)
     if not predicates:
         raise ProtocolError("SEARCH needs at least one key")
@@ -135,11 +141,13 @@ def _take(args: list[Value], position: int) -> Value:
     return args[position]
 
 
-def _key(args: list[Value], position: int, used: set[str]) -> tuple[Predicate, int]:
-    value = args[position]
+def _key(args: list[Value], position: int, used: set[str], depth: int) -> tuple[Predicate, int]:
+    if depth >= MAX_DEPTH:
+        raise ProtocolError(f"search keys nested more than {MAX_DEPTH} deep")
+    value = _take(args, position)
     position += 1
     if isinstance(value, list):
-        return parse_search(value, used), position
+        return parse_search(value, used, depth + 1), position
     if not isinstance(value, Atom):
         raise ProtocolError("bad search key")
     key = value.upper()
@@ -159,11 +167,11 @@ def _key(args: list[Value], position: int, used: set[str]) -> tuple[Predicate, i
     if key == "NEW":
         return (lambda c: c.recent and "\\Seen" not in c.info.flags), position
     if key == "NOT":
-        inner, position = _key(args, position, used)
+        inner, position = _key(args, position, used, depth + 1)
         return (lambda c: not inner(c)), position
     if key == "OR":
-        first, position = _key(args, position, used)
-        second, position = _key(args, position, used)
+        first, position = _key(args, position, used, depth + 1)
+        second, position = _key(args, position, used, depth + 1)
         return (lambda c: first(c) or second(c)), position
     if key in ("LARGER", "SMALLER"):
         text = as_text(_take(args, position))

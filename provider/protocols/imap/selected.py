@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from dataclasses import dataclass, field
 
 from provider.mailstore import Folder, FolderSnapshot, MessageInfo
+from provider.mailstore.keywords import MAX_KEYWORDS
 from provider.mailstore.maildir import Modseqs
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 
 def flags_of(info: MessageInfo) -> frozenset[str]:
@@ -38,6 +42,9 @@ class SelectedView:
     condstore: bool = False
     modseqs: dict[int, int] = field(default_factory=dict)
     highest_modseq: int = 0
+    # The folder's keywords as this session was last told them (FLAGS, PERMANENTFLAGS): no
+    # FETCH shows a keyword before the FLAGS response that names it (RFC 3501 §7.2.6).
+    keywords: tuple[str, ...] = ()
 
     def load(self, snapshot: FolderSnapshot, recent_from: int) -> None:
         """Start from a snapshot; messages from UID `recent_from` up are \\Recent here."""
@@ -51,6 +58,33 @@ class SelectedView:
         self.uidnext = snapshot.uidnext
         if snapshot.modseqs is not None:
             self.set_modseqs(snapshot.modseqs)
+        self.keywords = snapshot.keywords
+
+    def flags_lines(self, keywords: tuple[str, ...]) -> list[bytes]:
+        """`* FLAGS (...)` and `* OK [PERMANENTFLAGS (...)]` naming the system flags and these
+        keywords, which the session then knows. PERMANENTFLAGS offers `\\*` (new keywords
+        may be created) only while the folder has a free keyword letter, and is empty in a
+        read-only session, where nothing can be changed (RFC 3501 §7.1, §6.3.2)."""
+        self.keywords = keywords
+        names = " ".join((*SYSTEM_FLAGS, *keywords))
+        if self.readonly:
+            permanent, text = "", "No permanent flags permitted"
+        elif len(keywords) >= MAX_KEYWORDS:
+            permanent = names
+            text = f"Flags permitted; no new keywords (this folder has all {MAX_KEYWORDS})"
+        else:
+            permanent, text = names + " \\*", "Flags permitted"
+        return [
+            f"* FLAGS ({names})\r\n".encode(),
+            f"* OK [PERMANENTFLAGS ({permanent})] {text}\r\n".encode(),
+        ]
+
+    def announce_keywords(self, keywords: tuple[str, ...]) -> list[bytes]:
+        """The FLAGS and PERMANENTFLAGS responses if the folder's keywords changed since this
+        session was last told them (another session, or this one, named a new keyword)."""
+        if keywords == self.keywords:
+            return []
+        return self.flags_lines(keywords)
 
     def set_modseqs(self, modseqs: Modseqs) -> None:
         self.modseqs = modseqs.by_uid
@@ -99,8 +133,13 @@ class SelectedView:
         return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
 
     def note_flags(self, info: MessageInfo) -> None:
-        """Our own STORE: remember the new flags so the next refresh does not repeat them."""
+        """Our own STORE: remember the new flags so the next refresh does not repeat them.
+        A keyword this session has not been told of yet (set by someone else a moment ago) is
+        left out: the next refresh names it in FLAGS first, then reports it in a FETCH."""
         if info.uid in self.infos:
+            unknown = info.keywords.difference(self.keywords)
+            if unknown:
+                info = dataclasses.replace(info, keywords=info.keywords - unknown)
             self.infos[info.uid] = info
 
     def remove(self, uids: set[int]) -> list[bytes]:
@@ -127,7 +166,8 @@ class SelectedView:
     ) -> list[bytes]:
         """Untagged updates bringing the session up to date with the folder; new messages
         from UID `recent_from` up are \\Recent in this session."""
-        out: list[bytes] = []
+        # New keywords are named before any FETCH below can show them (RFC 3501 §7.2.6).
+        out: list[bytes] = self.announce_keywords(snapshot.keywords)
         messages = snapshot.messages
         if snapshot.modseqs is not None:
             self.set_modseqs(snapshot.modseqs)
