@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from provider.backup.manifest import Manifest, ManifestMessage
 from provider.backup.store import BackupStore, BackupStoreError, sha256
@@ -18,6 +19,16 @@ from provider.mailstore import (
 )
 
 BATCH = 100  # messages stored (and quota reserved) at once
+
+
+class Reserved(Protocol):
+    """Bytes reserved against the quota for one batch (services/quota.QuotaHold)."""
+
+    def confirm(self) -> None:
+        """The batch is on disk."""
+
+    def cancel(self) -> None:
+        """The batch was not stored: give the bytes back."""
 
 
 class RestoreRequestError(ValueError):
@@ -96,13 +107,14 @@ def restore_messages(
     selected: list[ManifestMessage],
     into: str | None,
     present: set[str],
-    reserve: Callable[[int], bool],
-    release: Callable[[int], None],
+    reserve: Callable[[int], Reserved | None],
     progress: Callable[[int], None] | None = None,
 ) -> RestoreResult:
     """Recreate each selected message whose content is not in the mailbox (`present`), with its
     flags, keywords and internal date; each content at most once per target folder. Bytes are
-    reserved against the quota before storing; what does not fit is counted, not dropped."""
+    reserved against the quota before storing (`reserve` gives None when they do not fit), and
+    the reservation is confirmed once the batch is on disk; what does not fit is counted, not
+    dropped."""
     result = RestoreResult()
     by_target: dict[str, list[ManifestMessage]] = {}
     queued: set[tuple[str, str]] = set()
@@ -130,12 +142,14 @@ def restore_messages(
                 except BackupStoreError as error:
                     result.unreadable.append(str(error))
             total = sum(len(data) for _, data in batch)
-            if batch and reserve(total):
-                _store(folder.deliver_many, batch, total, release, result)
+            reserved = reserve(total) if batch else None
+            if reserved is not None:
+                _store(folder.deliver_many, batch, total, reserved, result)
             else:
                 for message, data in batch:  # not all of it fits: one by one, as far as it goes
-                    if reserve(len(data)):
-                        _store(folder.deliver_many, [(message, data)], len(data), release, result)
+                    reserved = reserve(len(data))
+                    if reserved is not None:
+                        _store(folder.deliver_many, [(message, data)], len(data), reserved, result)
                     else:
                         result.shortfall += 1
                         result.shortfall_bytes += len(data)
@@ -156,7 +170,7 @@ def _store(
     deliver_many: Callable[[list[IncomingMessage]], object],
     batch: list[tuple[ManifestMessage, bytes]],
     total: int,
-    release: Callable[[int], None],
+    reserved: Reserved,
     result: RestoreResult,
 ) -> None:
     incoming = [
@@ -172,7 +186,8 @@ def _store(
     try:
         deliver_many(incoming)
     except BaseException:
-        release(total)
+        reserved.cancel()
         raise
+    reserved.confirm()
     result.restored += len(batch)
     result.restored_bytes += total

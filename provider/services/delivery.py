@@ -102,23 +102,17 @@ def store_message(
     quota_grace does the same).
     """
     size = len(message)
-    if promised:
-        usage = quota.force_reserve(session, destination.mailbox_id, size)
-    else:
-        usage = quota.reserve(session, destination.mailbox_id, size)
-    if usage is None:
-        session.rollback()
+    held = quota.hold(session, destination.mailbox_id, size, force=promised)
+    if held is None:
         raise QuotaExceeded(f"<{destination.address}>: mailbox full")
-    session.commit()
     try:
         stored = store.open(destination.address).folder("INBOX").deliver(message)
     except Exception as exc:
         log.exception("delivery to %s failed; releasing %d bytes", destination.address, size)
-        session.rollback()
-        quota.release(session, destination.mailbox_id, size)
-        session.commit()
+        held.cancel()
         raise TemporaryFailure("temporary failure storing the message; try again later") from exc
-    if quota.crosses_new_level(usage):
+    held.confirm()
+    if quota.crosses_new_level(held.usage):
         _warn_if_crossed(session, store, destination)
     return stored
 
@@ -134,14 +128,16 @@ def _warn_if_crossed(session: Session, store: MailStore, destination: Destinatio
     ).one()
     warning = quota_warning_message(destination, level, row.used_bytes, row.quota_bytes)
     # The warning itself must never be refused: it is small and it is what tells the customer.
-    quota.force_reserve(session, destination.mailbox_id, len(warning))
-    session.commit()
+    held = quota.hold(session, destination.mailbox_id, len(warning), force=True)
+    if held is None:
+        return  # the mailbox was deleted meanwhile
     try:
         store.open(destination.address).folder("INBOX").deliver(warning)
     except Exception:
         log.exception("quota warning to %s could not be stored", destination.address)
-        quota.release(session, destination.mailbox_id, len(warning))
-        session.commit()
+        held.cancel()
+        return
+    held.confirm()
 
 
 def quota_warning_message(
