@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import Flask, current_app, has_app_context
-from sqlalchemy import ColumnElement, case, delete, insert, select, update
+from sqlalchemy import ColumnElement, Row, case, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from provider.errors import QuotaOutOfRange
@@ -198,6 +198,8 @@ def _process_start(pid: int) -> str | None:
         return ""
     # The command name (field 2) may hold spaces and parentheses: count from the last ")".
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # dead, only not reaped yet by its parent
+        return None
     return f"{_boot_id()}:{fields[19]}"
 
 
@@ -216,7 +218,7 @@ def _owner() -> tuple[str, int, str]:
     return host, pid, start
 
 
-def _owner_alive(row: QuotaReservation, host: str) -> bool:
+def _owner_alive(row: Row[Any], host: str) -> bool:
     """Whether the process that holds a reservation may still finish it."""
     if row.host != host:
         return now() - row.created_at < FOREIGN_RESERVATION_STALE
@@ -302,7 +304,18 @@ def settle_interrupted_reservations(session: Session, store: MailStore) -> int:
     many reservations were settled. Only those mailboxes are read from disk, so this is cheap
     enough for every start (normally the journal is empty and this is one query).
     """
-    rows = session.scalars(select(QuotaReservation).order_by(QuotaReservation.id)).all()
+    # Plain rows, not ORM objects: they stay readable across the commits below.
+    rows = session.execute(
+        select(
+            QuotaReservation.id,
+            QuotaReservation.mailbox_id,
+            QuotaReservation.nbytes,
+            QuotaReservation.host,
+            QuotaReservation.pid,
+            QuotaReservation.process_start,
+            QuotaReservation.created_at,
+        ).order_by(QuotaReservation.id)
+    ).all()
     if not rows:
         return 0
     host = socket.gethostname()
