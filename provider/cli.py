@@ -173,13 +173,21 @@ def domain_add(name: str, signup: bool, as_json: bool) -> None:
 @domain_group.command("set")
 @click.argument("name")
 @click.option("--signup/--no-signup", default=None, help="Open or close public trial signup.")
+@click.option(
+    "--postmaster",
+    default=None,
+    metavar="ADDRESS[,ADDRESS…]",
+    help="Hosted address(es) receiving postmaster@NAME mail; '' restores the default.",
+)
 @json_option
-def domain_set(name: str, signup: bool | None, as_json: bool) -> None:
+def domain_set(name: str, signup: bool | None, postmaster: str | None, as_json: bool) -> None:
     """Change a domain's settings."""
     with committing():
         domain = provisioning.get_domain(db.session, name)
         if signup is not None:
             provisioning.set_domain_signup(db.session, domain, signup, actor=CLI_ACTOR)
+        if postmaster is not None:
+            provisioning.set_domain_postmaster(db.session, domain, postmaster, actor=CLI_ACTOR)
     emit(_domain_record(domain), as_json, _domain_text)
 
 

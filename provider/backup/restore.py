@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from provider.backup.manifest import Manifest, ManifestMessage
 from provider.backup.store import BackupStore, BackupStoreError, sha256
@@ -19,6 +20,16 @@ from provider.mailstore import (
 )
 
 BATCH = 100  # messages stored (and quota reserved) at once
+
+
+class Reserved(Protocol):
+    """Bytes reserved against the quota for one batch (services/quota.QuotaHold)."""
+
+    def confirm(self) -> None:
+        """The batch is on disk."""
+
+    def cancel(self) -> None:
+        """The batch was not stored: give the bytes back."""
 
 
 class RestoreRequestError(ValueError):
@@ -97,13 +108,14 @@ def restore_messages(
     selected: list[ManifestMessage],
     into: str | None,
     present: set[str],
-    reserve: Callable[[int], bool],
-    release: Callable[[int], None],
+    reserve: Callable[[int], Reserved | None],
     progress: Callable[[int], None] | None = None,
 ) -> RestoreResult:
     """Recreate each selected message whose content is not in the mailbox (`present`), with its
     flags, keywords and internal date; each content at most once per target folder. Bytes are
-    reserved against the quota before storing; what does not fit is counted, not dropped."""
+    reserved against the quota before storing (`reserve` gives None when they do not fit), and
+    the reservation is confirmed once the batch is on disk; what does not fit is counted, not
+    dropped."""
     result = RestoreResult()
     by_target: dict[str, list[ManifestMessage]] = {}
     queued: set[tuple[str, str]] = set()
@@ -131,12 +143,14 @@ def restore_messages(
                 except BackupStoreError as error:
                     result.unreadable.append(str(error))
             total = sum(len(data) for _, data in batch)
-            if batch and reserve(total):
-                _store(folder.deliver_many, batch, total, release, result)
+            reserved = reserve(total) if batch else None
+            if reserved is not None:
+                _store(folder.deliver_many, batch, total, reserved, result)
             else:
                 for message, data in batch:  # not all of it fits: one by one, as far as it goes
-                    if reserve(len(data)):
-                        _store(folder.deliver_many, [(message, data)], len(data), release, result)
+                    reserved = reserve(len(data))
+                    if reserved is not None:
+                        _store(folder.deliver_many, [(message, data)], len(data), reserved, result)
                     else:
                         result.shortfall += 1
                         result.shortfall_bytes += len(data)
@@ -157,7 +171,7 @@ def _store(
     deliver_many: Callable[[list[IncomingMessage]], object],
     batch: list[tuple[ManifestMessage, bytes]],
     total: int,
-    release: Callable[[int], None],
+    reserved: Reserved,
     result: RestoreResult,
 ) -> None:
     incoming = [
@@ -180,7 +194,8 @@ def _store(
             "disk filled up. Free some space and run the restore again: it skips what is back"
         ) from error
     except BaseException:
-        release(total)
+        reserved.cancel()
         raise
+    reserved.confirm()
     result.restored += len(batch)
     result.restored_bytes += total

@@ -7,6 +7,7 @@ from provider.models.backup import BackupRestore, BackupSnapshot, SnapshotStatus
 from provider.models.domain import Domain
 from provider.models.job import JobRun, RunOutcome, SchedulerLease
 from provider.models.mailbox import Mailbox, MailboxStatus, Plan, Protocol
+from provider.models.reservation import QuotaReservation
 from provider.models.trial import Trial, TrialOutcome, TrialReminder
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "MailboxStatus",
     "Plan",
     "Protocol",
+    "QuotaReservation",
     "RunOutcome",
     "SchedulerLease",
     "SnapshotStatus",

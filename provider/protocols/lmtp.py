@@ -20,11 +20,11 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from flask import Flask
 
-from provider.errors import ProviderError, QuotaExceeded, TemporaryFailure
+from provider.errors import ProviderError, TemporaryFailure
 from provider.extensions import db
 from provider.services import delivery
 from provider.services.clock import now
-from provider.services.delivery import Destination
+from provider.services.delivery import Route
 from provider.services.storage import mail_store
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,11 @@ class InFlight:
             self.idle.set()
 
 
-def destinations_of(envelope: Envelope) -> list[Destination]:
-    """The resolved mailboxes of this transaction, kept on its envelope (a new one per MAIL)."""
-    if not hasattr(envelope, "destinations"):
-        envelope.destinations = []  # type: ignore[attr-defined]
-    return envelope.destinations  # type: ignore[attr-defined,no-any-return]
+def routes_of(envelope: Envelope) -> list[Route]:
+    """The resolved recipients of this transaction, kept on its envelope (a new one per MAIL)."""
+    if not hasattr(envelope, "routes"):
+        envelope.routes = []  # type: ignore[attr-defined]
+    return envelope.routes  # type: ignore[attr-defined,no-any-return]
 
 
 def has_bare_line_ending(content: bytes) -> bool:
@@ -118,7 +118,7 @@ class DeliveryHandler:
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             return "452 4.5.3 Too many recipients"
         try:
-            destination = await asyncio.to_thread(
+            route = await asyncio.to_thread(
                 self._in_app, self._accept_recipient, address, declared_size(envelope)
             )
         except ProviderError as exc:
@@ -128,25 +128,25 @@ class DeliveryHandler:
             return "451 4.3.0 Temporary failure; try again later"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
-        destinations_of(envelope).append(destination)
+        routes_of(envelope).append(route)
         return "250 2.1.5 OK"
 
-    def _accept_recipient(self, address: str, size: int) -> Destination:
-        destination = delivery.resolve(db.session, address)
+    def _accept_recipient(self, address: str, size: int) -> Route:
+        route = delivery.resolve_route(db.session, address)
         # Refuse now what cannot fit: saves the client sending the data at all.
-        delivery.check_room(db.session, destination, max(size, 1))
-        return destination
+        delivery.check_route(db.session, route, max(size, 1))
+        return route
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        destinations = destinations_of(envelope)
+        routes = routes_of(envelope)
         content = envelope.original_content or b""
         if has_bare_line_ending(content):
-            replies = [BARE_LINE_ENDING] * len(destinations)
+            replies = [BARE_LINE_ENDING] * len(routes)
         else:
             self.inflight.begin()
             try:
                 replies = await asyncio.to_thread(
-                    self._in_app, self._store_all, session, envelope, destinations, content
+                    self._in_app, self._store_all, session, envelope, routes, content
                 )
             finally:
                 self.inflight.end()
@@ -155,41 +155,34 @@ class DeliveryHandler:
         return combine_smtp_replies(replies)
 
     def _store_all(
-        self, session: Session, envelope: Envelope, destinations: list[Destination], content: bytes
+        self, session: Session, envelope: Envelope, routes: list[Route], content: bytes
     ) -> list[str]:
         """Store the message for each recipient and return one reply per recipient."""
         store = mail_store()
         queue_id = secrets.token_hex(6).upper()
         received_at = email.utils.format_datetime(now())
+        # SMTP answers DATA once: a recipient it accepted at RCPT cannot be refused alone.
+        promised = self.protocol != "LMTP" and len(routes) > 1
         replies = []
-        for recipient, destination in zip(envelope.rcpt_tos, destinations, strict=True):
-            message = (
-                self._trace_headers(
-                    session, envelope, recipient, destination, queue_id, received_at
+        for recipient, route in zip(envelope.rcpt_tos, routes, strict=True):
+
+            def message_for(delivered_to: str, recipient: str = recipient) -> bytes:
+                trace = self._trace_headers(
+                    session, envelope, recipient, delivered_to, queue_id, received_at
                 )
-                + content
-            )
+                return trace + content
+
             try:
-                delivery.store_message(db.session, store, destination, message)
-            except QuotaExceeded as exc:
-                if self.protocol == "LMTP" or len(destinations) == 1:
-                    replies.append(f"{exc.smtp_reply} {exc.message}")
-                    continue
-                # SMTP already said yes to this recipient at RCPT: keep the promise.
-                try:
-                    delivery.store_message(db.session, store, destination, message, promised=True)
-                except ProviderError as retry_exc:
-                    replies.append(f"{retry_exc.smtp_reply} {retry_exc.message}")
-                    continue
+                delivery.deliver_route(db.session, store, route, message_for, promised=promised)
             except ProviderError as exc:
                 replies.append(f"{exc.smtp_reply} {exc.message}")
                 continue
             except Exception:
-                log.exception("delivery to %s failed", destination.address)
+                log.exception("delivery to %s failed", route.address)
                 failure = TemporaryFailure("temporary failure; try again later")
                 replies.append(f"{failure.smtp_reply} {failure.message}")
                 continue
-            replies.append(f"250 2.0.0 <{destination.address}> delivered as {queue_id}")
+            replies.append(f"250 2.0.0 <{route.address}> delivered as {queue_id}")
         return replies
 
     def _trace_headers(
@@ -197,7 +190,7 @@ class DeliveryHandler:
         session: Session,
         envelope: Envelope,
         recipient: str,
-        destination: Destination,
+        delivered_to: str,
         queue_id: str,
         received_at: str,
     ) -> bytes:
@@ -211,7 +204,7 @@ class DeliveryHandler:
         sender = envelope.mail_from or ""
         lines = [
             f"Return-Path: <{sender}>",
-            f"Delivered-To: {destination.address}",
+            f"Delivered-To: {delivered_to}",
             f"Received: from {peer_host} ([{peer_ip}])",
             f"\tby {self.hostname} (provider) with {with_protocol} id {queue_id}",
             f"\tfor <{recipient.strip('<>')}>; {received_at}",

@@ -376,16 +376,10 @@ def restore(
     )
     mailbox_id = mailbox.id
 
-    def reserve(nbytes: int) -> bool:
-        if quota.reserve(session, mailbox_id, nbytes) is None:
-            session.rollback()
-            return False
-        session.commit()
-        return True
-
-    def release(nbytes: int) -> None:
-        quota.release(session, mailbox_id, nbytes)
-        session.commit()
+    def reserve(nbytes: int) -> quota.QuotaHold | None:
+        # Journaled until the batch is on disk, so a restore killed mid-write is settled at
+        # the next start (quota.settle_interrupted) instead of leaving the usage over-counted.
+        return quota.hold(session, mailbox_id, nbytes)
 
     store = store_for(mailbox.address)
     with store.locked(shared=True):
@@ -396,9 +390,7 @@ def restore(
             known.update({m.basename: m for m in newest.messages})
         present = mailbox_digests(maildir, known)
         try:
-            result = restore_messages(
-                store, maildir, selected, into, present, reserve, release, progress
-            )
+            result = restore_messages(store, maildir, selected, into, present, reserve, progress)
         except (InvalidFolderName, MailstoreError, OSError) as error:
             raise ProviderError(f"restore stopped: {error}") from None
     for name in ("restored", "restored_bytes", "skipped", "shortfall", "shortfall_bytes"):

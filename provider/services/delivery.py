@@ -8,28 +8,45 @@ from __future__ import annotations
 
 import email.utils
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
+from pathlib import Path
 
+from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provider.errors import (
     InvalidInput,
     MailboxDisabled,
+    ProviderError,
     QuotaExceeded,
     RelayDenied,
     TemporaryFailure,
     UnknownRecipient,
 )
-from provider.mailstore import MailStore, StoredMessage
-from provider.models import Alias, Domain, Mailbox, MailboxStatus
+from provider.mailstore import INBOX, Maildir, MailStore, StoredMessage
+from provider.models import AdminUser, Alias, Domain, Mailbox, MailboxStatus, admin_domains
 from provider.services import quota
 from provider.services.clock import now
 from provider.services.provisioning import split_address
 
 log = logging.getLogger(__name__)
+
+POSTMASTER = "postmaster"
+# Postmaster mail nobody here can receive waits in DATA_DIR/postmaster/<domain>/Maildir; the
+# cap keeps anyone on the Internet from filling the disk through it.
+POSTMASTER_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+SERVER_SPOOL = "_server"  # the spool of RCPT TO:<postmaster> without a domain
+
+
+class PostmasterSpoolFull(TemporaryFailure):
+    """The postmaster spool reached its cap: the sender keeps the message and retries."""
+
+    smtp_reply = "452 4.3.1"
 
 
 @dataclass(frozen=True)
@@ -39,6 +56,17 @@ class Destination:
     mailbox_id: int
     address: str
     domain: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one accepted recipient's mail goes: its mailbox (the usual case), or for
+    postmaster@ the domain's postmaster target, with the postmaster spool as the last resort
+    (`spool` names it; None for ordinary recipients, which are refused instead)."""
+
+    address: str
+    destinations: tuple[Destination, ...]
+    spool: str | None = None
 
 
 def _normalize_recipient(recipient: str) -> tuple[str, str]:
@@ -80,6 +108,180 @@ def resolve(session: Session, recipient: str) -> Destination:
     return Destination(row.id, row.address, row.address.rpartition("@")[2])
 
 
+def resolve_route(session: Session, recipient: str) -> Route:
+    """What a RCPT address delivers to. Like resolve(), but postmaster@ (any case, and bare
+    `postmaster`, RFC 5321 §4.1.1.3) is never refused for a domain we host (RFC 5321 §4.5.1):
+    a mailbox or alias of that name wins, otherwise the domain's postmaster target."""
+    cleaned = recipient.strip().strip("<>").strip()
+    if cleaned.lower() == POSTMASTER:
+        return postmaster_route(session, None)
+    try:
+        destination = resolve(session, recipient)
+    except (UnknownRecipient, MailboxDisabled):
+        local = cleaned.rpartition("@")[0]
+        if local.split("+", 1)[0].lower() != POSTMASTER:
+            raise
+        return postmaster_route(session, _normalize_recipient(recipient)[1])
+    return Route(destination.address, (destination,))
+
+
+def _hosted_destination(session: Session, address: str) -> Destination | None:
+    """The active mailbox an address delivers to, if it is hosted here (never a postmaster
+    target itself, so targets cannot loop)."""
+    try:
+        return resolve(session, address)
+    except ProviderError:
+        return None
+
+
+def postmaster_targets(session: Session, domain_name: str | None) -> list[Destination]:
+    """The mailboxes that receive postmaster@`domain_name` (None: the server's postmaster),
+    first match wins: the domain's configured postmaster addresses; else the domain's own
+    admins whose e-mail addresses are hosted here; else the first superadmin whose e-mail
+    address is hosted here. Empty when none of them has a mailbox here (the spool then)."""
+    groups: list[list[str]] = []
+    if domain_name is not None:
+        domain = session.scalar(select(Domain).where(Domain.name == domain_name))
+        if domain is None:
+            raise RelayDenied(f"<{POSTMASTER}@{domain_name}>: relay access denied")
+        groups.append(domain.postmaster_addresses)
+        groups.append(
+            list(
+                session.scalars(
+                    select(AdminUser.email)
+                    .join(admin_domains, admin_domains.c.admin_id == AdminUser.id)
+                    .where(
+                        admin_domains.c.domain_id == domain.id,
+                        AdminUser.active.is_(True),
+                        AdminUser.is_superadmin.is_(False),
+                    )
+                    .order_by(AdminUser.id)
+                )
+            )
+        )
+    superadmins = session.scalars(
+        select(AdminUser.email)
+        .where(AdminUser.is_superadmin.is_(True), AdminUser.active.is_(True))
+        .order_by(AdminUser.id)
+    )
+    groups.extend([email] for email in superadmins)
+    for group in groups:
+        found: dict[int, Destination] = {}
+        for address in group:
+            destination = _hosted_destination(session, address)
+            if destination is not None:
+                found.setdefault(destination.mailbox_id, destination)
+        if found:
+            return list(found.values())
+    return []
+
+
+def postmaster_route(session: Session, domain_name: str | None) -> Route:
+    """The route of postmaster@`domain_name` when no active mailbox or alias has that name."""
+    targets = postmaster_targets(session, domain_name)
+    address = f"{POSTMASTER}@{domain_name}" if domain_name else POSTMASTER
+    return Route(address, tuple(targets), spool=domain_name or SERVER_SPOOL)
+
+
+def postmaster_spool_path(spool: str) -> Path:
+    """DATA_DIR/postmaster/<domain>/Maildir: a plain Maildir an operator can read with any
+    mail client (mutt -f) or move into a mailbox."""
+    return Path(current_app.config["DATA_DIR"]) / "postmaster" / spool / "Maildir"
+
+
+def _spool_folder(spool: str) -> Maildir:
+    path = postmaster_spool_path(spool)
+    for directory in (path / "cur", path / "new", path / "tmp"):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    return Maildir(path)
+
+
+def _spool_room(spool: str, size: int) -> None:
+    path = postmaster_spool_path(spool)
+    used = Maildir(path).usage_bytes() if (path / "cur").is_dir() else 0
+    if used + size > POSTMASTER_SPOOL_MAX_BYTES:
+        raise PostmasterSpoolFull(
+            f"the postmaster mailbox of {spool} is full; try again later", None
+        )
+
+
+def spool_message(spool: str, message: bytes) -> StoredMessage:
+    """Keep postmaster mail nobody here can receive (yet) in the postmaster spool."""
+    _spool_room(spool, len(message))
+    try:
+        stored = _spool_folder(spool).folder(INBOX).deliver(message)
+    except Exception as exc:
+        log.exception("postmaster spool %s could not store a message", spool)
+        raise TemporaryFailure("temporary failure storing the message; try again later") from exc
+    log.warning(
+        "postmaster mail kept in %s: give the domain a postmaster target (admin domain page "
+        "or `provider domain set NAME --postmaster ADDRESS`)",
+        postmaster_spool_path(spool),
+    )
+    return stored
+
+
+def check_route(session: Session, route: Route, size: int) -> None:
+    """Refuse early (at RCPT) what cannot be stored; postmaster mail falls back to the spool."""
+    failure: ProviderError | None = None
+    for destination in route.destinations:
+        try:
+            check_room(session, destination, size)
+        except QuotaExceeded as exc:
+            failure = failure or exc
+        else:
+            return
+    if route.spool is not None:
+        _spool_room(route.spool, size)
+        return
+    if failure is not None:
+        raise failure
+
+
+def deliver_route(
+    session: Session,
+    store: MailStore,
+    route: Route,
+    message_for: Callable[[str], bytes],
+    *,
+    promised: bool = False,
+) -> None:
+    """Store one copy per destination of the route (`message_for(address)` gives the bytes
+    with that copy's trace headers). Succeeds when at least one copy is stored; postmaster mail
+    that no target can take for good (full, suspended) goes to the postmaster spool; otherwise
+    the first refusal is raised (a temporary one first, so the sender retries).
+
+    `promised`: see store_message; ordinary recipients only (postmaster mail has the spool).
+    """
+    failures: list[ProviderError] = []
+    delivered = 0
+    for destination in route.destinations:
+        message = message_for(destination.address)
+        try:
+            try:
+                store_message(session, store, destination, message)
+            except QuotaExceeded:
+                if not promised or route.spool is not None:
+                    raise
+                # SMTP already said yes to this recipient at RCPT: keep the promise.
+                store_message(session, store, destination, message, promised=True)
+        except ProviderError as exc:
+            failures.append(exc)
+            continue
+        except Exception:
+            log.exception("delivery to %s failed", destination.address)
+            failures.append(TemporaryFailure("temporary failure; try again later"))
+            continue
+        delivered += 1
+    if delivered:
+        return
+    temporary = [f for f in failures if isinstance(f, TemporaryFailure)]
+    if route.spool is not None and not temporary:
+        spool_message(route.spool, message_for(route.address))
+        return
+    raise (temporary or failures or [TemporaryFailure("no destination; try again later")])[0]
+
+
 def check_room(session: Session, destination: Destination, size: int) -> None:
     """Refuse early (at RCPT) when `size` more bytes would not fit the quota."""
     if not quota.fits(session, destination.mailbox_id, size):
@@ -102,23 +304,17 @@ def store_message(
     quota_grace does the same).
     """
     size = len(message)
-    if promised:
-        usage = quota.force_reserve(session, destination.mailbox_id, size)
-    else:
-        usage = quota.reserve(session, destination.mailbox_id, size)
-    if usage is None:
-        session.rollback()
+    held = quota.hold(session, destination.mailbox_id, size, force=promised)
+    if held is None:
         raise QuotaExceeded(f"<{destination.address}>: mailbox full")
-    session.commit()
     try:
         stored = store.open(destination.address).folder("INBOX").deliver(message)
     except Exception as exc:
         log.exception("delivery to %s failed; releasing %d bytes", destination.address, size)
-        session.rollback()
-        quota.release(session, destination.mailbox_id, size)
-        session.commit()
+        held.cancel()
         raise TemporaryFailure("temporary failure storing the message; try again later") from exc
-    if quota.crosses_new_level(usage):
+    held.confirm()
+    if quota.crosses_new_level(held.usage):
         _warn_if_crossed(session, store, destination)
     return stored
 
@@ -134,14 +330,16 @@ def _warn_if_crossed(session: Session, store: MailStore, destination: Destinatio
     ).one()
     warning = quota_warning_message(destination, level, row.used_bytes, row.quota_bytes)
     # The warning itself must never be refused: it is small and it is what tells the customer.
-    quota.force_reserve(session, destination.mailbox_id, len(warning))
-    session.commit()
+    held = quota.hold(session, destination.mailbox_id, len(warning), force=True)
+    if held is None:
+        return  # the mailbox was deleted meanwhile
     try:
         store.open(destination.address).folder("INBOX").deliver(warning)
     except Exception:
         log.exception("quota warning to %s could not be stored", destination.address)
-        quota.release(session, destination.mailbox_id, len(warning))
-        session.commit()
+        held.cancel()
+        return
+    held.confirm()
 
 
 def quota_warning_message(

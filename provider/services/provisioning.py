@@ -141,6 +141,73 @@ def set_domain_signup(session: Session, domain: Domain, enabled: bool, *, actor:
     return domain
 
 
+POSTMASTER_MAX_TARGETS = 10
+
+
+def parse_postmaster_targets(
+    session: Session,
+    value: str | Iterable[str] | None,
+    *,
+    allowed_domain_ids: set[int] | None = None,
+) -> list[str]:
+    """Read a postmaster target: addresses separated by commas, spaces or new lines (empty =
+    the default). Each must be a mailbox or an alias hosted here — in a domain the admin
+    manages when `allowed_domain_ids` is given — since mail is never forwarded outside yet."""
+    if value is None:
+        return []
+    parts = [value] if isinstance(value, str) else list(value)
+    names = [word for part in parts for word in re.split(r"[\s,;]+", str(part)) if word]
+    if len(names) > POSTMASTER_MAX_TARGETS:
+        raise InvalidInput(
+            f"at most {POSTMASTER_MAX_TARGETS} postmaster addresses, not {len(names)}",
+            "postmaster",
+        )
+    addresses: list[str] = []
+    for name in names:
+        local, domain_name = split_address(name, "postmaster")
+        address = f"{local}@{domain_name}"
+        domain_id = session.scalar(select(Mailbox.domain_id).where(Mailbox.address == address))
+        if domain_id is None:
+            domain_id = session.scalar(select(Alias.domain_id).where(Alias.address == address))
+        if domain_id is None or (
+            allowed_domain_ids is not None and domain_id not in allowed_domain_ids
+        ):
+            raise InvalidInput(
+                f"{address} is not a mailbox or alias hosted here; postmaster mail can only "
+                "go to hosted addresses",
+                "postmaster",
+            )
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def set_domain_postmaster(
+    session: Session,
+    domain: Domain,
+    value: str | Iterable[str] | None,
+    *,
+    actor: Actor,
+    allowed_domain_ids: set[int] | None = None,
+) -> Domain:
+    """Choose where mail to postmaster@DOMAIN goes when no mailbox or alias has that name
+    (RFC 5321 §4.5.1); an empty value restores the default (services/delivery)."""
+    addresses = parse_postmaster_targets(session, value, allowed_domain_ids=allowed_domain_ids)
+    before = domain.to_dict()
+    domain.postmaster = ", ".join(addresses) or None
+    session.flush()
+    audit.record(
+        session,
+        actor,
+        "domain.update",
+        domain.name,
+        domain=domain.name,
+        before=before,
+        after=domain.to_dict(),
+    )
+    return domain
+
+
 def delete_domain(session: Session, domain: Domain, *, actor: Actor) -> None:
     """Delete an empty domain. A domain that still holds mailboxes or aliases is refused."""
     mailboxes = session.scalar(select(func.count()).where(Mailbox.domain_id == domain.id)) or 0

@@ -1,24 +1,38 @@
-"""Quota rules: the GB bounds, GB↔bytes, and atomic reserve/release of usage."""
+"""Quota rules: the GB bounds, GB↔bytes, atomic reserve/release of usage, and the journal of
+reservations in flight that start-up settles after a crash."""
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, NamedTuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from flask import current_app, has_app_context
-from sqlalchemy import ColumnElement, case, select, update
+from flask import Flask, current_app, has_app_context
+from sqlalchemy import ColumnElement, Row, case, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from provider.errors import QuotaOutOfRange
-from provider.models import Mailbox
+from provider.models import Mailbox, QuotaReservation
 from provider.services import audit
 from provider.services.audit import Actor
+from provider.services.clock import now
 
 if TYPE_CHECKING:
     from provider.mailstore import MailStore
 
 GIB = 1024**3
+# A reservation lives for one write (seconds). One held by a process on another host that has
+# not finished after this long is taken to be from a writer that died there.
+FOREIGN_RESERVATION_STALE = timedelta(hours=1)
+SETTLE_ACTOR = Actor("system:quota-settle")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,227 @@ def force_reserve(session: Session, mailbox_id: int, nbytes: int) -> Usage | Non
     return Usage(*row) if row is not None else None
 
 
+# --- reservations journaled until the write is on disk ---------------------------------------
+
+
+@functools.cache
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str | None:
+    """What tells process `pid` apart from a later one given the same number: the boot id and
+    its start time in clock ticks (Linux); "" where /proc is missing; None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: count from the last ")".
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):  # dead, only not reaped yet by its parent
+        return None
+    return f"{_boot_id()}:{fields[19]}"
+
+
+@functools.cache
+def _this_process() -> tuple[str, int, str]:
+    pid = os.getpid()
+    return socket.gethostname(), pid, _process_start(pid) or ""
+
+
+def _owner() -> tuple[str, int, str]:
+    # Cached per pid: a forked child is another owner.
+    host, pid, start = _this_process()
+    if pid != os.getpid():
+        _this_process.cache_clear()
+        host, pid, start = _this_process()
+    return host, pid, start
+
+
+def _owner_alive(row: Row[Any], host: str) -> bool:
+    """Whether the process that holds a reservation may still finish it."""
+    if row.host != host:
+        return now() - row.created_at < FOREIGN_RESERVATION_STALE
+    current = _process_start(row.pid)
+    if current is None:
+        return False
+    if current == "" or row.process_start == "":  # no /proc: the pid is all we can go by
+        try:
+            os.kill(row.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return current == row.process_start
+
+
+@dataclass
+class QuotaHold:
+    """Bytes reserved for one write in progress, journaled until confirm() or cancel().
+
+    If the process dies in between (kill -9, power loss), the journal row stays behind and
+    settle_interrupted() corrects that mailbox's usage from disk at the next start.
+    """
+
+    session: Session
+    reservation_id: int
+    mailbox_id: int
+    nbytes: int
+    usage: Usage
+
+    def confirm(self) -> None:
+        """The bytes are on disk: they stay counted, and the journal row goes."""
+        self.session.execute(
+            delete(QuotaReservation)
+            .where(QuotaReservation.id == self.reservation_id)
+            .execution_options(synchronize_session=False)
+        )
+        self.session.commit()
+
+    def cancel(self) -> None:
+        """Nothing was written: give the bytes back and drop the journal row, in one commit."""
+        self.session.rollback()
+        release(self.session, self.mailbox_id, self.nbytes)
+        self.session.execute(
+            delete(QuotaReservation)
+            .where(QuotaReservation.id == self.reservation_id)
+            .execution_options(synchronize_session=False)
+        )
+        self.session.commit()
+
+
+def hold(
+    session: Session, mailbox_id: int, nbytes: int, *, force: bool = False
+) -> QuotaHold | None:
+    """Reserve `nbytes` (as reserve(), or without the limit with `force`) and journal the
+    reservation in the same transaction; commit. None (nothing changed) when it does not fit.
+    """
+    usage = (force_reserve if force else reserve)(session, mailbox_id, nbytes)
+    if usage is None:
+        session.rollback()
+        return None
+    host, pid, start = _owner()
+    reservation_id = session.execute(
+        insert(QuotaReservation)
+        .values(
+            mailbox_id=mailbox_id,
+            nbytes=nbytes,
+            host=host,
+            pid=pid,
+            process_start=start,
+            created_at=now(),
+        )
+        .returning(QuotaReservation.id)
+    ).scalar_one()
+    session.commit()
+    return QuotaHold(session, reservation_id, mailbox_id, nbytes, usage)
+
+
+def settle_interrupted_reservations(session: Session, store: MailStore) -> int:
+    """Correct the usage of every mailbox that has a reservation whose process died: set it to
+    the bytes on disk plus the reservations still alive, and drop the dead ones. Returns how
+    many reservations were settled. Only those mailboxes are read from disk, so this is cheap
+    enough for every start (normally the journal is empty and this is one query).
+    """
+    # Plain rows, not ORM objects: they stay readable across the commits below.
+    rows = session.execute(
+        select(
+            QuotaReservation.id,
+            QuotaReservation.mailbox_id,
+            QuotaReservation.nbytes,
+            QuotaReservation.host,
+            QuotaReservation.pid,
+            QuotaReservation.process_start,
+            QuotaReservation.created_at,
+        ).order_by(QuotaReservation.id)
+    ).all()
+    if not rows:
+        return 0
+    host = socket.gethostname()
+    dead = [row for row in rows if not _owner_alive(row, host)]
+    settled = 0
+    for mailbox_id in sorted({row.mailbox_id for row in dead}):
+        dead_ids = [row.id for row in dead if row.mailbox_id == mailbox_id]
+        live_bytes = sum(
+            row.nbytes for row in rows if row.mailbox_id == mailbox_id and row.id not in dead_ids
+        )
+        mailbox = session.execute(
+            select(Mailbox.address, Mailbox.used_bytes).where(Mailbox.id == mailbox_id)
+        ).one_or_none()
+        if mailbox is not None:
+            on_disk = (
+                store.open(mailbox.address).usage_bytes() if store.exists(mailbox.address) else 0
+            )
+            _correct_usage(session, mailbox_id, mailbox.used_bytes, on_disk + live_bytes)
+            if mailbox.used_bytes != on_disk + live_bytes:
+                audit.record(
+                    session,
+                    SETTLE_ACTOR,
+                    "quota.settle",
+                    mailbox.address,
+                    domain=mailbox.address.rpartition("@")[2],
+                    before={"used_bytes": mailbox.used_bytes},
+                    after={"used_bytes": on_disk + live_bytes},
+                )
+            log.warning(
+                "settled %d interrupted quota reservation(s) of %s: usage %d -> %d bytes",
+                len(dead_ids),
+                mailbox.address,
+                mailbox.used_bytes,
+                on_disk + live_bytes,
+            )
+        session.execute(
+            delete(QuotaReservation)
+            .where(QuotaReservation.id.in_(dead_ids))
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        settled += len(dead_ids)
+    return settled
+
+
+def settle_interrupted(app: Flask) -> int:
+    """Start-up hook: settle the reservations of writers that died (kill -9 mid-delivery or
+    mid-restore), so no mailbox stays over-counted until the nightly recount. Safe to call at
+    any time and from any process: reservations of live processes are left alone."""
+    from provider.extensions import db
+    from provider.services.storage import mail_store
+
+    with app.app_context():
+        try:
+            return settle_interrupted_reservations(db.session, mail_store())
+        finally:
+            db.session.remove()
+
+
+def _correct_usage(session: Session, mailbox_id: int, recorded: int, actual: int) -> None:
+    """Move usage from `recorded` (read before a disk scan) to `actual`, relative to its value
+    now, so bytes reserved meanwhile by a concurrent writer are not undone."""
+    if recorded == actual:
+        return
+    session.execute(
+        update(Mailbox)
+        .where(Mailbox.id == mailbox_id)
+        .values(
+            used_bytes=case(
+                (
+                    Mailbox.used_bytes - recorded + actual >= 0,
+                    Mailbox.used_bytes - recorded + actual,
+                ),
+                else_=0,
+            )
+        )
+        .execution_options(synchronize_session=False)
+    )
+    update_warning_level(session, mailbox_id)
+
+
 # --- quota warnings ------------------------------------------------------------------------
 
 
@@ -242,21 +477,7 @@ def recount_usage(session: Session, store: MailStore, *, actor: Actor) -> list[U
         on_disk = store.open(address).usage_bytes() if store.exists(address) else 0
         if on_disk == recorded:
             continue
-        session.execute(
-            update(Mailbox)
-            .where(Mailbox.id == mailbox_id)
-            .values(
-                used_bytes=case(
-                    (
-                        Mailbox.used_bytes - recorded + on_disk >= 0,
-                        Mailbox.used_bytes - recorded + on_disk,
-                    ),
-                    else_=0,
-                )
-            )
-            .execution_options(synchronize_session=False)
-        )
-        update_warning_level(session, mailbox_id)
+        _correct_usage(session, mailbox_id, recorded, on_disk)
         audit.record(
             session,
             actor,

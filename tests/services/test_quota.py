@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import threading
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import Session
 
 from provider.errors import QuotaOutOfRange
-from provider.models import Mailbox
+from provider.models import AuditEvent, Mailbox, QuotaReservation
 from provider.services import quota
+from provider.services.clock import now
 from provider.services.quota import GIB, QuotaBounds
-from tests.conftest import make_mailbox
+from tests.conftest import make_mailbox, wait_until
 
 DEFAULT = QuotaBounds(Decimal(8), Decimal(100))
 
@@ -125,3 +131,87 @@ def test_fits_uses_the_same_boundary_as_reserve(session):
     assert quota.fits(session, mailbox.id, 100) and not quota.fits(session, mailbox.id, 101)
     assert not quota.reserve(session, mailbox.id, 101) and quota.reserve(session, mailbox.id, 100)
     assert not quota.fits(session, mailbox.id, 1)
+
+
+# --- reservations journaled until the write is on disk (issue 11, item 11) -----------------
+
+
+def reservations(session: Session) -> list[QuotaReservation]:
+    session.expire_all()
+    return list(session.scalars(select(QuotaReservation)))
+
+
+def used(session: Session, mailbox_id: int) -> int:
+    session.expire_all()
+    return session.scalar(select(Mailbox.used_bytes).where(Mailbox.id == mailbox_id))
+
+
+def test_a_hold_is_journaled_until_confirmed_or_cancelled(session):
+    mailbox = make_mailbox(session, quota_gb=8)
+    held = quota.hold(session, mailbox.id, 1000)
+    assert held is not None and held.usage.used_bytes == 1000
+    [row] = reservations(session)
+    assert (row.mailbox_id, row.nbytes, row.pid) == (mailbox.id, 1000, os.getpid())
+    held.confirm()
+    assert reservations(session) == [] and used(session, mailbox.id) == 1000
+    again = quota.hold(session, mailbox.id, 500)
+    assert again is not None
+    again.cancel()
+    assert reservations(session) == [] and used(session, mailbox.id) == 1000
+
+
+def test_a_hold_that_does_not_fit_changes_nothing(session):
+    mailbox = make_mailbox(session, quota_gb=8)
+    assert quota.hold(session, mailbox.id, 8 * GIB + 1) is None
+    assert reservations(session) == [] and used(session, mailbox.id) == 0
+    forced = quota.hold(session, mailbox.id, 8 * GIB + 1, force=True)
+    assert forced is not None and used(session, mailbox.id) == 8 * GIB + 1
+
+
+def journal(session: Session, mailbox_id: int, nbytes: int, **owner: object) -> None:
+    """A reservation row as another process would have left it."""
+    values: dict[str, object] = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "process_start": "",
+        "created_at": now(),
+    }
+    values.update(owner)
+    session.add(QuotaReservation(mailbox_id=mailbox_id, nbytes=nbytes, **values))
+    quota.force_reserve(session, mailbox_id, nbytes)
+    session.commit()
+
+
+def test_settling_recounts_only_the_mailboxes_of_dead_writers(app, session):
+    dead = make_mailbox(session, "dead@example.test")
+    alive = make_mailbox(session, "alive@example.test")
+    untouched = make_mailbox(session, "untouched@example.test")
+    session.execute(update(Mailbox).where(Mailbox.id == untouched.id).values(used_bytes=777))
+    session.commit()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that is gone now
+    journal(session, dead.id, 4000, pid=child.pid)
+    journal(session, alive.id, 3000)  # this very process: alive
+    journal(session, alive.id, 2000, host="other-host.test")  # young, on another host
+    journal(session, alive.id, 1000, host="other-host.test", created_at=now() - timedelta(hours=2))
+    assert quota.settle_interrupted(app) == 2
+    assert used(session, dead.id) == 0  # nothing of it reached the disk
+    # The live reservations keep their bytes; the stale one from the other host is settled.
+    assert used(session, alive.id) == 5000
+    assert used(session, untouched.id) == 777  # never read from disk: not interrupted
+    assert sorted(row.nbytes for row in reservations(session)) == [2000, 3000]
+    events = session.scalars(select(AuditEvent).where(AuditEvent.action == "quota.settle")).all()
+    assert sorted(event.target for event in events) == [
+        "alive@example.test",
+        "dead@example.test",
+    ]
+
+
+def test_a_dead_writer_not_yet_reaped_is_settled(app, session):
+    mailbox = make_mailbox(session)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    assert wait_until(lambda: quota._process_start(child.pid) is None)  # a zombie until waited
+    journal(session, mailbox.id, 100, pid=child.pid, process_start="x")
+    assert quota.settle_interrupted(app) == 1
+    child.wait()
+    assert used(session, mailbox.id) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -100,3 +101,97 @@ def test_domain_with_mailboxes_or_aliases_cannot_be_deleted(
 def test_delete_of_missing_domain_is_404(logged_in: FlaskClient):
     assert logged_in.post("/admin/domains/999999/delete").status_code == 404
     assert logged_in.get("/admin/domains/999999/delete/confirm").status_code == 404
+
+
+# --- the postmaster target (issue 11, item 10) ---------------------------------------------
+
+
+def test_superadmin_sets_the_postmaster_addresses_of_a_domain(
+    logged_in: FlaskClient, session: Session
+):
+    domain = make_domain(session, "example.test")
+    make_mailbox(session, "noc@example.test")
+    make_mailbox(session, "abuse@ops.test")
+    page = text_of(logged_in.get(f"/admin/domains/{domain.id}"))
+    assert "is kept in" in page  # nobody here yet: the spool, and where it is
+    response = logged_in.post(
+        f"/admin/domains/{domain.id}/postmaster",
+        data={"postmaster": "NOC@example.test,\r\nabuse@ops.test"},
+    )
+    assert response.status_code == 302
+    session.expire_all()
+    assert session.get(Domain, domain.id).postmaster == "noc@example.test, abuse@ops.test"
+    page = text_of(logged_in.get(f"/admin/domains/{domain.id}"))
+    assert "goes to noc@example.test, abuse@ops.test" in page
+    assert "noc@example.test, abuse@ops.test" in text_of(logged_in.get("/admin/domains"))
+    event = session.scalar(
+        select(AuditEvent).where(AuditEvent.action == "domain.update").order_by(AuditEvent.id)
+    )
+    assert event is not None and event.after["postmaster"] == [
+        "noc@example.test",
+        "abuse@ops.test",
+    ]
+
+
+def test_emptying_the_postmaster_field_restores_the_default(
+    logged_in: FlaskClient, session: Session
+):
+    domain = make_domain(session, "example.test")
+    make_mailbox(session, "noc@example.test")
+    provisioning.set_domain_postmaster(session, domain, "noc@example.test", actor=TEST_ACTOR)
+    session.commit()
+    assert "default" not in text_of(logged_in.get("/admin/domains")).split("example.test")[1]
+    response = logged_in.post(f"/admin/domains/{domain.id}/postmaster", data={"postmaster": ""})
+    assert response.status_code == 302
+    session.expire_all()
+    assert session.get(Domain, domain.id).postmaster is None
+    # The superadmin root@example.com has no mailbox here: still the spool.
+    assert "is kept in" in text_of(logged_in.get(f"/admin/domains/{domain.id}"))
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("someone@outside.test", "is not a mailbox or alias hosted here"),
+        ("nobody@example.test", "is not a mailbox or alias hosted here"),
+        ("not an address", "is not an e-mail address"),
+        (", ".join(f"a{n}@example.test" for n in range(11)), "at most 10 postmaster addresses"),
+    ],
+)
+def test_a_postmaster_address_that_cannot_receive_here_is_refused(
+    logged_in: FlaskClient, session: Session, value: str, error: str
+):
+    domain = make_domain(session, "example.test")
+    response = logged_in.post(f"/admin/domains/{domain.id}/postmaster", data={"postmaster": value})
+    assert response.status_code == 200
+    assert error in errors_of(response, "postmaster")
+    session.expire_all()
+    assert session.get(Domain, domain.id).postmaster is None
+
+
+def test_a_domain_admin_sets_the_postmaster_only_to_addresses_of_their_domains(
+    as_domain_admin: FlaskClient, session: Session, tenants
+):
+    mine, other = tenants
+    make_mailbox(session, "noc@mine.test")
+    make_mailbox(session, "spy@other.test")
+    page = as_domain_admin.get(f"/admin/domains/{mine.id}")
+    assert page.status_code == 200 and "/postmaster" in text_of(page)
+    assert "/data/" not in text_of(page)  # the spool's path on the server is not theirs to see
+    response = as_domain_admin.post(
+        f"/admin/domains/{mine.id}/postmaster", data={"postmaster": "spy@other.test"}
+    )
+    assert "is not a mailbox or alias hosted here" in errors_of(response, "postmaster")
+    response = as_domain_admin.post(
+        f"/admin/domains/{mine.id}/postmaster", data={"postmaster": "noc@mine.test"}
+    )
+    assert response.status_code == 302
+    session.expire_all()
+    assert session.get(Domain, mine.id).postmaster == "noc@mine.test"
+    assert as_domain_admin.get(f"/admin/domains/{other.id}").status_code == 404
+    assert (
+        as_domain_admin.post(
+            f"/admin/domains/{other.id}/postmaster", data={"postmaster": "noc@mine.test"}
+        ).status_code
+        == 404
+    )

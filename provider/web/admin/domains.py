@@ -1,4 +1,5 @@
-"""Domains: list with mailbox counts, create, open or close signup, delete when empty."""
+"""Domains: list with mailbox counts, create, open or close signup, the postmaster target,
+delete when empty."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from werkzeug.wrappers import Response
 
 from provider.errors import ProviderError
 from provider.extensions import db
-from provider.services import provisioning, reports
+from provider.models import Domain
+from provider.services import delivery, provisioning, reports
 from provider.web.admin import bp
 from provider.web.admin.access import (
     actor,
@@ -18,7 +20,7 @@ from provider.web.admin.access import (
     show_error,
     superadmin_required,
 )
-from provider.web.admin.forms import ConfirmForm, DomainForm
+from provider.web.admin.forms import ConfirmForm, DomainForm, DomainPostmasterForm
 
 
 def _render_list(form: DomainForm | None) -> str:
@@ -63,6 +65,47 @@ def toggle_domain_signup(domain_id: int) -> Response:
         state = "open" if domain.signup_enabled else "closed"
         flash(f"Public trial signup for {domain.name} is now {state}.", "success")
     return redirect(url_for("admin.domains"))
+
+
+def _render_domain(domain: Domain, form: DomainPostmasterForm) -> str:
+    targets = [d.address for d in delivery.postmaster_targets(db.session, domain.name)]
+    return render_template(
+        "admin/domains/detail.html",
+        domain=domain,
+        form=form,
+        postmaster_goes_to=targets,
+        postmaster_spool=delivery.postmaster_spool_path(domain.name),
+    )
+
+
+@bp.get("/domains/<int:domain_id>")
+def domain_detail(domain_id: int) -> str:
+    domain = get_domain_or_404(domain_id)
+    form = DomainPostmasterForm(data={"postmaster": ", ".join(domain.postmaster_addresses)})
+    return _render_domain(domain, form)
+
+
+@bp.post("/domains/<int:domain_id>/postmaster")
+def update_domain_postmaster(domain_id: int) -> Response | str:
+    domain = get_domain_or_404(domain_id)
+    form = DomainPostmasterForm()
+    if form.validate_on_submit():
+        try:
+            provisioning.set_domain_postmaster(
+                db.session,
+                domain,
+                form.postmaster.data or "",
+                actor=actor(),
+                allowed_domain_ids=scope(),
+            )
+            db.session.commit()
+        except ProviderError as exc:
+            db.session.rollback()
+            show_error(form, exc)
+        else:
+            flash(f"Postmaster of {domain.name} saved.", "success")
+            return redirect(url_for("admin.domain_detail", domain_id=domain.id))
+    return _render_domain(domain, form)
 
 
 @bp.get("/domains/<int:domain_id>/delete/confirm")

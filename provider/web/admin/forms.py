@@ -78,6 +78,12 @@ class DomainForm(FlaskForm):
     signup_enabled = BooleanField("Open for public trial signup")
 
 
+class DomainPostmasterForm(FlaskForm):
+    # Addresses separated by commas or new lines; empty = the default (domain admins, then
+    # the first superadmin, with a mailbox here). The service checks each address.
+    postmaster = StringField("Postmaster addresses", validators=[Optional(), Length(max=4000)])
+
+
 class PasswordForm(FlaskForm):
     password = PasswordField("New password", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
     password_confirm = PasswordField(
