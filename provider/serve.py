@@ -21,6 +21,7 @@ from flask import Flask
 from provider.dbcheck import DatabaseUnavailable, check_database
 from provider.extensions import db
 from provider.protocols.server import LISTENERS, ProtocolRunner
+from provider.services import quota
 from provider.supervisor import (
     ChildContext,
     ChildFailed,
@@ -47,9 +48,8 @@ STOP_MARGIN_SECONDS = 15.0
 
 # Tasks run once, in the supervisor, after the database check and before any port is opened
 # or any service starts: each takes the app (call it inside `app.app_context()` as needed).
-# A task that fails is reported on one line and start-up goes on. Quota reconciliation after
-# a crash (issue 11, item 11) belongs here.
-BEFORE_SERVING: list[Callable[[Flask], None]] = []
+# A task that fails is reported on one line and start-up goes on.
+BEFORE_SERVING: list[Callable[[Flask], object]] = [quota.settle_interrupted]
 
 
 @dataclass
@@ -291,6 +291,16 @@ def log_to_stderr(name: str) -> None:
     )
 
 
+def settle_after_a_crash(app: Flask, name: str) -> None:
+    """Every child settles, as it starts, the quota reservations of writers that died (the one
+    it replaces may have been killed mid-delivery or mid-restore); live writers are left alone,
+    and with nothing interrupted this is one query."""
+    try:
+        quota.settle_interrupted(app)
+    except Exception:  # serving matters more; the nightly recount settles them too
+        logging.getLogger(__name__).warning("%s: quota settling failed", name, exc_info=True)
+
+
 def stop_on_signals() -> threading.Event:
     """An event set by SIGTERM, SIGINT or SIGHUP (the supervisor sends SIGTERM)."""
     stop = threading.Event()
@@ -309,6 +319,7 @@ def serve_mail(
     """The mail process: every mail listener on one event loop, on the inherited sockets."""
     log_to_stderr("mail")
     stop = stop_on_signals()
+    settle_after_a_crash(app, "mail")
     runner = ProtocolRunner(app, names, sockets=sockets)
     runner.start()
     context.ready()
@@ -324,6 +335,7 @@ def serve_scheduler(app: Flask, context: ChildContext) -> None:
 
     log_to_stderr("scheduler")
     stop = stop_on_signals()
+    settle_after_a_crash(app, "scheduler")
     scheduler = build_scheduler(app)
     scheduler.start()
     if scheduler.active:
@@ -340,6 +352,7 @@ def serve_web(app: Flask, sockets: list[socket.socket], context: ChildContext) -
     number of descriptors never matters) on the inherited listening sockets."""
     from gunicorn.app.base import BaseApplication
 
+    settle_after_a_crash(app, "web")
     # gunicorn closes the descriptors it is given, so it gets copies of ours.
     descriptors = [os.dup(sock.fileno()) for sock in sockets]
     for sock in sockets:

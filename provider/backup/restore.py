@@ -188,7 +188,7 @@ def _store(
         deliver_many(incoming)
     except StorageFull as error:
         # The batch was stored all or nothing: what was restored before it is whole.
-        release(total)
+        reserved.cancel()
         raise StorageFull(
             f"not enough disk space; {result.restored} message(s) were restored before the "
             "disk filled up. Free some space and run the restore again: it skips what is back"

@@ -34,9 +34,9 @@ def _restore_killed_mid_write(
     fifth message of the batch, so the parent can SIGKILL it there."""
     from provider import create_app
     from provider.extensions import db
-    from provider.mailstore import maildir as maildir_module
+    from provider.mailstore import diskio
 
-    real_write = maildir_module._write_all
+    real_write = diskio.write_all
     calls = 0
 
     def stall_on_the_fifth(fd: int, data: bytes) -> None:
@@ -49,7 +49,7 @@ def _restore_killed_mid_write(
         channel.send("stalled")
         threading.Event().wait()
 
-    maildir_module._write_all = stall_on_the_fifth
+    diskio.write_all = stall_on_the_fifth
     app = create_app(config)
     with app.app_context():
         backups.restore(db.session, address, snapshot_id, actor=TEST_ACTOR)

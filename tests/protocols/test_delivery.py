@@ -409,7 +409,7 @@ def _lmtp_server_killed_mid_delivery(config: dict, stall_at: str, channel: Conne
     """Child process: the real LMTP listener on port 0, stalling (forever) at `stall_at` of the
     first delivery, so the parent can SIGKILL it there."""
     from provider import create_app
-    from provider.mailstore import maildir as maildir_module
+    from provider.mailstore import diskio
     from provider.protocols.server import ProtocolRunner
 
     def stall() -> None:
@@ -417,13 +417,13 @@ def _lmtp_server_killed_mid_delivery(config: dict, stall_at: str, channel: Conne
         threading.Event().wait()
 
     if stall_at == "writing the message":
-        real_write = maildir_module._write_all
+        real_write = diskio.write_all
 
         def half_then_stall(fd: int, data: bytes) -> None:
             real_write(fd, data[: len(data) // 2])
             stall()
 
-        maildir_module._write_all = half_then_stall
+        diskio.write_all = half_then_stall
     else:  # "message on disk, reservation not confirmed"
         quota.QuotaHold.confirm = lambda self: stall()
     app = create_app(config)
