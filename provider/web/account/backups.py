@@ -34,12 +34,12 @@ def backup_snapshot(snapshot_id: str) -> str:
     return timemachine.snapshot_page(_tm(), snapshot_id)
 
 
-@bp.get("/backups/<snapshot_id>/messages/<int:uid>")
+@bp.get("/backups/<snapshot_id>/messages/<int(max=4294967295):uid>")
 def backup_message(snapshot_id: str, uid: int) -> str:
     return timemachine.message_page(_tm(), snapshot_id, uid)
 
 
-@bp.get("/backups/<snapshot_id>/messages/<int:uid>.eml")
+@bp.get("/backups/<snapshot_id>/messages/<int(max=4294967295):uid>.eml")
 def backup_eml(snapshot_id: str, uid: int) -> Response:
     return timemachine.eml_download(_tm(), snapshot_id, uid)
 

@@ -31,12 +31,12 @@ def mailbox_backup_snapshot(mailbox_id: int, snapshot_id: str) -> str:
     return timemachine.snapshot_page(_tm(mailbox_id), snapshot_id)
 
 
-@bp.get("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/<int:uid>")
+@bp.get("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/<int(max=4294967295):uid>")
 def mailbox_backup_message(mailbox_id: int, snapshot_id: str, uid: int) -> str:
     return timemachine.message_page(_tm(mailbox_id), snapshot_id, uid)
 
 
-@bp.get("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/<int:uid>.eml")
+@bp.get("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/<int(max=4294967295):uid>.eml")
 def mailbox_backup_eml(mailbox_id: int, snapshot_id: str, uid: int) -> Response:
     return timemachine.eml_download(_tm(mailbox_id), snapshot_id, uid)
 

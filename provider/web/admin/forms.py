@@ -21,6 +21,8 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, Optional
 from wtforms.widgets import NumberInput
 
+from provider.web.validators import DateWithin
+
 PASSWORD_MAX = 1024
 ADDRESS_MAX = 320
 
@@ -149,5 +151,5 @@ class AuditFilterForm(Form):
     actor = StringField("Actor", validators=[Optional(), Length(max=320)])
     action = StringField("Action starts with", validators=[Optional(), Length(max=64)])
     target = StringField("Target", validators=[Optional(), Length(max=320)])
-    since = DateField("From", validators=[Optional()])
-    until = DateField("To (inclusive)", validators=[Optional()])
+    since = DateField("From", validators=[Optional(), DateWithin()])
+    until = DateField("To (inclusive)", validators=[Optional(), DateWithin()])
