@@ -27,7 +27,7 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from provider.errors import InvalidInput, ProviderError
 from provider.extensions import db
-from provider.services import auth, provisioning, trials
+from provider.services import auth, provisioning, ratelimit, trials
 from provider.services.audit import Actor
 from provider.services.clock import now
 from provider.services.mail_access import address_group
@@ -101,8 +101,11 @@ def _limit(name: str) -> Any:
 
 def init_signup(app: Flask) -> None:
     """Register the blueprint with its own Limiter (per app, storage from RATELIMIT_STORAGE_URI:
-    memory:// for one web process, redis:// to share the counters between several)."""
-    limiter = Limiter(_remote_key, storage_uri=str(app.config["RATELIMIT_STORAGE_URI"]))
+    memory:// for one web process — bounded, services/ratelimit — or redis:// to share the
+    counters between several)."""
+    limiter = Limiter(
+        _remote_key, storage_uri=ratelimit.storage_uri(str(app.config["RATELIMIT_STORAGE_URI"]))
+    )
     limiter.limit(
         _limit("SIGNUP_LIMIT_PER_ADDRESS"),
         methods=["POST"],
