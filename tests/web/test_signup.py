@@ -98,8 +98,9 @@ def test_the_form_offers_open_domains_and_explains_the_protocols(
 
 
 def test_signup_creates_a_trial_and_shows_the_client_settings(
-    client: FlaskClient, session: Session, open_domain: None
+    app: Flask, client: FlaskClient, session: Session, open_domain: None
 ):
+    app.config.update(IMAPS_PORT=1993, POP3S_PORT=1995)  # `make run`'s listeners
     moment = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
     with clock.frozen_at(moment):
         response = sign_up(client, local_part="Alice", protocol="both")
@@ -133,11 +134,28 @@ def test_signup_creates_a_trial_and_shows_the_client_settings(
         r'<tr data-protocol="(\w+)"><td>[^<]*</td><td>([^<]*)</td><td>(\d+)</td><td>([^<]*)</td>',
         html,
     )
+    # What listens (PUBLIC_IMAP_HOST is set, the rest is not), and no sending server while
+    # none exists (issue 11, item 16: it said 993, 995 and 587).
     assert rows == [
-        ("imap", "imap.provider.test", "993", "SSL/TLS"),
-        ("pop3", "mail.provider.test", "995", "SSL/TLS"),
-        ("smtp", "mail.provider.test", "587", "STARTTLS"),
+        ("imap", "imap.provider.test", "1993", "SSL/TLS"),
+        ("pop3", "127.0.0.1", "1995", "SSL/TLS"),
     ]
+    assert "Sending mail through this service is not available yet" in html
+
+
+def test_the_done_page_shows_the_public_settings_when_they_are_set(
+    app: Flask, client: FlaskClient, open_domain: None
+):
+    app.config.update(
+        PUBLIC_IMAP_PORT=993, PUBLIC_SMTP_HOST="smtp.provider.test", PUBLIC_SMTP_PORT=587
+    )
+    assert sign_up(client).status_code == 302
+    html = text_of(client.get("/signup/done"))
+    rows = re.findall(
+        r'<tr data-protocol="(\w+)"><td>[^<]*</td><td>([^<]*)</td><td>(\d+)</td>', html
+    )
+    assert rows == [("imap", "imap.provider.test", "993"), ("smtp", "smtp.provider.test", "587")]
+    assert "not available yet" not in html
 
 
 def test_the_trial_quota_is_a_setting(
