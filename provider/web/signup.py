@@ -38,8 +38,8 @@ bp = Blueprint("signup", __name__)
 # DESIGN.md §3 names the fields; the wording of the protocol choice is issue 7's.
 PROTOCOL_LABELS = {"imap": "IMAP", "pop3": "POP3", "both": "Both IMAP and POP3"}
 PROTOCOL_HELP = {
-    "imap": "Mail stays on the server, every device and webmail see the same folders and read "
-    "state, sorting rules and 15-day time-machine backups.",
+    "imap": "Mail stays on the server: every device sees the same folders and read state, and "
+    "daily backups let you bring back mail from the last 15 days.",
     "pop3": "Mail downloaded to one device and removed from the server, folders and read state "
     "stay on that device, no backups.",
     "both": "Each of your programs may use either: IMAP keeps mail on the server as above, "

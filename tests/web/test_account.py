@@ -379,7 +379,7 @@ def test_without_public_settings_the_overview_shows_the_listeners_and_no_sending
     assert _settings_rows(html) == {
         "imap": ["IMAP", "127.0.0.1", "1993", "SSL/TLS", alice.address],
     }
-    assert "Sending mail through this service is not available yet" in html
+    assert "This service does not offer outgoing mail (SMTP)" in html
 
 
 @pytest.fixture

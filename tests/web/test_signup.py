@@ -91,8 +91,8 @@ def test_the_form_offers_open_domains_and_explains_the_protocols(
         "stay on that device, no backups." in html
     )
     assert (
-        "Mail stays on the server, every device and webmail see the same folders and read "
-        "state, sorting rules and 15-day time-machine backups." in html
+        "Mail stays on the server: every device sees the same folders and read state, and "
+        "daily backups let you bring back mail from the last 15 days." in html
     )
     assert "<script" not in html and " style=" not in html and "<style" not in html
 
@@ -140,7 +140,7 @@ def test_signup_creates_a_trial_and_shows_the_client_settings(
         ("imap", "imap.provider.test", "1993", "SSL/TLS"),
         ("pop3", "127.0.0.1", "1995", "SSL/TLS"),
     ]
-    assert "Sending mail through this service is not available yet" in html
+    assert "This service does not offer outgoing mail (SMTP)" in html
 
 
 def test_the_done_page_shows_the_public_settings_when_they_are_set(
@@ -155,7 +155,7 @@ def test_the_done_page_shows_the_public_settings_when_they_are_set(
         r'<tr data-protocol="(\w+)"><td>[^<]*</td><td>([^<]*)</td><td>(\d+)</td>', html
     )
     assert rows == [("imap", "imap.provider.test", "993"), ("smtp", "smtp.provider.test", "587")]
-    assert "not available yet" not in html
+    assert "does not offer outgoing mail" not in html
 
 
 def test_the_trial_quota_is_a_setting(
