@@ -14,9 +14,10 @@ from provider.extensions import db
 # The largest id a URL may carry: a signed 32-bit integer, what an id column holds on
 # PostgreSQL (SQLAlchemy even casts the value to INTEGER). Above it a route does not match (404)
 # instead of the database failing on the value (a 500). IMAP UIDs (32-bit unsigned, never
-# looked up in the database) use `<int(max=MAX_UID):uid>`.
+# looked up in the database) use UID_ROUTE_ARGUMENT.
 MAX_URL_INTEGER = 2**31 - 1
 MAX_UID = 2**32 - 1
+UID_ROUTE_ARGUMENT = f"<int(max={MAX_UID}):uid>"
 NUL_REFUSED = (
     "The request contained a NUL character, which no field accepts. Go back and check what "
     "was typed or pasted."
@@ -129,4 +130,10 @@ def register_error_pages(app: Flask) -> None:
     app.register_error_handler(InternalServerError, server_error)
 
 
-__all__ = ["MAX_UID", "MAX_URL_INTEGER", "BoundedIntegerConverter", "register_error_pages"]
+__all__ = [
+    "MAX_UID",
+    "MAX_URL_INTEGER",
+    "UID_ROUTE_ARGUMENT",
+    "BoundedIntegerConverter",
+    "register_error_pages",
+]

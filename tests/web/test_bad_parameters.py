@@ -172,7 +172,7 @@ def test_nul_in_login_email_is_a_400_page(client: FlaskClient, url: str) -> None
     response = client.post(url, data={"email": "root@example.com\x00", "password": "x" * 10})
     assert response.status_code == 400
     body = response.get_data(as_text=True)
-    assert OUR_PAGE in body and "NUL" not in body.upper().split("<BODY")[0]
+    assert OUR_PAGE in body and "contained a NUL character" in body
 
 
 @pytest.mark.parametrize(
