@@ -25,6 +25,18 @@ def test_defaults_are_the_documented_ones(tmp_path):
     assert settings["DATA_DIR"] == str(tmp_path)
 
 
+def test_public_client_settings_are_unset_by_default(tmp_path):
+    """Empty/0: customers are shown what listens, never 993/995/587 that nothing serves."""
+    settings = load_settings(environ={"PROVIDER_INSTANCE_DIR": str(tmp_path)})
+    for name in ("IMAP", "POP3", "SMTP"):
+        assert settings[f"PUBLIC_{name}_HOST"] == ""
+        assert settings[f"PUBLIC_{name}_PORT"] == 0
+    overridden = load_settings(
+        environ={"PROVIDER_INSTANCE_DIR": str(tmp_path), "PROVIDER_PUBLIC_IMAP_PORT": "993"}
+    )
+    assert overridden["PUBLIC_IMAP_PORT"] == 993
+
+
 def test_each_layer_overrides_the_one_before(tmp_path):
     config_file = tmp_path / "provider.toml"
     config_file.write_text('WEB_PORT = 6000\nIMAP_PORT = 6143\nBIND_HOST = "0.0.0.0"\n')

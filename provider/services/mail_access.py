@@ -10,6 +10,7 @@ import ipaddress
 import secrets
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from provider.models import Mailbox
 from provider.models.mailbox import MailboxStatus, Plan
 from provider.services import auth
 from provider.services.clock import now
+from provider.services.ratelimit import MAX_KEYS, BoundedTable
 
 AUTHENTICATION_FAILED = "Authentication failed."
 PROTOCOL_NAMES = {"imap": "IMAP", "pop3": "POP3"}
@@ -85,15 +87,27 @@ class FailureDelay:
 
     Repeating one of the last ten user+password attempts does not escalate (a client retrying
     a saved wrong password is not guessing). Penalties expire an hour after the last failure
-    and are cleared by a successful login from the address.
+    and are cleared by a successful login from the address. At most `max_keys` addresses are
+    remembered, the least recently failed forgotten first (bounded memory under a scan from
+    many addresses, e.g. the /48s of one IPv6 /32).
     """
 
-    def __init__(self, base_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        base_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = MAX_KEYS,
+    ) -> None:
         self.base_seconds = base_seconds
         self.clock = clock
-        self._penalties: dict[str, _Penalty] = {}
+        self._penalties: BoundedTable[_Penalty] = BoundedTable(max_keys)
         self._lock = threading.Lock()
         self._key = secrets.token_bytes(16)
+
+    def key_count(self) -> int:
+        """Keys held now (a measure of its memory)."""
+        with self._lock:
+            return len(self._penalties)
 
     def failed(self, remote: str, user: str, password: str) -> float:
         """Record a failure and return how many seconds to wait before answering it."""
@@ -101,31 +115,32 @@ class FailureDelay:
             self._key, user.encode() + b"\0" + password.encode(), hashlib.sha256
         ).digest()
         moment = self.clock()
+        key = address_group(remote)
         with self._lock:
-            self._expire(moment)
-            penalty = self._penalties.setdefault(address_group(remote), _Penalty())
+            penalty = self._penalties.get(key, moment) or _Penalty()
             if fingerprint not in penalty.attempts or penalty.failures == 0:
                 penalty.failures += 1
                 penalty.attempts.append(fingerprint)
             penalty.last = moment
             failures = penalty.failures
+            self._penalties.put(key, penalty, moment + PENALTY_EXPIRES_SECONDS, moment)
         return min(self.base_seconds * 2 ** (failures - 1), MAX_PENALTY_SECONDS)
 
     def succeeded(self, remote: str) -> None:
         with self._lock:
-            self._penalties.pop(address_group(remote), None)
-
-    def _expire(self, moment: float) -> None:
-        stale = [k for k, p in self._penalties.items() if moment - p.last > PENALTY_EXPIRES_SECONDS]
-        for key in stale:
-            del self._penalties[key]
+            self._penalties.pop(address_group(remote))
 
 
 class BanList:
     """RELIABILITY A2: an address (group) with `limit` failed logins within `window` seconds —
     IMAP, POP3 and the admin panel counted together — is refused by all three for
     `ban_seconds`. Below the limit nothing is slowed by it (the failure delay does that), and
-    another address is never affected. Per process, like the failure delays."""
+    another address is never affected. Per process, like the failure delays.
+
+    Bounded: addresses still counting and banned addresses are two tables of at most
+    `max_keys` each (oldest evicted first), so a scan from many addresses with a few failures
+    each can push out other counting addresses but never a ban.
+    """
 
     def __init__(
         self,
@@ -133,46 +148,44 @@ class BanList:
         window: float = 86400.0,
         ban_seconds: float = 86400.0,
         clock: Callable[[], float] = time.monotonic,
+        max_keys: int = MAX_KEYS,
     ) -> None:
         self.limit = max(limit, 1)
         self.window = window
         self.ban_seconds = ban_seconds
         self.clock = clock
-        self._failures: dict[str, deque[float]] = {}
-        self._banned: dict[str, float] = {}
+        self._failures: BoundedTable[array[float]] = BoundedTable(max_keys)
+        self._banned: BoundedTable[float] = BoundedTable(max_keys)
         self._lock = threading.Lock()
 
+    def key_count(self) -> int:
+        """Keys held now (a measure of its memory)."""
+        with self._lock:
+            return len(self._failures) + len(self._banned)
+
     def failure(self, remote: str) -> bool:
-        """Count a failed login from `remote`; True when that (now) bans the address."""
+        """Count a failed login from `remote`; True when the address is (now) banned."""
         key = address_group(remote)
         moment = self.clock()
         with self._lock:
-            times = self._failures.setdefault(key, deque(maxlen=self.limit))
-            times.append(moment)
-            while times and moment - times[0] > self.window:
-                times.popleft()
-            if len(times) >= self.limit:
-                self._banned[key] = moment + self.ban_seconds
-                del self._failures[key]
-            self._forget(moment)
-            return key in self._banned
+            if self._banned.get(key, moment) is not None:
+                return True
+            earlier = self._failures.pop(key) or ()
+            # Unboxed doubles: up to limit-1 times per address, ~8 bytes each.
+            recent = array("d", (t for t in earlier if moment - t <= self.window))
+            recent.append(moment)
+            if len(recent) >= self.limit:
+                until = moment + self.ban_seconds
+                self._banned.put(key, until, until, moment)
+                return True
+            self._failures.put(key, recent, moment + self.window, moment)
+            self._banned.prune(moment)  # expired bans go even if nobody asks about them
+            return False
 
     def banned(self, remote: str) -> bool:
         key = address_group(remote)
         with self._lock:
-            until = self._banned.get(key)
-            if until is None:
-                return False
-            if self.clock() >= until:
-                del self._banned[key]
-                return False
-            return True
-
-    def _forget(self, moment: float) -> None:
-        if len(self._failures) > 10000:  # bounded memory under a scan from many addresses
-            stale = [k for k, t in self._failures.items() if not t or moment - t[-1] > self.window]
-            for key in stale:
-                del self._failures[key]
+            return self._banned.get(key, self.clock()) is not None
 
 
 class ConnectionLimit:

@@ -19,6 +19,7 @@ from provider.services import audit, auth, quota, storage
 from provider.services.aftercommit import on_commit
 from provider.services.audit import Actor
 from provider.services.clock import now
+from provider.services.contacts import parse_optional_contact_email
 
 # Local parts end up as directory names under DATA_DIR/mail/<domain>/, so they are held to a
 # conservative alphabet; '+' is excluded because it separates plus-address tags.
@@ -301,12 +302,9 @@ def create_mailbox(
 
 
 def normalize_contact(contact_email: str | None) -> str | None:
-    if not contact_email or not contact_email.strip():
-        return None
-    local, at, domain = contact_email.strip().rpartition("@")
-    if not at or not local or "." not in domain or " " in contact_email.strip():
-        raise InvalidInput(f"{contact_email!r} is not an e-mail address", "contact_email")
-    return f"{local}@{domain.lower()}"
+    """The contact address as kept (services/contacts: strict parse, IDNA lower-case domain);
+    None or blank = none."""
+    return parse_optional_contact_email(contact_email)
 
 
 def update_mailbox(

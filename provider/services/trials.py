@@ -33,6 +33,7 @@ from provider.models import (
 from provider.services import audit, auth, provisioning, quota
 from provider.services.audit import Actor
 from provider.services.clock import now
+from provider.services.contacts import FIELD, parse_contact_email
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +164,14 @@ def account_url() -> str:
 
 def normalize_contact(contact_email: str) -> str:
     """The identity a contact address stands for: lower-case, `+tag` removed, and for Gmail
-    dots ignored and googlemail.com read as gmail.com (RELIABILITY T3)."""
-    local, at, domain = contact_email.strip().lower().rpartition("@")
-    if not at or not local or "." not in domain:
-        raise InvalidInput(f"{contact_email!r} is not an e-mail address", "contact_email")
+    dots ignored and googlemail.com read as gmail.com (RELIABILITY T3). The address is parsed
+    strictly first (services/contacts), so `me@example.org\n1` is no other identity."""
+    local, _, domain = parse_contact_email(contact_email).lower().rpartition("@")
     local = local.split("+", 1)[0]
     if domain in GMAIL_DOMAINS:
         local, domain = local.replace(".", ""), "gmail.com"
     if not local:
-        raise InvalidInput(f"{contact_email!r} is not an e-mail address", "contact_email")
+        raise InvalidInput("This is not a valid e-mail address: nothing before the +tag.", FIELD)
     return f"{local}@{domain}"
 
 

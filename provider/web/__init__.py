@@ -26,7 +26,10 @@ def register_web(app: Flask) -> None:
     from provider.web.account import bp as account_bp
     from provider.web.admin import bp as admin_bp
     from provider.web.autoconfig import bp as autoconfig_bp
+    from provider.web.errors import register_error_pages
     from provider.web.signup import init_signup
+
+    register_error_pages(app)  # first: its bounded <int:…> applies to the routes added below
 
     login_manager.login_view = "admin.login"
     login_manager.login_message = "Please log in."

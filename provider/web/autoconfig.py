@@ -2,7 +2,7 @@
 
 What an address gets (docs/DESIGN-NOTES.md, "Trials, signup, autoconfig"):
 
-* a mailbox: its own protocol policy (IMAP and/or POP3) plus SMTP submission;
+* a mailbox: its own protocol policy (IMAP and/or POP3) plus SMTP submission where one exists;
 * any other address in a hosted domain (unknown, or an alias, which cannot log in and whose
   mailbox must not be named): the domain's generic configuration, IMAP and POP3;
 * an address in a domain not hosted here: 404.
@@ -17,8 +17,9 @@ from __future__ import annotations
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort, current_app, has_request_context, request
 from sqlalchemy import select
 
 from provider.errors import InvalidInput
@@ -54,30 +55,73 @@ class ServerSetting:
         return "SSL/TLS" if self.tls == "SSL" else "STARTTLS"
 
 
-def _host(setting: str) -> str:
+# BIND_HOST values that mean "every address": the request's host is then the one to show.
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::", "[::]", "*"})
+IMPLICIT_TLS_SMTP_PORT = 465
+
+
+def _public_host(setting: str) -> str:
+    """PUBLIC_<X>_HOST; unset, where the listeners are: BIND_HOST (127.0.0.1 with `make
+    run`), or for a wildcard bind the host this request came to, else HOSTNAME."""
     config = current_app.config
-    return str(config.get(setting) or config.get("HOSTNAME") or socket.getfqdn())
+    configured = str(config.get(setting) or "").strip()
+    if configured:
+        return configured
+    bind = str(config.get("BIND_HOST") or "").strip()
+    if bind not in WILDCARD_HOSTS:
+        return bind
+    if has_request_context():
+        requested = urlsplit(f"//{request.host}").hostname
+        if requested:
+            return requested
+    return str(config.get("HOSTNAME") or socket.getfqdn())
+
+
+def _port(name: str) -> int:
+    try:
+        return max(int(current_app.config.get(name) or 0), 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _incoming(protocol: str) -> ServerSetting | None:
+    """PUBLIC_<P>_PORT (implicit TLS) when set; else the listener itself: the implicit-TLS
+    port (IMAPS_PORT/POP3S_PORT), else the STARTTLS one (IMAP_PORT/POP3_PORT); None when
+    neither has a fixed port (0 = picked at start, unknown here)."""
+    name = protocol.upper()
+    host = _public_host(f"PUBLIC_{name}_HOST")
+    public = _port(f"PUBLIC_{name}_PORT")
+    if public:
+        return ServerSetting(protocol, host, public, "SSL")
+    if _port(f"{name}S_PORT"):
+        return ServerSetting(protocol, host, _port(f"{name}S_PORT"), "SSL")
+    if _port(f"{name}_PORT"):
+        return ServerSetting(protocol, host, _port(f"{name}_PORT"), "STARTTLS")
+    return None
+
+
+def _outgoing() -> ServerSetting | None:
+    """SMTP submission: PUBLIC_SMTP_PORT when set (port 465 implicit TLS, any other
+    STARTTLS); else the bundled submission listener once it exists (its SUBMISSIONS_PORT /
+    SUBMISSION_PORT settings); else None — no outgoing server is named rather than one that
+    nothing listens on."""
+    host = _public_host("PUBLIC_SMTP_HOST")
+    public = _port("PUBLIC_SMTP_PORT")
+    if public:
+        tls = "SSL" if public == IMPLICIT_TLS_SMTP_PORT else "STARTTLS"
+        return ServerSetting("smtp", host, public, tls)
+    if _port("SUBMISSIONS_PORT"):
+        return ServerSetting("smtp", host, _port("SUBMISSIONS_PORT"), "SSL")
+    if _port("SUBMISSION_PORT"):
+        return ServerSetting("smtp", host, _port("SUBMISSION_PORT"), "STARTTLS")
+    return None
 
 
 def client_settings(protocols: list[str] | tuple[str, ...]) -> list[ServerSetting]:
-    """The servers for a mailbox with these protocols (IMAP before POP3), then SMTP submission,
-    with the public names and ports from the PUBLIC_* settings."""
-    config = current_app.config
-    servers = []
-    if "imap" in protocols:
-        servers.append(
-            ServerSetting("imap", _host("PUBLIC_IMAP_HOST"), int(config["PUBLIC_IMAP_PORT"]), "SSL")
-        )
-    if "pop3" in protocols:
-        servers.append(
-            ServerSetting("pop3", _host("PUBLIC_POP3_HOST"), int(config["PUBLIC_POP3_PORT"]), "SSL")
-        )
-    servers.append(
-        ServerSetting(
-            "smtp", _host("PUBLIC_SMTP_HOST"), int(config["PUBLIC_SMTP_PORT"]), "STARTTLS"
-        )
-    )
-    return servers
+    """The servers for a mailbox with these protocols (IMAP before POP3), then SMTP
+    submission if there is one: the PUBLIC_* settings where set, else what listens."""
+    candidates = [_incoming(p) for p in ("imap", "pop3") if p in protocols] + [_outgoing()]
+    return [server for server in candidates if server is not None]
 
 
 def _settings_for(address: str | None, host_domain: str | None) -> tuple[str, list[ServerSetting]]:

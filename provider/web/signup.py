@@ -27,7 +27,7 @@ from wtforms.validators import DataRequired, EqualTo, Length
 
 from provider.errors import InvalidInput, ProviderError
 from provider.extensions import db
-from provider.services import auth, provisioning, trials
+from provider.services import auth, provisioning, ratelimit, trials
 from provider.services.audit import Actor
 from provider.services.clock import now
 from provider.services.mail_access import address_group
@@ -38,8 +38,8 @@ bp = Blueprint("signup", __name__)
 # DESIGN.md §3 names the fields; the wording of the protocol choice is issue 7's.
 PROTOCOL_LABELS = {"imap": "IMAP", "pop3": "POP3", "both": "Both IMAP and POP3"}
 PROTOCOL_HELP = {
-    "imap": "Mail stays on the server, every device and webmail see the same folders and read "
-    "state, sorting rules and 15-day time-machine backups.",
+    "imap": "Mail stays on the server: every device sees the same folders and read state, and "
+    "daily backups let you bring back mail from the last 15 days.",
     "pop3": "Mail downloaded to one device and removed from the server, folders and read state "
     "stay on that device, no backups.",
     "both": "Each of your programs may use either: IMAP keeps mail on the server as above, "
@@ -101,8 +101,11 @@ def _limit(name: str) -> Any:
 
 def init_signup(app: Flask) -> None:
     """Register the blueprint with its own Limiter (per app, storage from RATELIMIT_STORAGE_URI:
-    memory:// for one web process, redis:// to share the counters between several)."""
-    limiter = Limiter(_remote_key, storage_uri=str(app.config["RATELIMIT_STORAGE_URI"]))
+    memory:// for one web process — bounded, services/ratelimit — or redis:// to share the
+    counters between several)."""
+    limiter = Limiter(
+        _remote_key, storage_uri=ratelimit.storage_uri(str(app.config["RATELIMIT_STORAGE_URI"]))
+    )
     limiter.limit(
         _limit("SIGNUP_LIMIT_PER_ADDRESS"),
         methods=["POST"],

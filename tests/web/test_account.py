@@ -355,8 +355,8 @@ def test_overview_shows_usage_policy_and_the_client_settings_of_the_policy(
     assert "2 GB of 8 GB (25.0%)" in html
     assert '<dd id="protocol-policy">IMAP only</dd>' in html
     assert _settings_rows(html) == {
-        "imap": ["IMAP", "imap.provider.test", "993", "SSL/TLS", alice.address],
-        "smtp": ["SMTP (sending)", "smtp.provider.test", "465", "STARTTLS", alice.address],
+        "imap": ["IMAP", "imap.provider.test", "1993", "SSL/TLS", alice.address],
+        "smtp": ["SMTP (sending)", "smtp.provider.test", "465", "SSL/TLS", alice.address],
     }
     # A paid mailbox has no trial box and nothing to upgrade.
     assert 'id="trial"' not in html and "/account/upgrade" not in html
@@ -367,7 +367,19 @@ def test_a_pop3_owner_gets_the_pop3_settings(public_hosts: dict, client: FlaskCl
     account_login(client, "pop@example.test")
     rows = _settings_rows(text(client.get("/account/")))
     assert list(rows) == ["imap", "pop3", "smtp"]
-    assert rows["pop3"][:4] == ["POP3", "pop.provider.test", "995", "SSL/TLS"]
+    assert rows["pop3"][:4] == ["POP3", "pop.provider.test", "1995", "SSL/TLS"]
+
+
+def test_without_public_settings_the_overview_shows_the_listeners_and_no_sending_server(
+    owner: FlaskClient, alice: Mailbox
+):
+    """Issue 11, item 16: the page said IMAP 993 and SMTP 587 while IMAPS listened on 1993
+    and no submission listener existed."""
+    html = text(owner.get("/account/"))
+    assert _settings_rows(html) == {
+        "imap": ["IMAP", "127.0.0.1", "1993", "SSL/TLS", alice.address],
+    }
+    assert "This service does not offer outgoing mail (SMTP)" in html
 
 
 @pytest.fixture

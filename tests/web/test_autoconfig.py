@@ -28,6 +28,8 @@ def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
     app_config.update(
         HOSTNAME="mail.provider.test",
         PUBLIC_IMAP_HOST="imap.provider.test",
+        PUBLIC_IMAP_PORT=993,
+        PUBLIC_POP3_PORT=995,
         PUBLIC_SMTP_PORT=2587,
         WTF_CSRF_ENABLED=True,  # Autodiscover must work without a token anyway
     )
@@ -43,8 +45,10 @@ def mailboxes(session: Session) -> None:
     session.commit()
 
 
-def mozilla(client: FlaskClient, url: str, **query: str) -> dict[str, Any]:
-    response = client.get(url, query_string=query)
+def mozilla(
+    client: FlaskClient, url: str, base_url: str = "http://localhost", **query: str
+) -> dict[str, Any]:
+    response = client.get(url, query_string=query, base_url=base_url)
     assert response.status_code == 200, response.get_data(as_text=True)
     assert response.mimetype == "application/xml"
     assert response.headers["Cache-Control"] == "no-store"
@@ -95,13 +99,13 @@ def test_mozilla_lists_only_the_mailboxes_protocols(client: FlaskClient, mailbox
     }
     smtp = imap_only["servers"]["smtp"]
     assert (smtp["hostname"], smtp["port"], smtp["socketType"]) == (
-        "mail.provider.test",
+        "127.0.0.1",
         "2587",
         "STARTTLS",
     )
     pop_only = mozilla(client, "/mail/config-v1.1.xml", emailaddress="PopOnly@Example.test")
     assert set(pop_only["servers"]) == {"pop3", "smtp"}
-    assert pop_only["servers"]["pop3"]["hostname"] == "mail.provider.test"  # empty = HOSTNAME
+    assert pop_only["servers"]["pop3"]["hostname"] == "127.0.0.1"  # empty = BIND_HOST
     assert pop_only["servers"]["pop3"]["port"] == "995"
     both = mozilla(client, url, emailaddress="both+news@example.test")
     assert set(both["servers"]) == {"imap", "pop3", "smtp"}
@@ -168,3 +172,69 @@ def test_autodiscover_refuses_what_is_not_a_request(client: FlaskClient, mailbox
     big = AUTODISCOVER_REQUEST.format(address="a@example.test" + " " * 20000)
     assert client.post(url, data=big, content_type="text/xml").status_code == 413
     assert client.get(url).status_code == 405
+
+
+# --- what is shown when the PUBLIC_* settings are unset (issue 11, item 16) ----------------------
+
+
+@pytest.fixture
+def unset_public(app_config: dict[str, Any]) -> dict[str, Any]:
+    """`make run`'s settings: no PUBLIC_* values, the listeners on their default ports."""
+    for name in ("IMAP", "POP3", "SMTP"):
+        app_config.pop(f"PUBLIC_{name}_HOST", None)
+        app_config.pop(f"PUBLIC_{name}_PORT", None)
+    return app_config
+
+
+def test_defaults_name_what_listens_and_no_sending_server(
+    unset_public: dict[str, Any], client: FlaskClient, mailboxes: None
+):
+    """The reported defect: autoconfig said IMAP 993, POP3 995 and SMTP 587 while the
+    listeners were on 1993 and 1995 and no submission listener existed."""
+    url = "/.well-known/autoconfig/mail/config-v1.1.xml"
+    generic = mozilla(client, url, emailaddress="both@example.test")
+    assert set(generic["servers"]) == {"imap", "pop3"}  # no outgoingServer at all
+    imap, pop3 = generic["servers"]["imap"], generic["servers"]["pop3"]
+    assert (imap["hostname"], imap["port"], imap["socketType"]) == ("127.0.0.1", "1993", "SSL")
+    assert (pop3["hostname"], pop3["port"], pop3["socketType"]) == ("127.0.0.1", "1995", "SSL")
+    protocols = outlook_protocols(outlook(client, "both@example.test"))
+    assert set(protocols) == {"IMAP", "POP3"}
+    assert (protocols["IMAP"]["Server"], protocols["IMAP"]["Port"]) == ("127.0.0.1", "1993")
+    assert (protocols["POP3"]["Port"], protocols["POP3"]["Encryption"]) == ("1995", "SSL")
+
+
+def test_a_wildcard_bind_names_the_host_of_the_request(
+    unset_public: dict[str, Any], app, client: FlaskClient, mailboxes: None
+):
+    app.config.update(BIND_HOST="0.0.0.0", IMAPS_PORT=0, IMAP_PORT=1143)
+    response = mozilla(
+        client,
+        "/mail/config-v1.1.xml",
+        emailaddress="imaponly@example.test",
+        base_url="https://mail.example.test:8443",
+    )
+    imap = response["servers"]["imap"]
+    # Without an implicit-TLS listener, the STARTTLS one.
+    assert (imap["hostname"], imap["port"], imap["socketType"]) == (
+        "mail.example.test",
+        "1143",
+        "STARTTLS",
+    )
+
+
+def test_a_listener_on_a_port_picked_at_start_is_not_named(
+    unset_public: dict[str, Any], app, client: FlaskClient, mailboxes: None
+):
+    app.config.update(IMAPS_PORT=0, IMAP_PORT=0)
+    generic = mozilla(client, "/mail/config-v1.1.xml", emailaddress="both@example.test")
+    assert set(generic["servers"]) == {"pop3"}
+
+
+def test_a_bundled_submission_listener_is_named_once_it_has_a_port(
+    unset_public: dict[str, Any], app, client: FlaskClient, mailboxes: None
+):
+    app.config.update(SUBMISSION_PORT=1587)
+    smtp = mozilla(client, "/mail/config-v1.1.xml", emailaddress="both@example.test")["servers"][
+        "smtp"
+    ]
+    assert (smtp["hostname"], smtp["port"], smtp["socketType"]) == ("127.0.0.1", "1587", "STARTTLS")

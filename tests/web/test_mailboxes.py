@@ -529,3 +529,52 @@ def test_sort_links_keep_the_search(logged_in: FlaskClient, session: Session):
     add_mailboxes(session, make_domain(session, "bulk.test"), 2)
     html = text_of(logged_in.get("/admin/mailboxes?q=user"))
     assert 'href="/admin/mailboxes?q=user&amp;sort=used&amp;order=desc"' in html
+
+
+@pytest.mark.parametrize(
+    "contact",
+    [
+        "carol@home.example\r\nBcc: victim@example.org",
+        "carol@home.example,other@home.example",
+        "<script>x</script>@home.example",
+        "Carol <carol@home.example>",
+    ],
+)
+def test_admin_forms_refuse_a_contact_that_is_not_one_address(
+    logged_in: FlaskClient, session: Session, domain, contact: str
+):
+    """The same parser as the signup (issue 11, item 7): on create and on edit."""
+    response = logged_in.post(
+        "/admin/mailboxes/new", data=mailbox_form(domain, contact_email=contact)
+    )
+    assert response.status_code == 200
+    assert "not a valid e-mail address" in errors_of(response, "contact_email")
+    assert count(session, Mailbox) == 0
+    mailbox = make_mailbox(session, "gina@shop.test", contact_email="gina@home.example")
+    response = logged_in.post(
+        f"/admin/mailboxes/{mailbox.id}", data=edit_form(contact_email=contact)
+    )
+    assert response.status_code == 200
+    assert "not a valid e-mail address" in errors_of(response, "contact_email")
+    assert by_address(session, "gina@shop.test").contact_email == "gina@home.example"
+
+
+def test_admin_contact_is_stored_with_an_idna_lower_case_domain(
+    logged_in: FlaskClient, session: Session, domain
+):
+    response = logged_in.post(
+        "/admin/mailboxes/new", data=mailbox_form(domain, contact_email=" Carol@Bücher.Example ")
+    )
+    assert response.status_code == 302
+    assert by_address(session, "carol@shop.test").contact_email == "Carol@xn--bcher-kva.example"
+
+
+def test_cli_contact_email_goes_through_the_same_parser(runner, session: Session, domain):
+    command = ["mailbox", "add", "dan@shop.test", "--quota-gb", "8", "--protocols", "imap"]
+    result = runner.invoke(
+        args=[*command, "--contact-email", "dan@home.example\nBcc: x@y.example"],
+        input="a long enough pass phrase\n",
+    )
+    assert result.exit_code == 1, result.output
+    assert "not a valid e-mail address" in result.output
+    assert count(session, Mailbox) == 0

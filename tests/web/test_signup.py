@@ -91,15 +91,16 @@ def test_the_form_offers_open_domains_and_explains_the_protocols(
         "stay on that device, no backups." in html
     )
     assert (
-        "Mail stays on the server, every device and webmail see the same folders and read "
-        "state, sorting rules and 15-day time-machine backups." in html
+        "Mail stays on the server: every device sees the same folders and read state, and "
+        "daily backups let you bring back mail from the last 15 days." in html
     )
     assert "<script" not in html and " style=" not in html and "<style" not in html
 
 
 def test_signup_creates_a_trial_and_shows_the_client_settings(
-    client: FlaskClient, session: Session, open_domain: None
+    app: Flask, client: FlaskClient, session: Session, open_domain: None
 ):
+    app.config.update(IMAPS_PORT=1993, POP3S_PORT=1995)  # `make run`'s listeners
     moment = datetime(2026, 5, 1, 9, 0, tzinfo=UTC)
     with clock.frozen_at(moment):
         response = sign_up(client, local_part="Alice", protocol="both")
@@ -133,11 +134,28 @@ def test_signup_creates_a_trial_and_shows_the_client_settings(
         r'<tr data-protocol="(\w+)"><td>[^<]*</td><td>([^<]*)</td><td>(\d+)</td><td>([^<]*)</td>',
         html,
     )
+    # What listens (PUBLIC_IMAP_HOST is set, the rest is not), and no sending server while
+    # none exists (issue 11, item 16: it said 993, 995 and 587).
     assert rows == [
-        ("imap", "imap.provider.test", "993", "SSL/TLS"),
-        ("pop3", "mail.provider.test", "995", "SSL/TLS"),
-        ("smtp", "mail.provider.test", "587", "STARTTLS"),
+        ("imap", "imap.provider.test", "1993", "SSL/TLS"),
+        ("pop3", "127.0.0.1", "1995", "SSL/TLS"),
     ]
+    assert "This service does not offer outgoing mail (SMTP)" in html
+
+
+def test_the_done_page_shows_the_public_settings_when_they_are_set(
+    app: Flask, client: FlaskClient, open_domain: None
+):
+    app.config.update(
+        PUBLIC_IMAP_PORT=993, PUBLIC_SMTP_HOST="smtp.provider.test", PUBLIC_SMTP_PORT=587
+    )
+    assert sign_up(client).status_code == 302
+    html = text_of(client.get("/signup/done"))
+    rows = re.findall(
+        r'<tr data-protocol="(\w+)"><td>[^<]*</td><td>([^<]*)</td><td>(\d+)</td>', html
+    )
+    assert rows == [("imap", "imap.provider.test", "993"), ("smtp", "smtp.provider.test", "587")]
+    assert "does not offer outgoing mail" not in html
 
 
 def test_the_trial_quota_is_a_setting(
@@ -418,3 +436,75 @@ def test_two_signups_racing_for_one_contact_create_one_trial(
         )
     assert mailboxes(session) == ["racer1@example.test"]
     assert not mail_store().exists("racer2@example.test")
+
+
+# --- contact addresses (issue 11, item 7) -------------------------------------------------------
+
+BAD_CONTACTS = [
+    "me@example.org\n1",
+    "me@example.org\r\nBcc: victim@example.org",
+    "me@example.org,other@example.org",
+    "<script>alert(1)</script>@example.org",
+    "Me <me@example.org>",
+    "me@example.org 1",
+    "me@localhost",
+    '"quoted"@example.org',
+    "me@[192.0.2.1]",
+]
+
+
+@pytest.mark.parametrize("contact", BAD_CONTACTS)
+def test_a_contact_that_is_not_one_plain_address_is_refused_on_its_field(
+    client: FlaskClient, session: Session, open_domain: None, contact: str
+):
+    response = sign_up(client, contact_email=contact)
+    assert response.status_code == 200
+    assert "not a valid e-mail address" in errors_of(response, "contact_email")
+    assert "<script>alert" not in text_of(response)  # echoed escaped, never as markup
+    assert mailboxes(session) == [] and count(session, Trial) == 0
+
+
+def test_a_nul_in_the_contact_is_a_400_and_creates_nothing(
+    client: FlaskClient, session: Session, open_domain: None
+):
+    response = sign_up(client, contact_email="me@example.org\x00")
+    assert response.status_code == 400
+    assert mailboxes(session) == [] and count(session, Trial) == 0
+
+
+def test_variants_of_one_contact_get_one_trial(
+    client: FlaskClient, session: Session, open_domain: None
+):
+    """`me@example.org\\n1`, `\\n2`, … no longer count as other people (the reported attack),
+    nor do spaces, case or the Unicode spelling of the domain."""
+    assert sign_up(client, local_part="first", contact_email="me@Bücher.Example").status_code == 302
+    for number, variant in enumerate(
+        [
+            "me@bücher.example\n1",
+            "me@bücher.example\n2",
+            "  ME@xn--bcher-kva.EXAMPLE  ",
+            "me+shop@BÜCHER.example",
+        ]
+    ):
+        response = sign_up(client, local_part=f"again{number}", contact_email=variant)
+        assert response.status_code == 200, variant
+        refusal = errors_of(response, "contact_email") + errors_of(response, "local_part")
+        assert refusal, variant
+    assert mailboxes(session) == ["first@example.test"]
+    session.expire_all()
+    stored = session.scalar(select(Mailbox.contact_email))
+    assert stored == "me@xn--bcher-kva.example"  # stripped, domain IDNA and lower-case
+    assert session.scalar(select(Trial.contact_key)) == "me@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [
+        ("  Jane.Doe@Example.ORG ", "Jane.Doe@example.org"),
+        ("jane@BÜCHER.example", "jane@xn--bcher-kva.example"),
+    ],
+)
+def test_contact_addresses_are_stored_normalized(given: str, stored: str):
+    from provider.services.contacts import parse_contact_email
+
+    assert parse_contact_email(given) == stored

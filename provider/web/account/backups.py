@@ -9,6 +9,7 @@ from provider.services.audit import Actor
 from provider.web import timemachine
 from provider.web.account import bp
 from provider.web.account.sessions import current_mailbox
+from provider.web.errors import UID_ROUTE_ARGUMENT as UID
 
 
 def _tm() -> timemachine.TimeMachine:
@@ -34,12 +35,12 @@ def backup_snapshot(snapshot_id: str) -> str:
     return timemachine.snapshot_page(_tm(), snapshot_id)
 
 
-@bp.get("/backups/<snapshot_id>/messages/<int:uid>")
+@bp.get(f"/backups/<snapshot_id>/messages/{UID}")
 def backup_message(snapshot_id: str, uid: int) -> str:
     return timemachine.message_page(_tm(), snapshot_id, uid)
 
 
-@bp.get("/backups/<snapshot_id>/messages/<int:uid>.eml")
+@bp.get(f"/backups/<snapshot_id>/messages/{UID}.eml")
 def backup_eml(snapshot_id: str, uid: int) -> Response:
     return timemachine.eml_download(_tm(), snapshot_id, uid)
 

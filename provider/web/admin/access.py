@@ -16,6 +16,7 @@ from provider.extensions import db
 from provider.models import AdminUser, Alias, Domain, Mailbox
 from provider.services import provisioning
 from provider.services.audit import Actor
+from provider.web.errors import MAX_URL_INTEGER
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -120,6 +121,20 @@ def show_error(
         form.form_errors.append(exc.message)
 
 
+# Far beyond any real list, and small enough that page * PAGE_SIZE is still a database integer.
+MAX_PAGE = 10**6
+
+
 def page_arg() -> int:
-    """The `page` query parameter as a positive int (anything else reads as page 1)."""
-    return max(request.args.get("page", 1, type=int) or 1, 1)
+    """The `page` query parameter as a positive int (anything else reads as page 1; a huge one
+    as MAX_PAGE, an empty page past the end)."""
+    return min(max(request.args.get("page", 1, type=int) or 1, 1), MAX_PAGE)
+
+
+def int_arg(name: str) -> int | None:
+    """A query parameter as an id-sized int, or None when absent, not a number or out of range
+    (a database integer cannot hold it, so no record has it)."""
+    value = request.args.get(name, type=int)
+    if value is None or not 0 <= value <= MAX_URL_INTEGER:
+        return None
+    return value

@@ -7,6 +7,7 @@ from werkzeug.wrappers import Response
 from provider.web import timemachine
 from provider.web.admin import bp
 from provider.web.admin.access import actor, get_mailbox_or_404
+from provider.web.errors import UID_ROUTE_ARGUMENT as UID
 
 
 def _tm(mailbox_id: int) -> timemachine.TimeMachine:
@@ -31,12 +32,12 @@ def mailbox_backup_snapshot(mailbox_id: int, snapshot_id: str) -> str:
     return timemachine.snapshot_page(_tm(mailbox_id), snapshot_id)
 
 
-@bp.get("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/<int:uid>")
+@bp.get(f"/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/{UID}")
 def mailbox_backup_message(mailbox_id: int, snapshot_id: str, uid: int) -> str:
     return timemachine.message_page(_tm(mailbox_id), snapshot_id, uid)
 
 
-@bp.get("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/<int:uid>.eml")
+@bp.get(f"/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/messages/{UID}.eml")
 def mailbox_backup_eml(mailbox_id: int, snapshot_id: str, uid: int) -> Response:
     return timemachine.eml_download(_tm(mailbox_id), snapshot_id, uid)
 

@@ -21,6 +21,8 @@ from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, Optional
 from wtforms.widgets import NumberInput
 
+from provider.web.validators import DateWithin
+
 PASSWORD_MAX = 1024
 ADDRESS_MAX = 320
 
@@ -28,7 +30,7 @@ ADDRESS_MAX = 320
 PROTOCOL_LABELS = {"imap": "IMAP only", "pop3": "POP3 only", "both": "IMAP and POP3"}
 PROTOCOL_HELP = {
     "imap": "Mail stays on the server and every change (read, flags, folders) shows on all "
-    "devices; includes daily backups, sorting rules and identities.",
+    "devices; includes daily backups.",
     "pop3": "Mail is downloaded to one device and usually removed from the server; folders and "
     "read state stay on that device; no backups.",
     "both": "Either kind of client works; backups and IMAP features cover what stays on the "
@@ -42,7 +44,7 @@ POP3_ACTION_LABELS = {
 }
 POP3_ACTION_HELP = {
     "keep": "The POP3 client decides (delete, or leave a copy on the server); the default.",
-    "seen": "The copy on the server stays in the inbox, marked read for IMAP and webmail.",
+    "seen": "The copy on the server stays in the inbox, marked read for IMAP clients.",
     "archive": "The copy on the server moves to the Archive folder, out of the POP3 inbox.",
 }
 POP3_ACTION_LEGEND = "When a POP3 client downloads a message"
@@ -155,5 +157,5 @@ class AuditFilterForm(Form):
     actor = StringField("Actor", validators=[Optional(), Length(max=320)])
     action = StringField("Action starts with", validators=[Optional(), Length(max=64)])
     target = StringField("Target", validators=[Optional(), Length(max=320)])
-    since = DateField("From", validators=[Optional()])
-    until = DateField("To (inclusive)", validators=[Optional()])
+    since = DateField("From", validators=[Optional(), DateWithin()])
+    until = DateField("To (inclusive)", validators=[Optional(), DateWithin()])

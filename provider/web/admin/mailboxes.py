@@ -15,6 +15,7 @@ from provider.web.admin import bp
 from provider.web.admin.access import (
     actor,
     get_mailbox_or_404,
+    int_arg,
     page_arg,
     scope,
     show_error,
@@ -42,7 +43,7 @@ def _quota_limits() -> dict[str, str]:
 @bp.get("/mailboxes")
 def mailboxes() -> str:
     visible = scope()
-    domain_filter = request.args.get("domain", type=int)
+    domain_filter = int_arg("domain")
     domain_ids = visible
     if domain_filter is not None:
         # A domain outside the admin's scope filters down to nothing rather than leaking rows.
@@ -80,8 +81,8 @@ def create_mailbox() -> Response | str:
     form.domain.choices = choices({domain.id: domain.name for domain in domains})
     if request.method == "GET":
         form.quota_gb.data = _quota_limits()["min"]
-        if request.args.get("domain", type=int) in {domain.id for domain in domains}:
-            form.domain.data = request.args.get("domain", type=int)
+        if int_arg("domain") in {domain.id for domain in domains}:
+            form.domain.data = int_arg("domain")
     if form.validate_on_submit():
         domain_name = next(domain.name for domain in domains if domain.id == form.domain.data)
         try:

@@ -14,6 +14,8 @@ from wtforms import (
 )
 from wtforms.validators import Length, Optional
 
+from provider.web.validators import DateWithin
+
 FOLDER_MAX = 1024
 
 
@@ -22,8 +24,8 @@ class SearchForm(Form):
 
     q = SearchField("Subject", validators=[Optional(), Length(max=200)])
     sender = SearchField("From", validators=[Optional(), Length(max=200)])
-    since = DateField("Received from", validators=[Optional()])
-    until = DateField("Received until", validators=[Optional()])
+    since = DateField("Received from", validators=[Optional(), DateWithin()])
+    until = DateField("Received until", validators=[Optional(), DateWithin()])
 
 
 class RestoreForm(FlaskForm):
