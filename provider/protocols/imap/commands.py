@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from sqlalchemy import select
 
-from provider.errors import ProviderError
+from provider.errors import NotFound, ProviderError
 from provider.extensions import db
 from provider.mailstore import (
     Folder,
@@ -115,11 +115,19 @@ def mod_sequence(value: Value) -> int:
     return number
 
 
-def wire_name(value: Value) -> str:
-    """A mailbox argument (modified UTF-7 on the wire) as a folder name; ProtocolError (BAD)
-    unless it is modified UTF-7 in canonical form (RFC 3501 §5.1.3), as Dovecot refuses it:
-    taking the text as it came would store a name that LIST then shows differently."""
-    name = decoded_name(as_text(value))
+def wire_name(value: Value, *, creating: bool = False) -> str:
+    """A mailbox argument (modified UTF-7 on the wire) as a folder name. A name that is not
+    modified UTF-7 in canonical form (RFC 3501 §5.1.3) is refused: taking the text as it came
+    would store a name that LIST then shows differently. A new name (CREATE, RENAME's target)
+    gets BAD; a name that must already exist gets NO [NONEXISTENT], as Dovecot answers it
+    ("Mailbox name is not valid mUTF-7"): no such folder can exist."""
+    text = as_text(value)
+    try:
+        name = decoded_name(text)
+    except ProtocolError as error:
+        if creating:
+            raise
+        raise NotFound(str(error)) from None
     return "INBOX" if name.upper() == "INBOX" else name
 
 
@@ -401,7 +409,7 @@ class Commands:
 
     @answers_disk_full
     async def do_create(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0]).rstrip("/") if command.args else ""
+        name = wire_name(command.args[0], creating=True).rstrip("/") if command.args else ""
         if not name:
             raise ProtocolError("CREATE takes a mailbox name")
         await self.blocking(lambda: self._maildir().create_folder(name))
@@ -418,7 +426,7 @@ class Commands:
 
     @answers_disk_full
     async def do_rename(self: ImapSession, command: Command) -> str:
-        old, new = wire_name(command.args[0]), wire_name(command.args[1])
+        old, new = wire_name(command.args[0]), wire_name(command.args[1], creating=True)
         await self.blocking(lambda: self._maildir().rename_folder(old, new))
         return "OK RENAME completed"
 

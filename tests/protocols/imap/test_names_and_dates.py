@@ -86,22 +86,25 @@ def test_the_store_refuses_dates_it_cannot_keep(session):
         b'"x&y"',  # "&" for itself must be written "&-"
     ],
 )
-def test_mailbox_names_that_are_not_modified_utf7_are_bad(client, name):
+def test_mailbox_names_that_are_not_modified_utf7_are_refused(client, name):
+    """A new name (CREATE, RENAME's target) or a LIST pattern: BAD. A name that must exist:
+    NO [NONEXISTENT], as Dovecot answers it (no folder can have such a name)."""
     sock, reader = client
-    for tag, command in (
-        (b"c", b"CREATE " + name),
-        (b"r", b"RENAME Sent " + name),
-        (b"s", b"SELECT " + name),
-        (b"e", b"EXAMINE " + name),
-        (b"t", b"STATUS " + name + b" (MESSAGES)"),
-        (b"u", b"SUBSCRIBE " + name),
-        (b"d", b"DELETE " + name),
-        (b"l", b'LIST "" ' + name),
-        (b"a", b"APPEND " + name + b" {1+}\r\nx"),
+    for tag, command, answer in (
+        (b"c", b"CREATE " + name, b"BAD"),
+        (b"r", b"RENAME Sent " + name, b"BAD"),
+        (b"l", b'LIST "" ' + name, b"BAD"),
+        (b"s", b"SELECT " + name, b"NO [NONEXISTENT]"),
+        (b"e", b"EXAMINE " + name, b"NO [NONEXISTENT]"),
+        (b"t", b"STATUS " + name + b" (MESSAGES)", b"NO [NONEXISTENT]"),
+        (b"u", b"SUBSCRIBE " + name, b"NO [NONEXISTENT]"),
+        (b"d", b"DELETE " + name, b"NO [NONEXISTENT]"),
+        (b"a", b"APPEND " + name + b" {1+}\r\nx", b"NO [NONEXISTENT]"),
     ):
         sock.sendall(tag + b" " + command + b"\r\n")
         reply = until_tagged(reader, tag)[-1]
-        assert reply.startswith(tag + b" BAD Mailbox name is not valid modified UTF-7"), reply
+        expected = tag + b" " + answer + b" Mailbox name is not valid modified UTF-7"
+        assert reply.startswith(expected), reply
     names = [info.name for info in mail_store().open(ADDRESS).folders()]
     assert names == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
     sock.sendall(b"z NOOP\r\n")

@@ -133,11 +133,12 @@ def test_deeply_nested_arguments_get_bad(selected, command):
 
 def test_the_atom_char_name_is_parsed_as_one_atom_and_answered(selected):
     # Every ATOM-CHAR: "[" no longer starts a section. As a mailbox name it is still refused,
-    # for reasons of its own, with a clear tagged answer: "&'+,-" is not modified UTF-7.
+    # for reasons of its own, with a clear tagged answer, as Dovecot's: "&'+,-" is not
+    # modified UTF-7, so no folder has that name.
     sock, reader = selected
     sock.sendall(b"a SELECT " + ODD_NAME + b"\r\n")
     reply = until_tagged(reader, b"a")[-1]
-    assert reply.startswith(b"a BAD Mailbox name is not valid modified UTF-7"), reply
+    assert reply.startswith(b"a NO [NONEXISTENT] Mailbox name is not valid modified UTF-7"), reply
     still_answers(sock, reader)
 
 
