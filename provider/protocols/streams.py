@@ -66,14 +66,21 @@ class StreamSession:
             self.tls_active = True
 
     async def upgrade_to_tls(self, go_ahead: bytes) -> None:
-        """STARTTLS/STLS: answer `go_ahead`, then the handshake. Whatever the client pipelined
-        after the command arrived in plaintext and must never run as if it came over TLS
-        (RELIABILITY P4; asyncio has no public way to empty a StreamReader, CPython #118642)."""
+        """STARTTLS/STLS: answer `go_ahead`, then the handshake.
+
+        Whatever the client pipelined after the command arrived in plaintext and must never
+        run as if it came over TLS (RELIABILITY P4; asyncio has no public way to empty a
+        StreamReader, CPython #118642). Reading stops first, so the buffer emptied here holds
+        all the plaintext there will ever be: bytes sent later wait in the socket until the
+        TLS layer reads them (plaintext among them fails the handshake). The buffer must never
+        be emptied after the handshake: by then it may hold the client's first command, which
+        came over TLS (the STARTTLS hangs of issue 11 item 15)."""
+        self.writer.transport.pause_reading()
         self.reader._buffer.clear()  # type: ignore[attr-defined]
         self.writer.write(go_ahead)
         await self.writer.drain()
+        # start_tls resumes reading once the TLS layer owns the socket.
         await self.writer.start_tls(self.tls_context)
-        self.reader._buffer.clear()  # type: ignore[attr-defined]
         self.tls_active = True
 
     def logged_in_now(self) -> None:
