@@ -48,6 +48,7 @@ BAD_AFTER_LOGIN = 20
 LOCK_FILE = "provider-pop3.lock"
 ARCHIVE = "Archive"
 UIDL_MAX = 70
+MAX_TOP_LINES = 2**63 - 1
 # Messages up to this size are read on the event loop: from the page cache that costs less
 # than the hop to a worker thread; bigger files leave the loop (CONVENTIONS: big file reads).
 INLINE_READ = 256 * 1024
@@ -733,10 +734,15 @@ class Pop3Session(streams.StreamSession):
         if len(words) != 2 or not words[1].isdigit() or not words[1].isascii():
             await self.bad("TOP takes a message number and a line count")
             return
+        lines = int(words[1])
+        if lines > MAX_TOP_LINES:
+            # Dovecot's limit too (a 64-bit count); Python's split() cannot take more.
+            await self.err("Invalid number of lines")
+            return
         found = await self._message_and_content(words[0])
         if found is None:
             return
-        top = top_form(found[1], int(words[1]))
+        top = top_form(found[1], lines)
         await self.send(b"+OK Top of message follows\r\n" + top + b".\r\n")
 
     async def pop3_DELE(self, argument: str) -> None:

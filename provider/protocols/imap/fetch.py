@@ -38,6 +38,7 @@ SIMPLE = frozenset(
 )
 _SECTION_ITEM = re.compile(r"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.I)
 _WIDTH = re.compile(r",W=([0-9]+)")
+MAX_NUMBER = 2**32 - 1  # RFC 3501 §9 `number`: an unsigned 32-bit integer
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -89,10 +90,12 @@ def parse_fetch_items(value: Value) -> list[FetchItem]:
         section = _canonical_section(match.group(2))
         partial = None
         if match.group(3) is not None:
-            count = int(match.group(4))
+            start, count = int(match.group(3)), int(match.group(4))
             if count == 0:
                 raise ProtocolError("partial count must be positive")
-            partial = (int(match.group(3)), count)
+            if start > MAX_NUMBER or count > MAX_NUMBER:
+                raise ProtocolError("partial range out of range (RFC 3501 number: 32 bits)")
+            partial = (start, count)
         parsed.append(FetchItem("BODY", section, partial, peek))
     return parsed
 
