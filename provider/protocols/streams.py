@@ -18,6 +18,11 @@ from provider.protocols.lmtp import SessionMixin
 from provider.services import mail_access
 from provider.tls import server_context
 
+# Writers wait for the client (drain) once this much is queued for it: with output produced
+# a chunk at a time, a session never holds much more than this for a client that stops
+# reading (issue 11 item 2). asyncio's default is the same for plain sockets, 512 KiB for TLS.
+WRITE_HIGH_WATER = 64 * 1024
+
 
 class StreamSession:
     """The parts of an IMAP or POP3 session that do not depend on the protocol."""
@@ -43,6 +48,12 @@ class StreamSession:
         self.bad_commands = 0
         self.recheck_interval = float(app.config["ACCOUNT_RECHECK_SECONDS"])
         self.next_recheck = 0.0
+        self.limit_write_buffer()
+
+    def limit_write_buffer(self) -> None:
+        """Make drain() wait once WRITE_HIGH_WATER octets are queued (a new transport after
+        TLS starts has its own limits)."""
+        self.writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def _in_app(self, function: Callable[..., Any], *args: Any) -> Any:
         with self.app.app_context():
@@ -63,6 +74,7 @@ class StreamSession:
     async def start_implicit_tls(self) -> None:
         if self.implicit_tls:
             await self.writer.start_tls(self.tls_context)
+            self.limit_write_buffer()
             self.tls_active = True
 
     async def upgrade_to_tls(self, go_ahead: bytes) -> None:
@@ -81,6 +93,7 @@ class StreamSession:
         await self.writer.drain()
         # start_tls resumes reading once the TLS layer owns the socket.
         await self.writer.start_tls(self.tls_context)
+        self.limit_write_buffer()
         self.tls_active = True
 
     def logged_in_now(self) -> None:
