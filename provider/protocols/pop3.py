@@ -355,8 +355,16 @@ class Pop3Session(streams.StreamSession):
         self.maildir: Maildir | None = None
         self.folder: Folder | None = None
         self.maildrop: Maildrop | None = None
+        # True while the session waits for the next command (nothing half-answered).
+        self.between_commands = False
 
     # --- plumbing
+
+    def say_goodbye(self) -> None:
+        """Shutdown: `-ERR` (RFC 2449 has no unsolicited response, so only when the client is
+        not waiting for the answer to a command: it reads this as the next one's)."""
+        if self.between_commands and not self.writer.transport.is_closing():
+            self.writer.write(b"-ERR server shutting down\r\n")
 
     @property
     def timeout(self) -> float:
@@ -425,7 +433,11 @@ class Pop3Session(streams.StreamSession):
                 raise Disconnect
             await self.ok("POP3 ready")
             while True:
-                line = await self.read_line()
+                self.between_commands = True
+                try:
+                    line = await self.read_line()
+                finally:
+                    self.between_commands = False
                 if line is not None:
                     await self.handle(line)
         except (Disconnect, ConnectionError, ssl.SSLError, TimeoutError):

@@ -174,6 +174,8 @@ class ProtocolRunner:
         except TimeoutError:
             log.warning("%d deliveries still running after %.0f s; closing", inflight.count, grace)
         for protocol in list(sessions):
+            protocol.say_goodbye()  # * BYE, -ERR, 421: before the connection closes
+        for protocol in list(sessions):
             transport: Any = getattr(protocol, "transport", None)
             if transport is not None and not transport.is_closing():
                 transport.close()

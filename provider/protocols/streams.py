@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -17,6 +18,8 @@ from provider.models import Mailbox
 from provider.protocols.lmtp import SessionMixin
 from provider.services import mail_access
 from provider.tls import server_context
+
+log = logging.getLogger(__name__)
 
 # Writers wait for the client (drain) once this much is queued for it: with output produced
 # a chunk at a time, a session never holds much more than this for a client that stops
@@ -143,6 +146,8 @@ class LineSession(Protocol):
 
     def run(self) -> Coroutine[Any, Any, None]: ...
 
+    def say_goodbye(self) -> None: ...
+
 
 class SessionProtocol(SessionMixin, asyncio.StreamReaderProtocol):
     """The asyncio protocol the runner creates per connection; runs one session object."""
@@ -153,10 +158,21 @@ class SessionProtocol(SessionMixin, asyncio.StreamReaderProtocol):
         line_limit: int,
     ) -> None:
         super().__init__(asyncio.StreamReader(limit=line_limit), start)
+        self.session: LineSession | None = None  # set once the connection is made
 
     @property
     def transport(self) -> asyncio.BaseTransport | None:
         return self._transport  # type: ignore[attr-defined,no-any-return]
+
+    def say_goodbye(self) -> None:
+        """The server is shutting down: the session tells its client (IMAP `* BYE`, POP3
+        `-ERR`) if it can without breaking a response; never raises."""
+        if self.session is None:
+            return
+        try:
+            self.session.say_goodbye()
+        except Exception:  # a goodbye is a courtesy: never let it stop the shutdown
+            log.debug("could not say goodbye to a client", exc_info=True)
 
 
 def session_factory(
@@ -166,13 +182,15 @@ def session_factory(
     tls_context = server_context(app.config)
     mail_access.guards(app)
 
-    def start(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-        session = session_class(
-            app, reader, writer, implicit_tls=implicit_tls, tls_context=tls_context
-        )
-        return session.run()
-
     def make() -> asyncio.Protocol:
-        return SessionProtocol(start, line_limit)
+        def start(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+            session = session_class(
+                app, reader, writer, implicit_tls=implicit_tls, tls_context=tls_context
+            )
+            protocol.session = session
+            return session.run()
+
+        protocol = SessionProtocol(start, line_limit)
+        return protocol
 
     return make

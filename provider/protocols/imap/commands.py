@@ -665,6 +665,8 @@ class Commands:
     async def _send_pieces(self: ImapSession, pieces: list[bytes | fetching.FileLiteral]) -> None:
         """Send responses, literals streamed from their files a chunk at a time; each write
         waits until the client has taken enough of the previous ones (session.drain)."""
+        # Pieces end inside responses (before and after a literal): no BYE in between.
+        self.mid_response = True
         try:
             for piece in pieces:
                 if isinstance(piece, bytes):
@@ -682,6 +684,7 @@ class Commands:
             self.writer.transport.abort()
             raise Disconnect from None
         finally:
+            self.mid_response = False
             for piece in pieces:
                 if isinstance(piece, fetching.FileLiteral):
                     piece.close()

@@ -102,6 +102,9 @@ class ImapSession(Commands, streams.StreamSession):
         self.current: str = ""
         # RFC 7162: set by the first CONDSTORE enabling command, for the rest of the session.
         self.condstore = False
+        # True while a response is partly written (a chunked write, a FETCH streaming its
+        # literals): nothing else may go out in between, not even a BYE.
+        self.mid_response = False
 
     # --- plumbing
 
@@ -115,9 +118,19 @@ class ImapSession(Commands, streams.StreamSession):
             await self.drain()
             return
         view = memoryview(data)
-        for start in range(0, len(data), streams.WRITE_HIGH_WATER):
-            self.writer.write(view[start : start + streams.WRITE_HIGH_WATER])
-            await self.drain()
+        within, self.mid_response = self.mid_response, True
+        try:
+            for start in range(0, len(data), streams.WRITE_HIGH_WATER):
+                self.writer.write(view[start : start + streams.WRITE_HIGH_WATER])
+                await self.drain()
+        finally:
+            self.mid_response = within
+
+    def say_goodbye(self) -> None:
+        """Shutdown: `* BYE` (RFC 3501 §7.1.5), unless it would land inside a response."""
+        if self.mid_response or self.writer.transport.is_closing():
+            return
+        self.writer.write(b"* BYE Server shutting down\r\n")
 
     async def send_lines(self, lines: list[bytes]) -> None:
         """Untagged responses (EXPUNGE, FETCH FLAGS, LIST…), written in groups of about
