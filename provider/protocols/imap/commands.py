@@ -668,12 +668,17 @@ class Commands:
         # Pieces end inside responses (before and after a literal): no BYE in between.
         self.mid_response = True
         try:
+            waiting: list[bytes] = []  # responses sent together: one write, not one each
             for piece in pieces:
                 if isinstance(piece, bytes):
-                    await self.send(piece)
+                    waiting.append(piece)
                     continue
+                await self.send(b"".join(waiting))
+                waiting = []
                 while chunk := await asyncio.to_thread(piece.next_chunk):
                     await self.send(chunk)
+            if waiting:
+                await self.send(b"".join(waiting))
         except OSError as error:
             if isinstance(error, ConnectionError):
                 raise
@@ -711,10 +716,18 @@ class Commands:
             while run.position < len(run.uids) and built < FETCH_BATCH_BYTES:
                 uid = run.uids[run.position]
                 run.position += 1
-                pieces = self._fetch_message(run, uid)
-                out += pieces
-                built += sum(len(p) for p in pieces if isinstance(p, bytes))
-                if any(isinstance(p, fetching.FileLiteral) for p in pieces):
+                if not run.needs_content:
+                    line = self._fetch_plain(run.view, uid, run.items)
+                    if line is not None:
+                        out.append(line)
+                        built += len(line)
+                        continue
+                response = self._fetch_message(run, uid)
+                if response is None:
+                    continue
+                out += response.pieces
+                built += response.size
+                if response.streams:
                     break
         except BaseException:
             for piece in out:
@@ -723,10 +736,23 @@ class Commands:
             raise
         return out
 
-    def _fetch_message(
-        self: ImapSession, run: FetchRun, uid: int
-    ) -> list[bytes | fetching.FileLiteral]:
-        """One message's `* n FETCH (…)` response, its big literals left to stream."""
+    def _fetch_plain(
+        self: ImapSession, view: SelectedView, uid: int, items: list[fetching.FetchItem]
+    ) -> bytes | None:
+        """The response for items that need nothing of the file (FLAGS, UID, sizes from the
+        file name…): the common listing, kept lean; None if one of them needs the file."""
+        info = view.infos[uid]
+        parts = []
+        for item in items:
+            part = self._plain_item(view, info, item)
+            if part is None:
+                return None
+            parts.append(part)
+        return b"* %d FETCH (" % (view.seq_of(uid) or 0) + b" ".join(parts) + b")\r\n"
+
+    def _fetch_message(self: ImapSession, run: FetchRun, uid: int) -> FetchResponse | None:
+        """One message's `* n FETCH (…)` response, its big literals left to stream; None when
+        the message is gone or unreadable (counted in `run`)."""
         view = run.view
         content = MessageContent(view, view.infos[uid], run)
         try:
@@ -734,26 +760,24 @@ class Commands:
         except (FileNotFoundError, KeyError, MessageNotFound):
             content.close()
             run.missing += 1
-            return []
+            return None
         except OSError:
             content.close()
             log.exception("cannot read message %s in %s", content.info.basename, view.folder)
             run.broken += 1
-            return []
-        info = content.info
+            return None
         flags_changed = uid in run.seen_now
-        if run.sets_seen and "\\Seen" not in info.flags:
-            info = view.folder.change_flags(uid, "add", {"\\Seen"})
-            view.note_flags(info)
-            content.info = info
+        if run.sets_seen and "\\Seen" not in content.info.flags:
+            content.info = view.folder.change_flags(uid, "add", {"\\Seen"})
+            view.note_flags(content.info)
             flags_changed = True
         response = FetchResponse(view.seq_of(uid) or 0)
         try:
             for item in run.items:
                 self._fetch_item(view, content, item, response)
-            if flags_changed and not any(i.name == "FLAGS" for i in run.items):
+            if flags_changed and not run.wants_flags:
                 response.add(b"FLAGS (" + " ".join(view.display_flags(uid)).encode() + b")")
-                if view.condstore and not any(i.name == "MODSEQ" for i in run.items):
+                if view.condstore and not run.wants_modseq:
                     response.add(view.modseq_part(uid))
         except BaseException:
             response.close()
@@ -761,7 +785,29 @@ class Commands:
             raise
         if not response.streams:
             content.close()  # else closed with the last literal streamed from it
-        return response.finish()
+        response.finish()
+        return response
+
+    def _plain_item(
+        self: ImapSession, view: SelectedView, info: MessageInfo, item: fetching.FetchItem
+    ) -> bytes | None:
+        """An item that needs nothing of the message file; None for any other."""
+        name = item.name
+        if item.section is not None:
+            return None
+        if name == "FLAGS":
+            return b"FLAGS (" + " ".join(view.display_flags(info.uid)).encode() + b")"
+        if name == "UID":
+            return b"UID %d" % info.uid
+        if name == "RFC822.SIZE":
+            size = fetching.rfc822_size(info.basename, None)
+            return None if size is None else b"RFC822.SIZE %d" % size
+        if name == "MODSEQ":
+            return view.modseq_part(info.uid)
+        if name == "INTERNALDATE":
+            moment = fetching.format_internal_date(info.internal_date, info.zone_minutes)
+            return f'INTERNALDATE "{moment}"'.encode()
+        return None
 
     def _fetch_item(
         self: ImapSession,
@@ -770,27 +816,22 @@ class Commands:
         item: fetching.FetchItem,
         response: FetchResponse,
     ) -> None:
+        plain = self._plain_item(view, content.info, item)
+        if plain is not None:
+            response.add(plain)
+            return
         name = item.name
-        info = content.info
-        literal_section = LITERAL_SECTIONS.get(name) if item.section is None else item.section
-        if literal_section is not None:
-            label = item.label.encode() if item.section is not None else name.encode()
-            response.add_literal(label, content.literal(literal_section, item.partial))
-        elif name == "FLAGS":
-            response.add(b"FLAGS (" + " ".join(view.display_flags(info.uid)).encode() + b")")
-        elif name == "UID":
-            response.add(b"UID %d" % info.uid)
-        elif name == "MODSEQ":
-            response.add(view.modseq_part(info.uid))
-        elif name == "INTERNALDATE":
-            moment = fetching.format_internal_date(info.internal_date, info.zone_minutes)
-            response.add(f'INTERNALDATE "{moment}"'.encode())
+        if item.section is not None:
+            response.add_literal(item.label.encode(), content.literal(item.section, item.partial))
+        elif name in LITERAL_SECTIONS:
+            response.add_literal(name.encode(), content.literal(LITERAL_SECTIONS[name], None))
         elif name == "RFC822.SIZE":
             response.add(b"RFC822.SIZE %d" % content.rfc822_size())
         elif name == "ENVELOPE":
             response.add(b"ENVELOPE " + fetching.envelope_bytes(content.parsed().envelope))
         elif name == "BODYSTRUCTURE":
-            response.add(b"BODYSTRUCTURE " + fetching.body_structure(content.parsed().body, True))
+            structure = fetching.body_structure(content.parsed().body, True)
+            response.add(b"BODYSTRUCTURE " + structure)
         else:
             assert name == "BODY"
             response.add(b"BODY " + fetching.body_structure(content.parsed().body, False))
@@ -1041,10 +1082,16 @@ class FetchRun:
         self.sets_seen = not view.readonly and any(i.sets_seen for i in items)
         self.seen_now: set[int] = set()
         # BODY[] (the whole message) needs only the file; any other section its structure.
-        needs_parse = any(
-            i.name in _PARSED_ITEMS or (i.section is not None and i.section != "") for i in items
+        self.needs_parse = any(
+            (i.name in _PARSED_ITEMS and i.section is None) or i.section not in (None, "")
+            for i in items
         )
-        self.cache = MessageCache(view.folder.path) if needs_parse else None
+        self.needs_file = any(i.section is not None or i.name in LITERAL_SECTIONS for i in items)
+        self.needs_content = self.needs_file or self.needs_parse
+        self.wants_size = any(i.name == "RFC822.SIZE" for i in items)
+        self.wants_flags = any(i.name == "FLAGS" for i in items)
+        self.wants_modseq = any(i.name == "MODSEQ" for i in items)
+        self.cache = MessageCache(view.folder.path) if self.needs_parse else None
 
     def close(self) -> None:
         if self.cache is not None:
@@ -1067,17 +1114,13 @@ class MessageContent:
     def prepare(self) -> None:
         """Open the file (it may have been renamed since the listing: looked up again) and
         read what the items need; the errors are those of a message gone or unreadable."""
-        items = self.run.items
-        needs_file = any(i.section is not None or i.name in LITERAL_SECTIONS for i in items) or any(
-            i.name == "RFC822.SIZE" and fetching.rfc822_size(self.info.basename, None) is None
-            for i in items
-        )
-        if needs_file:
+        run = self.run
+        if run.needs_file or (
+            run.wants_size and fetching.rfc822_size(self.info.basename, None) is None
+        ):
             self.file = self._open()
             self.size = os.fstat(self.file.fileno()).st_size
-        if self.run.cache is not None and any(
-            i.name in _PARSED_ITEMS or i.section not in (None, "") for i in items
-        ):
+        if run.needs_parse:
             self.parsed()
 
     def _open(self) -> BinaryIO:
@@ -1144,30 +1187,39 @@ class MessageContent:
 class FetchResponse:
     """`* n FETCH (item item …)` as octets, cut where a literal streams from its file."""
 
+    __slots__ = ("head", "parts", "pieces", "size", "streams")
+
     def __init__(self, number: int) -> None:
+        self.head = b"* %d FETCH (" % number
+        self.parts: list[bytes] = []
         self.pieces: list[bytes | fetching.FileLiteral] = []
-        self.current = bytearray(b"* %d FETCH (" % number)
-        self.first = True
+        self.size = 0
         self.streams = False
 
     def add(self, item: bytes) -> None:
-        if not self.first:
-            self.current += b" "
-        self.first = False
-        self.current += item
+        self.parts.append(item)
 
     def add_literal(self, label: bytes, literal: bytes | fetching.FileLiteral) -> None:
         if isinstance(literal, bytes):
-            self.add(label + b" " + literal)
+            self.parts.append(label + b" " + literal)
             return
-        self.add(label + b" {%d}\r\n" % literal.size)
-        self.pieces += [bytes(self.current), literal]
-        self.current = bytearray()
+        self.parts.append(label + b" {%d}\r\n" % literal.size)
+        self._flush(b"")
+        self.pieces.append(literal)
+        # What follows the literal continues the list: a space before the next item.
+        self.head = b" "
         self.streams = True
 
-    def finish(self) -> list[bytes | fetching.FileLiteral]:
-        self.current += b")\r\n"
-        return [*self.pieces, bytes(self.current)]
+    def _flush(self, end: bytes) -> None:
+        if self.parts or end:
+            head = self.head if self.parts else b""
+            octets = head + b" ".join(self.parts) + end
+            self.pieces.append(octets)
+            self.size += len(octets)
+            self.parts = []
+
+    def finish(self) -> None:
+        self._flush(b")\r\n")
 
     def close(self) -> None:
         for piece in self.pieces:
