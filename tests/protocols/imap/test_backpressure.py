@@ -18,6 +18,7 @@ from provider.protocols.imap import fetch as fetching
 from provider.services.mail_access import guards
 from provider.services.storage import mail_store
 from tests.conftest import MAILBOX_PASSWORD, make_mailbox, wait_until
+from tests.protocols.pop3.conftest import insecure_context
 
 ADDRESS = "alice@example.test"
 MB = 1024 * 1024
@@ -151,17 +152,25 @@ def sent_octets(monkeypatch) -> list[int]:
     return counted
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "imaps"])
 @pytest.mark.parametrize("size", [2 * MB, 100 * 1024], ids=["streamed", "batched"])
 def test_a_client_that_never_reads_gets_only_what_fits_then_is_dropped(
-    client, app, monkeypatch, size
+    session, imap, app, monkeypatch, size, tls
 ):
     """40 MB in INBOX, FETCH 1:* BODY.PEEK[] never read: the server produces little more than
     the socket buffers hold, then drops the reader at the output timeout (as before)."""
     app.config["IMAP_OUTPUT_TIMEOUT_SECONDS"] = 1
+    make_mailbox(session)
     inbox = mail_store().open(ADDRESS).folder("INBOX")
     total = stalled_fetch.fill_sized(inbox, 40 * MB, size)
     counted = sent_octets(monkeypatch)
-    connection = client()
+    if tls:
+        connection: imaplib.IMAP4 = imaplib.IMAP4_SSL(
+            *imap["imaps"], ssl_context=insecure_context(), timeout=30
+        )
+        connection.login(ADDRESS, MAILBOX_PASSWORD)
+    else:
+        connection = login(imap)
     connection.select("INBOX")
     sock = connection.sock
     try:
