@@ -30,6 +30,7 @@ from provider.services.storage import mail_store
 log = logging.getLogger(__name__)
 
 MAX_RECIPIENTS = 100
+SHUTDOWN_REPLY = b"421 4.3.2 Service shutting down\r\n"
 BARE_LINE_ENDING = "550 5.6.0 Message refused: bare CR or LF line ending (RFC 5322 section 2.3)"
 # aiosmtpd's own replies for size limits, given the enhanced status code RFC 3463 assigns.
 REPLY_REWRITES = {
@@ -228,15 +229,23 @@ class SessionMixin:
     socket_transport: asyncio.BaseTransport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.closed = asyncio.get_running_loop().create_future()
-        # The transport on the socket itself (after STARTTLS the session talks to a TLS
-        # transport layered on top of it, which can be closed while this one is not).
-        self.socket_transport = transport
+        # aiosmtpd calls this a second time after STARTTLS, with the TLS transport layered on
+        # top of the socket's: keep the first. (Taking the TLS one made socket_open fail with
+        # AttributeError '_get_extra_info' once shutdown had closed it twice: issue 11 item 17.)
+        if not hasattr(self, "closed"):
+            self.closed = asyncio.get_running_loop().create_future()
+            # The transport on the socket itself (after STARTTLS the session talks to a TLS
+            # transport layered on top of it, which can be closed while this one is not).
+            self.socket_transport = transport
         super().connection_made(transport)  # type: ignore[misc]
 
     def socket_open(self) -> bool:
         sock = self.socket_transport.get_extra_info("socket")
         return sock is not None and sock.fileno() != -1
+
+    def say_goodbye(self) -> None:
+        """Tell the client the server is shutting down (the runner calls this before it
+        closes the connection); synchronous, never raises. Nothing to say by default."""
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # type: ignore[misc]
@@ -252,7 +261,17 @@ class SessionMixin:
 
 
 class _RewritingMixin(SessionMixin):
-    """Give aiosmtpd's built-in size replies their enhanced status codes."""
+    """Give aiosmtpd's built-in size replies their enhanced status codes; say 421 at shutdown."""
+
+    def say_goodbye(self) -> None:
+        """RFC 5321 §3.8: a server that must shut down answers 421 and closes."""
+        transport: asyncio.WriteTransport | None = getattr(self, "transport", None)
+        if transport is None or transport.is_closing():
+            return
+        try:
+            transport.write(SHUTDOWN_REPLY)
+        except Exception:  # a goodbye is a courtesy: never let it stop the shutdown
+            log.debug("could not say goodbye to an SMTP client", exc_info=True)
 
     async def push(self, status: str | bytes) -> None:  # type: ignore[override]
         if isinstance(status, str):

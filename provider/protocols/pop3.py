@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from flask import Flask
 
@@ -48,11 +49,14 @@ BAD_AFTER_LOGIN = 20
 LOCK_FILE = "provider-pop3.lock"
 ARCHIVE = "Archive"
 UIDL_MAX = 70
+MAX_TOP_LINES = 2**63 - 1
 # Messages up to this size are read on the event loop: from the page cache that costs less
 # than the hop to a worker thread; bigger files leave the loop (CONVENTIONS: big file reads).
 INLINE_READ = 256 * 1024
 # Wait for the client to take data only once this much is queued for it.
 WRITE_HIGH_WATER = 256 * 1024
+# Bigger messages are sent by RETR and TOP a chunk at a time, never read whole.
+STREAM_CHUNK = 64 * 1024
 IMPLEMENTATION = "provider"
 
 AUTHORIZATION = frozenset({"USER", "PASS", "AUTH", "STLS", "APOP"})
@@ -113,13 +117,100 @@ def top_form(data: bytes, lines: int) -> bytes:
     head, separator, body = wire.partition(b"\r\n\r\n")
     if not separator:
         return wire
-    result = head + b"\r\n\r\n"
-    if lines > 0 and body:
-        kept = body.split(b"\r\n", lines)[:lines]
-        result += b"\r\n".join(kept)
-        if not result.endswith(b"\r\n"):
-            result += b"\r\n"
-    return result
+    # Each body line with its CRLF (the wire form ends in CRLF), empty lines counted too.
+    position = 0
+    for _ in range(lines):
+        found = body.find(b"\r\n", position)
+        if found < 0:
+            break
+        position = found + 2
+    return head + b"\r\n\r\n" + body[:position]
+
+
+class WireStream:
+    """`wire_form` of a message file a chunk at a time (RETR of a big message is never read
+    whole: issue 11 item 2). Line ends become CRLF across chunk boundaries (a CR at the end of
+    a chunk waits for the next), lines starting with "." are dot-stuffed, and the end is CRLF.
+    `next_chunk()` blocks (call it in a worker thread); b"" at the end."""
+
+    def __init__(self, file: BinaryIO, chunk: int = STREAM_CHUNK) -> None:
+        self.file = file
+        self.chunk = chunk
+        self.carry = b""  # a CR that may start a CRLF
+        self.line_start = True  # the next octet starts a line
+        self.ends_crlf = False  # what was given so far ends in CRLF
+        self.ended = False
+
+    def next_chunk(self) -> bytes:
+        while not self.ended:
+            raw = self.file.read(self.chunk)
+            data = self.carry + raw
+            self.carry = b""
+            if not raw:
+                self.ended = True
+                if not (data.endswith(b"\r\n") if data else self.ends_crlf):
+                    data += b"\r\n"
+            elif data.endswith(b"\r"):
+                data, self.carry = data[:-1], b"\r"
+            if data.count(b"\n") != data.count(b"\r\n"):
+                data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+            if not data:
+                continue
+            if b"\n." in data:
+                data = data.replace(b"\r\n.", b"\r\n..")
+            if self.line_start and data.startswith(b"."):
+                data = b"." + data
+            self.line_start = self.ends_crlf = data.endswith(b"\r\n")
+            return data
+        return b""
+
+
+class TopStream:
+    """`top_form` of a message file a chunk at a time: the header, the blank line, then at most
+    `lines` body lines of the wire form (the whole message when it has no blank line)."""
+
+    def __init__(self, wire: WireStream, lines: int) -> None:
+        self.wire = wire
+        self.lines = lines
+        self.in_header = True
+        self.tail = b""  # the last octets of the header so far (a separator may straddle)
+        self.done = False
+
+    def next_chunk(self) -> bytes:
+        while not self.done:
+            data = self.wire.next_chunk()
+            if not data:
+                self.done = True
+                return b""
+            if self.in_header:
+                seen = self.tail + data
+                found = seen.find(b"\r\n\r\n")
+                if found < 0:
+                    self.tail = seen[-3:]
+                    return data
+                self.in_header = False
+                cut = found + 4 - len(self.tail)  # the separator's end within `data`
+                head, body = data[:cut], data[cut:]
+                return head + self._body(body)
+            body = self._body(data)
+            if body:
+                return body
+        return b""
+
+    def _body(self, data: bytes) -> bytes:
+        """As much of `data` (body octets) as the line count allows."""
+        if self.lines <= 0:
+            self.done = True
+            return b""
+        position = 0
+        while self.lines > 0:
+            found = data.find(b"\r\n", position)
+            if found < 0:
+                return data
+            position = found + 2
+            self.lines -= 1
+        self.done = True
+        return data[:position]
 
 
 def _virtual_size(info: MessageInfo) -> int:
@@ -354,8 +445,16 @@ class Pop3Session(streams.StreamSession):
         self.maildir: Maildir | None = None
         self.folder: Folder | None = None
         self.maildrop: Maildrop | None = None
+        # True while the session waits for the next command (nothing half-answered).
+        self.between_commands = False
 
     # --- plumbing
+
+    def say_goodbye(self) -> None:
+        """Shutdown: `-ERR` (RFC 2449 has no unsolicited response, so only when the client is
+        not waiting for the answer to a command: it reads this as the next one's)."""
+        if self.between_commands and not self.writer.transport.is_closing():
+            self.writer.write(b"-ERR server shutting down\r\n")
 
     @property
     def timeout(self) -> float:
@@ -424,7 +523,11 @@ class Pop3Session(streams.StreamSession):
                 raise Disconnect
             await self.ok("POP3 ready")
             while True:
-                line = await self.read_line()
+                self.between_commands = True
+                try:
+                    line = await self.read_line()
+                finally:
+                    self.between_commands = False
                 if line is not None:
                     await self.handle(line)
         except (Disconnect, ConnectionError, ssl.SSLError, TimeoutError):
@@ -687,13 +790,11 @@ class Pop3Session(streams.StreamSession):
     async def pop3_UIDL(self, argument: str) -> None:
         await self._listing(argument, lambda message: message.uidl)
 
-    async def _content(self, message: Message) -> bytes | None:
-        """The message's bytes; it may have been renamed (flags) or removed over IMAP since
-        login: looked up again by basename."""
+    async def _open(self, message: Message) -> BinaryIO | None:
+        """The message's file, open; it may have been renamed (flags) or removed over IMAP
+        since login: looked up again by basename. None when it is gone."""
         try:
-            if message.size <= INLINE_READ:
-                return read_file(message.path)
-            return await asyncio.to_thread(read_file, message.path)
+            return await asyncio.to_thread(open, message.path, "rb")
         except FileNotFoundError:
             pass
         assert self.folder is not None
@@ -703,41 +804,77 @@ class Pop3Session(streams.StreamSession):
             return None
         message.path = info.path
         try:
-            return await asyncio.to_thread(read_file, message.path)
+            return await asyncio.to_thread(open, message.path, "rb")
         except FileNotFoundError:
             return None
 
-    async def _message_and_content(self, number: str) -> tuple[Message, bytes] | None:
-        """The message a RETR or TOP names and its bytes; None once the error is answered."""
+    async def _content(self, message: Message) -> bytes | None:
+        """A small message's bytes (read on the event loop: see INLINE_READ), None if gone."""
+        try:
+            return read_file(message.path)
+        except FileNotFoundError:
+            pass
+        file = await self._open(message)
+        if file is None:
+            return None
+        with file:
+            return file.read()
+
+    async def _send_message(
+        self, number: str, first_line: bytes, form: Callable[[bytes], bytes], lines: int | None
+    ) -> Message | None:
+        """RETR (lines None) and TOP: `first_line`, the message in wire form (`form` for a
+        small one, streamed from its file for a big one: issue 11 item 2), the end marker."""
         message = self._number(number)
         if isinstance(message, str):
             await self.err(message)
             return None
-        data = await self._content(message)
-        if data is None:
+        if message.size <= INLINE_READ:
+            data = await self._content(message)
+            if data is None:
+                await self.err("Message was removed by another session")
+                return None
+            await self.send(first_line + form(data) + b".\r\n")
+            return message
+        file = await self._open(message)
+        if file is None:
             await self.err("Message was removed by another session")
             return None
-        return message, data
+        with file:
+            wire = WireStream(file)
+            stream: WireStream | TopStream = wire if lines is None else TopStream(wire, lines)
+            await self.send(first_line)
+            while chunk := await asyncio.to_thread(stream.next_chunk):
+                await self.send(chunk)
+            await self.send(b".\r\n")
+        return message
 
     async def pop3_RETR(self, argument: str) -> None:
-        found = await self._message_and_content(argument)
-        if found is None:
-            return
-        message, data = found
-        message.retrieved = True
-        wire = wire_form(data, crlf_only=len(data) == message.size)
-        await self.send(b"+OK %d octets\r\n" % message.size + wire + b".\r\n")
+        def form(data: bytes) -> bytes:
+            return wire_form(data, crlf_only=len(data) == size)
+
+        message = self._number(argument)
+        size = message.size if isinstance(message, Message) else 0
+        sent = await self._send_message(argument, b"+OK %d octets\r\n" % size, form, None)
+        if sent is not None:
+            sent.retrieved = True
 
     async def pop3_TOP(self, argument: str) -> None:
         words = argument.split()
         if len(words) != 2 or not words[1].isdigit() or not words[1].isascii():
             await self.bad("TOP takes a message number and a line count")
             return
-        found = await self._message_and_content(words[0])
-        if found is None:
+        lines = int(words[1])
+        if lines > MAX_TOP_LINES:
+            # Dovecot's limit too (a 64-bit count).
+            await self.err("Invalid number of lines")
             return
-        top = top_form(found[1], int(words[1]))
-        await self.send(b"+OK Top of message follows\r\n" + top + b".\r\n")
+        await self._send_message(
+            words[0],
+            b"+OK Top of message follows\r\n",
+            lambda data: top_form(data, lines),
+            lines,
+        )
 
     async def pop3_DELE(self, argument: str) -> None:
         message = self._number(argument)

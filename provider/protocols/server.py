@@ -202,7 +202,8 @@ class ProtocolRunner:
         except TimeoutError:
             log.warning("%d deliveries still running after %.0f s; closing", inflight.count, grace)
         for protocol in list(sessions):
-            _say_goodbye(protocol)
+            _say_goodbye(protocol)  # * BYE, -ERR, 421: every client told before any closes
+        for protocol in list(sessions):
             transport: Any = getattr(protocol, "transport", None)
             if transport is not None and not transport.is_closing():
                 transport.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -17,6 +18,13 @@ from provider.models import Mailbox
 from provider.protocols.lmtp import SessionMixin
 from provider.services import mail_access
 from provider.tls import server_context
+
+log = logging.getLogger(__name__)
+
+# Writers wait for the client (drain) once this much is queued for it: with output produced
+# a chunk at a time, a session never holds much more than this for a client that stops
+# reading (issue 11 item 2). asyncio's default is the same for plain sockets, 512 KiB for TLS.
+WRITE_HIGH_WATER = 64 * 1024
 
 
 class StreamSession:
@@ -43,6 +51,12 @@ class StreamSession:
         self.bad_commands = 0
         self.recheck_interval = float(app.config["ACCOUNT_RECHECK_SECONDS"])
         self.next_recheck = 0.0
+        self.limit_write_buffer()
+
+    def limit_write_buffer(self) -> None:
+        """Make drain() wait once WRITE_HIGH_WATER octets are queued (a new transport after
+        TLS starts has its own limits)."""
+        self.writer.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
 
     def _in_app(self, function: Callable[..., Any], *args: Any) -> Any:
         with self.app.app_context():
@@ -63,17 +77,26 @@ class StreamSession:
     async def start_implicit_tls(self) -> None:
         if self.implicit_tls:
             await self.writer.start_tls(self.tls_context)
+            self.limit_write_buffer()
             self.tls_active = True
 
     async def upgrade_to_tls(self, go_ahead: bytes) -> None:
-        """STARTTLS/STLS: answer `go_ahead`, then the handshake. Whatever the client pipelined
-        after the command arrived in plaintext and must never run as if it came over TLS
-        (RELIABILITY P4; asyncio has no public way to empty a StreamReader, CPython #118642)."""
+        """STARTTLS/STLS: answer `go_ahead`, then the handshake.
+
+        Whatever the client pipelined after the command arrived in plaintext and must never
+        run as if it came over TLS (RELIABILITY P4; asyncio has no public way to empty a
+        StreamReader, CPython #118642). Reading stops first, so the buffer emptied here holds
+        all the plaintext there will ever be: bytes sent later wait in the socket until the
+        TLS layer reads them (plaintext among them fails the handshake). The buffer must never
+        be emptied after the handshake: by then it may hold the client's first command, which
+        came over TLS (the STARTTLS hangs of issue 11 item 15)."""
+        self.writer.transport.pause_reading()
         self.reader._buffer.clear()  # type: ignore[attr-defined]
         self.writer.write(go_ahead)
         await self.writer.drain()
+        # start_tls resumes reading once the TLS layer owns the socket.
         await self.writer.start_tls(self.tls_context)
-        self.reader._buffer.clear()  # type: ignore[attr-defined]
+        self.limit_write_buffer()
         self.tls_active = True
 
     def logged_in_now(self) -> None:
@@ -123,6 +146,8 @@ class LineSession(Protocol):
 
     def run(self) -> Coroutine[Any, Any, None]: ...
 
+    def say_goodbye(self) -> None: ...
+
 
 class SessionProtocol(SessionMixin, asyncio.StreamReaderProtocol):
     """The asyncio protocol the runner creates per connection; runs one session object."""
@@ -133,10 +158,21 @@ class SessionProtocol(SessionMixin, asyncio.StreamReaderProtocol):
         line_limit: int,
     ) -> None:
         super().__init__(asyncio.StreamReader(limit=line_limit), start)
+        self.session: LineSession | None = None  # set once the connection is made
 
     @property
     def transport(self) -> asyncio.BaseTransport | None:
         return self._transport  # type: ignore[attr-defined,no-any-return]
+
+    def say_goodbye(self) -> None:
+        """The server is shutting down: the session tells its client (IMAP `* BYE`, POP3
+        `-ERR`) if it can without breaking a response; never raises."""
+        if self.session is None:
+            return
+        try:
+            self.session.say_goodbye()
+        except Exception:  # a goodbye is a courtesy: never let it stop the shutdown
+            log.debug("could not say goodbye to a client", exc_info=True)
 
 
 def session_factory(
@@ -146,13 +182,15 @@ def session_factory(
     tls_context = server_context(app.config)
     mail_access.guards(app)
 
-    def start(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-        session = session_class(
-            app, reader, writer, implicit_tls=implicit_tls, tls_context=tls_context
-        )
-        return session.run()
-
     def make() -> asyncio.Protocol:
-        return SessionProtocol(start, line_limit)
+        def start(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+            session = session_class(
+                app, reader, writer, implicit_tls=implicit_tls, tls_context=tls_context
+            )
+            protocol.session = session
+            return session.run()
+
+        protocol = SessionProtocol(start, line_limit)
+        return protocol
 
     return make

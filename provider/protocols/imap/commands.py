@@ -6,10 +6,11 @@ import asyncio
 import bisect
 import functools
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Literal, TypeVar
 
 from sqlalchemy import select
 
@@ -21,6 +22,7 @@ from provider.mailstore import (
     IncomingMessage,
     Maildir,
     MessageInfo,
+    MessageNotFound,
     StorageFull,
     StoredMessage,
     TooManyKeywords,
@@ -722,131 +724,197 @@ class Commands:
             modseqs = view.modseqs
             uids = [u for u in uids if modseqs.get(u, 0) > changed_since]
             wanted = uids
-        lines, missing, broken = await self.blocking(self._fetch, view, uids, items)
-        await self.send_lines(lines)
-        if broken:
+        run = FetchRun(view, uids, items)
+        try:
+            if run.sets_seen and view.condstore:
+                await self.blocking(self._fetch_mark_seen, run)
+            # One batch of responses at a time, each sent (as the client reads) before the next
+            # is built: memory stays bounded whatever the client asks for (issue 11 item 2).
+            while run.position < len(uids):
+                await self._send_pieces(await self.blocking(self._fetch_batch, run))
+        finally:
+            run.close()
+        if run.broken:
             return "NO [SERVERBUG] Some messages could not be read; the others were fetched"
         # A message another session expunged (and this one was not told of yet) cannot be
         # fetched: say so rather than answer OK without it (RFC 2180 §4.1.2, RFC 5530).
-        if missing or (not by_uid and len(uids) < len(wanted)):
+        if run.missing or (not by_uid and len(uids) < len(wanted)):
             return "NO [EXPUNGEISSUED] Some messages were expunged; the others were fetched"
         return f"OK {'UID ' if by_uid else ''}FETCH completed"
 
-    def _fetch(
-        self: ImapSession, view: SelectedView, uids: list[int], items: list[fetching.FetchItem]
-    ) -> tuple[list[bytes], int, int]:
-        """The FETCH responses, and how many messages were gone or unreadable."""
-        # BODY[] (the whole message) needs only the file; any other section needs its structure.
-        needs_parse = any(
-            i.name in ("ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822.HEADER", "RFC822.TEXT")
-            or (i.section is not None and i.section != "")
-            for i in items
-        )
-        needs_data = needs_parse or any(i.name == "RFC822" or i.section == "" for i in items)
-        sets_seen = not view.readonly and any(i.sets_seen for i in items)
-        seen_now: set[int] = set()
-        if sets_seen and view.condstore:
-            # CONDSTORE: set \Seen first, so that one look at the modseqs covers every message.
-            for uid in uids:
-                if "\\Seen" not in view.infos[uid].flags:
-                    try:
-                        view.note_flags(view.folder.change_flags(uid, "add", {"\\Seen"}))
-                    except KeyError:
-                        continue
-                    seen_now.add(uid)
-            if seen_now:
-                view.note_modseqs(view.folder.modseqs(), sorted(seen_now))
-        cache = MessageCache(view.folder.path) if needs_parse else None
-        out: list[bytes] = []
-        missing = broken = 0
+    async def _send_pieces(self: ImapSession, pieces: list[bytes | fetching.FileLiteral]) -> None:
+        """Send responses, literals streamed from their files a chunk at a time; each write
+        waits until the client has taken enough of the previous ones (session.drain)."""
+        # Pieces end inside responses (before and after a literal): no BYE in between.
+        self.mid_response = True
         try:
-            for uid in uids:
-                info = view.infos[uid]
-                data: bytes | None = None
-                parsed: ParsedMessage | None = None
-                try:
-                    if needs_data:
-                        data = view.folder.read(uid)
-                    if cache is not None:
-                        parsed = cache.get(info.basename, info.path)
-                except (FileNotFoundError, KeyError):
-                    missing += 1
+            waiting: list[bytes] = []  # responses sent together: one write, not one each
+            for piece in pieces:
+                if isinstance(piece, bytes):
+                    waiting.append(piece)
                     continue
-                except OSError:
-                    log.exception("cannot read message %s in %s", info.basename, view.folder)
-                    broken += 1
-                    continue
-                flags_changed = uid in seen_now
-                if sets_seen and "\\Seen" not in info.flags:
-                    info = view.folder.change_flags(uid, "add", {"\\Seen"})
-                    view.note_flags(info)
-                    flags_changed = True
-                parts: list[bytes] = []
-                for item in items:
-                    parts.append(self._fetch_item(view, info, item, data, parsed))
-                if flags_changed and not any(i.name == "FLAGS" for i in items):
-                    parts.append(b"FLAGS (" + " ".join(view.display_flags(uid)).encode() + b")")
-                    if view.condstore and not any(i.name == "MODSEQ" for i in items):
-                        parts.append(view.modseq_part(uid))
-                seq = view.seq_of(uid)
-                out.append(b"* %d FETCH (" % (seq or 0) + b" ".join(parts) + b")\r\n")
-        finally:
-            if cache is not None:
-                cache.close()
-        return out, missing, broken
+                await self.send(b"".join(waiting))
+                waiting = []
+                while chunk := await asyncio.to_thread(piece.next_chunk):
+                    await self.send(chunk)
+            if waiting:
+                await self.send(b"".join(waiting))
+        except OSError as error:
+            if isinstance(error, ConnectionError):
+                raise
+            from provider.protocols.imap.session import Disconnect
 
-    def _fetch_item(
-        self: ImapSession,
-        view: SelectedView,
-        info: MessageInfo,
-        item: fetching.FetchItem,
-        data: bytes | None,
-        parsed: ParsedMessage | None,
-    ) -> bytes:
+            # Half a literal is out: the only way to keep the client in step is to hang up.
+            log.error("IMAP FETCH for %s failed in a literal: %s", self.user, error)
+            self.writer.transport.abort()
+            raise Disconnect from None
+        finally:
+            self.mid_response = False
+            for piece in pieces:
+                if isinstance(piece, fetching.FileLiteral):
+                    piece.close()
+
+    def _fetch_mark_seen(self: ImapSession, run: FetchRun) -> None:
+        """CONDSTORE: set \\Seen first, so that one look at the modseqs covers every message."""
+        view = run.view
+        for uid in run.uids:
+            if "\\Seen" not in view.infos[uid].flags:
+                try:
+                    view.note_flags(view.folder.change_flags(uid, "add", {"\\Seen"}))
+                except KeyError:
+                    continue
+                run.seen_now.add(uid)
+        if run.seen_now:
+            view.note_modseqs(view.folder.modseqs(), sorted(run.seen_now))
+
+    def _fetch_batch(self: ImapSession, run: FetchRun) -> list[bytes | fetching.FileLiteral]:
+        """The responses of the next messages, about FETCH_BATCH_BYTES of them or up to one
+        that streams a literal from its file."""
+        out: list[bytes | fetching.FileLiteral] = []
+        built = 0
+        try:
+            while run.position < len(run.uids) and built < FETCH_BATCH_BYTES:
+                uid = run.uids[run.position]
+                run.position += 1
+                if not run.needs_content:
+                    line = self._fetch_plain(run.view, uid, run.items)
+                    if line is not None:
+                        out.append(line)
+                        built += len(line)
+                        continue
+                response = self._fetch_message(run, uid)
+                if response is None:
+                    continue
+                out += response.pieces
+                built += response.size
+                if response.streams:
+                    break
+        except BaseException:
+            for piece in out:
+                if isinstance(piece, fetching.FileLiteral):
+                    piece.close()
+            raise
+        return out
+
+    def _fetch_plain(
+        self: ImapSession, view: SelectedView, uid: int, items: list[fetching.FetchItem]
+    ) -> bytes | None:
+        """The response for items that need nothing of the file (FLAGS, UID, sizes from the
+        file name…): the common listing, kept lean; None if one of them needs the file."""
+        info = view.infos[uid]
+        parts = []
+        for item in items:
+            part = self._plain_item(view, info, item)
+            if part is None:
+                return None
+            parts.append(part)
+        return b"* %d FETCH (" % (view.seq_of(uid) or 0) + b" ".join(parts) + b")\r\n"
+
+    def _fetch_message(self: ImapSession, run: FetchRun, uid: int) -> FetchResponse | None:
+        """One message's `* n FETCH (…)` response, its big literals left to stream; None when
+        the message is gone or unreadable (counted in `run`)."""
+        view = run.view
+        content = MessageContent(view, view.infos[uid], run)
+        try:
+            content.prepare()
+        except (FileNotFoundError, KeyError, MessageNotFound):
+            content.close()
+            run.missing += 1
+            return None
+        except OSError:
+            content.close()
+            log.exception("cannot read message %s in %s", content.info.basename, view.folder)
+            run.broken += 1
+            return None
+        flags_changed = uid in run.seen_now
+        if run.sets_seen and "\\Seen" not in content.info.flags:
+            content.info = view.folder.change_flags(uid, "add", {"\\Seen"})
+            view.note_flags(content.info)
+            flags_changed = True
+        response = FetchResponse(view.seq_of(uid) or 0)
+        try:
+            for item in run.items:
+                self._fetch_item(view, content, item, response)
+            if flags_changed and not run.wants_flags:
+                response.add(b"FLAGS (" + " ".join(view.display_flags(uid)).encode() + b")")
+                if view.condstore and not run.wants_modseq:
+                    response.add(view.modseq_part(uid))
+        except BaseException:
+            response.close()
+            content.close()
+            raise
+        if not response.streams:
+            content.close()  # else closed with the last literal streamed from it
+        response.finish()
+        return response
+
+    def _plain_item(
+        self: ImapSession, view: SelectedView, info: MessageInfo, item: fetching.FetchItem
+    ) -> bytes | None:
+        """An item that needs nothing of the message file; None for any other."""
         name = item.name
         if item.section is not None:
-            assert data is not None
-            if item.section == "":
-                content = fetching.to_crlf(data)
-            else:
-                assert parsed is not None
-                content = fetching.to_crlf(section_bytes(data, parsed, item.section))
-            return (
-                item.label.encode()
-                + b" "
-                + encode_literal(fetching.partial_of(content, item.partial))
-            )
+            return None
         if name == "FLAGS":
             return b"FLAGS (" + " ".join(view.display_flags(info.uid)).encode() + b")"
         if name == "UID":
             return b"UID %d" % info.uid
+        if name == "RFC822.SIZE":
+            size = fetching.rfc822_size(info.basename, None)
+            return None if size is None else b"RFC822.SIZE %d" % size
         if name == "MODSEQ":
             return view.modseq_part(info.uid)
         if name == "INTERNALDATE":
             moment = fetching.format_internal_date(info.internal_date, info.zone_minutes)
             return f'INTERNALDATE "{moment}"'.encode()
-        if name == "RFC822.SIZE":
-            size = fetching.rfc822_size(info.basename, None)
-            if size is None:
-                size = fetching.rfc822_size(info.basename, view.folder.read(info.uid))
-            return b"RFC822.SIZE %d" % (size or 0)
-        assert data is not None
-        if name == "RFC822":
-            return b"RFC822 " + encode_literal(fetching.to_crlf(data))
-        assert parsed is not None
-        if name == "ENVELOPE":
-            return b"ENVELOPE " + fetching.envelope_bytes(parsed.envelope)
-        if name == "BODYSTRUCTURE":
-            return b"BODYSTRUCTURE " + fetching.body_structure(parsed.body, True)
-        if name == "BODY":
-            return b"BODY " + fetching.body_structure(parsed.body, False)
-        if name == "RFC822.HEADER":
-            return b"RFC822.HEADER " + encode_literal(
-                fetching.to_crlf(section_bytes(data, parsed, "HEADER"))
-            )
-        return b"RFC822.TEXT " + encode_literal(
-            fetching.to_crlf(section_bytes(data, parsed, "TEXT"))
-        )
+        return None
+
+    def _fetch_item(
+        self: ImapSession,
+        view: SelectedView,
+        content: MessageContent,
+        item: fetching.FetchItem,
+        response: FetchResponse,
+    ) -> None:
+        plain = self._plain_item(view, content.info, item)
+        if plain is not None:
+            response.add(plain)
+            return
+        name = item.name
+        if item.section is not None:
+            response.add_literal(item.label.encode(), content.literal(item.section, item.partial))
+        elif name in LITERAL_SECTIONS:
+            response.add_literal(name.encode(), content.literal(LITERAL_SECTIONS[name], None))
+        elif name == "RFC822.SIZE":
+            response.add(b"RFC822.SIZE %d" % content.rfc822_size())
+        elif name == "ENVELOPE":
+            response.add(b"ENVELOPE " + fetching.envelope_bytes(content.parsed().envelope))
+        elif name == "BODYSTRUCTURE":
+            structure = fetching.body_structure(content.parsed().body, True)
+            response.add(b"BODYSTRUCTURE " + structure)
+        else:
+            assert name == "BODY"
+            response.add(b"BODY " + fetching.body_structure(content.parsed().body, False))
 
     @answers_disk_full
     async def do_store(self: ImapSession, command: Command, by_uid: bool = False) -> str:
@@ -1088,3 +1156,174 @@ def parse_internal_date(text: str) -> tuple[float, int]:
     except InvalidDate as error:
         raise ProtocolError(f"date-time {text!r} out of range: {error}") from None
     return timestamp, int(offset.total_seconds() // 60) if offset else 0
+
+
+# --- FETCH: responses built one message at a time, big literals streamed from the file -------
+
+# Response octets built per trip to a worker thread before they are sent (issue 11 item 2).
+FETCH_BATCH_BYTES = 256 * 1024
+# A message file bigger than this is never read whole for a literal: it is streamed.
+STREAM_THRESHOLD = 256 * 1024
+# The fetch-atts that are BODY[section] under another name (RFC 3501 §6.4.5).
+LITERAL_SECTIONS = {"RFC822": "", "RFC822.HEADER": "HEADER", "RFC822.TEXT": "TEXT"}
+_PARSED_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY", "RFC822.HEADER", "RFC822.TEXT"})
+
+
+class FetchRun:
+    """One FETCH command in progress: what it asks for, how far it got, what went wrong."""
+
+    def __init__(
+        self, view: SelectedView, uids: list[int], items: list[fetching.FetchItem]
+    ) -> None:
+        self.view = view
+        self.uids = uids
+        self.items = items
+        self.position = 0
+        self.missing = 0
+        self.broken = 0
+        self.sets_seen = not view.readonly and any(i.sets_seen for i in items)
+        self.seen_now: set[int] = set()
+        # BODY[] (the whole message) needs only the file; any other section its structure.
+        self.needs_parse = any(
+            (i.name in _PARSED_ITEMS and i.section is None) or i.section not in (None, "")
+            for i in items
+        )
+        self.needs_file = any(i.section is not None or i.name in LITERAL_SECTIONS for i in items)
+        self.needs_content = self.needs_file or self.needs_parse
+        self.wants_size = any(i.name == "RFC822.SIZE" for i in items)
+        self.wants_flags = any(i.name == "FLAGS" for i in items)
+        self.wants_modseq = any(i.name == "MODSEQ" for i in items)
+        self.cache = MessageCache(view.folder.path) if self.needs_parse else None
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.close()
+
+
+class MessageContent:
+    """A message's file for one FETCH response, opened once and read only as far as needed:
+    whole when it is small, in chunks (FileLiteral) when it is not."""
+
+    def __init__(self, view: SelectedView, info: MessageInfo, run: FetchRun) -> None:
+        self.view = view
+        self.info = info
+        self.run = run
+        self.file: BinaryIO | None = None
+        self.size = 0
+        self._data: bytes | None = None
+        self._parsed: ParsedMessage | None = None
+
+    def prepare(self) -> None:
+        """Open the file (it may have been renamed since the listing: looked up again) and
+        read what the items need; the errors are those of a message gone or unreadable."""
+        run = self.run
+        if run.needs_file or (
+            run.wants_size and fetching.rfc822_size(self.info.basename, None) is None
+        ):
+            self.file = self._open()
+            self.size = os.fstat(self.file.fileno()).st_size
+        if run.needs_parse:
+            self.parsed()
+
+    def _open(self) -> BinaryIO:
+        try:
+            return open(self.info.path, "rb")
+        except FileNotFoundError:
+            self.info = self.view.folder.get(self.info.uid)
+            return open(self.info.path, "rb")
+
+    def parsed(self) -> ParsedMessage:
+        if self._parsed is None:
+            assert self.run.cache is not None
+            self._parsed = self.run.cache.get(self.info.basename, self.info.path)
+        return self._parsed
+
+    def data(self) -> bytes:
+        """The whole file (only ever asked of a small one)."""
+        if self._data is None:
+            assert self.file is not None
+            self.file.seek(0)
+            self._data = self.file.read()
+        return self._data
+
+    @property
+    def pure_crlf(self) -> bool:
+        """Every line end is CRLF already (the W= size in the name equals the file's)."""
+        return fetching.rfc822_size(self.info.basename, None) == self.size
+
+    def rfc822_size(self) -> int:
+        size = fetching.rfc822_size(self.info.basename, None)
+        if size is None:
+            assert self.file is not None
+            size = fetching.crlf_length(self.file, 0, self.size)
+        return size
+
+    def literal(
+        self, section: str, partial: tuple[int, int] | None
+    ) -> bytes | fetching.FileLiteral:
+        """BODY[section]<partial>: the encoded literal, or a FileLiteral to stream."""
+        assert self.file is not None
+        if self.size <= STREAM_THRESHOLD:
+            data = self.data()
+            if section:
+                data = section_bytes(data, self.parsed(), section)
+            return encode_literal(fetching.partial_of(fetching.to_crlf(data), partial))
+        if section:
+            start, end, contiguous = fetching.section_span(self.parsed(), section)
+        else:
+            start, end, contiguous = 0, self.size, True
+        if not contiguous or end - start <= STREAM_THRESHOLD:
+            # Small, or picked from the header: read just those octets.
+            self.file.seek(0 if not contiguous else start)
+            octets = self.file.read(end if not contiguous else end - start)
+            if not contiguous:
+                octets = section_bytes(octets, self.parsed(), section)
+            return encode_literal(fetching.partial_of(fetching.to_crlf(octets), partial))
+        return fetching.FileLiteral(self.file, start, end, partial, crlf=self.pure_crlf)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+class FetchResponse:
+    """`* n FETCH (item item …)` as octets, cut where a literal streams from its file."""
+
+    __slots__ = ("head", "parts", "pieces", "size", "streams")
+
+    def __init__(self, number: int) -> None:
+        self.head = b"* %d FETCH (" % number
+        self.parts: list[bytes] = []
+        self.pieces: list[bytes | fetching.FileLiteral] = []
+        self.size = 0
+        self.streams = False
+
+    def add(self, item: bytes) -> None:
+        self.parts.append(item)
+
+    def add_literal(self, label: bytes, literal: bytes | fetching.FileLiteral) -> None:
+        if isinstance(literal, bytes):
+            self.parts.append(label + b" " + literal)
+            return
+        self.parts.append(label + b" {%d}\r\n" % literal.size)
+        self._flush(b"")
+        self.pieces.append(literal)
+        # What follows the literal continues the list: a space before the next item.
+        self.head = b" "
+        self.streams = True
+
+    def _flush(self, end: bytes) -> None:
+        if self.parts or end:
+            head = self.head if self.parts else b""
+            octets = head + b" ".join(self.parts) + end
+            self.pieces.append(octets)
+            self.size += len(octets)
+            self.parts = []
+
+    def finish(self) -> None:
+        self._flush(b")\r\n")
+
+    def close(self) -> None:
+        for piece in self.pieces:
+            if isinstance(piece, fetching.FileLiteral):
+                piece.close()

@@ -5,8 +5,16 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
-from provider.mailstore.message import Address, BodyPart, Envelope
+from provider.mailstore.message import (
+    Address,
+    BodyPart,
+    Envelope,
+    ParsedMessage,
+    find_part,
+    parse_section,
+)
 from provider.protocols.imap.parser import (
     Atom,
     ProtocolError,
@@ -38,6 +46,7 @@ SIMPLE = frozenset(
 )
 _SECTION_ITEM = re.compile(r"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.I)
 _WIDTH = re.compile(r",W=([0-9]+)")
+MAX_NUMBER = 2**32 - 1  # RFC 3501 §9 `number`: an unsigned 32-bit integer
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
@@ -89,17 +98,17 @@ def parse_fetch_items(value: Value) -> list[FetchItem]:
         section = _canonical_section(match.group(2))
         partial = None
         if match.group(3) is not None:
-            count = int(match.group(4))
+            start, count = int(match.group(3)), int(match.group(4))
             if count == 0:
                 raise ProtocolError("partial count must be positive")
-            partial = (int(match.group(3)), count)
+            if start > MAX_NUMBER or count > MAX_NUMBER:
+                raise ProtocolError("partial range out of range (RFC 3501 number: 32 bits)")
+            partial = (start, count)
         parsed.append(FetchItem("BODY", section, partial, peek))
     return parsed
 
 
 def _canonical_section(section: str) -> str:
-    from provider.mailstore.message import parse_section
-
     try:
         spec = parse_section(section)
     except ValueError:
@@ -232,3 +241,130 @@ def body_structure(part: BodyPart, extensible: bool = True) -> bytes:
         fields += [encode_nstring(part.md5), _disposition(part), _language(part)]
         fields.append(encode_nstring(part.location))
     return encode_list(fields)
+
+
+# --- literals streamed from the message file (issue 11 item 2: output as the client reads) ---
+
+# Octets read from a message file per step; a step's output is at most twice this (bare LFs).
+CHUNK = 64 * 1024
+
+
+class CrlfStream:
+    """Bare LF → CRLF over consecutive chunks of one range (as `to_crlf` does on the whole): a CR
+    at the end of a chunk waits for the next one, which may start with its LF."""
+
+    def __init__(self) -> None:
+        self.carry = b""
+
+    def convert(self, raw: bytes, final: bool) -> bytes:
+        data = self.carry + raw if self.carry else raw
+        self.carry = b""
+        if not final and data.endswith(b"\r"):
+            data, self.carry = data[:-1], b"\r"
+        if data.count(b"\n") == data.count(b"\r\n"):
+            return data
+        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def crlf_length(file: BinaryIO, start: int, end: int) -> int:
+    """The size octets [start, end) of the file have once their line ends are CRLF, counted a
+    chunk at a time."""
+    file.seek(start)
+    stream = CrlfStream()
+    total = 0
+    left = end - start
+    while left > 0:
+        raw = file.read(min(CHUNK, left))
+        if not raw:
+            break
+        left -= len(raw)
+        total += len(stream.convert(raw, final=left <= 0))
+    return total + len(stream.carry)
+
+
+class FileLiteral:
+    """A FETCH literal sent from the message file in chunks rather than read whole: octets
+    [start, end) of the file, line ends made CRLF, then the <partial> window of that.
+
+    `size` (what goes in `{size}`) is known before the first chunk; `next_chunk()` (blocking:
+    call it in a worker thread) gives the following chunk, b"" once `size` octets were given.
+    The file is immutable (Maildir), so it is still complete if the message is expunged or
+    renamed meanwhile; a file shorter than promised raises OSError (the caller must then drop
+    the connection: a literal cannot be taken back).
+    """
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        start: int,
+        end: int,
+        partial: tuple[int, int] | None,
+        *,
+        crlf: bool,
+    ) -> None:
+        self.file = file
+        self.crlf = crlf
+        total = end - start if crlf else crlf_length(file, start, end)
+        skip, size = 0, total
+        if partial is not None:
+            skip = min(partial[0], total)
+            size = max(0, min(partial[1], total - partial[0]))
+        if crlf:
+            # Already CRLF: the window is a plain range of the file.
+            start, skip = start + skip, 0
+        self.position = start
+        self.end = end
+        self.skip = skip
+        self.size = size
+        self.left = size
+        self.stream = CrlfStream()
+        file.seek(start)
+
+    def next_chunk(self) -> bytes:
+        # Several literals of one message (BODY[1] BODY[2]) may share the file.
+        self.file.seek(self.position)
+        while self.left > 0:
+            raw = self.file.read(min(CHUNK, self.end - self.position))
+            if not raw:
+                raise OSError(f"message file {self.file.name!r} is shorter than expected")
+            self.position += len(raw)
+            data = raw if self.crlf else self.stream.convert(raw, self.position >= self.end)
+            if self.skip:
+                dropped = min(self.skip, len(data))
+                data, self.skip = data[dropped:], self.skip - dropped
+            if data:
+                data = data[: self.left]
+                self.left -= len(data)
+                return data
+        return b""
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def section_span(parsed: ParsedMessage, section: str) -> tuple[int, int, bool]:
+    """Where BODY[section] lies in the message file, for messages too big to read whole:
+    (start, end, True) when it is octets [start, end) as they are (what `section_bytes`
+    slices), or (0, end, False) when it is picked from the header fields, all of which lie
+    before `end` (HEADER.FIELDS: `section_bytes` on the first `end` octets gives it)."""
+    spec = parse_section(section)
+    message: BodyPart | None = parsed.body
+    if spec.part:
+        found = find_part(parsed.body, spec.part)
+        if found is None:
+            return 0, 0, True
+        if spec.text == "":
+            return found.body_start, found.body_end, True
+        if spec.text == "MIME":
+            return found.header_start, found.header_end, True
+        message = found.message_body
+        if message is None:
+            return 0, 0, True
+    assert message is not None
+    if spec.text in ("", "TEXT"):
+        if spec.text == "" and not spec.part:
+            return 0, parsed.size, True
+        return message.body_start, message.body_end, True
+    if spec.text == "HEADER":
+        return message.header_start, message.header_end, True
+    return 0, message.header_end, False

@@ -102,23 +102,60 @@ class ImapSession(Commands, streams.StreamSession):
         self.current: str = ""
         # RFC 7162: set by the first CONDSTORE enabling command, for the rest of the session.
         self.condstore = False
+        # True while a response is partly written (a chunked write, a FETCH streaming its
+        # literals): nothing else may go out in between, not even a BYE.
+        self.mid_response = False
 
     # --- plumbing
 
     async def send(self, data: bytes | str) -> None:
+        """Write `data`, a chunk at a time once it is big (a long SEARCH result): the transport
+        never queues much more than WRITE_HIGH_WATER beyond what the caller holds."""
         if isinstance(data, str):
             data = data.encode()
-        self.writer.write(data)
-        await self.drain()
+        if len(data) <= streams.WRITE_HIGH_WATER:
+            self.writer.write(data)
+            await self.drain()
+            return
+        view = memoryview(data)
+        within, self.mid_response = self.mid_response, True
+        try:
+            for start in range(0, len(data), streams.WRITE_HIGH_WATER):
+                self.writer.write(view[start : start + streams.WRITE_HIGH_WATER])
+                await self.drain()
+        finally:
+            self.mid_response = within
+
+    def say_goodbye(self) -> None:
+        """Shutdown: `* BYE` (RFC 3501 §7.1.5), unless it would land inside a response."""
+        if self.mid_response or self.writer.transport.is_closing():
+            return
+        self.writer.write(b"* BYE Server shutting down\r\n")
 
     async def send_lines(self, lines: list[bytes]) -> None:
-        if lines:
-            self.writer.write(b"".join(lines))
-            await self.drain()
+        """Untagged responses (EXPUNGE, FETCH FLAGS, LIST…), written in groups of about
+        WRITE_HIGH_WATER octets, each group once the client took the one before."""
+        group: list[bytes] = []
+        size = 0
+        for line in lines:
+            group.append(line)
+            size += len(line)
+            if size >= streams.WRITE_HIGH_WATER:
+                await self.send(b"".join(group))
+                group, size = [], 0
+        if group:
+            await self.send(b"".join(group))
 
     async def drain(self) -> None:
         """Wait until the client takes what was written; a client that stops reading for
-        IMAP_OUTPUT_TIMEOUT_SECONDS is dropped (RELIABILITY P3; Dovecot waits 5 minutes)."""
+        IMAP_OUTPUT_TIMEOUT_SECONDS is dropped (RELIABILITY P3; Dovecot waits 5 minutes).
+        Callers write at most a chunk at a time, so what is queued stays near
+        streams.WRITE_HIGH_WATER (issue 11 item 2)."""
+        transport = self.writer.transport
+        if not transport.is_closing() and (
+            transport.get_write_buffer_size() <= streams.WRITE_HIGH_WATER
+        ):
+            return  # nothing to wait for (and no task to make for wait_for)
         try:
             await asyncio.wait_for(self.writer.drain(), self.output_timeout)
         except TimeoutError:

@@ -314,6 +314,7 @@ def test_shutdown_with_a_session_open_deletes_nothing_and_frees_the_mailbox(sess
     client = pop3.login()
     client.dele(1)
     pop3.stop()
+    assert client.file.readline() == b"-ERR server shutting down\r\n"
     assert client.file.readline() == b""  # the server closed the connection
     client.close()
     pop3.start()
