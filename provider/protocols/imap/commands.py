@@ -341,16 +341,16 @@ class Commands:
             raise
         total = sum(len(m.data) for m in messages)
         assert self.mailbox_id is not None
-        if quota.reserve(db.session, self.mailbox_id, total) is None:
-            db.session.rollback()
+        # Journaled until the messages are on disk: a kill -9 in between is settled at start.
+        held = quota.hold(db.session, self.mailbox_id, total)
+        if held is None:
             return OVERQUOTA
-        db.session.commit()
         try:
             stored = folder.deliver_many(messages)
         except BaseException:
-            quota.release(db.session, self.mailbox_id, total)
-            db.session.commit()
+            held.cancel()
             raise
+        held.confirm()
         quota.update_warning_level(db.session, self.mailbox_id)
         db.session.commit()
         return stored
