@@ -126,9 +126,11 @@ def create_domain(
     return domain
 
 
-def set_domain_signup(session: Session, domain: Domain, enabled: bool, *, actor: Actor) -> Domain:
+def _update_domain(session: Session, domain: Domain, actor: Actor, **changes: object) -> Domain:
+    """Set the domain's columns and audit the change (before and after)."""
     before = domain.to_dict()
-    domain.signup_enabled = enabled
+    for column, value in changes.items():
+        setattr(domain, column, value)
     session.flush()
     audit.record(
         session,
@@ -140,6 +142,10 @@ def set_domain_signup(session: Session, domain: Domain, enabled: bool, *, actor:
         after=domain.to_dict(),
     )
     return domain
+
+
+def set_domain_signup(session: Session, domain: Domain, enabled: bool, *, actor: Actor) -> Domain:
+    return _update_domain(session, domain, actor, signup_enabled=enabled)
 
 
 POSTMASTER_MAX_TARGETS = 10
@@ -194,19 +200,7 @@ def set_domain_postmaster(
     """Choose where mail to postmaster@DOMAIN goes when no mailbox or alias has that name
     (RFC 5321 §4.5.1); an empty value restores the default (services/delivery)."""
     addresses = parse_postmaster_targets(session, value, allowed_domain_ids=allowed_domain_ids)
-    before = domain.to_dict()
-    domain.postmaster = ", ".join(addresses) or None
-    session.flush()
-    audit.record(
-        session,
-        actor,
-        "domain.update",
-        domain.name,
-        domain=domain.name,
-        before=before,
-        after=domain.to_dict(),
-    )
-    return domain
+    return _update_domain(session, domain, actor, postmaster=", ".join(addresses) or None)
 
 
 def delete_domain(session: Session, domain: Domain, *, actor: Actor) -> None:
