@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.cookiejar
 import imaplib
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -373,3 +374,58 @@ def test_serve_on_a_database_never_set_up_says_to_run_init(environment, tmp_path
         f"Error: the database sqlite:///{tmp_path}/empty.db has no tables yet; "
         "run `provider init` first\n"
     )
+
+
+# --- item 11: quota reservations of a writer that died are settled by serve ---------------------
+
+
+def _hold_and_die(environment: dict[str, str], nbytes: int) -> None:
+    """Child process: reserve `nbytes` for a@example.test (journaled, as a delivery does), then
+    die by SIGKILL before writing anything, as a kill -9 mid-delivery leaves it."""
+    os.environ.update(environment)
+    from provider import create_app
+    from provider.extensions import db
+    from provider.models import Mailbox
+    from provider.services import quota
+
+    app = create_app()
+    with app.app_context():
+        mailbox = db.session.scalar(db.select(Mailbox).where(Mailbox.address == "a@example.test"))
+        assert mailbox is not None
+        assert quota.hold(db.session, mailbox.id, nbytes) is not None
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def killed_writer(environment: dict[str, str], nbytes: int = 5000) -> None:
+    child = multiprocessing.get_context("spawn").Process(
+        target=_hold_and_die, args=(environment, nbytes)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+
+
+def used_bytes(environment: dict[str, str]) -> int:
+    shown = run(environment, "mailbox", "show", "a@example.test", "--json")
+    return int(json.loads(shown.stdout)["used_bytes"])
+
+
+def test_serve_settles_a_dead_writers_reservation_before_serving(mail_environment):
+    killed_writer(mail_environment)
+    assert used_bytes(mail_environment) == 5000  # counted, though nothing is on disk
+    with supervised(mail_environment, "imap") as served:
+        assert used_bytes(mail_environment) == 0
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0
+
+
+def test_a_restarted_child_settles_what_the_dead_one_left(mail_environment):
+    with supervised(mail_environment, "imap") as served:
+        killed_writer(mail_environment)  # as if the mail process died mid-delivery
+        assert used_bytes(mail_environment) == 5000
+        [mail_pid] = served.pids("mail")
+        os.kill(mail_pid, signal.SIGKILL)
+        served.output.until("mail: restarted", 60)
+        assert used_bytes(mail_environment) == 0
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0
