@@ -50,6 +50,8 @@ LOCK_FILE = "provider-pop3.lock"
 ARCHIVE = "Archive"
 UIDL_MAX = 70
 MAX_TOP_LINES = 2**63 - 1
+# No argument of ours needs more digits than 2**63 has; longer ones are refused unparsed.
+MAX_NUMBER_DIGITS = len(str(MAX_TOP_LINES))
 # Messages up to this size are read on the event loop: from the page cache that costs less
 # than the hop to a worker thread; bigger files leave the loop (CONVENTIONS: big file reads).
 INLINE_READ = 256 * 1024
@@ -474,6 +476,9 @@ class Pop3Session(streams.StreamSession):
                 async with asyncio.timeout(self.timeout):
                     await self.writer.drain()
             except TimeoutError:
+                # Closing gracefully would wait for the queued output the client never takes,
+                # holding the socket and the buffer: abort (as IMAP's drain does).
+                transport.abort()
                 raise Disconnect from None
 
     async def ok(self, text: str) -> None:
@@ -758,6 +763,8 @@ class Pop3Session(streams.StreamSession):
         text = text.strip()
         if not text.isdigit() or not text.isascii():
             return "Invalid message number"
+        if len(text) > MAX_NUMBER_DIGITS:  # int() refuses over 4,300 digits (ValueError)
+            return "No such message"
         number = int(text)
         if not 1 <= number <= len(self.maildrop.messages):
             return "No such message"
@@ -864,7 +871,7 @@ class Pop3Session(streams.StreamSession):
         if len(words) != 2 or not words[1].isdigit() or not words[1].isascii():
             await self.bad("TOP takes a message number and a line count")
             return
-        lines = int(words[1])
+        lines = int(words[1]) if len(words[1]) <= MAX_NUMBER_DIGITS else MAX_TOP_LINES + 1
         if lines > MAX_TOP_LINES:
             # Dovecot's limit too (a 64-bit count).
             await self.err("Invalid number of lines")

@@ -10,6 +10,8 @@ from tests.conftest import make_mailbox
 from tests.protocols.pop3.conftest import deliver, message
 
 HUGE = "99999999999999999999"
+# Past the 4,300 digits int() converts: a ValueError, not an OverflowError, if parsed.
+ENDLESS = "9" * 5000
 
 
 def answer(client: poplib.POP3, line: str) -> bytes:
@@ -31,6 +33,9 @@ def answer(client: poplib.POP3, line: str) -> bytes:
         f"DELE {HUGE}",
         f"LIST {HUGE}",
         f"UIDL {HUGE}",
+        f"TOP 1 {ENDLESS}",
+        f"RETR {ENDLESS}",
+        f"LIST {ENDLESS}",
         "RETR 0",
         "LIST -1",
         "DELE ٣",

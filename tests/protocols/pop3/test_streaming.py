@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -111,6 +112,22 @@ def test_a_client_that_never_reads_a_big_retr_holds_little_and_is_dropped(
         slots = guards(app).pop3_connections
         assert wait_until(lambda: not slots._counts, timeout=30)
         assert counted[0] < 10 * MB < 30 * len(body) * 1000
+        # Dropped for real: the server closed its end (what it had queued is the kernel's to
+        # discard), rather than keep it open until the client takes output it never reads.
+        server_end = (pop3.bound["pop3"][1], sock.getsockname()[1])
+        assert wait_until(lambda: server_end not in established_tcp_ends(), timeout=30)
     finally:
         reader.close()
         sock.close()
+
+
+def established_tcp_ends() -> set[tuple[int, int]]:
+    """(local port, remote port) of every TCP connection of this machine that is still
+    ESTABLISHED (/proc/net/tcp state 01): a process holds it open."""
+    ends = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "01":
+            local, remote = fields[1], fields[2]
+            ends.add((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)))
+    return ends
