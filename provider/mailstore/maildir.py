@@ -358,6 +358,13 @@ def _checked_keywords(keywords: Iterable[str]) -> list[str]:
     return result
 
 
+def keepable_date(timestamp: float) -> float:
+    """A message file's mtime as an internal date the store keeps: one set outside the range
+    (`touch`, a migrated file) is shown, copied and restored as the nearest end of it, rather
+    than making COPY, MOVE, the POP3 archive or a restore of that message fail."""
+    return min(max(timestamp, EARLIEST_INTERNAL_DATE), LATEST_INTERNAL_DATE)
+
+
 def check_internal_date(timestamp: float | None) -> None:
     """InvalidDate unless the store can keep this internal date exactly."""
     if timestamp is not None and not (EARLIEST_INTERNAL_DATE <= timestamp <= LATEST_INTERNAL_DATE):
@@ -1376,7 +1383,7 @@ class Folder:
                     entry.size if entry.size is not None else st.st_size,
                     flags,
                     keywords,
-                    st.st_mtime,
+                    keepable_date(st.st_mtime),
                     entry.subdir == "new",
                     zone_minutes(entry.basename),
                 )

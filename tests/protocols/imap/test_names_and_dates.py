@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from provider.mailstore import InvalidDate
+from provider.mailstore import IncomingMessage, InvalidDate, forget_cached_state
 from provider.services.storage import mail_store
 from tests.conftest import make_mailbox
 from tests.protocols.imap.test_commands import folder_files, raw_login, raw_session
@@ -71,6 +73,23 @@ def test_the_store_refuses_dates_it_cannot_keep(session):
             inbox.deliver(MESSAGE, internal_date=moment)
     assert inbox.messages() == []
     assert not any((inbox.path / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("mtime", [-86400 * 365 * 10, 2**33])
+def test_a_message_file_dated_out_of_range_is_still_copied(client, mtime):
+    """A file whose mtime the store could not take as a new date (`touch`, a migrated file) is
+    shown and copied at the nearest date it keeps: COPY must not fail for it."""
+    sock, reader = client
+    inbox = mail_store().open(ADDRESS).folder("INBOX")
+    [stored] = inbox.deliver_many([IncomingMessage(MESSAGE)])
+    path = inbox.get(stored.uid).path
+    os.utime(path, (mtime, mtime))
+    forget_cached_state()  # as a fresh process finds the file
+    sock.sendall(b"s SELECT INBOX\r\nc COPY 1 Archive\r\n")
+    until_tagged(reader, b"s")
+    assert until_tagged(reader, b"c")[-1].startswith(b"c OK [COPYUID ")
+    [copied] = mail_store().open(ADDRESS).folder("Archive").messages()
+    assert copied.internal_date == min(max(mtime, 0), 2**32 - 1)
 
 
 @pytest.mark.parametrize(
