@@ -81,6 +81,10 @@ def _derive(settings: dict[str, Any]) -> dict[str, Any]:
         settings["QUOTA_MAX_GB"]
     ):
         raise SettingsError("QUOTA_MIN_GB must be above 0 and not above QUOTA_MAX_GB")
+    for key, value in settings.items():
+        # A port beyond 16 bits would be wrapped by the system (70000 listens on 4464).
+        if key.endswith("_PORT") and not 0 <= int(value) <= 65535:
+            raise SettingsError(f"{key} must be a port number from 0 to 65535, not {value}")
     return settings
 
 

@@ -62,6 +62,8 @@ def test_each_layer_overrides_the_one_before(tmp_path):
         ({"PROVIDER_QUOTA_MIN_GB": "0"}, "QUOTA_MIN_GB"),
         ({"PROVIDER_QUOTA_MIN_GB": "200"}, "QUOTA_MIN_GB"),
         ({"PROVIDER_CONFIG": "/nonexistent/provider.toml"}, "cannot read"),
+        ({"PROVIDER_IMAP_PORT": "70000"}, "IMAP_PORT must be a port number from 0 to 65535"),
+        ({"PROVIDER_WEB_PORT": "-1"}, "WEB_PORT must be a port number"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(environ, message):
