@@ -291,14 +291,18 @@ def log_to_stderr(name: str) -> None:
     )
 
 
-def settle_after_a_crash(app: Flask, name: str) -> None:
-    """Every child settles, as it starts, the quota reservations of writers that died (the one
-    it replaces may have been killed mid-delivery or mid-restore); live writers are left alone,
-    and with nothing interrupted this is one query."""
+def settle_after_a_crash(app: Flask, context: ChildContext) -> None:
+    """A child that replaces one that died settles the quota reservations it may have left
+    (killed mid-delivery or mid-restore); on the first start the supervisor already did it
+    (BEFORE_SERVING). Live writers are left alone."""
+    if not context.restarted:
+        return
     try:
         quota.settle_interrupted(app)
     except Exception:  # serving matters more; the nightly recount settles them too
-        logging.getLogger(__name__).warning("%s: quota settling failed", name, exc_info=True)
+        logging.getLogger(__name__).warning(
+            "%s: quota settling failed", context.name, exc_info=True
+        )
 
 
 def stop_on_signals() -> threading.Event:
@@ -319,10 +323,10 @@ def serve_mail(
     """The mail process: every mail listener on one event loop, on the inherited sockets."""
     log_to_stderr("mail")
     stop = stop_on_signals()
-    settle_after_a_crash(app, "mail")
     runner = ProtocolRunner(app, names, sockets=sockets)
     runner.start()
     context.ready()
+    settle_after_a_crash(app, context)
     while not stop.wait(1.0):
         if runner.finished.is_set():
             raise RuntimeError("the protocol listeners stopped unexpectedly")
@@ -335,13 +339,13 @@ def serve_scheduler(app: Flask, context: ChildContext) -> None:
 
     log_to_stderr("scheduler")
     stop = stop_on_signals()
-    settle_after_a_crash(app, "scheduler")
     scheduler = build_scheduler(app)
     scheduler.start()
     if scheduler.active:
         context.ready([f"scheduler: {len(scheduler.get_jobs())} job(s)"])
     else:
         context.ready(["scheduler: standing by (another process runs the jobs)"])
+    settle_after_a_crash(app, context)
     while not stop.wait(1.0):
         pass
     scheduler.shutdown(wait=True)
@@ -352,7 +356,9 @@ def serve_web(app: Flask, sockets: list[socket.socket], context: ChildContext) -
     number of descriptors never matters) on the inherited listening sockets."""
     from gunicorn.app.base import BaseApplication
 
-    settle_after_a_crash(app, "web")
+    settle_after_a_crash(app, context)
+    with app.app_context():
+        db.engine.dispose()  # the arbiter forks its workers: none may inherit a connection
     # gunicorn closes the descriptors it is given, so it gets copies of ours.
     descriptors = [os.dup(sock.fileno()) for sock in sockets]
     for sock in sockets:

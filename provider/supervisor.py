@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import logging
+import math
 import os
 import selectors
 import signal
@@ -29,6 +31,8 @@ READY_TIMEOUT_SECONDS = 60.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
 
+log = logging.getLogger(__name__)
+
 
 class ChildFailed(Exception):
     """A service could not start; the message is one line for the operator."""
@@ -46,9 +50,11 @@ class ChildContext:
     """What a service's code gets in its process: a way to say "ready" (with lines for the
     supervisor to print) or why it could not start."""
 
-    def __init__(self, name: str, report_fd: int) -> None:
+    def __init__(self, name: str, report_fd: int, *, restarted: bool = False) -> None:
         self.name = name
         self._report_fd: int | None = report_fd
+        # This process replaces one that died (what it left half-done may need settling).
+        self.restarted = restarted
 
     @property
     def reported(self) -> bool:
@@ -211,7 +217,10 @@ class Supervisor:
             try:
                 os.close(read_end)
                 self._become_child(worker)
-                code = _run_service(worker.service, ChildContext(worker.service.name, write_end))
+                context = ChildContext(
+                    worker.service.name, write_end, restarted=worker.last_exit is not None
+                )
+                code = _run_service(worker.service, context)
             finally:
                 with contextlib.suppress(Exception):
                     sys.stdout.flush()
@@ -266,6 +275,9 @@ class Supervisor:
                     self.write_status()
                 elif worker.state == "starting" and worker.pid and now >= worker.ready_by:
                     worker.error = f"not ready after {READY_TIMEOUT_SECONDS:.0f} s"
+                    # Killed once: no deadline until it is reaped (a child stuck in the kernel
+                    # may take a while to go, and the loop must not spin meanwhile).
+                    worker.ready_by = math.inf
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(worker.pid, signal.SIGKILL)
 
@@ -415,12 +427,19 @@ class Supervisor:
         return records
 
     def write_status(self) -> None:
+        """Best effort: a full disk must not stop the supervisor (and with it every service);
+        /healthz then shows the last state written until the next change gets through."""
         if self.status_file is None:
             return
         record = {"supervisor_pid": os.getpid(), "services": self.states()}
         draft = self.status_file.with_name(f".{self.status_file.name}.tmp")
-        draft.write_text(json.dumps(record, indent=1))
-        os.replace(draft, self.status_file)
+        try:
+            draft.write_text(json.dumps(record, indent=1))
+            os.replace(draft, self.status_file)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                draft.unlink(missing_ok=True)
+            log.warning("service states not written to %s: %s", self.status_file, exc)
 
 
 def _note_signal(_signum: int, _frame: FrameType | None) -> None:

@@ -426,6 +426,19 @@ def test_a_restarted_child_settles_what_the_dead_one_left(mail_environment):
         [mail_pid] = served.pids("mail")
         os.kill(mail_pid, signal.SIGKILL)
         served.output.until("mail: restarted", 60)
-        assert used_bytes(mail_environment) == 0
+        # It settles once it serves (a big mailbox's recount must not delay the listeners).
+        assert wait_until(lambda: used_bytes(mail_environment) == 0, timeout=60, interval=0.5)
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(60) == 0
+
+
+def test_a_status_file_that_cannot_be_written_does_not_stop_the_supervisor(tmp_path):
+    """A full disk (here: a directory that is not there) must not take every service down."""
+    from provider.supervisor import Supervisor
+
+    supervisor = Supervisor([], tmp_path / "gone" / "serve-1.json", echo=lambda _line: None)
+    try:
+        supervisor.write_status()  # raised FileNotFoundError before
+    finally:
+        supervisor.close()
+    assert not (tmp_path / "gone").exists()
