@@ -329,16 +329,26 @@ def _warn_if_crossed(session: Session, store: MailStore, destination: Destinatio
         select(Mailbox.used_bytes, Mailbox.quota_bytes).where(Mailbox.id == destination.mailbox_id)
     ).one()
     warning = quota_warning_message(destination, level, row.used_bytes, row.quota_bytes)
-    # The warning itself must never be refused: it is small and it is what tells the customer.
-    held = quota.hold(session, destination.mailbox_id, len(warning), force=True)
+    try:
+        deliver_notice(session, store, destination.mailbox_id, destination.address, warning)
+    except Exception:
+        log.exception("quota warning to %s could not be stored", destination.address)
+
+
+def deliver_notice(
+    session: Session, store: MailStore, mailbox_id: int, address: str, message: bytes
+) -> None:
+    """A notice of ours (quota warning, trial reminder) into INBOX: counted against the quota
+    but never refused for it (it is small, and it is what tells the customer), journaled like
+    every write (a kill -9 meanwhile is settled at start). Raises what storing raised."""
+    held = quota.hold(session, mailbox_id, len(message), force=True)
     if held is None:
         return  # the mailbox was deleted meanwhile
     try:
-        store.open(destination.address).folder("INBOX").deliver(warning)
-    except Exception:
-        log.exception("quota warning to %s could not be stored", destination.address)
+        store.open(address).folder("INBOX").deliver(message)
+    except BaseException:
         held.cancel()
-        return
+        raise
     held.confirm()
 
 

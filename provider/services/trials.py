@@ -30,10 +30,11 @@ from provider.models import (
     TrialOutcome,
     TrialReminder,
 )
-from provider.services import audit, auth, provisioning, quota
+from provider.services import audit, auth, provisioning
 from provider.services.audit import Actor
 from provider.services.clock import now
 from provider.services.contacts import FIELD, parse_contact_email
+from provider.services.delivery import deliver_notice
 
 log = logging.getLogger(__name__)
 
@@ -499,14 +500,7 @@ def _remind(
 
 def _deliver_notice(session: Session, store: MailStore, mailbox: Mailbox, message: bytes) -> None:
     """Into INBOX, counted against the quota but never refused for it (like quota warnings)."""
-    quota.force_reserve(session, mailbox.id, len(message))
-    session.commit()
-    try:
-        store.open(mailbox.address).folder("INBOX").deliver(message)
-    except Exception:
-        quota.release(session, mailbox.id, len(message))
-        session.commit()
-        raise
+    deliver_notice(session, store, mailbox.id, mailbox.address, message)
 
 
 def reminder_message(mailbox: Mailbox, days_left: int) -> bytes:

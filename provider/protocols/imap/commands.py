@@ -350,9 +350,8 @@ class Commands:
         except BaseException:
             held.cancel()
             raise
-        held.confirm()
         quota.update_warning_level(db.session, self.mailbox_id)
-        db.session.commit()
+        held.confirm()  # one commit: the journal row goes, the warning level is kept
         return stored
 
     def _release(self: ImapSession, removed: list[MessageInfo]) -> None:
