@@ -329,10 +329,21 @@ def settle_interrupted_reservations(session: Session, store: MailStore) -> int:
         mailbox = session.execute(
             select(Mailbox.address, Mailbox.used_bytes).where(Mailbox.id == mailbox_id)
         ).one_or_none()
+        on_disk = 0
+        if mailbox is not None and store.exists(mailbox.address):
+            on_disk = store.open(mailbox.address).usage_bytes()
+        # Claim the dead rows before correcting: of two settlers at once (a restarted child and
+        # the nightly job), only the one that deletes them corrects the usage, never both.
+        claimed = session.execute(
+            delete(QuotaReservation)
+            .where(QuotaReservation.id.in_(dead_ids))
+            .returning(QuotaReservation.id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        if len(claimed) != len(dead_ids):
+            session.rollback()
+            continue
         if mailbox is not None:
-            on_disk = (
-                store.open(mailbox.address).usage_bytes() if store.exists(mailbox.address) else 0
-            )
             _correct_usage(session, mailbox_id, mailbox.used_bytes, on_disk + live_bytes)
             if mailbox.used_bytes != on_disk + live_bytes:
                 audit.record(
@@ -351,11 +362,6 @@ def settle_interrupted_reservations(session: Session, store: MailStore) -> int:
                 mailbox.used_bytes,
                 on_disk + live_bytes,
             )
-        session.execute(
-            delete(QuotaReservation)
-            .where(QuotaReservation.id.in_(dead_ids))
-            .execution_options(synchronize_session=False)
-        )
         session.commit()
         settled += len(dead_ids)
     return settled

@@ -19,6 +19,7 @@ from provider.models import AuditEvent, Mailbox, QuotaReservation
 from provider.services import quota
 from provider.services.clock import now
 from provider.services.quota import GIB, QuotaBounds
+from provider.services.storage import mail_store
 from tests.conftest import make_mailbox, wait_until
 
 DEFAULT = QuotaBounds(Decimal(8), Decimal(100))
@@ -205,6 +206,34 @@ def test_settling_recounts_only_the_mailboxes_of_dead_writers(app, session):
         "alive@example.test",
         "dead@example.test",
     ]
+
+
+def test_two_settlers_at_once_correct_the_usage_once(app, session, monkeypatch):
+    """A second settle (another process) finishes while the first scans the disk: the first
+    finds the dead rows claimed and leaves the usage alone, rather than subtract them again."""
+    from provider.mailstore import Maildir
+
+    mailbox = make_mailbox(session)
+    mail_store().open(mailbox.address).folder("INBOX").deliver(b"Subject: kept\r\n\r\nbody\r\n")
+    on_disk = mail_store().open(mailbox.address).usage_bytes()
+    session.execute(update(Mailbox).where(Mailbox.id == mailbox.id).values(used_bytes=on_disk))
+    session.commit()
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    journal(session, mailbox.id, 100, pid=child.pid)
+    real_usage = Maildir.usage_bytes
+    raced = []
+
+    def usage_while_another_settles(self: Maildir) -> int:
+        if not raced:
+            raced.append(True)
+            assert quota.settle_interrupted(app) == 1  # the other settler, to the end
+        return real_usage(self)
+
+    monkeypatch.setattr(Maildir, "usage_bytes", usage_while_another_settles)
+    assert quota.settle_interrupted(app) == 0
+    assert used(session, mailbox.id) == on_disk  # not on_disk - 100
+    assert reservations(session) == []
 
 
 def test_a_dead_writer_not_yet_reaped_is_settled(app, session):
