@@ -8,6 +8,14 @@ from provider.models.domain import Domain
 from provider.models.job import JobRun, RunOutcome, SchedulerLease
 from provider.models.mailbox import Mailbox, MailboxStatus, Plan, Protocol
 from provider.models.reservation import QuotaReservation
+from provider.models.sending import (
+    DkimKey,
+    Identity,
+    OutboundMessage,
+    OutboundRecipient,
+    RecipientState,
+    SendingCount,
+)
 from provider.models.trial import Trial, TrialOutcome, TrialReminder
 
 __all__ = [
@@ -16,15 +24,21 @@ __all__ = [
     "AuditEvent",
     "BackupRestore",
     "BackupSnapshot",
+    "DkimKey",
     "Domain",
+    "Identity",
     "JobRun",
     "Mailbox",
     "MailboxStatus",
+    "OutboundMessage",
+    "OutboundRecipient",
     "Plan",
     "Protocol",
     "QuotaReservation",
+    "RecipientState",
     "RunOutcome",
     "SchedulerLease",
+    "SendingCount",
     "SnapshotStatus",
     "Trial",
     "TrialOutcome",

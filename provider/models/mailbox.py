@@ -86,6 +86,12 @@ class Mailbox(db.Model):  # type: ignore[name-defined,misc]
     # Raised to end every /account session of the mailbox: at logout and at a status change
     # (so reactivating a suspended mailbox does not bring its old cookies back).
     session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Sending limits (recipients per hour / per day); NULL = the setting for its plan.
+    send_limit_hour: Mapped[int | None] = mapped_column()
+    send_limit_day: Mapped[int | None] = mapped_column()
+    # Set when the burst rule (or an admin) stopped this mailbox from sending; NULL = may send.
+    sending_suspended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sending_suspended_reason: Mapped[str | None] = mapped_column(String(255))
 
     domain: Mapped[Domain] = relationship(back_populates="mailboxes")
     aliases: Mapped[list[Alias]] = relationship(
