@@ -116,3 +116,24 @@ class TooManyConnections(ProviderError):
 
     http_status = 429
     imap_code = "LIMIT"
+
+
+class SenderNotAllowed(ProviderError):
+    """MAIL FROM or From: is not one of the authenticated mailbox's identities."""
+
+    http_status = 403
+    smtp_reply = "553 5.7.1"
+
+
+class SendingLimited(ProviderError):
+    """A sending limit (per hour or per day) is reached: try again later."""
+
+    http_status = 429
+    smtp_reply = "451 4.7.1"
+
+
+class SendingSuspended(ProviderError):
+    """The mailbox may not send now (the burst rule or an admin stopped it)."""
+
+    http_status = 403
+    smtp_reply = "550 5.7.1"
