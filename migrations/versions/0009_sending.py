@@ -53,6 +53,7 @@ def upgrade():
         sa.Column("domain_id", sa.Integer(), nullable=False),
         sa.Column("address", sa.String(length=320), nullable=False),
         sa.Column("display_name", sa.String(length=200), server_default="", nullable=False),
+        sa.Column("enabled", sa.Boolean(), server_default=sa.true(), nullable=False),
         sa.Column("created_at", provider.models.types.UTCDateTime(), nullable=False),
         sa.CheckConstraint(
             "address = lower(address)", name=op.f("ck_identities_address_lowercase")

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship, validates
 
@@ -46,6 +47,8 @@ class Identity(db.Model):  # type: ignore[name-defined,misc]
     domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"), index=True)
     address: Mapped[str] = mapped_column(String(320), index=True)
     display_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # The admin allows the address; the owner may switch its use off and on in /account.
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
 
     mailbox: Mapped[Mailbox] = relationship()
@@ -59,6 +62,7 @@ class Identity(db.Model):  # type: ignore[name-defined,misc]
         return {
             "address": self.address,
             "display_name": self.display_name,
+            "enabled": self.enabled,
             "mailbox": self.mailbox.address if self.mailbox else None,
             "created_at": self.created_at.isoformat() if self.created_at else None,
         }

@@ -31,7 +31,7 @@ def sender_addresses(session: Session, mailbox: Mailbox) -> list[SenderAddress]:
     if mailbox.imap_enabled:
         extra = session.execute(
             select(Identity.address, Identity.display_name)
-            .where(Identity.mailbox_id == mailbox.id)
+            .where(Identity.mailbox_id == mailbox.id, Identity.enabled.is_(True))
             .order_by(Identity.address)
         )
         found.extend(SenderAddress(row.address, "identity", row.display_name) for row in extra)
