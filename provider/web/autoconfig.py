@@ -102,14 +102,17 @@ def _incoming(protocol: str) -> ServerSetting | None:
 
 def _outgoing() -> ServerSetting | None:
     """SMTP submission: PUBLIC_SMTP_PORT when set (port 465 implicit TLS, any other
-    STARTTLS); else the bundled submission listener once it exists (its SUBMISSIONS_PORT /
-    SUBMISSION_PORT settings); else None — no outgoing server is named rather than one that
-    nothing listens on."""
+    STARTTLS); else the bundled submission listener when this installation serves it
+    (SUBMISSION_SERVED, set by `provider serve`; implicit TLS on SUBMISSIONS_PORT preferred,
+    RFC 8314, then STARTTLS on SUBMISSION_PORT); else None — no outgoing server is named
+    rather than one that nothing listens on."""
     host = _public_host("PUBLIC_SMTP_HOST")
     public = _port("PUBLIC_SMTP_PORT")
     if public:
         tls = "SSL" if public == IMPLICIT_TLS_SMTP_PORT else "STARTTLS"
         return ServerSetting("smtp", host, public, tls)
+    if not current_app.config.get("SUBMISSION_SERVED"):
+        return None
     if _port("SUBMISSIONS_PORT"):
         return ServerSetting("smtp", host, _port("SUBMISSIONS_PORT"), "SSL")
     if _port("SUBMISSION_PORT"):

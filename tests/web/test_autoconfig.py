@@ -233,8 +233,22 @@ def test_a_listener_on_a_port_picked_at_start_is_not_named(
 def test_a_bundled_submission_listener_is_named_once_it_has_a_port(
     unset_public: dict[str, Any], app, client: FlaskClient, mailboxes: None
 ):
-    app.config.update(SUBMISSION_PORT=1587)
+    app.config.update(SUBMISSION_SERVED=True, SUBMISSIONS_PORT=1465, SUBMISSION_PORT=1587)
+    smtp = mozilla(client, "/mail/config-v1.1.xml", emailaddress="both@example.test")["servers"][
+        "smtp"
+    ]
+    # Implicit TLS first (RFC 8314), STARTTLS when only that listens.
+    assert (smtp["hostname"], smtp["port"], smtp["socketType"]) == ("127.0.0.1", "1465", "SSL")
+    app.config.update(SUBMISSIONS_PORT=0)
     smtp = mozilla(client, "/mail/config-v1.1.xml", emailaddress="both@example.test")["servers"][
         "smtp"
     ]
     assert (smtp["hostname"], smtp["port"], smtp["socketType"]) == ("127.0.0.1", "1587", "STARTTLS")
+
+
+def test_a_submission_port_that_nothing_serves_is_not_named(
+    unset_public: dict[str, Any], app, client: FlaskClient, mailboxes: None
+):
+    app.config.update(SUBMISSION_SERVED=False, SUBMISSIONS_PORT=1465, SUBMISSION_PORT=1587)
+    generic = mozilla(client, "/mail/config-v1.1.xml", emailaddress="both@example.test")
+    assert "smtp" not in generic["servers"]
