@@ -291,6 +291,11 @@ def test_owner_sees_sender_addresses_and_switches_an_identity_off(owner, session
     )
     session.expire_all()
     assert identities.may_send_as(session, alice, "team@example.test")
+    # Toggling without the name field keeps the name.
+    owner.post(f"/account/identities/{identity.id}", data={})
+    session.expire_all()
+    assert session.get(Identity, identity.id).display_name == "Team A"
+    assert not session.get(Identity, identity.id).enabled
 
 
 def test_owner_bad_display_name_is_shown_next_to_the_field(owner, session, alice):
@@ -332,6 +337,14 @@ def test_pop3_only_owner_gets_the_explanation(client, session):
     page = text_of(client.get("/account/identities"))
     assert "identities need IMAP" in page
     assert "<form" not in page.split("</header>", 1)[1]
+    # A row kept from when the mailbox had IMAP is not the owner's to switch back on.
+    provisioning.update_mailbox(session, pop, actor=TEST_ACTOR, protocols="imap")
+    session.commit()
+    kept = add_identity(pop, "team@example.test")
+    provisioning.update_mailbox(session, pop, actor=TEST_ACTOR, protocols="pop3")
+    session.commit()
+    form = {f"i{kept.id}-display_name": "x", f"i{kept.id}-enabled": "y"}
+    assert client.post(f"/account/identities/{kept.id}", data=form).status_code == 404
 
 
 def test_owner_form_needs_a_csrf_token(csrf_on, app: Flask, session, alice):

@@ -78,7 +78,10 @@ def update_identity(identity_id: int) -> Response | tuple[str, int]:
                 db.session,
                 identity,
                 actor=Actor(f"mailbox:{mailbox.address}", request.remote_addr),
-                display_name=form.display_name.data or "",
+                # A post without the field (a script toggling only) keeps the name.
+                display_name=(
+                    form.display_name.data if form.display_name.name in request.form else None
+                ),
                 enabled=bool(form.enabled.data),
             )
             db.session.commit()
