@@ -205,3 +205,30 @@ def test_queue_actions_need_a_csrf_token(csrf_on, app: Flask, session, admin, qu
     token = csrf_token(text_of(client.get(f"/admin/queue/{queue['mine']}/delete/confirm")))
     done = client.post(f"/admin/queue/{queue['mine']}/delete", data={"csrf_token": token})
     assert done.status_code == 302
+
+
+def _statements_for(client, path: str) -> int:
+    from sqlalchemy import event
+
+    from provider.extensions import db
+
+    statements: list[str] = []
+
+    def count_statement(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(db.engine, "before_cursor_execute", count_statement)
+    try:
+        assert client.get(path).status_code == 200
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count_statement)
+    return len(statements)
+
+
+def test_queue_page_costs_the_same_queries_for_3_or_40_messages(logged_in, session, queue):
+    few = _statements_for(logged_in, "/admin/queue")
+    for number in range(37):
+        enqueue(session, f"s{number}@mine.test", [f"r{number}@remote.test"], None)
+    many = _statements_for(logged_in, "/admin/queue")
+    assert len(rows(text_of(logged_in.get("/admin/queue")))) == 40
+    assert many == few, (few, many)
