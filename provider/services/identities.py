@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from provider.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
@@ -137,11 +138,9 @@ def add_identity(
     taken = _who_owns(session, mailbox, wanted)
     if taken:
         raise AlreadyExists(taken, "address")
-    existing = session.scalar(
-        select(Identity.id).where(Identity.mailbox_id == mailbox.id, Identity.address == wanted)
-    )
-    if existing is not None:
-        raise AlreadyExists(f"{wanted} is already an identity of {mailbox.address}", "address")
+    duplicate = AlreadyExists(f"{wanted} is already an identity of {mailbox.address}", "address")
+    if _identity_id(session, mailbox, wanted) is not None:
+        raise duplicate
     identity = Identity(
         mailbox=mailbox,
         domain=domain,
@@ -151,7 +150,12 @@ def add_identity(
         created_at=now(),
     )
     session.add(identity)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # Another request added it since the check above (the unique constraint decides).
+        session.rollback()
+        raise duplicate from None
     audit.record(
         session,
         actor,
@@ -161,6 +165,12 @@ def add_identity(
         after=identity.to_dict(),
     )
     return identity
+
+
+def _identity_id(session: Session, mailbox: Mailbox, address: str) -> int | None:
+    return session.scalar(
+        select(Identity.id).where(Identity.mailbox_id == mailbox.id, Identity.address == address)
+    )
 
 
 def get_identity(session: Session, mailbox: Mailbox, address: str) -> Identity:

@@ -228,3 +228,14 @@ def test_deleting_the_mailbox_deletes_its_identities(session):
     provisioning.delete_mailbox(session, alice, actor=TEST_ACTOR)
     session.commit()
     assert session.scalar(select(Identity.id)) is None
+
+
+def test_a_racing_duplicate_is_refused_by_the_constraint_not_a_crash(session, monkeypatch):
+    alice = make_mailbox(session, "alice@example.test")
+    add(session, alice, "team@example.test")
+    # As if another request committed the same identity between the check and the insert.
+    monkeypatch.setattr(identities, "_identity_id", lambda *_args: None)
+    with pytest.raises(AlreadyExists, match="already an identity"):
+        identities.add_identity(session, alice, "team@example.test", actor=TEST_ACTOR)
+    assert len(identities.list_identities(session, alice)) == 1
+    assert len(events(session, "identity.create")) == 1
