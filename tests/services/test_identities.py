@@ -239,3 +239,14 @@ def test_a_racing_duplicate_is_refused_by_the_constraint_not_a_crash(session, mo
         identities.add_identity(session, alice, "team@example.test", actor=TEST_ACTOR)
     assert len(identities.list_identities(session, alice)) == 1
     assert len(events(session, "identity.create")) == 1
+
+
+def test_deleting_the_identitys_domain_takes_the_identity_with_it(session):
+    alice = make_mailbox(session, "alice@example.test")
+    brand = make_domain(session, "brand.test")
+    add(session, alice, "hi@brand.test")
+    provisioning.delete_domain(session, brand, actor=TEST_ACTOR)
+    session.commit()
+    session.expire_all()
+    assert identities.list_identities(session, alice) == []
+    assert not identities.may_send_as(session, alice, "hi@brand.test")
