@@ -696,6 +696,183 @@ def backup_verify(addresses: tuple[str, ...], as_json: bool) -> None:
         raise SystemExit(1)
 
 
+# --- identities and the outbound queue -----------------------------------------------------
+
+
+def _sender_lines(overview: Any) -> str:
+    kinds = {"mailbox": "own address", "alias": "alias", "identity": "identity"}
+    lines = []
+    for entry in overview.entries:
+        label = kinds[entry.kind]
+        if entry.kind == "identity" and not entry.enabled:
+            label += " (switched off by the owner)"
+        elif entry.kind == "identity" and not entry.usable:
+            label += " (not usable: POP3-only)"
+        name = f'  "{entry.display_name}"' if entry.display_name else ""
+        lines.append(f"{entry.address}  {label}{name}")
+    if overview.extras_unavailable:
+        lines.append(f"no extra identities: {overview.extras_unavailable}")
+    return "\n".join(lines)
+
+
+@click.group("identity")
+def identity_group() -> None:
+    """Extra sender addresses of IMAP mailboxes (own address and aliases need none)."""
+
+
+@identity_group.command("add")
+@click.argument("mailbox")
+@click.argument("address")
+@click.option("--name", "display_name", default="", help="Display name for the From: header.")
+@json_option
+def identity_add(mailbox: str, address: str, display_name: str, as_json: bool) -> None:
+    """Let MAILBOX send as ADDRESS (in a domain hosted here)."""
+    from provider.services import identities
+
+    with committing():
+        owner = provisioning.get_mailbox(db.session, mailbox)
+        identity = identities.add_identity(
+            db.session, owner, address, display_name, actor=CLI_ACTOR
+        )
+    emit(
+        identity.to_dict(),
+        as_json,
+        lambda r: (
+            f"{r['mailbox']} may now send as {r['address']}"
+            + (f' ("{r["display_name"]}")' if r["display_name"] else "")
+        ),
+    )
+
+
+@identity_group.command("list")
+@click.argument("mailbox")
+@json_option
+def identity_list(mailbox: str, as_json: bool) -> None:
+    """Every address MAILBOX may send as: its own, its aliases and its identities."""
+    from provider.services import identities
+
+    try:
+        owner = provisioning.get_mailbox(db.session, mailbox)
+    except ProviderError as exc:
+        raise click.ClickException(exc.message) from None
+    overview = identities.sender_overview(db.session, owner)
+    emit(overview.to_dict() if as_json else overview, as_json, _sender_lines)
+
+
+@identity_group.command("delete")
+@click.argument("mailbox")
+@click.argument("address")
+def identity_delete(mailbox: str, address: str) -> None:
+    """Stop MAILBOX from sending as the extra identity ADDRESS."""
+    from provider.services import identities
+
+    with committing():
+        owner = provisioning.get_mailbox(db.session, mailbox)
+        identity = identities.get_identity(db.session, owner, address)
+        removed = identity.address
+        identities.delete_identity(db.session, identity, actor=CLI_ACTOR)
+    click.echo(f"{owner.address} may no longer send as {removed}")
+
+
+def _age(created: datetime) -> str:
+    seconds = max(int((clock.now() - created).total_seconds()), 0)
+    if seconds < 3600:
+        return f"{seconds // 60}m"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _queue_line(record: dict[str, Any], created: datetime) -> str:
+    recipients = ", ".join(f"{r['address']} ({r['state']})" for r in record["recipients"])
+    return (
+        f"{record['queue_id']}  {_age(created):>7}  {_size(record['size']):>9}  "
+        f"<{record['sender']}> -> {recipients}"
+    )
+
+
+@click.group("queue")
+def queue_group() -> None:
+    """The outbound queue: messages not yet delivered to every recipient."""
+
+
+@queue_group.command("list")
+@click.option(
+    "--search", default=None, help="Only messages whose sender or a recipient contains this."
+)
+@json_option
+def queue_list(search: str | None, as_json: bool) -> None:
+    """Open messages, oldest first."""
+    from provider.services import outbound
+
+    messages = outbound.list_visible(db.session, domain_ids=None, search=search)
+    if as_json:
+        click.echo(json.dumps([outbound.message_record(m) for m in messages], indent=2))
+        return
+    for message in messages:
+        click.echo(_queue_line(outbound.message_record(message), message.created_at))
+    if not messages:
+        click.echo("no queued messages" + (f" matching {search!r}" if search else ""))
+
+
+@queue_group.command("show")
+@click.argument("queue_id")
+@json_option
+def queue_show(queue_id: str, as_json: bool) -> None:
+    """One message with each recipient's state, attempts, next attempt and last reply."""
+    from provider.services import outbound
+
+    try:
+        message = outbound.find(db.session, queue_id)
+    except ProviderError as exc:
+        raise click.ClickException(exc.message) from None
+    record = outbound.message_record(message)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    click.echo(f"queue id:  {record['queue_id']}")
+    click.echo(f"sender:    <{record['sender']}>")
+    click.echo(f"subject:   {record['subject']}")
+    click.echo(f"size:      {_size(record['size'])}")
+    click.echo(f"queued:    {record['created_at']} ({_age(message.created_at)} ago)")
+    for r in record["recipients"]:
+        click.echo(
+            f"  {r['address']}  {r['state']}  attempts {r['attempts']}  "
+            f"next {r['next_attempt_at'] or '-'}  last reply {r['last_reply'] or '-'}"
+        )
+
+
+@queue_group.command("retry")
+@click.argument("queue_id", required=False)
+@click.option("--all", "retry_all", is_flag=True, help="Every deferred message.")
+def queue_retry(queue_id: str | None, retry_all: bool) -> None:
+    """Make the deferred recipients of QUEUE_ID (or of every message, --all) due now."""
+    from provider.services import outbound
+
+    if bool(queue_id) == retry_all:
+        raise click.ClickException("give either a QUEUE_ID or --all")
+    try:
+        count = outbound.retry(db.session, None if retry_all else queue_id, actor=CLI_ACTOR)
+    except ProviderError as exc:
+        db.session.rollback()
+        raise click.ClickException(exc.message) from None
+    click.echo(f"{count} recipient(s) due now")
+
+
+@queue_group.command("delete")
+@click.argument("queue_id")
+def queue_delete(queue_id: str) -> None:
+    """Take QUEUE_ID's undelivered recipients out of the queue (no bounce is sent)."""
+    from provider.services import outbound
+
+    try:
+        count = outbound.delete(db.session, queue_id, actor=CLI_ACTOR)
+    except ProviderError as exc:
+        db.session.rollback()
+        raise click.ClickException(exc.message) from None
+    click.echo(f"deleted {count} recipient(s) of {queue_id.strip().upper()}")
+
+
 # --- jobs ----------------------------------------------------------------------------------
 
 
@@ -784,6 +961,8 @@ COMMANDS = [
     admin_group,
     backup_group,
     jobs_group,
+    identity_group,
+    queue_group,
 ]
 
 

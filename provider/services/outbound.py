@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import secrets
 import socket
 from collections.abc import Sequence
@@ -17,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from provider.errors import InvalidInput, NotFound, TemporaryFailure
 from provider.mailstore.diskio import is_disk_full, write_all
 from provider.mailstore.uidlist import fsync_directory
-from provider.models import OutboundMessage, OutboundRecipient, RecipientState
+from provider.models import Domain, Mailbox, OutboundMessage, OutboundRecipient, RecipientState
 from provider.models.sending import FINAL_STATES
 from provider.services import audit, sending
 from provider.services.aftercommit import on_commit
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 QUEUE_FOLDER = "queue"
 SPOOL_SUFFIX = ".eml"
 OPEN_STATES = (RecipientState.QUEUED.value, RecipientState.DEFERRED.value, "sending")
+# Queue ids are new_queue_id()'s 16 hex digits; anything else (NUL, 10 kB of text) names no
+# message and is answered "not found" before it reaches the database.
+QUEUE_ID = re.compile(r"^[0-9A-Fa-f]{1,32}$")
 
 
 class QueueFull(TemporaryFailure):
@@ -195,13 +199,17 @@ def wake_listener() -> socket.socket:
 
 
 def find(session: Session, queue_id: str) -> OutboundMessage:
-    message = session.scalar(
-        select(OutboundMessage)
-        .where(OutboundMessage.queue_id == queue_id.strip().upper())
-        .options(selectinload(OutboundMessage.recipients))
-    )
+    wanted = queue_id.strip()
+    message = None
+    if QUEUE_ID.match(wanted):
+        message = session.scalar(
+            select(OutboundMessage)
+            .where(OutboundMessage.queue_id == wanted.upper())
+            .options(selectinload(OutboundMessage.recipients))
+        )
     if message is None:
-        raise NotFound(f"no queued message {queue_id}", "queue_id")
+        shown = wanted if QUEUE_ID.match(wanted) else repr(wanted[:40])
+        raise NotFound(f"no queued message {shown}", "queue_id")
     return message
 
 
@@ -258,26 +266,46 @@ def message_record(message: OutboundMessage) -> dict[str, Any]:
     }
 
 
-def retry(session: Session, queue_id: str | None, *, actor: Actor) -> int:
+def retry(
+    session: Session,
+    queue_id: str | None,
+    *,
+    actor: Actor,
+    domain_ids: set[int] | None = None,
+) -> int:
     """Make deferred recipients due now (one message, or all with `queue_id` None); returns
-    how many recipients were made due. Audited."""
+    how many recipients were made due. `domain_ids` limits "all" to the messages of those
+    domains' mailboxes (a domain admin); None is every message. Audited."""
     query = select(OutboundRecipient).where(
         OutboundRecipient.state.in_((RecipientState.QUEUED.value, RecipientState.DEFERRED.value))
     )
     target = "all"
+    domain: str | None = None
     if queue_id is not None:
         message = find(session, queue_id)
         query = query.where(OutboundRecipient.message_id == message.id)
         target = message.queue_id
+        domain = sender_domain(session, message)
+    elif domain_ids is not None:
+        query = query.where(OutboundRecipient.message_id.in_(_messages_of(domain_ids)))
+        if len(domain_ids) == 1:
+            domain = session.scalar(select(Domain.name).where(Domain.id.in_(domain_ids)))
     moment = now()
-    count = 0
+    addresses = []
     for recipient in session.scalars(query):
         recipient.next_attempt_at = moment
-        count += 1
-    audit.record(session, actor, "queue.retry", target, after={"recipients": count})
+        addresses.append(recipient.address)
+    audit.record(
+        session,
+        actor,
+        "queue.retry",
+        target,
+        domain=domain,
+        after={"recipients": len(addresses), "addresses": addresses[:100]},
+    )
     on_commit(session, wake_runner)
     session.commit()
-    return count
+    return len(addresses)
 
 
 def delete(session: Session, queue_id: str, *, actor: Actor) -> int:
@@ -285,23 +313,114 @@ def delete(session: Session, queue_id: str, *, actor: Actor) -> int:
     returns how many. The spool file goes once no recipient is left open. Audited."""
     message = find(session, queue_id)
     moment = now()
-    count = 0
+    deleted = []
     for recipient in message.recipients:
         if recipient.state in (RecipientState.QUEUED.value, RecipientState.DEFERRED.value):
             recipient.state = RecipientState.DELETED.value
             recipient.finished_at = moment
-            count += 1
-    if count == 0 and not any(r.state == "sending" for r in message.recipients):
+            deleted.append(recipient.address)
+    if not deleted and not any(r.state == "sending" for r in message.recipients):
         raise InvalidInput(f"message {message.queue_id} has nothing left to deliver", "queue_id")
     audit.record(
         session,
         actor,
         "queue.delete",
         message.queue_id,
-        before={"sender": message.sender, "recipients": count},
+        domain=sender_domain(session, message),
+        before={
+            "sender": message.sender,
+            "subject": message.subject,
+            "size": message.size,
+            "recipients": len(deleted),
+            "addresses": deleted[:100],
+        },
     )
     if all(r.state in {state.value for state in FINAL_STATES} for r in message.recipients):
         spooled = message.queue_id
         on_commit(session, lambda: remove_spool(spooled))
     session.commit()
-    return count
+    return len(deleted)
+
+
+# Read-only helpers of the admin surfaces: a domain admin sees the messages submitted by the
+# mailboxes of their domains (the sender mailbox's domain); system mail only a superadmin sees.
+
+
+def _messages_of(domain_ids: set[int]) -> Select[tuple[int]]:
+    return (
+        select(OutboundMessage.id)
+        .join(Mailbox, Mailbox.id == OutboundMessage.mailbox_id)
+        .where(Mailbox.domain_id.in_(sorted(domain_ids)))
+    )
+
+
+def sender_domain(session: Session, message: OutboundMessage) -> str | None:
+    """The domain of the mailbox that submitted `message` (None for system mail)."""
+    if message.mailbox_id is None:
+        return None
+    return session.scalar(
+        select(Domain.name)
+        .join(Mailbox, Mailbox.domain_id == Domain.id)
+        .where(Mailbox.id == message.mailbox_id)
+    )
+
+
+def visible(session: Session, message: OutboundMessage, domain_ids: set[int] | None) -> bool:
+    """Whether an admin limited to `domain_ids` (None: all) may see and manage `message`."""
+    if domain_ids is None:
+        return True
+    if message.mailbox_id is None:
+        return False
+    domain_id = session.scalar(select(Mailbox.domain_id).where(Mailbox.id == message.mailbox_id))
+    return domain_id in domain_ids
+
+
+def list_visible(
+    session: Session,
+    *,
+    domain_ids: set[int] | None,
+    search: str | None = None,
+    limit: int | None = None,
+) -> list[OutboundMessage]:
+    """Open messages, oldest first, that an admin limited to `domain_ids` (None: all) sees;
+    `search` is a piece of the sender or of a recipient address (case-insensitive)."""
+    open_ids = select(OutboundRecipient.message_id).where(OutboundRecipient.state.in_(OPEN_STATES))
+    query = (
+        select(OutboundMessage)
+        .where(OutboundMessage.id.in_(open_ids))
+        .options(selectinload(OutboundMessage.recipients))
+        .order_by(OutboundMessage.created_at, OutboundMessage.id)
+    )
+    if domain_ids is not None:
+        query = query.where(OutboundMessage.id.in_(_messages_of(domain_ids)))
+    needle = clean_search(search)
+    if needle:
+        matching = select(OutboundRecipient.message_id).where(
+            func.lower(OutboundRecipient.address).contains(needle, autoescape=True)
+        )
+        query = query.where(
+            func.lower(OutboundMessage.sender).contains(needle, autoescape=True)
+            | OutboundMessage.id.in_(matching)
+            | (OutboundMessage.queue_id == needle.upper())
+        )
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def clean_search(search: str | None) -> str:
+    """A search text as matched: trimmed, lower-case, control characters dropped (PostgreSQL
+    refuses NUL in text), at most 320 characters."""
+    text = "".join(ch for ch in (search or "") if ch.isprintable())
+    return text.strip().lower()[:320]
+
+
+def visible_count(session: Session, domain_ids: set[int] | None) -> int:
+    """How many open messages an admin limited to `domain_ids` (None: all) sees."""
+    if domain_ids is None:
+        return open_count(session)
+    query = select(func.count(func.distinct(OutboundRecipient.message_id))).where(
+        OutboundRecipient.state.in_(OPEN_STATES),
+        OutboundRecipient.message_id.in_(_messages_of(domain_ids)),
+    )
+    return int(session.scalar(query) or 0)

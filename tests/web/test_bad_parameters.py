@@ -73,6 +73,8 @@ def world(app: Flask, session: Session) -> dict[str, Any]:
         "domain_id": mailbox.domain_id,
         "admin_id": other.id,
         "alias_id": 1,
+        "identity_id": 1,
+        "queue_id": "0123456789ABCDEF",
         "snapshot_id": snapshot_id,
         "uid": 1,
         "filename": "css/app.css",

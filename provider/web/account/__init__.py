@@ -21,6 +21,7 @@ PUBLIC_ENDPOINTS = frozenset({"account.login"})
 NAV_ITEMS: list[tuple[str, str]] = [
     ("account.overview", "Overview"),
     ("account.backups", "Backups"),
+    ("account.identities_page", "Sender addresses"),
 ]
 
 
@@ -53,6 +54,11 @@ def not_found(error: HTTPException) -> tuple[str, int]:
     ), 404
 
 
-from provider.web.account import auth, backups, overview  # noqa: E402  (views register on bp)
+from provider.web.account import (  # noqa: E402  (views register on bp)
+    auth,
+    backups,
+    identities,
+    overview,
+)
 
-__all__ = ["auth", "backups", "bp", "overview"]
+__all__ = ["auth", "backups", "bp", "identities", "overview"]

@@ -53,8 +53,10 @@ from provider.web.admin import (  # noqa: E402  (views register on bp)
     dashboard,
     domains,
     filters,
+    identities,
     jobs,
     mailboxes,
+    queue,
 )
 
 __all__ = [
@@ -67,6 +69,8 @@ __all__ = [
     "dashboard",
     "domains",
     "filters",
+    "identities",
     "jobs",
     "mailboxes",
+    "queue",
 ]
