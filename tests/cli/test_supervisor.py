@@ -347,7 +347,7 @@ def test_start_up_says_what_customers_are_told_next_to_the_real_listeners(mail_e
         assert by_name["imap"].endswith("IMAP (STARTTLS)")  # not what customers are told
         assert by_name["pop3s"].endswith("POP3 (implicit TLS)")  # unset: nothing extra
         assert by_name["submission"] == (
-            "submission: no listener in this version  — customers are told smtp.example.com:587"
+            "submission: not served here  — customers are told smtp.example.com:587"
         )
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(60) == 0
