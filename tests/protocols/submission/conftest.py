@@ -51,6 +51,12 @@ class Submission:
     runner: ProtocolRunner
     starttls: tuple[str, int]
     implicit: tuple[str, int]
+    running: bool = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.running = False
+            self.runner.stop()
 
     def connect(self) -> smtplib.SMTP:
         """A plain connection to the STARTTLS port, EHLO said."""
@@ -82,10 +88,11 @@ class Submission:
 def submission(app: Flask) -> Iterator[Submission]:
     runner = ProtocolRunner(app, ["submission"])
     bound = {b.name: (b.host, b.port) for b in runner.start()}
+    served = Submission(runner, bound["submission"], bound["submissions"])
     try:
-        yield Submission(runner, bound["submission"], bound["submissions"])
+        yield served
     finally:
-        runner.stop()
+        served.stop()
 
 
 def add_identity(session: Session, mailbox: Mailbox, address: str, name: str = "") -> Identity:
