@@ -6,6 +6,7 @@ from __future__ import annotations
 import smtplib
 import ssl
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,8 +85,9 @@ class Submission:
         return client
 
 
-@pytest.fixture
-def submission(app: Flask) -> Iterator[Submission]:
+@contextmanager
+def running_submission(app: Flask) -> Iterator[Submission]:
+    """Both submission listeners of `app` on the ports its settings name, until the end."""
     runner = ProtocolRunner(app, ["submission"])
     bound = {b.name: (b.host, b.port) for b in runner.start()}
     served = Submission(runner, bound["submission"], bound["submissions"])
@@ -93,6 +95,12 @@ def submission(app: Flask) -> Iterator[Submission]:
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture
+def submission(app: Flask) -> Iterator[Submission]:
+    with running_submission(app) as served:
+        yield served
 
 
 def add_identity(session: Session, mailbox: Mailbox, address: str, name: str = "") -> Identity:
@@ -109,14 +117,18 @@ def add_identity(session: Session, mailbox: Mailbox, address: str, name: str = "
     return identity
 
 
-@pytest.fixture
-def sender(session: Session) -> Mailbox:
+def make_sender(session: Session) -> Mailbox:
     """alice@example.test (IMAP) with the alias sales@ and the extra identity alice@other.test."""
     mailbox = make_mailbox(session, ADDRESS)
     provisioning.create_alias(session, ALIAS, mailbox, actor=TEST_ACTOR)
     session.commit()
     add_identity(session, mailbox, IDENTITY, "Alice Other")
     return mailbox
+
+
+@pytest.fixture
+def sender(session: Session) -> Mailbox:
+    return make_sender(session)
 
 
 def message(sender: str = ADDRESS, to: str = "bob@remote.test", body: str = "Hello.") -> bytes:
