@@ -19,8 +19,10 @@ import ssl
 from base64 import b64decode
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
+from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
+from email.parser import HeaderParser
 from email.policy import compat32
+from email.policy import default as default_policy
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
@@ -60,6 +62,9 @@ BANNED = "421 4.7.0 Too many failed logins from your address"
 NOTIFY_KEYWORDS = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*")  # RFC 3461 §4: "+" and "=" only as +XX
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Header defects that change nothing about which address is meant (RFC 6532 allows UTF-8
+# local parts; obsolete syntax such as a trailing comma in an address list is still clear).
+HARMLESS_DEFECTS = (ObsoleteHeaderDefect, NonASCIILocalPartDefect)
 
 
 @dataclass(frozen=True)
@@ -121,15 +126,29 @@ def is_xtext(value: str) -> bool:
     return value.isascii() and XTEXT.fullmatch(value) is not None
 
 
-def header_addresses(content: bytes, name: str) -> list[list[str]] | None:
-    """The addresses of each `name` header field of the message (one list per field), or None
-    when the header block cannot be read."""
+def header_addresses(header_block: bytes, name: str) -> list[list[str]] | None:
+    """The addresses of each `name` field in the header block (one list per field), or None
+    when a field cannot be read without guessing (RFC 5322 §3.4 syntax errors, control
+    characters). Both Python parsers are asked and every address either finds is returned:
+    where they disagree, one of them is reading something a mail program may display."""
+    text = header_block.decode("utf-8", "replace")
     try:
-        headers = BytesHeaderParser(policy=compat32).parsebytes(content)
-        fields = [str(value) for value in headers.get_all(name, [])]
+        strict = HeaderParser(policy=default_policy).parsestr(text).get_all(name, [])
+        lenient = HeaderParser(policy=compat32).parsestr(text).get_all(name, [])
     except Exception:
         return None
-    return [[address for _, address in email.utils.getaddresses([value])] for value in fields]
+    found = []
+    for parsed, raw in zip(strict, lenient, strict=True):
+        if CONTROL.search(str(raw).replace("\r\n", "").replace("\t", " ")):
+            return None
+        if any(not isinstance(defect, HARMLESS_DEFECTS) for defect in parsed.defects):
+            return None
+        addresses = [address.addr_spec for address in parsed.addresses]
+        for _, address in email.utils.getaddresses([str(raw)]):
+            if address and address not in addresses:
+                addresses.append(address)
+        found.append(addresses)
+    return found
 
 
 def header_block_end(content: bytes) -> int:
@@ -256,13 +275,19 @@ def check_header_senders(mailbox: Mailbox, content: bytes) -> None:
     """RFC 6409 §8.1 lets the MSA check the originator fields: exactly one From: (RFC 5322
     §3.6), and every address in it and in Sender: one of the mailbox's identities. Sender: is
     checked too: it names who sent the message, so an unchecked one would forge that."""
-    froms = header_addresses(content, "From")
-    if froms is None or len(froms) != 1 or not [a for a in froms[0] if a]:
+    header_block = content[: header_block_end(content)]
+    froms = header_addresses(header_block, "From")
+    senders = header_addresses(header_block, "Sender")
+    if froms is None or senders is None:
+        raise SenderNotAllowed(
+            "Sender address not allowed: the From: or Sender: header cannot be read "
+            "(RFC 5322 section 3.6.2)"
+        )
+    if len(froms) != 1 or not froms[0]:
         raise SenderNotAllowed(
             "Sender address not allowed: the message needs exactly one From: header "
             "naming one of your identities (RFC 5322 section 3.6)"
         )
-    senders = header_addresses(content, "Sender") or []
     for header, addresses in [("From", froms[0])] + [("Sender", a) for a in senders]:
         for address in addresses:
             if not address or not identities.may_send_as(db.session, mailbox, address):

@@ -160,3 +160,49 @@ def test_a_refused_sender_leaves_the_session_usable(sender: Mailbox, submission:
     with pytest.raises(smtplib.SMTPSenderRefused):
         client.sendmail("other@example.test", ["bob@remote.test"], message())
     client.quit()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "alice@example.test <mallory@evil.test>",
+        '"alice@example.test" <mallory@evil.test>',
+        "<alice@example.test> mallory@evil.test",
+        "alice@example.test mallory@evil.test",
+        "alice@example.test@evil.test",
+        '"alice@example.test"@evil.test',
+        "alice@example.test;mallory@evil.test",
+        "Alice <alice@example.test>, <mallory@evil.test",
+        "group: alice@example.test, mallory@evil.test;",
+        "undisclosed-recipients:;",
+        "alice@example.test\x00mallory@evil.test",
+        "alice@example.test\x01",
+    ],
+)
+def test_a_from_header_that_could_be_read_two_ways_is_refused(
+    session: Session, sender: Mailbox, submission: Submission, value: str
+):
+    """Python's two address parsers, and mail programs, read broken From: fields differently:
+    one that either parser reads as someone else is refused."""
+    content = message().replace(b"From: Alice <alice@example.test>", f"From: {value}".encode())
+    code, text = data_reply(submission, content)
+    assert code == 553 and text.startswith(b"5.7.1 Sender address not allowed"), text
+    assert queued(session) == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "=?utf-8?q?J=C3=B6rg?= <alice@example.test>",
+        "Jörg Ü <alice@example.test>",
+        '"Alice, Sales" <sales@example.test>',
+        "alice@example.test (Alice)",
+        "alice@example.test,",
+        "Alice\r\n <alice@example.test>",
+    ],
+)
+def test_well_formed_from_headers_of_an_identity_are_accepted(
+    session: Session, sender: Mailbox, submission: Submission, value: str
+):
+    content = message().replace(b"From: Alice <alice@example.test>", f"From: {value}".encode())
+    assert data_reply(submission, content)[0] == 250
