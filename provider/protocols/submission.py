@@ -216,6 +216,9 @@ class SubmissionHandler:
             failure = TemporaryFailure("temporary failure queueing the message; try again later")
             return f"{failure.smtp_reply} {failure.message}"
         finally:
+            # A shutdown waiting for the count to drop wakes on a later loop turn; aiosmtpd
+            # writes the reply in this one, as soon as this returns: the client hears 250
+            # before its connection is closed (test_shutdown_waits_for_a_message_being_queued).
             self.inflight.end()
 
     def _check_and_queue(

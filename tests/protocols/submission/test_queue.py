@@ -4,6 +4,8 @@ headers, its DSN parameters, within the limits; nothing is queued when the answe
 from __future__ import annotations
 
 import smtplib
+import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +19,7 @@ from provider.models import Mailbox, OutboundMessage
 from provider.services import outbound, sending
 from provider.services.outbound import QueueFull
 from provider.services.storage import mail_store
-from tests.conftest import MAILBOX_PASSWORD
+from tests.conftest import MAILBOX_PASSWORD, wait_until
 from tests.protocols.conftest import RawClient
 from tests.protocols.submission.conftest import ADDRESS, Submission, message
 
@@ -318,3 +320,41 @@ def test_queue_counts_one_row_per_message(
     client.quit()
     session.expire_all()
     assert session.scalar(select(func.count()).select_from(OutboundMessage)) == 3
+
+
+def test_shutdown_waits_for_a_message_being_queued_and_its_250(
+    session: Session, sender: Mailbox, submission: Submission, monkeypatch: pytest.MonkeyPatch
+):
+    entered, gate = threading.Event(), threading.Event()
+    real_enqueue = outbound.enqueue
+
+    def slow_enqueue(*args: Any, **kwargs: Any) -> OutboundMessage:
+        entered.set()
+        gate.wait(10)
+        return real_enqueue(*args, **kwargs)
+
+    monkeypatch.setattr(outbound, "enqueue", slow_enqueue)
+    with logged_in_raw(submission) as raw:
+        raw.command(f"MAIL FROM:<{ADDRESS}>")
+        raw.command("RCPT TO:<bob@remote.test>")
+        raw.command("DATA")
+        raw.send(message() + b".\r\n")
+        assert entered.wait(10)
+        stopper = threading.Thread(target=submission.stop)
+        stopper.start()
+        # The listener stops accepting at once; the message in flight is waited for.
+        assert wait_until(lambda: refused(submission.starttls), timeout=10)
+        gate.set()
+        code, text = raw.reply()
+        assert code == 250 and text.startswith("2.0.0 Ok: queued as ")
+        assert raw.reply() == (421, "4.3.2 Service shutting down")
+        stopper.join(30)
+    assert len(queued_messages(session)) == 1
+
+
+def refused(address: tuple[str, int]) -> bool:
+    try:
+        socket.create_connection(address, timeout=1).close()
+    except OSError:
+        return True
+    return False
