@@ -492,9 +492,6 @@ class SubmissionSMTP(lmtp.RewritingMixin, SMTP):
         if self.account is not None:
             await self.push("503 5.5.1 Already authenticated")
             return
-        if self.envelope.mail_from is not None:
-            await self.push("503 5.5.1 AUTH is not allowed during a mail transaction")
-            return
         words = (arg or "").split()
         if not words or len(words) > 2:
             await self.push("501 5.5.4 Syntax: AUTH mechanism [initial-response]")

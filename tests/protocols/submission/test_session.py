@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import smtplib
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -287,3 +288,67 @@ def test_sessions_send_several_messages_and_quit_cleanly(sender: Mailbox, submis
     for number in range(3):
         assert client.sendmail(ADDRESS, ["bob@remote.test"], message(body=f"n{number}")) == {}
     assert client.quit()[0] == 221
+
+
+def test_commands_out_of_order_are_answered_503(sender: Mailbox, submission: Submission):
+    client = submission.login()
+    assert client.rcpt("bob@remote.test")[0] == 503  # no MAIL yet
+    assert client.mail(ADDRESS)[0] == 250
+    assert client.docmd("DATA")[0] == 503  # no recipient yet
+    assert client.mail(ADDRESS)[0] == 503  # nested
+    assert client.docmd("AUTH", "PLAIN " + plain(ADDRESS, MAILBOX_PASSWORD)) == (
+        503,
+        b"5.5.1 Already authenticated",
+    )
+    client.quit()
+
+
+def test_auth_needs_ehlo_not_helo(sender: Mailbox, submission: Submission):
+    with RawClient(submission.starttls) as raw:
+        raw.reply()
+        assert raw.command("AUTH PLAIN " + plain(ADDRESS, MAILBOX_PASSWORD))[0] == 503
+        assert raw.command("HELO client.test")[0] == 250
+        assert raw.command("AUTH PLAIN " + plain(ADDRESS, MAILBOX_PASSWORD)) == (
+            503,
+            "5.5.1 Send EHLO first",
+        )
+
+
+def test_starttls_on_the_implicit_tls_port_is_refused(sender: Mailbox, submission: Submission):
+    client = submission.connect_implicit()
+    assert client.docmd("STARTTLS")[0] == 503
+    client.login(ADDRESS, MAILBOX_PASSWORD)
+    client.quit()
+
+
+def test_a_mailbox_deleted_during_the_session_cannot_send(
+    session: Session, sender: Mailbox, submission: Submission
+):
+    client = submission.login()
+    provisioning.delete_mailbox(session, sender, actor=TEST_ACTOR)
+    session.commit()
+    assert client.mail(ADDRESS) == (550, b"5.7.1 This mailbox no longer exists")
+    client.quit()
+
+
+@pytest.fixture
+def slow_failures(app_config: dict[str, Any]) -> dict[str, Any]:
+    app_config.update(LOGIN_FAILURE_DELAY_SECONDS=0.2)
+    return app_config
+
+
+def test_failed_logins_are_delayed_and_the_delay_grows(
+    slow_failures: dict[str, Any], app: Any, sender: Mailbox, submission: Submission
+):
+    """RELIABILITY A1, shared with IMAP and POP3: a penalty earned elsewhere counts here."""
+    client = submission.connect_tls()
+    started = time.monotonic()
+    assert client.docmd("AUTH", "PLAIN " + plain(ADDRESS, "wrong one"))[0] == 535
+    assert time.monotonic() - started >= 0.2
+    mail_access.guards(app).failures.failed("127.0.0.1", "x", "y")  # as POP3 would
+    started = time.monotonic()
+    assert client.docmd("AUTH", "PLAIN " + plain(ADDRESS, "wrong two"))[0] == 535
+    assert time.monotonic() - started >= 0.8  # the third failure of the address: 0.2 * 2**2
+    # A right password is never delayed, and clears the penalty.
+    client.login(ADDRESS, MAILBOX_PASSWORD)
+    client.quit()
