@@ -206,9 +206,19 @@ class SubmissionHandler:
         trace = self.trace_headers(session, server, content)
         self.inflight.begin()
         try:
-            return await asyncio.to_thread(
+            reply: str = await asyncio.to_thread(
                 server.in_app, self._check_and_queue, account, envelope, trace + content
             )
+            # Where it came from stays in our log (for abuse reports), not in the message.
+            log.info(
+                "%s: from %s <%s> at %s, %d recipient(s)",
+                reply,
+                account.address,
+                envelope.mail_from,
+                server.peer_address,
+                len(envelope.recipients),
+            )
+            return reply
         except ProviderError as exc:
             return f"{exc.smtp_reply} {exc.message}"
         except Exception:
