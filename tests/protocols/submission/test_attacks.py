@@ -244,3 +244,17 @@ def test_shutdown_says_421_to_connected_clients(sender: Mailbox, submission: Sub
     submission.stop()
     assert raw.reply() == (421, "4.3.2 Service shutting down")
     raw.close()
+
+
+def test_shutdown_with_a_client_stuck_before_its_tls_handshake_is_prompt(
+    sender: Mailbox, submission: Submission
+):
+    stuck = socket.create_connection(submission.implicit, timeout=10)
+    half = socket.create_connection(submission.implicit, timeout=10)
+    half.sendall(b"\x16\x03\x01\x00\xff")  # the start of a ClientHello, and no more
+    started = time.monotonic()
+    submission.stop()
+    assert time.monotonic() - started < 3  # not the runner's 5 s last resort
+    assert closed_within(stuck, 5) and closed_within(half, 5)
+    stuck.close()
+    half.close()
