@@ -117,7 +117,7 @@ def init_command(admin_email: str | None, as_json: bool) -> None:
 @click.command("serve")
 @click.option(
     "--services",
-    default="web,imap,pop3,lmtp,smtp,scheduler",
+    default="web,imap,pop3,lmtp,smtp,submission,scheduler",
     show_default=True,
     help="Comma-separated services to run (each kind in processes of its own).",
 )

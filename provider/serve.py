@@ -33,10 +33,10 @@ from provider.supervisor import (
     status_path,
 )
 
-KNOWN_SERVICES = ("web", "imap", "pop3", "lmtp", "smtp", "scheduler")
+KNOWN_SERVICES = ("web", "imap", "pop3", "lmtp", "smtp", "submission", "scheduler")
 # Services that later parts of the product add; asked for now, they are reported and skipped.
 NOT_YET_AVAILABLE: frozenset[str] = frozenset()
-MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp")
+MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission")
 # Processes per kind of service. Mail may later run one per core, all accepting on the same
 # inherited listening sockets (issue "IMAP on every core"); the web's counters (login and
 # signup limits) live in its process's memory, so it stays one process with threads.
@@ -151,7 +151,7 @@ def open_ports(app: Flask, services: list[str]) -> list[Listening]:
 
 def public_notes(app: Flask, opened: list[Listening]) -> tuple[dict[str, str], list[str]]:
     """What customers are told (PUBLIC_* settings) where it is set: a note per listener name,
-    and lines for services that have no listener here (SMTP submission)."""
+    and a line for SMTP submission when it is not served here."""
     config = app.config
     notes: dict[str, str] = {}
     lines: list[str] = []
@@ -166,13 +166,15 @@ def public_notes(app: Flask, opened: list[Listening]) -> tuple[dict[str, str], l
         shown = port or (ports.get(listener) if listener else None)
         return f"{host}:{shown}" if shown else host
 
-    for prefix, listener in (("IMAP", "imaps"), ("POP3", "pop3s")):
+    for prefix, listener in (("IMAP", "imaps"), ("POP3", "pop3s"), ("SMTP", "submissions")):
         if listener in ports and (public := told(prefix, listener)):
             notes[listener] = f"customers are told {public}"
-    if any(listening.service in MAIL_SERVICES for listening in opened) and (
-        public := told("SMTP", None)
+    if (
+        "submissions" not in ports
+        and any(listening.service in MAIL_SERVICES for listening in opened)
+        and (public := told("SMTP", None))
     ):
-        lines.append(f"submission: no listener in this version  — customers are told {public}")
+        lines.append(f"submission: not served here  — customers are told {public}")
     return notes, lines
 
 
@@ -197,6 +199,10 @@ def run(app: Flask, services: list[str]) -> None:
     except CannotListen as exc:
         raise click.ClickException(str(exc)) from None
 
+    # Autoconfig and the client-settings pages name the bundled submission server only when
+    # it runs (the web process is forked below and inherits this).
+    if "submission" in services:
+        app.config["SUBMISSION_SERVED"] = True
     host = app.config["BIND_HOST"]
     notes, extra_lines = public_notes(app, opened)
     for listening in opened:

@@ -260,7 +260,7 @@ class SessionMixin:
             closed.set_result(None)
 
 
-class _RewritingMixin(SessionMixin):
+class RewritingMixin(SessionMixin):
     """Give aiosmtpd's built-in size replies their enhanced status codes; say 421 at shutdown."""
 
     def say_goodbye(self) -> None:
@@ -279,11 +279,11 @@ class _RewritingMixin(SessionMixin):
         await super().push(status)  # type: ignore[misc]
 
 
-class DeliverySMTP(_RewritingMixin, SMTP):
+class DeliverySMTP(RewritingMixin, SMTP):
     """Inbound SMTP (MX-style)."""
 
 
-class DeliveryLMTP(_RewritingMixin, LMTP):
+class DeliveryLMTP(RewritingMixin, LMTP):
     """LMTP, for an MTA such as Postfix handing over local mail."""
 
 

@@ -72,6 +72,22 @@ def _pop3s(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol
     return protocol_factory(app, implicit_tls=True)
 
 
+def _submission(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]:
+    from provider.protocols import submission
+
+    return submission.protocol_factory(  # type: ignore[return-value]
+        app, inflight, server_context(app.config), implicit_tls=False
+    )
+
+
+def _submissions(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]:
+    from provider.protocols import submission
+
+    return submission.protocol_factory(  # type: ignore[return-value]
+        app, inflight, server_context(app.config), implicit_tls=True
+    )
+
+
 # One service name may start several listeners (IMAP: STARTTLS and implicit TLS).
 LISTENERS: dict[str, tuple[Listener, ...]] = {
     "lmtp": (Listener("lmtp", "LMTP_PORT", _lmtp, "LMTP (STARTTLS)"),),
@@ -83,6 +99,10 @@ LISTENERS: dict[str, tuple[Listener, ...]] = {
     "pop3": (
         Listener("pop3", "POP3_PORT", _pop3, "POP3 (STLS)"),
         Listener("pop3s", "POP3S_PORT", _pop3s, "POP3 (implicit TLS)"),
+    ),
+    "submission": (
+        Listener("submission", "SUBMISSION_PORT", _submission, "submission (STARTTLS, AUTH)"),
+        Listener("submissions", "SUBMISSIONS_PORT", _submissions, "submission (implicit TLS)"),
     ),
 }
 

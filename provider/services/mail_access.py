@@ -1,4 +1,5 @@
-"""Who may read mail over IMAP/POP3: credentials, then policy; failure delays; connection limits."""
+"""Who may read mail over IMAP/POP3 or send it over submission: credentials, then policy;
+failure delays; connection limits."""
 
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ from provider.services.clock import now
 from provider.services.ratelimit import MAX_KEYS, BoundedTable
 
 AUTHENTICATION_FAILED = "Authentication failed."
-PROTOCOL_NAMES = {"imap": "IMAP", "pop3": "POP3"}
+SUBMISSION = "submission"
+PROTOCOL_NAMES = {"imap": "IMAP", "pop3": "POP3", SUBMISSION: "Submission"}
+# Dovecot's mail_max_userip_connections, applied to submission sessions too.
+DEFAULT_MAX_CONNECTIONS_PER_USER_IP = 10
 MAX_PENALTY_SECONDS = 15.0
 PENALTY_EXPIRES_SECONDS = 3600.0
 REMEMBERED_ATTEMPTS = 10
@@ -45,7 +49,9 @@ def check_policy(mailbox: Mailbox, protocol: str) -> None:
     )
     if expired:
         raise AccessRefused("The trial of this mailbox has expired; contact your provider")
-    if not mailbox.protocol_allowed(protocol):
+    # Every mailbox may send, IMAP and POP3-only alike (what it may send as is the identities'
+    # rule, services/identities.py).
+    if protocol != SUBMISSION and not mailbox.protocol_allowed(protocol):
         raise AccessRefused(f"{name} access is not enabled for this mailbox; contact your provider")
 
 
@@ -251,9 +257,9 @@ class LoginTurns:
 
 
 class Guards:
-    """What every IMAP and POP3 session of one app shares: one failure-delay table for both
-    protocols (a penalty earned on POP3 also slows IMAP), and a connection count per protocol
-    (Dovecot's mail_max_userip_connections is per protocol too)."""
+    """What every IMAP, POP3 and submission session of one app shares: one failure-delay table
+    for all (a penalty earned on POP3 also slows IMAP and submission), and a connection count
+    per protocol (Dovecot's mail_max_userip_connections is per protocol too)."""
 
     def __init__(self, app: Flask) -> None:
         config = app.config
@@ -264,6 +270,12 @@ class Guards:
         )
         self.imap_connections = ConnectionLimit(int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"]))
         self.pop3_connections = ConnectionLimit(int(config["POP3_MAX_CONNECTIONS_PER_USER_IP"]))
+        self.submission_connections = ConnectionLimit(
+            int(
+                config.get("SUBMISSION_MAX_CONNECTIONS_PER_USER_IP")
+                or DEFAULT_MAX_CONNECTIONS_PER_USER_IP
+            )
+        )
 
 
 def guards(app: Flask) -> Guards:

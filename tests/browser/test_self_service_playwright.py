@@ -89,7 +89,7 @@ def test_customer_signs_up_sees_the_settings_and_the_trial_on_account(
     expect(page.locator("#signup-address")).to_have_text("dana@open.test")
     imap = page.locator("#client-settings tr[data-protocol=imap] td")
     expect(imap).to_have_text(["IMAP", "imap.provider.test", "1993", "SSL/TLS", "dana@open.test"])
-    # No sending server is named while none exists (PUBLIC_SMTP_PORT unset).
+    # No sending server is named while none is served here (PUBLIC_SMTP_PORT unset).
     expect(page.locator("#client-settings tr[data-protocol=smtp]")).to_have_count(0)
     expect(page.locator("#client-settings tr[data-protocol=pop3]")).to_have_count(0)
 

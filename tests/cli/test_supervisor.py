@@ -10,7 +10,9 @@ import multiprocessing
 import os
 import re
 import signal
+import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.error
@@ -32,7 +34,7 @@ PROVIDER = str(Path(sys.executable).with_name("provider"))
 PASSWORD = "a long passphrase"
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "an operator passphrase"  # the `environment` fixture's
-MAIL_PORTS = ("IMAP", "IMAPS", "POP3", "POP3S", "LMTP", "SMTP")
+MAIL_PORTS = ("IMAP", "IMAPS", "POP3", "POP3S", "LMTP", "SMTP", "SUBMISSION", "SUBMISSIONS")
 
 
 @dataclass
@@ -347,10 +349,65 @@ def test_start_up_says_what_customers_are_told_next_to_the_real_listeners(mail_e
         assert by_name["imap"].endswith("IMAP (STARTTLS)")  # not what customers are told
         assert by_name["pop3s"].endswith("POP3 (implicit TLS)")  # unset: nothing extra
         assert by_name["submission"] == (
-            "submission: no listener in this version  — customers are told smtp.example.com:587"
+            "submission: not served here  — customers are told smtp.example.com:587"
         )
         served.process.send_signal(signal.SIGTERM)
         assert served.process.wait(60) == 0
+
+
+# --- issue 12: submission under `provider serve` --------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_serve_runs_submission_and_autoconfig_names_it(mail_environment, tmp_path):
+    # Fixed ports: autoconfig names no listener whose port is picked at start.
+    submission_port, submissions_port = free_port(), free_port()
+    mail_environment.update(
+        PROVIDER_SUBMISSION_PORT=str(submission_port),
+        PROVIDER_SUBMISSIONS_PORT=str(submissions_port),
+    )
+    with supervised(mail_environment, "web,submission") as served:
+        by_name = {line.split(":")[0]: line.rstrip("\n") for line in served.lines}
+        assert by_name["submission"] == (
+            f"submission: 127.0.0.1:{submission_port}  submission (STARTTLS, AUTH)"
+        )
+        assert by_name["submissions"] == (
+            f"submissions: 127.0.0.1:{submissions_port}  submission (implicit TLS)"
+        )
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with smtplib.SMTP_SSL("127.0.0.1", submissions_port, timeout=10, context=context) as smtp:
+            smtp.login("a@example.test", PASSWORD)
+            message = b"From: a@example.test\r\nTo: b@remote.test\r\nSubject: hi\r\n\r\nHi\r\n"
+            smtp.mail("a@example.test")
+            smtp.rcpt("b@remote.test")
+            code, text = smtp.data(message)
+            assert code == 250 and text.startswith(b"2.0.0 Ok: queued as ")
+        queue_id = text.decode().rsplit(" ", 1)[1]
+        spooled = served.instance / "queue" / f"{queue_id}.eml"
+        assert spooled.read_bytes().endswith(message)
+        url = served.url("/mail/config-v1.1.xml") + "?emailaddress=a%40example.test"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            xml = response.read().decode()
+        outgoing = xml[xml.index("<outgoingServer") : xml.index("</outgoingServer>")]
+        assert f"<port>{submissions_port}</port>" in outgoing
+        assert "<socketType>SSL</socketType>" in outgoing
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0
+
+
+def test_serve_runs_submission_by_default():
+    from provider.cli import serve_command
+    from provider.serve import KNOWN_SERVICES, MAIL_SERVICES
+
+    [option] = [p for p in serve_command.params if p.name == "services"]
+    assert "submission" in str(option.default).split(",")
+    assert "submission" in KNOWN_SERVICES and "submission" in MAIL_SERVICES
 
 
 # --- a service that cannot start ------------------------------------------------------------------

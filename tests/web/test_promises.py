@@ -1,4 +1,5 @@
-"""The pages promise only what exists today: no webmail, rules, identities or sending (issue 11)."""
+"""The pages promise only what exists today: no webmail, rules or identities (issue 11); sending
+exists since issue 12, so the pages may name the submission server."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from provider.models import Mailbox
 from tests.conftest import MAILBOX_PASSWORD, login, make_admin, make_domain, make_mailbox
 
 # Features that do not exist yet (webmail, server-side rules and filters, identities,
-# vacation replies, forwarding, sending through this service), and "this website" as a way
-# to read mail. Whole words, case-insensitive, in the visible text of each page.
+# vacation replies, forwarding), and "this website" as a way to read mail. Whole words,
+# case-insensitive, in the visible text of each page. Sending exists (issue 12).
 PROMISES = re.compile(
     r"\b(webmail|web mail|sorting|rules?|filters?|identit(?:y|ies)|vacation|auto-?reply|"
-    r"forward(?:ing|s)?|send(?:ing|s)?|this website)\b",
+    r"forward(?:ing|s)?|this website)\b",
     re.I,
 )
 
@@ -86,3 +87,16 @@ def test_the_admin_mailbox_forms_promise_nothing_that_does_not_exist(
     assert login(client).status_code == 302
     assert promises_in(client.get("/admin/mailboxes/new")) == []
     assert promises_in(client.get(f"/admin/mailboxes/{mailbox.id}")) == []
+
+
+def test_the_pages_that_name_the_submission_server_promise_nothing_else(
+    app: Flask, client: FlaskClient, mailbox: Mailbox
+):
+    app.config.update(SUBMISSION_SERVED=True, SUBMISSIONS_PORT=1465)
+    response = client.post(
+        "/account/login", data={"email": mailbox.address, "password": MAILBOX_PASSWORD}
+    )
+    assert response.status_code == 302
+    overview = client.get("/account/")
+    assert 'data-protocol="smtp"' in overview.get_data(as_text=True)
+    assert promises_in(overview) == []

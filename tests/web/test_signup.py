@@ -158,6 +158,21 @@ def test_the_done_page_shows_the_public_settings_when_they_are_set(
     assert "does not offer outgoing mail" not in html
 
 
+def test_the_done_page_names_the_bundled_submission_server_when_it_is_served(
+    app: Flask, client: FlaskClient, open_domain: None
+):
+    """Issue 12: `provider serve` with the submission service sets SUBMISSION_SERVED."""
+    app.config.update(SUBMISSION_SERVED=True, SUBMISSIONS_PORT=1465, SUBMISSION_PORT=1587)
+    assert sign_up(client).status_code == 302
+    html = text_of(client.get("/signup/done"))
+    rows = re.findall(
+        r'<tr data-protocol="(\w+)"><td>[^<]*</td><td>([^<]*)</td><td>(\d+)</td><td>([^<]*)</td>',
+        html,
+    )
+    assert ("smtp", "127.0.0.1", "1465", "SSL/TLS") in rows
+    assert "does not offer outgoing mail" not in html
+
+
 def test_the_trial_quota_is_a_setting(
     app: Flask, client: FlaskClient, session: Session, open_domain
 ):
