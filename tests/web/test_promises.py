@@ -1,5 +1,5 @@
-"""The pages promise only what exists today: no webmail, rules or identities (issue 11); sending
-exists since issue 12, so the pages may name the submission server."""
+"""The pages promise only what exists today: no webmail, rules, vacation or forwarding (issue
+11); sending and identities exist since issue 12, so the pages may name them."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from sqlalchemy.orm import Session
 from provider.models import Mailbox
 from tests.conftest import MAILBOX_PASSWORD, login, make_admin, make_domain, make_mailbox
 
-# Features that do not exist yet (webmail, server-side rules and filters, identities,
-# vacation replies, forwarding), and "this website" as a way to read mail. Whole words,
-# case-insensitive, in the visible text of each page. Sending exists (issue 12).
+# Features that do not exist yet (webmail, server-side rules and filters, vacation replies,
+# forwarding), and "this website" as a way to read mail. Whole words, case-insensitive, in the
+# visible text of each page. Sending and identities exist (issue 12).
 PROMISES = re.compile(
-    r"\b(webmail|web mail|sorting|rules?|filters?|identit(?:y|ies)|vacation|auto-?reply|"
+    r"\b(webmail|web mail|sorting|rules?|filters?|vacation|auto-?reply|"
     r"forward(?:ing|s)?|this website)\b",
     re.I,
 )
