@@ -273,9 +273,15 @@ class _Asker:
         if self.failure:
             raise _Unanswered(self.failure)
         try:
-            answer = self.resolver.resolve(name, record_type, raise_on_no_answer=False)
+            # Absolute names: a system resolver's search list must not turn a missing
+            # "_dmarc.example.com" into an answer for "_dmarc.example.com.corp.lan".
+            answer = self.resolver.resolve(
+                dns.name.from_text(name), record_type, raise_on_no_answer=False, search=False
+            )
         except dns.resolver.NXDOMAIN:
             return None
+        except (dns.name.LabelTooLong, dns.name.NameTooLong, dns.name.EmptyLabel) as exc:
+            raise _Unanswered(f"{name} is not a valid DNS name: {exc}") from None
         except dns.exception.Timeout:
             self.failure = f"no answer from the resolver within {self.resolver.lifetime:g} s"
             raise _Unanswered(self.failure) from None

@@ -363,3 +363,17 @@ def test_a_resolver_sending_garbage_is_reported_not_raised(
             stop.set()
             thread.join()
     assert {r.status for r in results} == {UNKNOWN}
+
+
+def test_a_domain_too_long_for_its_srv_names_is_reported_not_raised(
+    session: Session, zone: DnsZone
+) -> None:
+    """A 253-character domain is valid, but "_submissions._tcp." before it is not a DNS name."""
+    long_name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 56, "test"])
+    assert len(long_name) == 253
+    domain = make_domain(session, long_name)
+    zone.start()
+    results = {r.record.name: r for r in dns_records.check(session, domain, zone.resolver)}
+    too_long = results[f"_submissions._tcp.{long_name}"]
+    assert too_long.status == UNKNOWN and "not a valid DNS name" in too_long.detail
+    assert results[long_name].status == MISSING
