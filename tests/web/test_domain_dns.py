@@ -93,7 +93,7 @@ def test_check_dns_shows_each_records_state(
     response = logged_in.post(f"/admin/domains/{domain.id}/dns/check")
     assert response.status_code == 200
     page = text_of(response)
-    assert "2 of 10 not right" in page
+    assert "2 of 10 not ok" in page
     dkim_row = result_row(page, selector_name, "TXT")
     assert 'badge-bad">missing' in dkim_row and "does not exist (NXDOMAIN)" in dkim_row
     spf_row = result_row(page, "example.test", "TXT")
