@@ -402,7 +402,7 @@ def _check_cname(asker: _Asker, record: Record) -> CheckResult:
     # No CNAME: A records with the web host's addresses work as well.
     addresses = asker.ask(record.name, "A")
     if not addresses:
-        return _missing(record, addresses if addresses is None else [], "CNAME or A")
+        return _missing(record, addresses, "CNAME or A")
     published = sorted(f"A {r.address}" for r in addresses)
     wanted = asker.ask(record.value, "A") or []
     if {r.address for r in addresses} & {r.address for r in wanted}:
