@@ -11,9 +11,10 @@ import dkim as dkimpy
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from provider.errors import InvalidInput, NotFound
+from provider.errors import AlreadyExists, InvalidInput, NotFound
 from provider.models import Domain
 from provider.models.sending import DkimKey
 from provider.services import audit
@@ -148,6 +149,7 @@ def create_key(session: Session, domain: Domain, algorithm: str = "rsa") -> Dkim
             "algorithm",
         )
     private_pem, public_key = generate_rsa_key()
+    domain_name = domain.name
     for old in session.scalars(
         select(DkimKey).where(DkimKey.domain_id == domain.id, DkimKey.active.is_(True))
     ):
@@ -162,7 +164,15 @@ def create_key(session: Session, domain: Domain, algorithm: str = "rsa") -> Dkim
         created_at=now(),
     )
     session.add(key)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:
+        # Two rotations of one domain at once picked the same selector: the other one won.
+        session.rollback()
+        raise AlreadyExists(
+            f"another DKIM key was just made for {domain_name}; look again before rotating",
+            "selector",
+        ) from None
     return key
 
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provider.errors import InvalidInput, NotFound
+from provider.errors import AlreadyExists, InvalidInput, NotFound
 from provider.models import AuditEvent
 from provider.models.sending import DkimKey
 from provider.services import dkim, provisioning
@@ -318,3 +318,17 @@ def test_a_broken_key_logs_and_sends_unsigned(
     assert dkim.sign(session, MESSAGE, "example.test") == MESSAGE
     assert "DKIM signing for example.test failed" in caplog.text
     assert "broken" not in caplog.text
+
+
+def test_a_lost_race_for_a_selector_is_a_clear_error(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two rotations at once pick the same selector; the loser gets a message, not a 500."""
+    domain = make_domain(session)
+    taken = dkim.signing_key(session, domain)
+    assert taken is not None
+    monkeypatch.setattr(dkim, "_free_selector", lambda _session, _domain: taken.selector)
+    with pytest.raises(AlreadyExists, match=r"another DKIM key was just made for example\.test"):
+        dkim.rotate(session, domain, actor=TEST_ACTOR)
+    session.expire_all()
+    assert [dkim.key_state(k) for k in dkim.list_keys(session, domain)] == ["active"]

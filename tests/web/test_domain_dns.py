@@ -177,6 +177,18 @@ def test_retire_refusals_are_flashed(
     assert dkim.signing_key(session, domain) == active
 
 
+def test_a_lost_rotation_race_is_flashed(
+    logged_in: FlaskClient, session: Session, domain: Domain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken = dkim.signing_key(session, domain)
+    assert taken is not None
+    selector = taken.selector
+    monkeypatch.setattr(dkim, "_free_selector", lambda _session, _domain: selector)
+    response = logged_in.post(f"/admin/domains/{domain.id}/dkim/rotate")
+    assert "another DKIM key was just made for example.test" in flashes(logged_in, response)
+    assert len(dkim.list_keys(session, domain)) == 1
+
+
 def test_a_nul_byte_in_the_selector_is_a_bad_request(
     logged_in: FlaskClient, session: Session, domain: Domain
 ) -> None:

@@ -142,9 +142,15 @@ def check_domain_dns(domain_id: int) -> Response | str:
 @bp.post("/domains/<int:domain_id>/dkim/rotate")
 def rotate_domain_dkim(domain_id: int) -> Response:
     domain = get_domain_or_404(domain_id)
-    if ConfirmForm().validate_on_submit():
+    if not ConfirmForm().validate_on_submit():
+        return redirect(url_for("admin.domain_detail", domain_id=domain.id))
+    try:
         key = dkim.rotate(db.session, domain, actor=actor())
         db.session.commit()
+    except ProviderError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+    else:
         flash(
             f"New DKIM key {key.selector} signs {domain.name}'s mail from now on. Publish its "
             "record; keep the old ones published until mail signed with them has arrived.",
