@@ -211,6 +211,8 @@ def test_a_domain_admin_manages_only_their_domains_keys(
     for action in ("dns/check", "dkim/rotate", "dkim/retire"):
         assert as_domain_admin.post(f"/admin/domains/{other.id}/{action}").status_code == 404
     assert len(dkim.list_keys(session, other)) == 1
+    own_page = text_of(as_domain_admin.get(f"/admin/domains/{mine.id}"))
+    assert "_dmarc.mine.test" in section(own_page, "dns") and "Rotate key" in own_page
     response = as_domain_admin.post(f"/admin/domains/{mine.id}/dkim/rotate")
     assert response.status_code == 302
     assert len(dkim.list_keys(session, mine)) == 2
