@@ -7,6 +7,7 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from provider.dbcheck import DatabaseUnavailable, check_database, explain, is_da
 from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import Domain, Mailbox
-from provider.services import admins, clock, provisioning, reports
+from provider.services import admins, clock, dkim, dns_records, provisioning, reports
 from provider.services.audit import CLI_ACTOR
 from provider.services.quota import format_gb
 from provider.settings import SettingsError, load_settings
@@ -208,6 +209,89 @@ def domain_delete(name: str) -> None:
         domain = provisioning.get_domain(db.session, name)
         provisioning.delete_domain(db.session, domain, actor=CLI_ACTOR)
     click.echo(f"deleted domain {domain.name}")
+
+
+@domain_group.command("dns")
+@click.argument("name")
+@click.option("--check", is_flag=True, help="Ask DNS whether each record is published.")
+@click.option(
+    "--resolver",
+    default=None,
+    metavar="HOST[:PORT]",
+    help="Resolver to ask (default: DNS_RESOLVER).",
+)
+@json_option
+def domain_dns(name: str, check: bool, resolver: str | None, as_json: bool) -> None:
+    """The DNS records to publish for a domain (zone-file lines); --check asks DNS for each and
+    exits 1 unless all are published as they should be."""
+    if resolver is not None and not check:
+        raise click.ClickException("--resolver only applies with --check")
+    with committing():
+        domain = provisioning.get_domain(db.session, name)
+        if not check:
+            records = dns_records.expected_records(db.session, domain)
+            emit(
+                [{**asdict(r), "zone_line": r.zone_line} for r in records],
+                as_json,
+                lambda _: dns_records.zone_text(records),
+            )
+            return
+        results = dns_records.check(db.session, domain, resolver)
+    emit([r.to_dict() for r in results], as_json, lambda _: _dns_check_text(results))
+    if not dns_records.all_ok(results):
+        raise SystemExit(1)
+
+
+def _dns_check_text(results: list[dns_records.CheckResult]) -> str:
+    lines = []
+    for result in results:
+        record = result.record
+        line = f"{result.status:<8} {record.type:<5} {record.name}"
+        if result.status != dns_records.OK:
+            line += f": {result.detail}" if result.detail else ""
+            lines.append(line)
+            lines.append(f"{'':<15}want: {record.value}")
+            lines.extend(f"{'':<15}published: {value}" for value in result.published)
+        else:
+            lines.append(line)
+    bad = sum(result.status != dns_records.OK for result in results)
+    lines.append(f"{len(results) - bad} of {len(results)} records ok")
+    return "\n".join(lines)
+
+
+@domain_group.command("dkim")
+@click.argument("name")
+@click.option("--rotate", is_flag=True, help="Make a new signing key; the old stays published.")
+@click.option(
+    "--retire",
+    "retire_selector",
+    default=None,
+    metavar="SELECTOR",
+    help="Unpublish a rotated-out key.",
+)
+@json_option
+def domain_dkim(name: str, rotate: bool, retire_selector: str | None, as_json: bool) -> None:
+    """List a domain's DKIM keys (selector, algorithm, state, created); --rotate or --retire."""
+    if rotate and retire_selector is not None:
+        raise click.ClickException("choose one of --rotate and --retire")
+    with committing():
+        domain = provisioning.get_domain(db.session, name)
+        if rotate:
+            dkim.rotate(db.session, domain, actor=CLI_ACTOR)
+        elif retire_selector is not None:
+            dkim.retire(db.session, domain, retire_selector, actor=CLI_ACTOR)
+        keys = [dkim.key_record(key) for key in dkim.list_keys(db.session, domain)]
+
+    def text(records: list[dict[str, Any]]) -> str:
+        if not records:
+            return f"{domain.name} has no DKIM key (provider domain dkim {domain.name} --rotate)"
+        return "\n".join(
+            f"{r['selector']:<12} {r['algorithm']:<8} {r['state']:<10} created {r['created_at']}"
+            + (f"  retired {r['retired_at']}" if r["retired_at"] else "")
+            for r in records
+        )
+
+    emit(keys, as_json, text)
 
 
 # --- mailboxes -----------------------------------------------------------------------------

@@ -21,13 +21,38 @@ from sqlalchemy.orm import Session
 from provider import create_app
 from provider.extensions import db
 from provider.models import AdminUser, Domain, Mailbox
-from provider.services import admins, provisioning
+from provider.services import admins, dkim, provisioning
 from provider.services.audit import Actor
 
 TEST_ACTOR = Actor("test", "127.0.0.1")
 ADMIN_EMAIL = "root@example.com"
 ADMIN_PASSWORD = "correct horse battery staple"
 MAILBOX_PASSWORD = "mailbox secret phrase"
+
+
+REAL_DKIM_KEYS_MARKER = "real_dkim_keys"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{REAL_DKIM_KEYS_MARKER}: generate a fresh RSA key for every DKIM key the test makes",
+    )
+
+
+@pytest.fixture(scope="session")
+def _one_dkim_key() -> tuple[str, str]:
+    return dkim.generate_rsa_key()
+
+
+@pytest.fixture(autouse=True)
+def _reuse_dkim_key(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, _one_dkim_key: tuple[str, str]
+) -> None:
+    """Every domain gets an RSA-2048 key (~60 ms to make); the suite makes thousands of
+    domains, so they all share one key made once, unless the test is marked real_dkim_keys."""
+    if request.node.get_closest_marker(REAL_DKIM_KEYS_MARKER) is None:
+        monkeypatch.setattr(dkim, "generate_rsa_key", lambda: _one_dkim_key)
 
 
 def _clean_slate(url: str) -> None:

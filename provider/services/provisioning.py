@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from provider.errors import AlreadyExists, DomainNotEmpty, InvalidInput, NotFound, ProviderError
 from provider.models import Alias, Domain, Mailbox, MailboxStatus, Plan, Protocol
 from provider.models.mailbox import Pop3Action
-from provider.services import audit, auth, quota, storage
+from provider.services import audit, auth, dkim, quota, storage
 from provider.services.aftercommit import on_commit
 from provider.services.audit import Actor
 from provider.services.clock import now
@@ -120,8 +120,14 @@ def create_domain(
     domain = Domain(name=normalized, signup_enabled=signup_enabled, created_at=now())
     session.add(domain)
     session.flush()
+    key = dkim.create_key(session, domain)
     audit.record(
-        session, actor, "domain.create", normalized, domain=normalized, after=domain.to_dict()
+        session,
+        actor,
+        "domain.create",
+        normalized,
+        domain=normalized,
+        after={**domain.to_dict(), "dkim_selector": key.selector},
     )
     return domain
 

@@ -1,15 +1,15 @@
 """Domains: list with mailbox counts, create, open or close signup, the postmaster target,
-delete when empty."""
+the DNS records to publish and their check, DKIM keys, delete when empty."""
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, url_for
+from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import Domain
-from provider.services import delivery, provisioning, reports
+from provider.services import delivery, dkim, dns_records, provisioning, reports
 from provider.web.admin import bp
 from provider.web.admin.access import (
     actor,
@@ -67,22 +67,39 @@ def toggle_domain_signup(domain_id: int) -> Response:
     return redirect(url_for("admin.domains"))
 
 
-def _render_domain(domain: Domain, form: DomainPostmasterForm) -> str:
+def _render_domain(
+    domain: Domain,
+    form: DomainPostmasterForm,
+    checked: list[dns_records.CheckResult] | None = None,
+) -> str:
     targets = [d.address for d in delivery.postmaster_targets(db.session, domain.name)]
+    if checked is None:
+        records = dns_records.expected_records(db.session, domain)
+    else:
+        records = [result.record for result in checked]
     return render_template(
         "admin/domains/detail.html",
         domain=domain,
         form=form,
         postmaster_goes_to=targets,
         postmaster_spool=delivery.postmaster_spool_path(domain.name),
+        dns_records=records,
+        zone_text=dns_records.zone_text(records),
+        checked=checked,
+        dkim_keys=dkim.list_keys(db.session, domain),
+        key_state=dkim.key_state,
+        action_form=ConfirmForm(),
     )
+
+
+def _postmaster_form(domain: Domain) -> DomainPostmasterForm:
+    return DomainPostmasterForm(data={"postmaster": ", ".join(domain.postmaster_addresses)})
 
 
 @bp.get("/domains/<int:domain_id>")
 def domain_detail(domain_id: int) -> str:
     domain = get_domain_or_404(domain_id)
-    form = DomainPostmasterForm(data={"postmaster": ", ".join(domain.postmaster_addresses)})
-    return _render_domain(domain, form)
+    return _render_domain(domain, _postmaster_form(domain))
 
 
 @bp.post("/domains/<int:domain_id>/postmaster")
@@ -106,6 +123,59 @@ def update_domain_postmaster(domain_id: int) -> Response | str:
             flash(f"Postmaster of {domain.name} saved.", "success")
             return redirect(url_for("admin.domain_detail", domain_id=domain.id))
     return _render_domain(domain, form)
+
+
+@bp.post("/domains/<int:domain_id>/dns/check")
+def check_domain_dns(domain_id: int) -> Response | str:
+    """Ask DNS for each record and show the answers on the page (nothing is stored)."""
+    domain = get_domain_or_404(domain_id)
+    if not ConfirmForm().validate_on_submit():
+        return redirect(url_for("admin.domain_detail", domain_id=domain.id))
+    try:
+        results = dns_records.check(db.session, domain)
+    except ProviderError as exc:  # a bad DNS_RESOLVER setting
+        flash(f"DNS check failed: {exc.message}", "error")
+        return redirect(url_for("admin.domain_detail", domain_id=domain.id))
+    return _render_domain(domain, _postmaster_form(domain), checked=results)
+
+
+@bp.post("/domains/<int:domain_id>/dkim/rotate")
+def rotate_domain_dkim(domain_id: int) -> Response:
+    domain = get_domain_or_404(domain_id)
+    if not ConfirmForm().validate_on_submit():
+        return redirect(url_for("admin.domain_detail", domain_id=domain.id))
+    try:
+        key = dkim.rotate(db.session, domain, actor=actor())
+        db.session.commit()
+    except ProviderError as exc:
+        db.session.rollback()
+        flash(exc.message, "error")
+    else:
+        flash(
+            f"New DKIM key {key.selector} signs {domain.name}'s mail from now on. Publish its "
+            "record; keep the old ones published until mail signed with them has arrived.",
+            "success",
+        )
+    return redirect(url_for("admin.domain_detail", domain_id=domain.id) + "#dkim")
+
+
+@bp.post("/domains/<int:domain_id>/dkim/retire")
+def retire_domain_dkim(domain_id: int) -> Response:
+    domain = get_domain_or_404(domain_id)
+    if ConfirmForm().validate_on_submit():
+        selector = request.form.get("selector", "")
+        try:
+            key = dkim.retire(db.session, domain, selector, actor=actor())
+            db.session.commit()
+        except ProviderError as exc:
+            db.session.rollback()
+            flash(exc.message, "error")
+        else:
+            flash(
+                f"DKIM key {key.selector} retired: its record may now be removed from DNS.",
+                "success",
+            )
+    return redirect(url_for("admin.domain_detail", domain_id=domain.id) + "#dkim")
 
 
 @bp.get("/domains/<int:domain_id>/delete/confirm")
