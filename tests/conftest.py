@@ -33,13 +33,6 @@ MAILBOX_PASSWORD = "mailbox secret phrase"
 REAL_DKIM_KEYS_MARKER = "real_dkim_keys"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        f"{REAL_DKIM_KEYS_MARKER}: generate a fresh RSA key for every DKIM key the test makes",
-    )
-
-
 @pytest.fixture(scope="session")
 def _one_dkim_key() -> tuple[str, str]:
     return dkim.generate_rsa_key()
