@@ -33,9 +33,9 @@ from provider.supervisor import (
     status_path,
 )
 
-KNOWN_SERVICES = ("web", "imap", "pop3", "lmtp", "smtp", "submission", "scheduler")
+KNOWN_SERVICES = ("web", "imap", "pop3", "lmtp", "smtp", "submission", "managesieve", "scheduler")
 # Services that later parts of the product add; asked for now, they are reported and skipped.
-NOT_YET_AVAILABLE: frozenset[str] = frozenset()
+NOT_YET_AVAILABLE: frozenset[str] = frozenset({"managesieve"})
 MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission")
 # Processes per kind of service. Mail may later run one per core, all accepting on the same
 # inherited listening sockets (issue "IMAP on every core"); the web's counters (login and
