@@ -21,7 +21,7 @@ from flask import Flask
 from provider.dbcheck import DatabaseUnavailable, check_database
 from provider.extensions import db
 from provider.protocols.server import LISTENERS, ProtocolRunner
-from provider.services import quota
+from provider.services import dkim, quota
 from provider.supervisor import (
     ChildContext,
     ChildFailed,
@@ -49,7 +49,10 @@ STOP_MARGIN_SECONDS = 15.0
 # Tasks run once, in the supervisor, after the database check and before any port is opened
 # or any service starts: each takes the app (call it inside `app.app_context()` as needed).
 # A task that fails is reported on one line and start-up goes on.
-BEFORE_SERVING: list[Callable[[Flask], object]] = [quota.settle_interrupted]
+BEFORE_SERVING: list[Callable[[Flask], object]] = [
+    quota.settle_interrupted,
+    dkim.give_keys_to_domains_without,
+]
 
 
 @dataclass

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import dkim as dkimpy
+from flask import Flask
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy import select
@@ -179,6 +180,46 @@ def create_key(session: Session, domain: Domain, algorithm: str = "rsa") -> Dkim
 def ensure_key(session: Session, domain: Domain) -> DkimKey:
     """The domain's signing key, made when it has none (domains created before DKIM)."""
     return signing_key(session, domain) or create_key(session, domain)
+
+
+def domains_without_key(session: Session) -> list[Domain]:
+    """Domains with no signing key (created before DKIM existed here), by name."""
+    signing = select(DkimKey.domain_id).where(
+        DkimKey.active.is_(True), DkimKey.retired_at.is_(None)
+    )
+    return list(
+        session.scalars(select(Domain).where(Domain.id.not_in(signing)).order_by(Domain.name))
+    )
+
+
+def give_keys_to_domains_without(app: Flask) -> int:
+    """Start-up task of `provider serve`: a key for every domain that has none, so mail of
+    domains made before DKIM is signed too (their DNS page then shows the record to publish).
+    Returns how many keys were made; one domain that fails does not stop the others."""
+    from provider.extensions import db
+
+    made = 0
+    with app.app_context():
+        session = db.session
+        for domain in domains_without_key(session):
+            name = domain.name
+            try:
+                key = create_key(session, domain)
+                audit.record(
+                    session,
+                    Actor("serve"),
+                    "dkim.create",
+                    name,
+                    domain=name,
+                    after={"selector": key.selector, "reason": "domain had no DKIM key"},
+                )
+                session.commit()
+                made += 1
+            except Exception:
+                session.rollback()
+                log.exception("could not make a DKIM key for %s", name)
+        db.session.remove()
+    return made
 
 
 def rotate(session: Session, domain: Domain, *, actor: Actor) -> DkimKey:

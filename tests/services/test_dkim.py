@@ -185,6 +185,24 @@ def test_ensure_key_makes_one_only_when_missing(session: Session) -> None:
     assert len(dkim.list_keys(session, domain)) == 1
 
 
+def test_serve_gives_a_key_to_every_domain_made_before_dkim(app: Any, session: Session) -> None:
+    """Domains that existed before DKIM have no key: serve's start-up task makes one each
+    (audited), once; domains with a key keep theirs."""
+    old = make_domain(session, "old.test")
+    keeps = make_domain(session, "keeps.test")
+    kept_selector = dkim.signing_key(session, keeps).selector  # type: ignore[union-attr]
+    for key in dkim.list_keys(session, old):
+        session.delete(key)
+    session.commit()
+    assert dkim.give_keys_to_domains_without(app) == 1
+    assert dkim.give_keys_to_domains_without(app) == 0
+    session.expire_all()
+    assert dkim.signing_key(session, old) is not None
+    assert dkim.signing_key(session, keeps).selector == kept_selector  # type: ignore[union-attr]
+    [event] = events(session, "dkim.create")
+    assert (event.target, event.actor) == ("old.test", "serve")
+
+
 def test_unknown_algorithm_is_refused(session: Session) -> None:
     domain = make_domain(session)
     with pytest.raises(InvalidInput, match="unknown DKIM key algorithm"):
