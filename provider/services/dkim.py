@@ -8,9 +8,9 @@ import re
 from typing import Any
 
 import dkim as dkimpy
-from flask import Flask
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
