@@ -56,6 +56,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     register_commands(app)
 
+    from provider.services import sending_alerts
+
+    # The burst rule announces a suspension; the alert to the admins subscribes here.
+    sending_alerts.connect()
+
     @app.get("/")
     def index() -> Response:
         return redirect(url_for("admin.dashboard"))  # type: ignore[return-value]

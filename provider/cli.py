@@ -23,7 +23,7 @@ from provider.dbcheck import DatabaseUnavailable, check_database, explain, is_da
 from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import Domain, Mailbox
-from provider.services import admins, clock, dkim, dns_records, provisioning, reports
+from provider.services import admins, clock, dkim, dns_records, provisioning, reports, sending
 from provider.services.audit import CLI_ACTOR
 from provider.services.quota import format_gb
 from provider.settings import SettingsError, load_settings
@@ -314,7 +314,29 @@ def _mailbox_text(m: dict[str, Any]) -> str:
         lines.append(f"  contact:   {m['contact_email']}")
     if m["aliases"]:
         lines.append(f"  aliases:   {', '.join(m['aliases'])}")
+    if "sending" in m:
+        lines.extend(_sending_lines(m["sending"]))
     return "\n".join(lines)
+
+
+def _sending_lines(s: dict[str, Any]) -> list[str]:
+    state = (
+        f"SUSPENDED since {s['suspended_at']}: {s['suspended_reason']}"
+        if s["suspended"]
+        else "active"
+    )
+    last_days = ", ".join(f"{d['day'][5:]} {d['sent']}" for d in s["last_7_days"])
+    return [
+        f"  sending:   {state}",
+        f"  limits:    {s['limit_per_hour']} recipients/hour ({s['limit_per_hour_source']}), "
+        f"{s['limit_per_day']}/day ({s['limit_per_day_source']})",
+        f"  sent:      {s['sent_today']} today (UTC); last 7 days: {last_days}",
+    ]
+
+
+def _mailbox_record(mailbox: Mailbox) -> dict[str, Any]:
+    """What `mailbox show` and `mailbox set` print: the mailbox and its sending."""
+    return {**mailbox.to_dict(), "sending": sending.overview(db.session, mailbox).to_dict()}
 
 
 POP3_ACTION_TEXT = {
@@ -402,6 +424,25 @@ def mailbox_add(
     default=None,
     help=POP3_ACTION_HELP,
 )
+@click.option(
+    "--send-limit-hour",
+    default=None,
+    metavar="N|default",
+    help="Recipients per hour this mailbox may send (1-100000); 'default': the plan's setting.",
+)
+@click.option(
+    "--send-limit-day",
+    default=None,
+    metavar="N|default",
+    help="Recipients per day this mailbox may send (1-100000); 'default': the plan's setting.",
+)
+@click.option(
+    "--sending",
+    "sending_state",
+    type=click.Choice(["active", "suspended"]),
+    default=None,
+    help="Stop the mailbox's sending (it still receives and logs in) or let it send again.",
+)
 @json_option
 def mailbox_set(
     address: str,
@@ -412,9 +453,13 @@ def mailbox_set(
     plan: str | None,
     contact_email: str | None,
     pop3_action: str | None,
+    send_limit_hour: str | None,
+    send_limit_day: str | None,
+    sending_state: str | None,
     as_json: bool,
 ) -> None:
-    """Change a mailbox's quota, protocols, password, status, plan or POP3 download action."""
+    """Change a mailbox's quota, protocols, password, status, plan, POP3 download action,
+    sending limits or sending state."""
     password = read_password(password_stdin)
     with committing():
         mailbox = provisioning.get_mailbox(db.session, address)
@@ -430,7 +475,19 @@ def mailbox_set(
             contact_email=contact_email,
             pop3_action=pop3_action,
         )
-    emit(mailbox.to_dict(), as_json, _mailbox_text)
+        _set_sending(mailbox, send_limit_hour, send_limit_day, sending_state)
+    emit(_mailbox_record(mailbox), as_json, _mailbox_text)
+
+
+def _set_sending(
+    mailbox: Mailbox, per_hour: str | None, per_day: str | None, state: str | None
+) -> None:
+    if per_hour is not None or per_day is not None:
+        sending.set_limits(db.session, mailbox, actor=CLI_ACTOR, per_hour=per_hour, per_day=per_day)
+    if state == "suspended":
+        sending.suspend_sending(db.session, mailbox, actor=CLI_ACTOR)
+    elif state == "active":
+        sending.resume_sending(db.session, mailbox, actor=CLI_ACTOR)
 
 
 @mailbox_group.command("show")
@@ -440,7 +497,7 @@ def mailbox_show(address: str, as_json: bool) -> None:
     """Show one mailbox (exit 1 when it does not exist)."""
     with committing():
         mailbox = provisioning.get_mailbox(db.session, address)
-    emit(mailbox.to_dict(), as_json, _mailbox_text)
+    emit(_mailbox_record(mailbox), as_json, _mailbox_text)
 
 
 @mailbox_group.command("list")

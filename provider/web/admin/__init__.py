@@ -57,6 +57,7 @@ from provider.web.admin import (  # noqa: E402  (views register on bp)
     jobs,
     mailboxes,
     queue,
+    sending,
 )
 
 __all__ = [
@@ -73,4 +74,5 @@ __all__ = [
     "jobs",
     "mailboxes",
     "queue",
+    "sending",
 ]

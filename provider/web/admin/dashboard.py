@@ -1,11 +1,12 @@
-"""Admin dashboard: domains, mailboxes by plan, policy and status, storage, trials by stage."""
+"""Admin dashboard: domains, mailboxes by plan, policy and status, storage, trials by stage,
+mailboxes whose sending is suspended."""
 
 from __future__ import annotations
 
 from flask import current_app, render_template
 
 from provider.extensions import db
-from provider.services import reports, trials
+from provider.services import reports, sending, trials
 from provider.supervisor import read_states
 from provider.web.admin import bp
 from provider.web.admin.access import current_admin, scope
@@ -23,5 +24,9 @@ def dashboard() -> str:
         else None
     )
     return render_template(
-        "admin/dashboard.html", stats=stats, trials=trial_stages, services=services
+        "admin/dashboard.html",
+        stats=stats,
+        trials=trial_stages,
+        services=services,
+        suspended_senders=sending.suspended_mailboxes(db.session, domain_ids),
     )
