@@ -18,9 +18,9 @@ import os
 import re
 import secrets
 import select as io_select
-import time
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
