@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterator
 from email.message import Message
@@ -35,7 +36,9 @@ class ScriptedMx:
     """An SMTP server whose DATA replies follow a script ("451 …" three times, then "250 …");
     every message it answered 250 is kept in `received` as (sender, recipients, content)."""
 
-    def __init__(self, replies: list[str] | None = None, rcpt_replies: dict[str, str] | None = None):
+    def __init__(
+        self, replies: list[str] | None = None, rcpt_replies: dict[str, str] | None = None
+    ):
         self.replies = list(replies or [])
         self.rcpt_replies = {k.lower(): v for k, v in (rcpt_replies or {}).items()}
         self.received: list[tuple[str, list[str], bytes]] = []
@@ -103,11 +106,15 @@ class Postfix:
     """A private Postfix on a loopback address and port of its own (own config, queue and
     data directories), accepting mail for `domains` into one Maildir: `messages()` reads it.
 
-        with Postfix(tmp_path, "127.0.0.9", ["example.net"]) as mx: ..."""
+        with Postfix("127.0.0.9", ["example.net"]) as mx: ...
 
-    def __init__(self, directory: Path, host: str, domains: list[str], tls: bool = True) -> None:
+    Its directory is made under /tmp (pytest's are private to root; Postfix's own users must
+    reach theirs) and removed on stop."""
+
+    def __init__(self, host: str, domains: list[str], tls: bool = True) -> None:
         require_postfix()
-        self.root = directory / f"postfix-{host}"
+        self.root = Path(tempfile.mkdtemp(prefix="provider-postfix-"))
+        self.root.chmod(0o755)
         self.host = host
         self.port = free_port(host)
         self.domains = domains
@@ -210,6 +217,7 @@ class Postfix:
             self.process.kill()
             self.process.wait()
         self.process = None
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def log(self) -> str:
         path = self.root / "maillog"

@@ -123,7 +123,9 @@ def test_550_gives_exactly_one_dsn_naming_the_recipients_and_the_reply(
         "gone@example.net": "550 5.1.1 <gone@example.net>: Recipient address rejected",
         "moved@example.net": "550 5.1.6 moved away",
     }
-    queue_id = enqueue(session, sender.id, "gone@example.net", "moved@example.net", "bob@example.net")
+    queue_id = enqueue(
+        session, sender.id, "gone@example.net", "moved@example.net", "bob@example.net"
+    )
     queue_runner.run_until_idle()
     assert states(session) == [
         ("gone@example.net", "bounced"),
