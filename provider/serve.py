@@ -33,14 +33,24 @@ from provider.supervisor import (
     status_path,
 )
 
-KNOWN_SERVICES = ("web", "imap", "pop3", "lmtp", "smtp", "submission", "managesieve", "scheduler")
+KNOWN_SERVICES = (
+    "web",
+    "imap",
+    "pop3",
+    "lmtp",
+    "smtp",
+    "submission",
+    "managesieve",
+    "outbound",
+    "scheduler",
+)
 # Services that later parts of the product add; asked for now, they are reported and skipped.
 NOT_YET_AVAILABLE: frozenset[str] = frozenset({"managesieve"})
 MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission")
 # Processes per kind of service. Mail may later run one per core, all accepting on the same
 # inherited listening sockets (issue "IMAP on every core"); the web's counters (login and
 # signup limits) live in its process's memory, so it stays one process with threads.
-WORKERS = {"web": 1, "mail": 1, "scheduler": 1}
+WORKERS = {"web": 1, "mail": 1, "outbound": 1, "scheduler": 1}
 WEB_THREADS = 8
 LISTEN_BACKLOG = 1024
 # How long a stopping service may take beyond the delivery grace period before it is killed.
@@ -259,8 +269,8 @@ def run(app: Flask, services: list[str]) -> None:
 
 
 def build_services(app: Flask, services: list[str], opened: list[Listening]) -> list[Service]:
-    """The child processes for the chosen services: web, mail (every mail listener) and
-    scheduler, in that order."""
+    """The child processes for the chosen services: web, mail (every mail listener), the
+    outbound queue runner and the scheduler, in that order."""
     children: list[Service] = []
     web = [sock for listening in opened if listening.name == "web" for sock in listening.sockets]
     if web:
@@ -280,6 +290,12 @@ def build_services(app: Flask, services: list[str], opened: list[Listening]) -> 
         label = f"mail ({', '.join(names)})"
         all_sockets = [sock for listening in mail for sock in listening.sockets]
         children.append(Service("mail", label, run_mail, WORKERS["mail"], all_sockets))
+    if "outbound" in services:
+
+        def run_outbound(context: ChildContext) -> None:
+            serve_outbound(app, context)
+
+        children.append(Service("outbound", "outbound", run_outbound, WORKERS["outbound"]))
     if "scheduler" in services:
 
         def run_scheduler(context: ChildContext) -> None:
@@ -339,6 +355,23 @@ def serve_mail(
     while not stop.wait(1.0):
         if runner.finished.is_set():
             raise RuntimeError("the protocol listeners stopped unexpectedly")
+    runner.stop()
+
+
+def serve_outbound(app: Flask, context: ChildContext) -> None:
+    """The outbound process: the queue runner delivering queued mail (its deliveries run in
+    threads; a runner killed mid-delivery leaves claims the next one takes back)."""
+    from provider.protocols.outbound.runner import QueueRunner, describe
+
+    log_to_stderr("outbound")
+    stop = stop_on_signals()
+    runner = QueueRunner(app)
+    runner.start()
+    context.ready([describe(app)])
+    settle_after_a_crash(app, context)
+    while not stop.wait(1.0):
+        if runner.thread is not None and not runner.thread.is_alive():
+            raise RuntimeError("the queue runner stopped unexpectedly")
     runner.stop()
 
 

@@ -1,0 +1,1 @@
+"""The outbound queue runner: delivering queued mail (runner), the SMTP client (client), DSNs."""
