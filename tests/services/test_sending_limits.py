@@ -411,3 +411,10 @@ def test_sent_today_and_the_last_seven_days(session, mailbox):
     assert overview["limit_per_hour_source"] == "plan"
     assert overview["last_7_days"][-1] == {"day": "2026-12-06", "sent": 2, "refused": 1}
     assert overview["suspended"] is False
+
+
+@pytest.mark.parametrize("raw", ["many", "", None, "-5", "0"])
+def test_a_broken_limit_setting_falls_back_to_a_positive_limit(app, session, raw):
+    app.config["SEND_LIMIT_PER_HOUR"] = raw
+    limits = sending.limits_for(make_mailbox(session, "bob@example.test"))
+    assert limits.per_hour == 300
