@@ -302,6 +302,7 @@ def test_a_burst_suspends_sending_once_audits_and_alerts_the_right_admins(sessio
     parsed = message_from_bytes(outbound.read_spool(alert.queue_id))
     assert parsed["Subject"] == "Sending suspended for alice@example.test"
     assert parsed["Auto-Submitted"] == "auto-generated"
+    assert parsed["To"] == "undisclosed-recipients:;"  # nobody sees the others' addresses
     body = parsed.get_payload(decode=True).decode()
     assert "burst: 6 recipients" in body
     assert f"/admin/mailboxes/{mailbox.id}" in body
@@ -418,3 +419,14 @@ def test_a_broken_limit_setting_falls_back_to_a_positive_limit(app, session, raw
     app.config["SEND_LIMIT_PER_HOUR"] = raw
     limits = sending.limits_for(make_mailbox(session, "bob@example.test"))
     assert limits.per_hour == 300
+
+
+def test_an_admin_address_that_is_not_ascii_still_gets_the_alert(session, mailbox):
+    make_admin(session, "jörg@bücher.example", superadmin=True)
+    with frozen_at(T0):
+        send(session, mailbox, 3)
+        outcomes = [type(refusal(session, mailbox)).__name__ for _ in range(3)]
+    assert outcomes[-1] == "SendingSuspended"
+    [alert] = session.scalars(select(OutboundMessage))
+    assert [r.address for r in alert.recipients] == ["jörg@bücher.example"]
+    assert outbound.read_spool(alert.queue_id).isascii()
