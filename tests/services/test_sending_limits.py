@@ -90,6 +90,23 @@ def test_a_count_commits_with_the_queued_message_or_not_at_all(app, session, mai
         assert sending.window_counts(session, mailbox.id).hour_accepted == 2
 
 
+def test_a_message_that_fails_to_queue_counts_nothing(app, session, mailbox, monkeypatch):
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("disk went away after the count")
+
+    monkeypatch.setattr(outbound, "on_commit", broken)  # runs after record_accepted
+    with frozen_at(T0), pytest.raises(RuntimeError):
+        outbound.enqueue(
+            session,
+            sender=mailbox.address,
+            recipients=["a@remote.test"],
+            content=b"From: alice@example.test\r\n\r\nHi\r\n",
+            mailbox_id=mailbox.id,
+        )
+    assert sending.window_counts(session, mailbox.id, T0).hour_accepted == 0
+    assert session.scalar(select(func.count()).select_from(SendingCount)) == 0
+
+
 # --- limits and windows ----------------------------------------------------------------------
 
 
