@@ -3,10 +3,18 @@ rule (suspended exactly once, audited, the admins alerted) and the stats."""
 
 from __future__ import annotations
 
+import json
+import os
+import select as select_module
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -447,3 +455,69 @@ def test_an_admin_address_that_is_not_ascii_still_gets_the_alert(session, mailbo
     [alert] = session.scalars(select(OutboundMessage))
     assert [r.address for r in alert.recipients] == ["jörg@bücher.example"]
     assert outbound.read_spool(alert.queue_id).isascii()
+
+
+# --- kill -9 in the middle of a suspension ---------------------------------------------------
+
+SUSPENDING_CHILD = """
+import json, sys, threading
+from provider import create_app
+from provider.extensions import db
+from provider.models import Mailbox
+from provider.services import audit, sending
+
+def hang(*_args, **_kwargs):
+    # The conditional UPDATE ran, nothing is committed: say so, then wait for the kill.
+    print("inside", flush=True)
+    threading.Event().wait()
+
+app = create_app(json.loads(sys.argv[1]))
+with app.app_context():
+    audit.record = hang
+    sending.check_recipient(db.session, db.session.get(Mailbox, int(sys.argv[2])), 0)
+"""
+
+
+def read_line(process: subprocess.Popen[bytes], timeout: float = 60.0) -> bytes:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select_module.select([process.stdout], [], [], 0.5)
+        if ready:
+            return process.stdout.readline()
+        if process.poll() is not None:
+            break
+    return b""
+
+
+def test_kill_9_during_the_suspension_leaves_it_undone_and_the_next_try_suspends_once(
+    app_config, session, mailbox
+):
+    make_admin(session)
+    send(session, mailbox, 3)
+    assert isinstance(refusal(session, mailbox), SendingLimited)
+    assert isinstance(refusal(session, mailbox), SendingLimited)  # 5 attempts: the next suspends
+    mailbox_id = mailbox.id
+    session.close()
+    with subprocess.Popen(
+        [sys.executable, "-c", SUSPENDING_CHILD, json.dumps(app_config), str(mailbox_id)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    ) as child:
+        try:
+            assert read_line(child) == b"inside\n"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    session.expire_all()
+    box = session.get(Mailbox, mailbox_id)
+    assert box.sending_suspended_at is None  # the killed transaction left nothing
+    assert events(session, "mailbox.sending_suspend") == []
+    assert sending.window_counts(session, box.id).hour_refused == 2
+    assert isinstance(refusal(session, box), SendingSuspended)
+    session.expire_all()
+    assert box.sending_suspended_at is not None
+    assert len(events(session, "mailbox.sending_suspend")) == 1
+    assert session.scalar(select(func.count()).select_from(OutboundMessage)) == 1
