@@ -62,12 +62,16 @@ def _setting(name: str, default: Any) -> Any:
 
 
 def _positive_setting(name: str, default: int) -> int:
+    """A whole-number setting above 0; anything else is logged and the built-in default used."""
+    raw = _setting(name, default)
     try:
-        value = int(_setting(name, default))
+        value = int(raw)
     except (TypeError, ValueError):
-        log.error("setting %s is not a whole number; using %d", name, default)
+        value = 0
+    if value < 1:
+        log.error("setting %s=%r is not a positive whole number; using %d", name, raw, default)
         return default
-    return max(value, 1)
+    return value
 
 
 def plan_limits(plan: str) -> tuple[int, int]:

@@ -36,12 +36,15 @@ def admin_page_url(mailbox_id: int) -> str:
     return f"{base.rstrip('/')}/admin/mailboxes/{mailbox_id}"
 
 
-def alert_message(mailbox: Mailbox, reason: str, recipients: list[str]) -> bytes:
+def alert_message(mailbox: Mailbox, reason: str) -> bytes:
+    """The alert. The admins are in the envelope only: a domain admin is not shown the
+    superadmins' addresses, and an admin address that is not plain ASCII (admin e-mails are
+    checked loosely) cannot break the header."""
     domain = mailbox.domain.name
     suspended_at = mailbox.sending_suspended_at or now()
     notice = EmailMessage(policy=SMTP)
     notice["From"] = f"Mail System <postmaster@{domain}>"
-    notice["To"] = ", ".join(recipients)
+    notice["To"] = "undisclosed-recipients:;"
     notice["Subject"] = f"Sending suspended for {mailbox.address}"
     notice["Date"] = email.utils.format_datetime(now())
     notice["Message-ID"] = email.utils.make_msgid(domain=domain)
@@ -75,7 +78,7 @@ def alert_admins(session: Session, *, mailbox_id: int, reason: str, **_: Any) ->
         session,
         sender="",
         recipients=recipients,
-        content=alert_message(mailbox, reason, recipients),
+        content=alert_message(mailbox, reason),
         mailbox_id=None,
     )
     log.warning("sending of %s suspended (%s); told %s", mailbox.address, reason, recipients)

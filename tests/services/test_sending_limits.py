@@ -3,10 +3,18 @@ rule (suspended exactly once, audited, the admins alerted) and the stats."""
 
 from __future__ import annotations
 
+import json
+import os
+import select as select_module
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from email import message_from_bytes
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,6 +96,23 @@ def test_a_count_commits_with_the_queued_message_or_not_at_all(app, session, mai
         )
         session.rollback()  # nothing pending: the count was committed with the message
         assert sending.window_counts(session, mailbox.id).hour_accepted == 2
+
+
+def test_a_message_that_fails_to_queue_counts_nothing(app, session, mailbox, monkeypatch):
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("disk went away after the count")
+
+    monkeypatch.setattr(outbound, "on_commit", broken)  # runs after record_accepted
+    with frozen_at(T0), pytest.raises(RuntimeError):
+        outbound.enqueue(
+            session,
+            sender=mailbox.address,
+            recipients=["a@remote.test"],
+            content=b"From: alice@example.test\r\n\r\nHi\r\n",
+            mailbox_id=mailbox.id,
+        )
+    assert sending.window_counts(session, mailbox.id, T0).hour_accepted == 0
+    assert session.scalar(select(func.count()).select_from(SendingCount)) == 0
 
 
 # --- limits and windows ----------------------------------------------------------------------
@@ -302,6 +327,7 @@ def test_a_burst_suspends_sending_once_audits_and_alerts_the_right_admins(sessio
     parsed = message_from_bytes(outbound.read_spool(alert.queue_id))
     assert parsed["Subject"] == "Sending suspended for alice@example.test"
     assert parsed["Auto-Submitted"] == "auto-generated"
+    assert parsed["To"] == "undisclosed-recipients:;"  # nobody sees the others' addresses
     body = parsed.get_payload(decode=True).decode()
     assert "burst: 6 recipients" in body
     assert f"/admin/mailboxes/{mailbox.id}" in body
@@ -411,3 +437,87 @@ def test_sent_today_and_the_last_seven_days(session, mailbox):
     assert overview["limit_per_hour_source"] == "plan"
     assert overview["last_7_days"][-1] == {"day": "2026-12-06", "sent": 2, "refused": 1}
     assert overview["suspended"] is False
+
+
+@pytest.mark.parametrize("raw", ["many", "", None, "-5", "0"])
+def test_a_broken_limit_setting_falls_back_to_a_positive_limit(app, session, raw):
+    app.config["SEND_LIMIT_PER_HOUR"] = raw
+    limits = sending.limits_for(make_mailbox(session, "bob@example.test"))
+    assert limits.per_hour == 300
+
+
+def test_an_admin_address_that_is_not_ascii_still_gets_the_alert(session, mailbox):
+    make_admin(session, "jörg@bücher.example", superadmin=True)
+    with frozen_at(T0):
+        send(session, mailbox, 3)
+        outcomes = [type(refusal(session, mailbox)).__name__ for _ in range(3)]
+    assert outcomes[-1] == "SendingSuspended"
+    [alert] = session.scalars(select(OutboundMessage))
+    assert [r.address for r in alert.recipients] == ["jörg@bücher.example"]
+    assert outbound.read_spool(alert.queue_id).isascii()
+
+
+# --- kill -9 in the middle of a suspension ---------------------------------------------------
+
+SUSPENDING_CHILD = """
+import json, sys, threading
+from provider import create_app
+from provider.extensions import db
+from provider.models import Mailbox
+from provider.services import audit, sending
+
+def hang(*_args, **_kwargs):
+    # The conditional UPDATE ran, nothing is committed: say so, then wait for the kill.
+    print("inside", flush=True)
+    threading.Event().wait()
+
+app = create_app(json.loads(sys.argv[1]))
+with app.app_context():
+    audit.record = hang
+    sending.check_recipient(db.session, db.session.get(Mailbox, int(sys.argv[2])), 0)
+"""
+
+
+def read_line(process: subprocess.Popen[bytes], timeout: float = 60.0) -> bytes:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select_module.select([process.stdout], [], [], 0.5)
+        if ready:
+            return process.stdout.readline()
+        if process.poll() is not None:
+            break
+    return b""
+
+
+def test_kill_9_during_the_suspension_leaves_it_undone_and_the_next_try_suspends_once(
+    app_config, session, mailbox
+):
+    make_admin(session)
+    send(session, mailbox, 3)
+    assert isinstance(refusal(session, mailbox), SendingLimited)
+    assert isinstance(refusal(session, mailbox), SendingLimited)  # 5 attempts: the next suspends
+    mailbox_id = mailbox.id
+    session.close()
+    with subprocess.Popen(
+        [sys.executable, "-c", SUSPENDING_CHILD, json.dumps(app_config), str(mailbox_id)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    ) as child:
+        try:
+            assert read_line(child) == b"inside\n"
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=30)
+    assert child.returncode == -signal.SIGKILL
+    session.expire_all()
+    box = session.get(Mailbox, mailbox_id)
+    assert box.sending_suspended_at is None  # the killed transaction left nothing
+    assert events(session, "mailbox.sending_suspend") == []
+    assert sending.window_counts(session, box.id).hour_refused == 2
+    assert isinstance(refusal(session, box), SendingSuspended)
+    session.expire_all()
+    assert box.sending_suspended_at is not None
+    assert len(events(session, "mailbox.sending_suspend")) == 1
+    assert session.scalar(select(func.count()).select_from(OutboundMessage)) == 1
