@@ -54,6 +54,7 @@ FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(hours=1)
 POLL_SECONDS = 2.0  # look at the queue at least this often (wake-ups make it sooner)
 RECLAIM_SECONDS = 10.0  # look for dead runners' claims this often
+SWEEP_SECONDS = 600.0  # look for spool files nobody needs this often (and at start)
 RUNNER_ID = re.compile(r"^[A-Za-z0-9.-]{1,80}-\d{1,10}-[0-9a-f]{8}$")
 
 
@@ -468,6 +469,7 @@ class QueueRunner:
         self.thread: threading.Thread | None = None
         self._nudge_read, self._nudge_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._last_reclaim = 0.0
+        self._last_sweep = 0.0
         try:
             self.wake: socket.socket | None = outbound.wake_listener()
         except OSError:  # another runner of this installation has it: poll only
@@ -522,6 +524,9 @@ class QueueRunner:
         if time.monotonic() - self._last_reclaim >= RECLAIM_SECONDS:
             reclaim_dead(session, self.data_dir, self.id)
             self._last_reclaim = time.monotonic()
+        if not self._last_sweep or time.monotonic() - self._last_sweep >= SWEEP_SECONDS:
+            outbound.sweep_spool(session)
+            self._last_sweep = time.monotonic()
         free = self.concurrency - len(self.busy)
         if free <= 0:
             return 0
