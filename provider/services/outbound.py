@@ -190,7 +190,11 @@ def wake_runner() -> None:
 def wake_listener() -> socket.socket:
     """The socket a queue runner reads wake-ups from (non-blocking)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(_wake_address())
+    try:
+        sock.bind(_wake_address())
+    except OSError:  # another runner of this installation listens already
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 

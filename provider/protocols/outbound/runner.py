@@ -131,11 +131,16 @@ def reclaim_dead(session: Session, data_dir: str | Path, me: str | None = None) 
     moment = now()
     total = 0
     for claimer in claimers:
-        if claimer == me or (claimer is not None and not claimer_is_dead(data_dir, claimer)):
+        if claimer is not None and (claimer == me or not claimer_is_dead(data_dir, claimer)):
             continue
+        whose = (
+            OutboundRecipient.claimed_by.is_(None)
+            if claimer is None
+            else OutboundRecipient.claimed_by == claimer
+        )
         result = session.execute(
             update(OutboundRecipient)
-            .where(OutboundRecipient.state == SENDING, OutboundRecipient.claimed_by == claimer)
+            .where(OutboundRecipient.state == SENDING, whose)
             .values(
                 state=case(
                     (OutboundRecipient.attempts == 0, RecipientState.QUEUED.value),
@@ -345,7 +350,7 @@ class MessageDelivery:
         together with their DSN."""
         moment = now()
         max_age = timedelta(days=float(self.config.get("OUTBOUND_MAX_DAYS") or 5))
-        notice_after = timedelta(hours=float(self.config.get("OUTBOUND_DELAY_NOTICE_HOURS") or 4))
+        notice_after = timedelta(hours=float(self.config.get("OUTBOUND_DELAY_NOTICE_HOURS", 4)))
         for row in rows:
             reply = replies.get(row.address)
             if reply is None:
