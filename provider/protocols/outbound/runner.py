@@ -73,6 +73,13 @@ def notify_allows(notify: str | None, event: str) -> bool:
     return "NEVER" not in words and event in words
 
 
+def crlf_lines(content: bytes) -> bytes:
+    """Every line ending as CRLF: smtplib sends bytes as they are, and a bare LF or CR on
+    the wire is what SMTP smuggling feeds on (RELIABILITY P8); signed after this, so the
+    DKIM signature covers the bytes that leave."""
+    return content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
 def runners_dir(data_dir: str | Path) -> Path:
     return Path(data_dir) / outbound.QUEUE_FOLDER / RUNNERS_FOLDER
 
@@ -273,7 +280,7 @@ class MessageDelivery:
                 self.deliver_local(group, content)
             else:
                 if signed is None:
-                    signed = self.dkim_signed(content)
+                    signed = self.dkim_signed(crlf_lines(content))
                 self.deliver_remote(domain, group, signed)
         self.finish(message, content)
 
