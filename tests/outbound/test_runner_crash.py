@@ -7,17 +7,20 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
 
 from tests.cli.test_entrypoint import environment, run
 from tests.cli.test_supervisor import supervised
-from tests.conftest import wait_until
+from tests.conftest import _private_postgres_database, wait_until
 from tests.outbound.helpers import ScriptedMx
 
 __all__ = ["environment"]  # the fixture, shared with tests/cli
@@ -52,8 +55,20 @@ def far() -> Iterator[ScriptedMx]:
 
 
 @pytest.fixture
-def queued(environment: dict[str, str], far: ScriptedMx) -> dict[str, str]:
-    """An instance with MESSAGES messages queued for the relay `far`, no runner yet."""
+def queued(environment: dict[str, str], far: ScriptedMx) -> Iterator[dict[str, str]]:
+    """An instance with MESSAGES messages queued for the relay `far`, no runner yet; on a
+    private PostgreSQL database when PROVIDER_TEST_DATABASE_URL names one, else SQLite."""
+    with ExitStack() as stack:
+        configured = os.environ.get("PROVIDER_TEST_DATABASE_URL", "")
+        if configured.startswith("postgresql"):
+            url = stack.enter_context(_private_postgres_database(configured))
+        else:
+            url = f"sqlite:///{Path(environment['PROVIDER_INSTANCE_DIR']) / 'provider.db'}"
+        environment["PROVIDER_DATABASE_URL"] = url
+        yield _queue_messages(environment, far)
+
+
+def _queue_messages(environment: dict[str, str], far: ScriptedMx) -> dict[str, str]:
     environment.update(
         PROVIDER_OUTBOUND_RELAY=f"127.0.0.1:{far.port}",
         PROVIDER_OUTBOUND_CONCURRENCY="8",
@@ -78,22 +93,23 @@ def queued(environment: dict[str, str], far: ScriptedMx) -> dict[str, str]:
     return environment
 
 
-def database(environment: dict[str, str]) -> sqlite3.Connection:
-    return sqlite3.connect(Path(environment["PROVIDER_INSTANCE_DIR"]) / "provider.db")
+def _rows(environment: dict[str, str], query: str) -> list[Any]:
+    engine = create_engine(environment["PROVIDER_DATABASE_URL"], poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(text(query)).all())
+    finally:
+        engine.dispose()
 
 
 def states(environment: dict[str, str]) -> collections.Counter[str]:
-    with database(environment) as connection:
-        rows = connection.execute("SELECT state FROM outbound_recipients").fetchall()
+    rows = _rows(environment, "SELECT state FROM outbound_recipients")
     return collections.Counter(state for (state,) in rows)
 
 
 def in_flight(environment: dict[str, str]) -> set[str]:
     """Message-IDs of the messages whose recipients were being sent (claimed) right now."""
-    with database(environment) as connection:
-        rows = connection.execute(
-            "SELECT r.address FROM outbound_recipients r WHERE r.state = 'sending'"
-        ).fetchall()
+    rows = _rows(environment, "SELECT address FROM outbound_recipients WHERE state = 'sending'")
     return {f"crash-{address.split('@')[0][1:]}@example.test" for (address,) in rows}
 
 
