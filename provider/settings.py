@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tomllib
 from collections.abc import Mapping
@@ -85,7 +86,39 @@ def _derive(settings: dict[str, Any]) -> dict[str, Any]:
         # A port beyond 16 bits would be wrapped by the system (70000 listens on 4464).
         if key.endswith("_PORT") and not 0 <= int(value) <= 65535:
             raise SettingsError(f"{key} must be a port number from 0 to 65535, not {value}")
+    _check_outbound(settings)
     return settings
+
+
+RELAY = re.compile(r"^(?:smtp://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$")
+OUTBOUND_RANGES = {
+    # setting: (lowest, highest) — beyond these a typo, not a choice
+    "OUTBOUND_MAX_DAYS": (0.01, 365),
+    "OUTBOUND_DELAY_NOTICE_HOURS": (0, 24 * 365),
+    "OUTBOUND_TIMEOUT_SECONDS": (1, 3600),
+    "OUTBOUND_CONCURRENCY": (1, 256),
+    "OUTBOUND_MX_PORT": (1, 65535),
+}
+RELAY_TLS_MODES = ("opportunistic", "starttls", "required", "tls", "none")
+
+
+def _check_outbound(settings: dict[str, Any]) -> None:
+    """The queue runner's settings, refused at start with the setting named (not at the
+    first delivery, hours later)."""
+    for key, (lowest, highest) in OUTBOUND_RANGES.items():
+        if key in settings and not lowest <= float(settings[key]) <= highest:
+            raise SettingsError(
+                f"{key} must be from {lowest:g} to {highest:g}, not {settings[key]}"
+            )
+    relay = str(settings.get("OUTBOUND_RELAY") or "").strip()
+    match = RELAY.match(relay) if relay else None
+    if relay and (match is None or not 1 <= int(match.group(1) or 25) <= 65535):
+        raise SettingsError(f"OUTBOUND_RELAY must be host[:port], not {relay!r}")
+    tls = str(settings.get("OUTBOUND_RELAY_TLS") or "opportunistic").strip().lower()
+    if tls not in RELAY_TLS_MODES:
+        raise SettingsError(
+            f"OUTBOUND_RELAY_TLS must be one of {', '.join(RELAY_TLS_MODES)}, not {tls!r}"
+        )
 
 
 def ensure_secret_key(settings: dict[str, Any]) -> str:

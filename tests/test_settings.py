@@ -64,6 +64,14 @@ def test_each_layer_overrides_the_one_before(tmp_path):
         ({"PROVIDER_CONFIG": "/nonexistent/provider.toml"}, "cannot read"),
         ({"PROVIDER_IMAP_PORT": "70000"}, "IMAP_PORT must be a port number from 0 to 65535"),
         ({"PROVIDER_WEB_PORT": "-1"}, "WEB_PORT must be a port number"),
+        ({"PROVIDER_OUTBOUND_CONCURRENCY": "0"}, "OUTBOUND_CONCURRENCY must be from 1 to 256"),
+        ({"PROVIDER_OUTBOUND_CONCURRENCY": "99999999999"}, "OUTBOUND_CONCURRENCY"),
+        ({"PROVIDER_OUTBOUND_MAX_DAYS": "-1"}, "OUTBOUND_MAX_DAYS"),
+        ({"PROVIDER_OUTBOUND_TIMEOUT_SECONDS": "0"}, "OUTBOUND_TIMEOUT_SECONDS"),
+        ({"PROVIDER_OUTBOUND_MX_PORT": "0"}, "OUTBOUND_MX_PORT"),
+        ({"PROVIDER_OUTBOUND_RELAY": "smtp.example.net:99999"}, "OUTBOUND_RELAY must be"),
+        ({"PROVIDER_OUTBOUND_RELAY": "a b:25"}, "OUTBOUND_RELAY must be host"),
+        ({"PROVIDER_OUTBOUND_RELAY_TLS": "sometimes"}, "OUTBOUND_RELAY_TLS must be one of"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(environ, message):

@@ -190,7 +190,11 @@ def wake_runner() -> None:
 def wake_listener() -> socket.socket:
     """The socket a queue runner reads wake-ups from (non-blocking)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(_wake_address())
+    try:
+        sock.bind(_wake_address())
+    except OSError:  # another runner of this installation listens already
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 
@@ -424,3 +428,54 @@ def visible_count(session: Session, domain_ids: set[int] | None) -> int:
         OutboundRecipient.message_id.in_(_messages_of(domain_ids)),
     )
     return int(session.scalar(query) or 0)
+
+
+# Housekeeping of the queue runner.
+
+SPOOL_ORPHAN_AGE_SECONDS = 3600
+
+
+def sweep_spool(session: Session) -> int:
+    """Remove spool files nobody needs: those of messages whose every recipient is final (a
+    runner killed between its last commit and the unlink leaves them), and, after an hour,
+    files and drafts with no message row at all (a kill between the fsync and the commit of
+    enqueue; the client got no 250 for those). Returns how many went."""
+    directory = queue_dir()
+    if not directory.is_dir():
+        return 0
+    spooled = {path.name[: -len(SPOOL_SUFFIX)]: path for path in directory.glob(f"*{SPOOL_SUFFIX}")}
+    removed = 0
+    old = now().timestamp() - SPOOL_ORPHAN_AGE_SECONDS
+    ids = sorted(spooled)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        known = set(
+            session.scalars(
+                select(OutboundMessage.queue_id).where(OutboundMessage.queue_id.in_(chunk))
+            )
+        )
+        still_open = set(
+            session.scalars(
+                select(OutboundMessage.queue_id)
+                .join(OutboundRecipient, OutboundRecipient.message_id == OutboundMessage.id)
+                .where(
+                    OutboundMessage.queue_id.in_(chunk), OutboundRecipient.state.in_(OPEN_STATES)
+                )
+            )
+        )
+        session.rollback()
+        for queue_id in chunk:
+            path = spooled[queue_id]
+            if queue_id in still_open:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                if queue_id in known or path.stat().st_mtime < old:
+                    path.unlink()
+                    removed += 1
+    drafts = directory / "tmp"
+    if drafts.is_dir():
+        for path in drafts.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < old:
+                    path.unlink()
+    return removed

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email.utils
 import logging
 import math
-import smtplib
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,7 +17,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from provider.errors import InvalidInput
+from provider.errors import InvalidInput, ProviderError
 from provider.mailstore import MailStore
 from provider.models import (
     Alias,
@@ -30,7 +29,7 @@ from provider.models import (
     TrialOutcome,
     TrialReminder,
 )
-from provider.services import audit, auth, provisioning
+from provider.services import audit, auth, outbound, provisioning
 from provider.services.audit import Actor
 from provider.services.clock import now
 from provider.services.contacts import FIELD, parse_contact_email
@@ -494,7 +493,7 @@ def _remind(
     )
     session.commit()
     if mailbox.contact_email:
-        send_to_contact(message, mailbox.contact_email, mailbox.domain.name)
+        send_to_contact(session, message, mailbox.contact_email)
     return urgent
 
 
@@ -538,21 +537,15 @@ def reminder_message(mailbox: Mailbox, days_left: int) -> bytes:
     return notice.as_bytes()
 
 
-def send_to_contact(message: bytes, contact: str, domain: str) -> bool:
-    """Send a copy to the customer's contact address through OUTBOUND_RELAY ("host[:port]",
-    empty = no relay, then nothing is sent). A relay failure is logged, never raised: the
-    INBOX copy was already delivered."""
-    relay = str(_setting("OUTBOUND_RELAY", "") or "").strip()
-    if not relay:
-        return False
-    host, _, port = relay.removeprefix("smtp://").rpartition(":")
-    if not host or not port.isdigit():
-        host, port = relay.removeprefix("smtp://"), "25"
+def send_to_contact(session: Session, message: bytes, contact: str) -> bool:
+    """Queue a copy for the customer's contact address: the outbound queue delivers it
+    (OUTBOUND_RELAY or the contact domain's MX) and retries it. The null sender: a notice
+    never bounces back (no loops), and no DSN is made for it. A failure to queue is logged,
+    never raised: the INBOX copy was already delivered."""
     try:
-        with smtplib.SMTP(host, int(port), timeout=30) as smtp:
-            smtp.sendmail(f"postmaster@{domain}", [contact], message)
-    except (OSError, smtplib.SMTPException):
-        log.exception("trial notice to %s through %s failed", contact, relay)
+        outbound.enqueue(session, sender="", recipients=[contact], content=message, mailbox_id=None)
+    except ProviderError:
+        log.exception("trial notice to %s could not be queued", contact)
         return False
     return True
 

@@ -37,15 +37,20 @@ class ScriptedMx:
     every message it answered 250 is kept in `received` as (sender, recipients, content)."""
 
     def __init__(
-        self, replies: list[str] | None = None, rcpt_replies: dict[str, str] | None = None
-    ):
+        self,
+        replies: list[str] | None = None,
+        rcpt_replies: dict[str, str] | None = None,
+        smtputf8: bool = False,
+    ) -> None:
         self.replies = list(replies or [])
         self.rcpt_replies = {k.lower(): v for k, v in (rcpt_replies or {}).items()}
         self.received: list[tuple[str, list[str], bytes]] = []
         self.attempts = 0
         self.lock = threading.Lock()
         self.port = free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=smtputf8
+        )
         self.running = False
 
     async def handle_RCPT(

@@ -283,3 +283,36 @@ def test_a_lost_spool_file_bounces_instead_of_looping(session, sender, mx, queue
     assert row(session).state == "bounced"
     [notice] = inbox(SENDER)
     assert "queued copy of the message is lost" in notice.as_string()
+
+
+def test_a_non_ascii_address_to_a_server_without_smtputf8_bounces_5_6_7(
+    session, sender, mx, queue_runner
+):
+    enqueue(session, sender.id, "jörg@example.net")
+    queue_runner.run_until_idle()
+    assert row(session, "jörg@example.net").state == "bounced"
+    assert row(session, "jörg@example.net").last_reply.startswith("553 5.6.7")
+    assert mx.attempts == 0
+
+
+def test_bad_bytes_in_the_message_still_go_out_once(session, sender, mx, queue_runner):
+    """Bare LF, a NUL, 8-bit text and a header line of 500 characters: sent, not lost. (A
+    line over RFC 5321's 1000 is the far side's to refuse: a 5xx, then a DSN, as above.)"""
+    content = (
+        b"From: a@example.test\nTo: bob@example.net\nSubject: odd \xff bytes\n"
+        b"X-Long: " + b"x" * 500 + b"\n\nline one\nnul \x00 here\r\n\xe2\x82\xac\n"
+    )
+    outbound.enqueue(
+        session,
+        sender=SENDER,
+        recipients=["bob@example.net"],
+        content=content,
+        mailbox_id=sender.id,
+    )
+    queue_runner.run_until_idle()
+    assert row(session).state == "delivered", row(session).last_reply
+    [(_, _, received)] = mx.received
+    assert b"line one\r\nnul \x00 here\r\n" in received
+    # Bare line endings left as CRLF only (smtplib sends bytes as given: SMTP smuggling).
+    assert received.count(b"\n") == received.count(b"\r\n")
+    assert received.count(b"\r") == received.count(b"\r\n")

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provider.errors import UnknownRecipient
-from provider.models import AuditEvent, Mailbox, Trial, TrialReminder
+from provider.models import AuditEvent, Mailbox, OutboundMessage, Trial, TrialReminder
 from provider.services import backups, clock, delivery
 from provider.services.storage import mail_store
 from tests.conftest import MAILBOX_PASSWORD, make_mailbox
@@ -137,10 +137,12 @@ def test_a_reminder_that_could_not_be_stored_is_tried_again(
     assert inbox_subjects() == ["Your free trial ends in 7 days"]
 
 
-def test_reminders_also_go_to_the_contact_through_the_relay(
+def test_reminders_also_go_to_the_contact_through_the_queue_and_the_relay(
     app: Flask, session: Session, trial: Mailbox
 ):
     from aiosmtpd.controller import Controller
+
+    from provider.protocols.outbound.runner import QueueRunner
 
     received: list[tuple[str, list[str], bytes]] = []
 
@@ -154,29 +156,36 @@ def test_reminders_also_go_to_the_contact_through_the_relay(
         port = probe.getsockname()[1]
     relay = Controller(Sink(), hostname="127.0.0.1", port=port)
     relay.start()
+    runner = QueueRunner(app)
     try:
         app.config["OUTBOUND_RELAY"] = f"127.0.0.1:{port}"
         clock.set_now(EXPIRES - timedelta(days=7))
         run_job(app, session)
+        assert received == []  # queued, not sent from the job: the queue retries it
+        runner.run_until_idle()
     finally:
+        runner.stop()
         relay.stop()
     assert len(received) == 1
     sender, recipients, content = received[0]
-    assert sender == "postmaster@example.test"
+    assert sender == "<>"  # the null sender: a notice never bounces back
     assert recipients == ["Customer+mail@elsewhere.test"]
     assert b"Your free trial ends in 7 days" in content
 
 
-def test_without_a_relay_nothing_is_sent_out(
+def test_the_contact_copy_is_queued_with_the_null_sender_and_no_mailbox(
     app: Flask, session: Session, trial: Mailbox, monkeypatch: pytest.MonkeyPatch
 ):
     def no_network(*args: object, **kwargs: object) -> None:
-        raise AssertionError("smtplib used without OUTBOUND_RELAY")
+        raise AssertionError("the trial job must not talk SMTP itself")
 
     monkeypatch.setattr(smtplib, "SMTP", no_network)
     clock.set_now(EXPIRES - timedelta(days=7))
     assert run_job(app, session)["failed"] == []
     assert inbox_subjects() == ["Your free trial ends in 7 days"]
+    [queued] = session.scalars(select(OutboundMessage)).all()
+    assert (queued.sender, queued.mailbox_id) == ("", None)
+    assert [r.address for r in queued.recipients] == ["Customer+mail@elsewhere.test"]
 
 
 def test_day_31_imap_and_pop3_are_refused_as_expired_while_smtp_still_delivers(

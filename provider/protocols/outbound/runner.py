@@ -54,6 +54,7 @@ FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(hours=1)
 POLL_SECONDS = 2.0  # look at the queue at least this often (wake-ups make it sooner)
 RECLAIM_SECONDS = 10.0  # look for dead runners' claims this often
+SWEEP_SECONDS = 600.0  # look for spool files nobody needs this often (and at start)
 RUNNER_ID = re.compile(r"^[A-Za-z0-9.-]{1,80}-\d{1,10}-[0-9a-f]{8}$")
 
 
@@ -70,6 +71,13 @@ def notify_allows(notify: str | None, event: str) -> bool:
         return True
     words = {word.strip().upper() for word in notify.split(",")}
     return "NEVER" not in words and event in words
+
+
+def crlf_lines(content: bytes) -> bytes:
+    """Every line ending as CRLF: smtplib sends bytes as they are, and a bare LF or CR on
+    the wire is what SMTP smuggling feeds on (RELIABILITY P8); signed after this, so the
+    DKIM signature covers the bytes that leave."""
+    return content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 
 def runners_dir(data_dir: str | Path) -> Path:
@@ -130,11 +138,16 @@ def reclaim_dead(session: Session, data_dir: str | Path, me: str | None = None) 
     moment = now()
     total = 0
     for claimer in claimers:
-        if claimer == me or (claimer is not None and not claimer_is_dead(data_dir, claimer)):
+        if claimer is not None and (claimer == me or not claimer_is_dead(data_dir, claimer)):
             continue
+        whose = (
+            OutboundRecipient.claimed_by.is_(None)
+            if claimer is None
+            else OutboundRecipient.claimed_by == claimer
+        )
         result = session.execute(
             update(OutboundRecipient)
-            .where(OutboundRecipient.state == SENDING, OutboundRecipient.claimed_by == claimer)
+            .where(OutboundRecipient.state == SENDING, whose)
             .values(
                 state=case(
                     (OutboundRecipient.attempts == 0, RecipientState.QUEUED.value),
@@ -267,7 +280,7 @@ class MessageDelivery:
                 self.deliver_local(group, content)
             else:
                 if signed is None:
-                    signed = self.dkim_signed(content)
+                    signed = self.dkim_signed(crlf_lines(content))
                 self.deliver_remote(domain, group, signed)
         self.finish(message, content)
 
@@ -344,7 +357,7 @@ class MessageDelivery:
         together with their DSN."""
         moment = now()
         max_age = timedelta(days=float(self.config.get("OUTBOUND_MAX_DAYS") or 5))
-        notice_after = timedelta(hours=float(self.config.get("OUTBOUND_DELAY_NOTICE_HOURS") or 4))
+        notice_after = timedelta(hours=float(self.config.get("OUTBOUND_DELAY_NOTICE_HOURS", 4)))
         for row in rows:
             reply = replies.get(row.address)
             if reply is None:
@@ -468,6 +481,7 @@ class QueueRunner:
         self.thread: threading.Thread | None = None
         self._nudge_read, self._nudge_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._last_reclaim = 0.0
+        self._last_sweep = 0.0
         try:
             self.wake: socket.socket | None = outbound.wake_listener()
         except OSError:  # another runner of this installation has it: poll only
@@ -522,6 +536,9 @@ class QueueRunner:
         if time.monotonic() - self._last_reclaim >= RECLAIM_SECONDS:
             reclaim_dead(session, self.data_dir, self.id)
             self._last_reclaim = time.monotonic()
+        if not self._last_sweep or time.monotonic() - self._last_sweep >= SWEEP_SECONDS:
+            outbound.sweep_spool(session)
+            self._last_sweep = time.monotonic()
         free = self.concurrency - len(self.busy)
         if free <= 0:
             return 0
