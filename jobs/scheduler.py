@@ -53,6 +53,7 @@ class Job:
 
 def _registry() -> list[Job]:
     from jobs.backup import backup, backup_verify
+    from jobs.outbound import outbound_cleanup
     from jobs.quota import quota_recount
     from jobs.trial import trial_lifecycle
 
@@ -80,6 +81,12 @@ def _registry() -> list[Job]:
             trial_lifecycle,
             "JOB_TRIAL_LIFECYCLE_CRON",
             "Trial reminders, expiry, and deletion after the grace period",
+        ),
+        Job(
+            "outbound-cleanup",
+            outbound_cleanup,
+            "JOB_OUTBOUND_CLEANUP_CRON",
+            "Delete finished queue messages past OUTBOUND_KEEP_DAYS and old sending counts",
         ),
     ]
 

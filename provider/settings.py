@@ -94,6 +94,7 @@ RELAY = re.compile(r"^(?:smtp://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{
 OUTBOUND_RANGES = {
     # setting: (lowest, highest) — beyond these a typo, not a choice
     "OUTBOUND_MAX_DAYS": (0.01, 365),
+    "OUTBOUND_KEEP_DAYS": (1, 3650),
     "OUTBOUND_DELAY_NOTICE_HOURS": (0, 24 * 365),
     "OUTBOUND_TIMEOUT_SECONDS": (1, 3600),
     "OUTBOUND_CONCURRENCY": (1, 256),

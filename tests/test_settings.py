@@ -72,6 +72,11 @@ def test_each_layer_overrides_the_one_before(tmp_path):
         ({"PROVIDER_OUTBOUND_RELAY": "smtp.example.net:99999"}, "OUTBOUND_RELAY must be"),
         ({"PROVIDER_OUTBOUND_RELAY": "a b:25"}, "OUTBOUND_RELAY must be host"),
         ({"PROVIDER_OUTBOUND_RELAY_TLS": "sometimes"}, "OUTBOUND_RELAY_TLS must be one of"),
+        ({"PROVIDER_OUTBOUND_KEEP_DAYS": "0"}, "OUTBOUND_KEEP_DAYS must be from 1 to 3650"),
+        ({"PROVIDER_OUTBOUND_KEEP_DAYS": "3651"}, "OUTBOUND_KEEP_DAYS must be from 1 to 3650"),
+        ({"PROVIDER_OUTBOUND_KEEP_DAYS": "1e308"}, "OUTBOUND_KEEP_DAYS"),
+        ({"PROVIDER_OUTBOUND_KEEP_DAYS": "nan"}, "OUTBOUND_KEEP_DAYS"),
+        ({"PROVIDER_OUTBOUND_KEEP_DAYS": "thirty"}, "OUTBOUND_KEEP_DAYS must be a number"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(environ, message):

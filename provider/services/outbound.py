@@ -12,6 +12,7 @@ import secrets
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from flask import current_app
 from sqlalchemy import Select, func, select
+from sqlalchemy import delete as sql_delete
 from sqlalchemy.orm import Session, selectinload
 
 from provider.errors import InvalidInput, NotFound, TemporaryFailure
@@ -479,3 +481,73 @@ def sweep_spool(session: Session) -> int:
                 if path.stat().st_mtime < old:
                     path.unlink()
     return removed
+
+
+PRUNE_BATCH = 500
+
+
+def _prunable(cutoff: datetime) -> Any:
+    """Messages with no recipient still open and none finished at or after `cutoff` (a final
+    row without finished_at, from before that column was filled, counts as finished when the
+    message was queued)."""
+    recent_or_open = (
+        select(OutboundRecipient.id)
+        .where(OutboundRecipient.message_id == OutboundMessage.id)
+        .where(
+            OutboundRecipient.state.not_in([state.value for state in FINAL_STATES])
+            | (func.coalesce(OutboundRecipient.finished_at, OutboundMessage.created_at) >= cutoff)
+        )
+        .correlate(OutboundMessage)
+    )
+    return (OutboundMessage.created_at < cutoff) & ~recent_or_open.exists()
+
+
+def prune_finished(session: Session, keep_days: float, *, batch: int = PRUNE_BATCH) -> int:
+    """Delete the queue rows of messages whose every recipient is final (delivered, bounced,
+    deleted) and finished more than `keep_days` ago, `batch` messages per transaction (a big
+    queue never holds one long lock), then their spool files if any are left. Open messages
+    stay, however old. Returns how many messages went."""
+    try:
+        if not keep_days > 0:
+            raise OverflowError
+        cutoff = now() - timedelta(days=keep_days)
+    except OverflowError:
+        raise InvalidInput(
+            f"days to keep must be a number above 0 within the calendar, not {keep_days}",
+            "keep_days",
+        ) from None
+    removed = 0
+    while True:
+        rows = session.execute(
+            select(OutboundMessage.id, OutboundMessage.queue_id)
+            .where(_prunable(cutoff))
+            .order_by(OutboundMessage.id)
+            .limit(batch)
+        ).all()
+        if not rows:
+            session.rollback()
+            return removed
+        ids = [row.id for row in rows]
+        # The condition again in the DELETE: final states are final (retry and the runner only
+        # take queued/deferred rows), but the statement stays right whatever changes later.
+        gone = session.execute(
+            sql_delete(OutboundMessage)
+            .where(OutboundMessage.id.in_(ids), _prunable(cutoff))
+            .returning(OutboundMessage.id, OutboundMessage.queue_id)
+            .execution_options(synchronize_session=False)
+        ).all()
+        gone_ids = [row.id for row in gone]
+        if gone_ids:
+            # ON DELETE CASCADE does this already (PostgreSQL; SQLite with foreign_keys on, as
+            # extensions.py sets it); said again so no connection without the pragma leaves orphans.
+            session.execute(
+                sql_delete(OutboundRecipient)
+                .where(OutboundRecipient.message_id.in_(gone_ids))
+                .execution_options(synchronize_session=False)
+            )
+        session.commit()
+        for row in gone:
+            remove_spool(row.queue_id)
+        removed += len(gone)
+        if len(rows) < batch:
+            return removed

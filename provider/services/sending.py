@@ -10,7 +10,7 @@ from typing import Any
 
 from blinker import Namespace
 from flask import current_app, has_app_context
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -452,3 +452,52 @@ def suspended_mailboxes(
         query = query.where(Mailbox.domain_id.in_(sorted(domain_ids)))
     query = query.order_by(Mailbox.sending_suspended_at.desc(), Mailbox.id).limit(limit)
     return list(session.scalars(query))
+
+
+# --- housekeeping --------------------------------------------------------------------------
+
+# Days of hourly buckets kept before today: the 7-day stats read today and the 6 days before,
+# the day window the 24 hours before this one; 8 full days is more than both need.
+COUNTS_KEEP_DAYS = 8
+PRUNE_BATCH = 1000
+
+
+def prune_counts(
+    session: Session, keep_days: int = COUNTS_KEEP_DAYS, *, batch: int = PRUNE_BATCH
+) -> int:
+    """Delete sending_counts buckets from before midnight UTC `keep_days` days ago, `batch`
+    rows per transaction; buckets "in the future" (a clock set back) are left alone. Returns
+    how many rows went."""
+    if keep_days < COUNTS_KEEP_DAYS:
+        raise InvalidInput(
+            f"sending counts must be kept at least {COUNTS_KEEP_DAYS} days (the 7-day stats "
+            f"and the day window read them), not {keep_days}",
+            "keep_days",
+        )
+    today = datetime.combine(now().date(), datetime.min.time(), tzinfo=UTC)
+    cutoff = today - timedelta(days=keep_days)
+    removed = 0
+    while True:
+        keys = session.execute(
+            select(SendingCount.mailbox_id, SendingCount.hour)
+            .where(SendingCount.hour < cutoff)
+            .order_by(SendingCount.hour, SendingCount.mailbox_id)
+            .limit(batch)
+        ).all()
+        if not keys:
+            session.rollback()
+            return removed
+        result = session.execute(
+            delete(SendingCount)
+            .where(
+                tuple_(SendingCount.mailbox_id, SendingCount.hour).in_(
+                    [tuple(key) for key in keys]
+                ),
+                SendingCount.hour < cutoff,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+        removed += int(result.rowcount or 0)
+        if len(keys) < batch:
+            return removed

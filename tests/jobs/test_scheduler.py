@@ -188,4 +188,5 @@ def test_the_issue_jobs_are_scheduled_by_default(runner):
         "backup-verify": "0 4 * * 0",
         "quota-recount": "30 3 * * *",
         "trial-lifecycle": "0 * * * *",
+        "outbound-cleanup": "15 * * * *",
     }

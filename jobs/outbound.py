@@ -1,0 +1,30 @@
+"""Hourly queue housekeeping: prune finished messages and old sending counts, sweep the spool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from provider.extensions import db
+from provider.services import outbound, sending
+
+
+def outbound_cleanup(app: Flask) -> dict[str, Any]:
+    """Delete queue rows of messages finished more than OUTBOUND_KEEP_DAYS ago (open ones stay,
+    however old), sending_counts buckets older than 8 days, and spool files nobody needs.
+    As of clock.now()."""
+    with app.app_context():
+        try:
+            keep_days = float(app.config["OUTBOUND_KEEP_DAYS"])
+            messages = outbound.prune_finished(db.session, keep_days)
+            counts = sending.prune_counts(db.session)
+            spool = outbound.sweep_spool(db.session)
+        finally:
+            db.session.remove()
+    return {
+        "messages_deleted": messages,
+        "sending_counts_deleted": counts,
+        "spool_files_removed": spool,
+        "keep_days": keep_days,
+    }
