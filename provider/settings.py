@@ -120,6 +120,9 @@ def _check_outbound(settings: dict[str, Any]) -> None:
         raise SettingsError(
             f"OUTBOUND_RELAY_TLS must be one of {', '.join(RELAY_TLS_MODES)}, not {tls!r}"
         )
+    ca_file = str(settings.get("OUTBOUND_RELAY_CA_FILE") or "").strip()
+    if ca_file and not (os.path.isfile(ca_file) and os.access(ca_file, os.R_OK)):
+        raise SettingsError(f"OUTBOUND_RELAY_CA_FILE {ca_file!r} is not a readable file")
 
 
 def ensure_secret_key(settings: dict[str, Any]) -> str:

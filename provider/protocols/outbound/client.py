@@ -56,6 +56,10 @@ class Destination:
     username: str = ""
     password: str = ""
     tls: str = "opportunistic"
+    # Verify the far side's certificate (relay in starttls/tls mode only): against the system
+    # CAs, or the PEM bundle in `ca_file` when one is named.
+    verify: bool = False
+    ca_file: str = ""
 
 
 @dataclass
@@ -91,13 +95,25 @@ def relay_destination(config: Any) -> Destination | None:
         return None
     host, port = parse_host_port(relay, DEFAULT_RELAY_PORT)
     tls = str(config.get("OUTBOUND_RELAY_TLS") or "opportunistic").strip().lower()
+    tls = "starttls" if tls == "required" else tls
     return Destination(
         targets=[Target(host, host, port)],
         relay=True,
         username=str(config.get("OUTBOUND_RELAY_USERNAME") or ""),
         password=str(config.get("OUTBOUND_RELAY_PASSWORD") or ""),
-        tls="starttls" if tls == "required" else tls,
+        tls=tls,
+        # Opportunistic STARTTLS stays unverified, to the relay as to MX hosts (Postfix "may"):
+        # it encrypts against a passive listener; a required TLS mode is the one that names
+        # whom we talk to, so that is where the certificate is checked.
+        verify=tls in ("starttls", "tls") and _true(config.get("OUTBOUND_RELAY_TLS_VERIFY", True)),
+        ca_file=str(config.get("OUTBOUND_RELAY_CA_FILE") or "").strip(),
     )
+
+
+def _true(value: object) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() not in {"0", "false", "no", "off", ""}
+    return bool(value)
 
 
 # --- DNS -------------------------------------------------------------------------------------
@@ -195,6 +211,33 @@ def _opportunistic_context() -> ssl.SSLContext:
     return context
 
 
+def _verifying_context(destination: Destination) -> ssl.SSLContext:
+    """TLS to a relay that must prove who it is: the system CAs, or OUTBOUND_RELAY_CA_FILE;
+    the certificate must name the relay as OUTBOUND_RELAY names it."""
+    try:
+        context = ssl.create_default_context(cafile=destination.ca_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise DeliveryFailed(
+            f"451 4.7.5 cannot load OUTBOUND_RELAY_CA_FILE {destination.ca_file}: {exc}"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _tls_context(destination: Destination) -> ssl.SSLContext:
+    if destination.verify:
+        return _verifying_context(destination)
+    return _opportunistic_context()
+
+
+def _certificate_refused(exc: ssl.SSLCertVerificationError, host: str) -> DeliveryFailed:
+    reason = exc.verify_message or str(exc)
+    return DeliveryFailed(
+        f"451 4.7.5 TLS certificate of {host} not trusted ({reason}); "
+        "trust its CA with OUTBOUND_RELAY_CA_FILE, or set OUTBOUND_RELAY_TLS_VERIFY=false"
+    )
+
+
 def _is_loopback(address: str) -> bool:
     return address.startswith("127.") or address == "::1"
 
@@ -214,10 +257,10 @@ class _Connection(smtplib.SMTP):
 class _TlsConnection(smtplib.SMTP_SSL):
     """Implicit TLS to a relay (OUTBOUND_RELAY_TLS = "tls")."""
 
-    def __init__(self, target: Target, local_hostname: str, timeout: float) -> None:
-        super().__init__(
-            local_hostname=local_hostname, timeout=timeout, context=_opportunistic_context()
-        )
+    def __init__(
+        self, target: Target, local_hostname: str, timeout: float, context: ssl.SSLContext
+    ) -> None:
+        super().__init__(local_hostname=local_hostname, timeout=timeout, context=context)
         self._host = target.host
 
 
@@ -226,17 +269,25 @@ def _open(
 ) -> smtplib.SMTP:
     """A connected, greeted (EHLO) session with TLS and AUTH as `destination` asks."""
     smtp: smtplib.SMTP
+    context = _tls_context(destination) if destination.tls != "none" else None
     if destination.tls == "tls":
-        smtp = _TlsConnection(target, local_hostname, timeout)
+        assert context is not None
+        smtp = _TlsConnection(target, local_hostname, timeout, context)
     else:
         smtp = _Connection(target, local_hostname, timeout)
     try:
-        code, message = smtp.connect(target.address, target.port)
+        try:
+            code, message = smtp.connect(target.address, target.port)
+        except ssl.SSLCertVerificationError as exc:
+            raise _certificate_refused(exc, target.host) from None
         if code != 220:
             raise DeliveryFailed(_reply(code, message, target.host))
         smtp.ehlo()
         if destination.tls in ("opportunistic", "starttls") and smtp.has_extn("starttls"):
-            code, message = smtp.starttls(context=_opportunistic_context())
+            try:
+                code, message = smtp.starttls(context=context)
+            except ssl.SSLCertVerificationError as exc:
+                raise _certificate_refused(exc, target.host) from None
             if code != 220:
                 raise DeliveryFailed(_reply(code, message, target.host))
             smtp.ehlo()
