@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import email
 import json
+import os
 import smtplib
 from collections.abc import Iterator
+from contextlib import ExitStack
 from email.message import EmailMessage, Message
 from email.policy import SMTP, default
 from pathlib import Path
@@ -22,7 +24,7 @@ import pytest
 
 from tests.cli.test_entrypoint import environment, run
 from tests.cli.test_supervisor import Served, supervised
-from tests.conftest import wait_until
+from tests.conftest import _private_postgres_database, wait_until
 from tests.dnszone import DnsZone
 from tests.outbound.helpers import ScriptedMx
 from tests.protocols.submission.conftest import insecure_context
@@ -81,37 +83,44 @@ def far() -> Iterator[ScriptedMx]:
 @pytest.fixture
 def instance(environment: dict[str, str], far: ScriptedMx, tmp_path: Path) -> Iterator[dict]:
     """An instance with example.test (sender, local recipient, the domain admin's mailbox),
-    far.test's MX in dnsmasq pointing at `far`, low sending limits; `serve` not started yet."""
-    environment.update(
-        PYTHONPATH=str(PROJECT),  # the code of this checkout, not an installed copy
-        PROVIDER_SUBMISSION_PORT="0",
-        PROVIDER_SUBMISSIONS_PORT="0",
-        PROVIDER_OUTBOUND_MX_PORT=str(far.port),
-        PROVIDER_HOSTNAME="smtp.provider.test",
-        PROVIDER_LOGIN_FAILURE_DELAY_SECONDS="0",
-        PROVIDER_SEND_LIMIT_PER_HOUR="4",
-        PROVIDER_SEND_LIMIT_PER_DAY="100",
-        PROVIDER_SEND_BURST_FACTOR="2",
-    )
-    assert run(environment, "init").returncode == 0
-    assert run(environment, "domain", "add", "example.test").returncode == 0
-    for address in (SENDER, LOCAL, ADMIN):
-        created = run(
-            environment,
-            *("mailbox", "add", address, "--quota-gb", "8", "--protocols", "imap"),
-            "--password-stdin",
-            stdin=PASSWORD + "\n",
+    far.test's MX in dnsmasq pointing at `far`, low sending limits; `serve` not started yet.
+    On a private PostgreSQL database when PROVIDER_TEST_DATABASE_URL names one, else SQLite."""
+    with ExitStack() as stack:
+        configured = os.environ.get("PROVIDER_TEST_DATABASE_URL", "")
+        if configured.startswith("postgresql"):
+            environment["PROVIDER_DATABASE_URL"] = stack.enter_context(
+                _private_postgres_database(configured)
+            )
+        environment.update(
+            PYTHONPATH=str(PROJECT),  # the code of this checkout, not an installed copy
+            PROVIDER_SUBMISSION_PORT="0",
+            PROVIDER_SUBMISSIONS_PORT="0",
+            PROVIDER_OUTBOUND_MX_PORT=str(far.port),
+            PROVIDER_HOSTNAME="smtp.provider.test",
+            PROVIDER_LOGIN_FAILURE_DELAY_SECONDS="0",
+            PROVIDER_SEND_LIMIT_PER_HOUR="4",
+            PROVIDER_SEND_LIMIT_PER_DAY="100",
+            PROVIDER_SEND_BURST_FACTOR="2",
         )
-        assert created.returncode == 0, created.stderr
-    added = run(
-        environment,
-        *("admin", "add", ADMIN, "--domain", "example.test", "--password-stdin"),
-        stdin="an admin passphrase\n",
-    )
-    assert added.returncode == 0, added.stderr
-    records = json.loads(run(environment, "domain", "dns", "example.test", "--json").stdout)
-    [dkim_record] = [r for r in records if r["type"] == "TXT" and "_domainkey" in r["name"]]
-    with DnsZone(tmp_path / "dns") as zone:
+        assert run(environment, "init").returncode == 0
+        assert run(environment, "domain", "add", "example.test").returncode == 0
+        for address in (SENDER, LOCAL, ADMIN):
+            created = run(
+                environment,
+                *("mailbox", "add", address, "--quota-gb", "8", "--protocols", "imap"),
+                "--password-stdin",
+                stdin=PASSWORD + "\n",
+            )
+            assert created.returncode == 0, created.stderr
+        added = run(
+            environment,
+            *("admin", "add", ADMIN, "--domain", "example.test", "--password-stdin"),
+            stdin="an admin passphrase\n",
+        )
+        assert added.returncode == 0, added.stderr
+        records = json.loads(run(environment, "domain", "dns", "example.test", "--json").stdout)
+        [dkim_record] = [r for r in records if r["type"] == "TXT" and "_domainkey" in r["name"]]
+        zone = stack.enter_context(DnsZone(tmp_path / "dns"))
         zone.mx("far.test", "mx.far.test", 10)
         zone.a("mx.far.test", "127.0.0.1")
         zone.txt(dkim_record["name"].rstrip("."), dkim_record["value"])
