@@ -507,6 +507,8 @@ def prune_finished(session: Session, keep_days: float, *, batch: int = PRUNE_BAT
     deleted) and finished more than `keep_days` ago, `batch` messages per transaction (a big
     queue never holds one long lock), then their spool files if any are left. Open messages
     stay, however old. Returns how many messages went."""
+    if batch < 1:
+        raise InvalidInput(f"batch must be at least 1, not {batch}", "batch")
     try:
         if not keep_days > 0:
             raise OverflowError

@@ -468,6 +468,8 @@ def prune_counts(
     """Delete sending_counts buckets from before midnight UTC `keep_days` days ago, `batch`
     rows per transaction; buckets "in the future" (a clock set back) are left alone. Returns
     how many rows went."""
+    if batch < 1:
+        raise InvalidInput(f"batch must be at least 1, not {batch}", "batch")
     if keep_days < COUNTS_KEEP_DAYS:
         raise InvalidInput(
             f"sending counts must be kept at least {COUNTS_KEEP_DAYS} days (the 7-day stats "

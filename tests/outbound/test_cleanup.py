@@ -250,3 +250,44 @@ def test_keep_days_comes_from_the_setting(app: Flask, session: Session) -> None:
     assert summary["messages_deleted"] == 1
     assert queue_ids(session) == {kept}
     assert gone not in queue_ids(session)
+
+
+def test_a_crash_after_a_batch_commit_loses_nothing_open_and_the_next_run_finishes(
+    app: Flask, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between a batch's commit and its unlinks: that batch's rows are gone, its files
+    stay (orphans, swept after their hour), the other batches and open messages untouched."""
+    finished = [queued(session, [(DELIVERED, days_ago(60))], spool=True) for _ in range(4)]
+    still_open = queued(session, [(DEFERRED, None)], created=days_ago(60), spool=True)
+
+    class Killed(BaseException):
+        pass
+
+    def killed(_queue_id: str) -> None:
+        raise Killed
+
+    monkeypatch.setattr(outbound, "remove_spool", killed)
+    with pytest.raises(Killed):
+        outbound.prune_finished(session, 30, batch=2)
+    monkeypatch.undo()
+    session.rollback()
+    assert queue_ids(session) == {*finished[2:], still_open}
+    assert all(outbound.spool_path(q).exists() for q in finished)
+
+    assert outbound.prune_finished(session, 30) == 2
+    assert queue_ids(session) == {still_open}
+    # The orphaned files of the first batch go with the spool sweep once they are an hour old.
+    for queue_id in finished[:2]:
+        stamp = (NOW - timedelta(hours=2)).timestamp()
+        os.utime(outbound.spool_path(queue_id), (stamp, stamp))
+    assert outbound.sweep_spool(session) == 2
+    assert not any(outbound.spool_path(q).exists() for q in finished)
+    assert outbound.spool_path(still_open).exists()
+
+
+@pytest.mark.parametrize("batch", [0, -1])
+def test_a_nonsense_batch_size_is_refused(app: Flask, session: Session, batch: int) -> None:
+    with pytest.raises(InvalidInput, match="batch"):
+        outbound.prune_finished(session, 30, batch=batch)
+    with pytest.raises(InvalidInput, match="batch"):
+        sending.prune_counts(session, batch=batch)
