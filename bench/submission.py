@@ -204,7 +204,7 @@ def start_py_spy(env: dict[str, str], seconds: float) -> list[subprocess.Popen[b
     pids: list[int] = []
     for status in run_dir.glob("serve-*.json"):
         for service in json.loads(status.read_text())["services"]:
-            if service["name"] == "mail":
+            if service["name"] in ("mail", "submission"):
                 pids.extend(service["pids"])
     spies = []
     for pid in pids:
