@@ -229,7 +229,9 @@ def wait_for_smtp(port: int, deadline: float, what: str, log: Path) -> None:
         except (OSError, smtplib.SMTPException):
             if time.monotonic() > give_up:
                 tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise ReferenceUnavailable(f"{what} did not answer within {deadline:g} s\n{tail}")
+                raise ReferenceUnavailable(
+                    f"{what} did not answer within {deadline:g} s\n{tail}"
+                ) from None
             time.sleep(0.1)  # polling the port, bounded by the deadline above
 
 

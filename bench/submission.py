@@ -128,8 +128,10 @@ def run_clients(port: int, total: int, per_connection: int) -> float:
 def make_certificate(work: Path) -> tuple[Path, Path]:
     cert, key = work / "cert.pem", work / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
-        + ["-subj", "/CN=bench.test", "-keyout", str(key), "-out", str(cert)],
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"),
+            *("-subj", "/CN=bench.test", "-keyout", str(key), "-out", str(cert)),
+        ],
         check=True,
         capture_output=True,
     )
@@ -212,8 +214,10 @@ def start_py_spy(env: dict[str, str], seconds: float) -> list[subprocess.Popen[b
         print(f"py-spy on mail process {pid}: {output}", flush=True)
         spies.append(
             subprocess.Popen(
-                [PY_SPY, "record", "--format", "raw", "--nonblocking", "--threads"]
-                + ["-d", str(int(seconds)), "-o", str(output), "--pid", str(pid)],
+                [
+                    *(PY_SPY, "record", "--format", "raw", "--nonblocking", "--threads"),
+                    *("-d", str(int(seconds)), "-o", str(output), "--pid", str(pid)),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -26,7 +26,7 @@ from email.policy import compat32
 from email.policy import default as default_policy
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session, syntax
 from flask import Flask
 
 from provider.errors import (
@@ -191,6 +191,70 @@ def has_header(content: bytes, name: str) -> bool:
         if colon and field_name.rstrip(b" \t").lower() == wanted:
             return True
     return False
+
+
+END_OF_DATA = b".\r\n"
+TOO_MUCH_DATA = "552 5.3.4 Message size exceeds fixed maximum message size"
+LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"  # aiosmtpd's own words
+
+
+async def read_data(
+    reader: asyncio.StreamReader, size_limit: int | None, line_limit: int
+) -> tuple[bytes, str | None]:
+    """The message after DATA, read in blocks rather than line by line: (content, None), or
+    (b"", reply) when it was too big or had a line over `line_limit` octets (with its CRLF);
+    either way the input is read up to the end of the data, so the session goes on in step.
+
+    RFC 5321 §4.1.1.4: the data ends at the line ".", i.e. at CRLF "." CRLF, the CRLF being
+    the previous line's end (for an empty message, that of the DATA command itself). A bare
+    LF before "." ends nothing (SMTP smuggling; such a message is refused later anyway).
+    §4.5.2: a leading "." of a line is removed. The size counts the data as sent (stuffed),
+    without the final ".", as aiosmtpd does; past `size_limit` nothing more is kept."""
+    pieces: list[bytes] = []
+    size = 0
+    previous = b"\r\n"  # the last two octets before the unread input
+    line = 0  # octets of the current, unfinished line
+    problem: str | None = None
+    while True:
+        try:
+            chunk = await reader.readuntil(END_OF_DATA)
+            found = True
+        except asyncio.LimitOverrunError as overrun:
+            # No "." CRLF within the stream's limit: take what surely holds no end marker
+            # (asyncio leaves the last octets, where one may begin, in the buffer).
+            chunk = await reader.read(overrun.consumed)
+            found = False
+        ends = found and (previous + chunk[:-3])[-2:] == b"\r\n"
+        if ends:
+            chunk = chunk[:-3]
+        if chunk:
+            size += len(chunk)
+            previous = (previous + chunk)[-2:]
+            if problem is None:
+                lines = chunk.split(b"\n")
+                if len(lines) == 1:
+                    line += len(chunk)
+                else:
+                    longest = max([line + len(lines[0]), *map(len, lines[1:-1])]) + 1
+                    line = len(lines[-1])
+                    if longest > line_limit:
+                        problem = LINE_TOO_LONG
+                if line > line_limit:
+                    problem = LINE_TOO_LONG
+                elif size_limit and size > size_limit:
+                    problem = TOO_MUCH_DATA
+                if problem is None:
+                    pieces.append(chunk)
+                else:
+                    pieces.clear()  # nothing more is kept of a refused message
+        if ends:
+            break
+    if problem is not None:
+        return b"", problem
+    content = b"".join(pieces)
+    if content.startswith(b"."):
+        content = content[1:]
+    return content.replace(b"\r\n.", b"\r\n"), None
 
 
 class SubmissionHandler:
@@ -514,6 +578,41 @@ class SubmissionSMTP(lmtp.RewritingMixin, SMTP):
             return None
 
     # --- commands
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the message read in blocks (read_data) instead of a loop over
+        its lines: a fifth of the CPU a message cost."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, problem = await read_data(
+                self._reader, self.data_size_limit, self.line_length_limit
+            )
+        except asyncio.IncompleteReadError:
+            log.info("connection closed during DATA")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if problem is not None:
+            self._set_post_data_state()
+            await self.push(problem)
+            return
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
