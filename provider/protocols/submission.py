@@ -229,17 +229,9 @@ async def read_data(
             chunk = chunk[:-3]
         if chunk:
             size += len(chunk)
-            previous = (previous + chunk)[-2:]
             if problem is None:
-                lines = chunk.split(b"\n")
-                if len(lines) == 1:
-                    line += len(chunk)
-                else:
-                    longest = max([line + len(lines[0]), *map(len, lines[1:-1])]) + 1
-                    line = len(lines[-1])
-                    if longest > line_limit:
-                        problem = LINE_TOO_LONG
-                if line > line_limit:
+                line, too_long = _line_lengths(line, previous, chunk, line_limit)
+                if too_long:
                     problem = LINE_TOO_LONG
                 elif size_limit and size > size_limit:
                     problem = TOO_MUCH_DATA
@@ -247,6 +239,7 @@ async def read_data(
                     pieces.append(chunk)
                 else:
                     pieces.clear()  # nothing more is kept of a refused message
+            previous = (previous + chunk)[-2:]
         if ends:
             break
     if problem is not None:
@@ -255,6 +248,26 @@ async def read_data(
     if content.startswith(b"."):
         content = content[1:]
     return content.replace(b"\r\n.", b"\r\n"), None
+
+
+def _line_lengths(line: int, previous: bytes, chunk: bytes, line_limit: int) -> tuple[int, bool]:
+    """Line lengths over the next `chunk` of data: (the length of the line left unfinished,
+    whether any line, with its CRLF, is longer than `line_limit`). `line` is the length of
+    the unfinished line before it, `previous` the two octets before it (a CR there and an LF
+    first in the chunk end that line). Lines end at CRLF only, as for aiosmtpd."""
+    too_long = False
+    if previous.endswith(b"\r") and chunk.startswith(b"\n"):
+        too_long = line + 1 > line_limit
+        line, chunk = 0, chunk[1:]
+    lines = chunk.split(b"\r\n")
+    if len(lines) == 1:
+        line += len(chunk)
+    else:
+        longest = max([line + len(lines[0]), *map(len, lines[1:-1])]) + 2
+        too_long = too_long or longest > line_limit
+        line = len(lines[-1])
+    # An unfinished line only grows: past the limit now, it is too long already.
+    return line, too_long or line > line_limit
 
 
 class SubmissionHandler:
