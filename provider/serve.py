@@ -40,6 +40,8 @@ MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission")
 # Processes per kind of service. Mail may later run one per core, all accepting on the same
 # inherited listening sockets (issue "IMAP on every core"); the web's counters (login and
 # signup limits) live in its process's memory, so it stays one process with threads.
+# Submission runs one process per core (bench/RESULTS.md); its login failure delays, bans and
+# connection counts are per process, like the web's.
 WORKERS = {"web": 1, "mail": 1, "submission": os.cpu_count() or 1, "scheduler": 1}
 WEB_THREADS = 8
 LISTEN_BACKLOG = 1024
