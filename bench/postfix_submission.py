@@ -164,8 +164,11 @@ def postfix_config(
     users: Mapping[str, str],
     cert: Path,
     key: Path,
+    hold_delivery: bool = False,
 ) -> None:
-    """main.cf and master.cf: Debian's defaults plus a submission entry on 127.0.0.1:port."""
+    """main.cf and master.cf: Debian's defaults plus a submission entry on 127.0.0.1:port;
+    with `hold_delivery`, accepted mail stays queued (defer_transports) instead of going on to
+    Dovecot LMTP while the clients send."""
     queue = work / "postfix-queue"
     data = work / "postfix-data"
     queue.mkdir(mode=0o755, exist_ok=True)
@@ -204,6 +207,7 @@ smtpd_sasl_type = dovecot
 smtpd_sasl_path = inet:127.0.0.1:{auth}
 smtpd_sasl_auth_enable = no
 message_size_limit = 52428800
+{"defer_transports = lmtp" if hold_delivery else ""}
 """
     )
     (config_dir / "master.cf").write_text(
@@ -237,7 +241,7 @@ def wait_for_smtp(port: int, deadline: float, what: str, log: Path) -> None:
 
 @contextlib.contextmanager
 def running_reference(
-    work: Path, users: Mapping[str, str], cert: Path, key: Path
+    work: Path, users: Mapping[str, str], cert: Path, key: Path, *, hold_delivery: bool = False
 ) -> Iterator[Reference]:
     """Dovecot (SASL + LMTP) and Postfix (submission) for `users` ({address: {SCHEME}hash}),
     all under `work` (which must be reachable by 'nobody': 0755 up to /)."""
@@ -263,7 +267,7 @@ def running_reference(
         )
     config_dir = work / "postfix"
     config_dir.mkdir(mode=0o755)
-    postfix_config(config_dir, work, port, auth, lmtp, users, cert, key)
+    postfix_config(config_dir, work, port, auth, lmtp, users, cert, key, hold_delivery)
     started = False
     try:
         wait_for_lmtp(lmtp, dovecot_dir / "dovecot.log")

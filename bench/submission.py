@@ -15,6 +15,10 @@ after the other, on the same machine, with the same certificate and the same pas
 
     python bench/submission.py [--messages 1000] [--per-connection 10] [--rounds 2]
                                [--postgres URL] [--only ours|postfix] [--profile SECONDS]
+                               [--hold-delivery]
+
+Ours has no queue runner in this measurement (the outbound service is not started): it only
+accepts. --hold-delivery makes Postfix only accept too (defer_transports = lmtp).
 """
 
 from __future__ import annotations
@@ -233,6 +237,11 @@ def main() -> None:
     parser.add_argument("--postgres", default=None, help="server URL; a bench database is made")
     parser.add_argument("--only", choices=("ours", "postfix"), default=None)
     parser.add_argument("--profile", type=float, default=0, help="py-spy our server N seconds")
+    parser.add_argument(
+        "--hold-delivery",
+        action="store_true",
+        help="Postfix keeps accepted mail queued (no LMTP delivery while measuring)",
+    )
     options = parser.parse_args()
 
     work = make_work_dir("provider-submission-bench-")
@@ -242,7 +251,9 @@ def main() -> None:
         ours = Ours(work, cert, key, options.postgres)
         results: dict[str, list[float]] = {"ours": [], "postfix": []}
         (work / "reference").mkdir(mode=0o755)
-        with running_reference(work / "reference", ours.hashes, cert, key) as reference:
+        with running_reference(
+            work / "reference", ours.hashes, cert, key, hold_delivery=options.hold_delivery
+        ) as reference:
             for _ in range(options.rounds):
                 if options.only != "postfix":
                     rate = ours.run(options.messages, options.per_connection, options.profile)
@@ -258,6 +269,7 @@ def main() -> None:
             f"{backend}: {CLIENTS} clients x {options.messages} messages of 20 KB per round, "
             f"a new TLS+AUTH connection every {options.per_connection}; "
             f"Postfix delivered {delivered} by Dovecot LMTP meanwhile"
+            + (" (delivery held)" if options.hold_delivery else "")
         )
         if results["ours"] and results["postfix"]:
             best_ours, best_postfix = max(results["ours"]), max(results["postfix"])
