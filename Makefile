@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench bench-submission clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ format: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/mailbox_list.py
+
+# Submission against Postfix + Dovecot on this machine (needs root, postfix, dovecot-lmtpd).
+bench-submission: $(VENV)/.installed-test
+	$(BIN)/python bench/submission.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -50,7 +50,15 @@ MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission")
 # Processes per kind of service. Mail may later run one per core, all accepting on the same
 # inherited listening sockets (issue "IMAP on every core"); the web's counters (login and
 # signup limits) live in its process's memory, so it stays one process with threads.
-WORKERS = {"web": 1, "mail": 1, "outbound": 1, "scheduler": 1}
+# Submission runs one process per core (bench/RESULTS.md); its login failure delays, bans and
+# connection counts are per process, like the web's.
+WORKERS = {
+    "web": 1,
+    "mail": 1,
+    "submission": os.cpu_count() or 1,
+    "outbound": 1,
+    "scheduler": 1,
+}
 WEB_THREADS = 8
 LISTEN_BACKLOG = 1024
 # How long a stopping service may take beyond the delivery grace period before it is killed.
@@ -279,17 +287,18 @@ def build_services(app: Flask, services: list[str], opened: list[Listening]) -> 
             serve_web(app, web, context)
 
         children.append(Service("web", "web", run_web, WORKERS["web"], web))
-    mail = [listening for listening in opened if listening.service in MAIL_SERVICES]
-    if mail:
-        names = [name for name in MAIL_SERVICES if name in services]
-        sockets = {listening.name: listening.sockets for listening in mail}
-
-        def run_mail(context: ChildContext) -> None:
-            serve_mail(app, names, sockets, context)
-
-        label = f"mail ({', '.join(names)})"
-        all_sockets = [sock for listening in mail for sock in listening.sockets]
-        children.append(Service("mail", label, run_mail, WORKERS["mail"], all_sockets))
+    # Submission runs in processes of its own (WORKERS["submission"], sharing its listening
+    # sockets): it is CPU-bound (TLS, parsing, the queue's commit), the other listeners keep
+    # their one process and its in-memory state.
+    for kind in ("mail", "submission"):
+        group = [
+            listening
+            for listening in opened
+            if listening.service in MAIL_SERVICES
+            and (listening.service == "submission") == (kind == "submission")
+        ]
+        if group:
+            children.append(_mail_service(app, kind, services, group))
     if "outbound" in services:
 
         def run_outbound(context: ChildContext) -> None:
@@ -303,6 +312,20 @@ def build_services(app: Flask, services: list[str], opened: list[Listening]) -> 
 
         children.append(Service("scheduler", "scheduler", run_scheduler, WORKERS["scheduler"]))
     return children
+
+
+def _mail_service(app: Flask, kind: str, services: list[str], group: list[Listening]) -> Service:
+    names = [
+        name for name in MAIL_SERVICES if name in services and name in {g.service for g in group}
+    ]
+    sockets = {listening.name: listening.sockets for listening in group}
+
+    def run_mail(context: ChildContext) -> None:
+        serve_mail(app, names, sockets, context)
+
+    label = f"{kind} ({', '.join(names)})"
+    all_sockets = [sock for listening in group for sock in listening.sockets]
+    return Service(kind, label, run_mail, WORKERS[kind], all_sockets)
 
 
 # --- what each child process runs --------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
 import ipaddress
 import os
 import ssl
@@ -22,7 +23,16 @@ def certificate_paths(settings: dict[str, Any]) -> tuple[Path, Path]:
     directory = Path(settings["INSTANCE_DIR"]) / "tls"
     cert, key = directory / "selfsigned-cert.pem", directory / "selfsigned-key.pem"
     if not (cert.exists() and key.exists()):
-        _write_self_signed(cert, key, settings.get("HOSTNAME") or "localhost")
+        directory.mkdir(parents=True, exist_ok=True)
+        # Several processes start at once (submission runs one per core): one makes the
+        # pair, the others wait and use it — never one's key with another's certificate.
+        fd = os.open(directory / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not (cert.exists() and key.exists()):
+                _write_self_signed(cert, key, settings.get("HOSTNAME") or "localhost")
+        finally:
+            os.close(fd)
     return cert, key
 
 

@@ -53,10 +53,14 @@ def sender_addresses(session: Session, mailbox: Mailbox) -> list[SenderAddress]:
     return found
 
 
+def sender_address_set(session: Session, mailbox: Mailbox) -> frozenset[str]:
+    """The addresses of sender_addresses(), for checking many addresses against them."""
+    return frozenset(sender.address for sender in sender_addresses(session, mailbox))
+
+
 def may_send_as(session: Session, mailbox: Mailbox, address: str) -> bool:
     """Whether `address` (any case) is one of the mailbox's sender addresses."""
-    wanted = address.strip().lower()
-    return any(sender.address == wanted for sender in sender_addresses(session, mailbox))
+    return address.strip().lower() in sender_address_set(session, mailbox)
 
 
 # --- managing extra identities ---------------------------------------------------------------

@@ -499,3 +499,38 @@ def test_a_status_file_that_cannot_be_written_does_not_stop_the_supervisor(tmp_p
     finally:
         supervisor.close()
     assert not (tmp_path / "gone").exists()
+
+
+def test_submission_runs_one_process_per_core_beside_the_mail_process(mail_environment):
+    """Submission is CPU-bound: its own processes share its listening sockets; a kill -9 of
+    one leaves the others serving, and the supervisor brings it back."""
+    with supervised(mail_environment, "imap,submission") as served:
+        [mail_pid] = served.pids("mail")
+        submission_pids = served.pids("submission")
+        assert len(submission_pids) == (os.cpu_count() or 1)
+        assert mail_pid not in submission_pids
+        port = served.port("submission")
+        imap_login(served.port("imap")).logout()
+
+        def submit() -> bytes:
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+                smtp.starttls(context=context)
+                smtp.login("a@example.test", PASSWORD)
+                smtp.mail("a@example.test")
+                smtp.rcpt("b@remote.test")
+                code, text = smtp.data(b"From: a@example.test\r\nSubject: hi\r\n\r\nHi\r\n")
+            assert code == 250, text
+            return text
+
+        os.kill(submission_pids[0], signal.SIGKILL)
+        # The listening socket stays open in the other workers and in the supervisor.
+        assert submit().startswith(b"2.0.0 Ok: queued as ")
+        served.output.until("submission: killed by SIGKILL; restarting in 1 s", 30)
+        served.output.until("submission: restarted", 60)
+        assert len(served.pids("submission")) == (os.cpu_count() or 1)
+        for _ in range(4):
+            assert submit().startswith(b"2.0.0 Ok: queued as ")
+        served.process.send_signal(signal.SIGTERM)
+        assert served.process.wait(60) == 0

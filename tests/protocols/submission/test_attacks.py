@@ -258,3 +258,32 @@ def test_shutdown_with_a_client_stuck_before_its_tls_handshake_is_prompt(
     assert closed_within(stuck, 5) and closed_within(half, 5)
     stuck.close()
     half.close()
+
+
+def test_data_read_in_blocks_keeps_dots_and_ends_where_the_client_ended(
+    session: Session, sender: Mailbox, submission: Submission, app: Any
+):
+    """DATA is read in blocks: dot-stuffed lines, a line ending in ".", a ".\\r\\n" sent
+    byte by byte, and the next transaction pipelined right behind the end marker."""
+    from provider.services import outbound
+
+    body = b".leading dot\r\nends with a dot.\r\n..\r\n" + b"x" * 900 + b"\r\n"
+    first = message() + body
+    stuffed = message() + b"..leading dot\r\nends with a dot.\r\n...\r\n" + b"x" * 900 + b"\r\n"
+    with logged_in_raw(submission) as raw:
+        raw.send(f"MAIL FROM:<{ADDRESS}>\r\nRCPT TO:<bob@remote.test>\r\nDATA\r\n".encode())
+        assert [raw.reply()[0] for _ in range(3)] == [250, 250, 354]
+        raw.send(stuffed[:-1])
+        for octet in (b"\n", b".", b"\r", b"\n"):
+            raw.send(octet)
+        raw.send(f"MAIL FROM:<{ADDRESS}>\r\nRCPT TO:<carol@remote.test>\r\nDATA\r\n".encode())
+        code, text = raw.reply()
+        assert code == 250 and text.startswith("2.0.0 Ok: queued as "), text
+        first_id = text.rsplit(" ", 1)[1]
+        assert [raw.reply()[0] for _ in range(3)] == [250, 250, 354]
+        raw.send(b".\r\nQUIT\r\n")  # an empty message: refused (no From:), session in step
+        assert raw.reply()[0] == 553
+        assert raw.reply()[0] == 221
+    with app.app_context():
+        assert outbound.spool_path(first_id).read_bytes().endswith(first)
+    assert queued(session) == 1

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from provider.models import Identity, Mailbox, OutboundMessage
+from provider.protocols import submission as submission_protocol
 from provider.services import provisioning
 from tests.conftest import TEST_ACTOR, make_mailbox
 from tests.protocols.submission.conftest import (
@@ -206,3 +207,40 @@ def test_well_formed_from_headers_of_an_identity_are_accepted(
 ):
     content = message().replace(b"From: Alice <alice@example.test>", f"From: {value}".encode())
     assert data_reply(submission, content)[0] == 250
+
+
+def test_an_identity_disabled_during_a_session_stops_working_once_the_cache_expires(
+    session: Session, sender: Mailbox, submission: Submission, monkeypatch: pytest.MonkeyPatch
+):
+    """The session reads its sender addresses once (IDENTITY_CACHE_SECONDS), not per
+    message; a change made meanwhile applies when that time is up (here: at once)."""
+    client = submission.login()
+    assert client.sendmail(IDENTITY, ["bob@remote.test"], message(IDENTITY)) == {}
+    identity = session.scalar(select(Identity).where(Identity.address == IDENTITY))
+    assert identity is not None
+    identity.enabled = False
+    session.commit()
+    monkeypatch.setattr(submission_protocol, "IDENTITY_CACHE_SECONDS", 0.0)
+    assert client.mail(IDENTITY)[0] == 553
+    assert client.rset()[0] == 250
+    # The From: header is checked against the addresses read at this MAIL FROM, too.
+    client.mail(ADDRESS)
+    client.rcpt("bob@remote.test")
+    code, reply = client.data(message(IDENTITY))
+    assert code == 553, reply
+    client.quit()
+
+
+def test_within_a_transaction_the_from_header_is_checked_against_fresh_addresses(
+    session: Session, sender: Mailbox, submission: Submission
+):
+    """A new session reads the addresses at its first MAIL FROM: no stale set from before."""
+    identity = session.scalar(select(Identity).where(Identity.address == IDENTITY))
+    assert identity is not None
+    identity.enabled = False
+    session.commit()
+    client = submission.login()
+    client.mail(ADDRESS)
+    client.rcpt("bob@remote.test")
+    assert client.data(message(IDENTITY))[0] == 553
+    client.quit()
