@@ -90,6 +90,10 @@ class SubmissionEnvelope(Envelope):
         # The sender as MAIL FROM read it (policy checked then): RCPT and DATA reuse it, so
         # the mailbox is read once per transaction; a suspension applies from the next MAIL.
         self.sender: Mailbox | None = None
+        # Set when a RCPT found (or the burst rule made) the sender's sending suspended: the
+        # recipients already accepted do not leave either (the mailbox may be in a spammer's
+        # hands); DATA is refused with the same reply.
+        self.suspended: str | None = None
 
 
 def address_problem(address: str, *, smtputf8: bool) -> str | None:
@@ -301,6 +305,8 @@ class SubmissionHandler:
         content = envelope.original_content or b""
         if account is None:  # AUTH was checked at MAIL; a reset in between is not possible
             return AUTH_REQUIRED
+        if envelope.suspended is not None:
+            return envelope.suspended
         if lmtp.has_bare_line_ending(content):
             return lmtp.BARE_LINE_ENDING
         try:
@@ -871,7 +877,10 @@ class SubmissionSMTP(lmtp.RewritingMixin, SMTP):
                 self.in_app, _check_recipient, envelope.sender, len(envelope.recipients)
             )
         except ProviderError as exc:
-            await self.push(f"{exc.smtp_reply} {exc.message}")
+            reply = f"{exc.smtp_reply} {exc.message}"
+            if isinstance(exc, SendingSuspended):
+                envelope.suspended = reply
+            await self.push(reply)
             return
         except Exception:
             log.exception("checking the sending limits of %s failed", self.account.address)

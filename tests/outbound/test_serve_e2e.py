@@ -135,10 +135,12 @@ def test_submission_to_a_local_and_a_remote_recipient_through_serve(
     environment, zone = instance["env"], instance["zone"]
     home = Path(environment["PROVIDER_INSTANCE_DIR"])
     with supervised(environment, "submission,outbound") as served:
-        client = login(served)
-        refused = client.sendmail(SENDER, [LOCAL, REMOTE], mail("hello both", f"{LOCAL}, {REMOTE}"))
-        assert refused == {}
-        client.quit()
+        with login(served) as client:
+            refused = client.sendmail(
+                SENDER, [LOCAL, REMOTE], mail("hello both", f"{LOCAL}, {REMOTE}")
+            )
+            assert refused == {}
+            client.quit()
         assert wait_until(lambda: len(far.received) == 1 and messages(home, LOCAL), timeout=60)
 
     [local] = messages(home, LOCAL)
@@ -166,20 +168,20 @@ def test_a_burst_suspends_sending_and_the_alert_reaches_the_admins_mailbox(
     environment = instance["env"]
     home = Path(environment["PROVIDER_INSTANCE_DIR"])
     with supervised(environment, "submission,outbound") as served:
-        client = login(served)
-        first = [f"r{n}@far.test" for n in range(2)]
-        assert client.sendmail(SENDER, first, mail("before", "undisclosed-recipients:;")) == {}
-        client.mail(SENDER)
-        replies = [client.rcpt(f"r{n}@far.test") for n in range(2, 8)]
-        # Limit 4 an hour: 2 sent + 2 more accepted, then 451 until sent + pending + refused
-        # reaches 4 x 2 = 8, where that attempt suspends sending.
-        assert [code for code, _text in replies] == [250] * 2 + [451] * 3 + [550]
-        assert b"sending limit reached: 4 recipients per hour" in replies[2][1]
-        assert replies[5][1].startswith(b"5.7.1 sending suspended")
-        # The message of that transaction was never accepted: it is refused and nothing leaves.
-        assert client.data(mail("burst", "undisclosed-recipients:;"))[0] == 550
-        assert client.mail(SENDER)[0] == 550  # nor anything later
-        client.quit()
+        with login(served) as client:
+            first = [f"r{n}@far.test" for n in range(2)]
+            assert client.sendmail(SENDER, first, mail("before", "undisclosed-recipients:;")) == {}
+            client.mail(SENDER)
+            replies = [client.rcpt(f"r{n}@far.test") for n in range(2, 8)]
+            # Limit 4 an hour: 2 sent + 2 more accepted, then 451 until sent + pending + refused
+            # reaches 4 x 2 = 8, where that attempt suspends sending.
+            assert [code for code, _text in replies] == [250] * 2 + [451] * 3 + [550]
+            assert b"sending limit reached: 4 recipients per hour" in replies[2][1]
+            assert replies[5][1].startswith(b"5.7.1 sending suspended")
+            # The message of that transaction was never accepted: it is refused and nothing leaves.
+            assert client.data(mail("burst", "undisclosed-recipients:;"))[0] == 550
+            assert client.mail(SENDER)[0] == 550  # nor anything later
+            client.quit()
 
         def alerted() -> list[Message]:
             return [m for m in messages(home, ADMIN) if "suspended" in str(m["Subject"])]
