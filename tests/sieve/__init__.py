@@ -1,0 +1,1 @@
+"""Tests of the Sieve interpreter, checked against Pigeonhole's sieve-test."""

@@ -1,0 +1,3 @@
+if header :contains "subject" "alert" { discard; stop; }
+if header :contains "from" "vacation" { discard; }
+keep;

@@ -1,0 +1,2 @@
+require ["reject"];
+if header :contains "subject" "alert" { reject "No alerts, please."; }

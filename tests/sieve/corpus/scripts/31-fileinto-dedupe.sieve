@@ -1,0 +1,2 @@
+require ["fileinto", "mailbox"];
+fileinto "A"; fileinto "A"; fileinto :create "B"; keep; fileinto "INBOX";
