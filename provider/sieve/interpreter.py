@@ -110,7 +110,7 @@ class Result:
                 details = action.vacation
                 line = (
                     f"vacation seconds={details['seconds']} subject={details['subject'] or ''}"
-                    f" from={details['from'] or ''} handle={details['handle']}"
+                    f" from={details['from'] or ''} handle={flatten(str(details['handle']))}"
                     f" reason={action.text!r}"
                 )
             lines.append(line)
@@ -122,6 +122,11 @@ class Result:
         else:
             lines.append("implicit-keep none")
         return lines
+
+
+def flatten(text: str) -> str:
+    """A multi-line value with its blank lines dropped (sieve-test prints those ambiguously)."""
+    return "\n".join(line for line in text.splitlines() if line.strip())
 
 
 def normalize_flags(flags: tuple[str, ...] | list[str]) -> list[str]:
@@ -429,13 +434,14 @@ def _validate_block(commands: list[Command], enabled: set[str], top: bool) -> No
         if spec.tests == "one" and len(command.tests) != 1:
             raise SieveParseError(f"{command.name} needs one test", command.line, command.column)
         if spec.tests == "none" and command.tests:
-            raise SieveParseError(f"{command.name} takes no test", command.line, command.column)
+            first = command.tests[0]
+            raise SieveParseError(f"{command.name} takes no test", first.line, first.column)
+        for test in command.tests:
+            _validate_test(test, enabled)
         if spec.block and command.block is None:
             raise SieveParseError(f"{command.name} needs a block", command.line, command.column)
         if not spec.block and command.block is not None:
             raise SieveParseError(f"{command.name} takes no block", command.line, command.column)
-        for test in command.tests:
-            _validate_test(test, enabled)
         if command.block is not None:
             _validate_block(command.block, enabled, top=False)
         previous = command.name
@@ -474,7 +480,8 @@ def _validate_test(test: Test, enabled: set[str]) -> None:
     if spec.tests == "list" and not test.tests:
         raise SieveParseError(f"{test.name} needs a test list", test.line, test.column)
     if spec.tests == "none" and test.tests:
-        raise SieveParseError(f"{test.name} takes no test", test.line, test.column)
+        first = test.tests[0]
+        raise SieveParseError(f"{test.name} takes no test", first.line, first.column)
     for inner in test.tests:
         _validate_test(inner, enabled)
 
@@ -629,7 +636,8 @@ class _Run:
             raise SieveRuntimeError("fileinto: empty folder name")
         for action in self.actions:
             if action.kind in ("keep", "fileinto") and (action.target or "INBOX") == folder:
-                action.flags = tuple(action.flags) + tuple(flags)
+                # Pigeonhole: a later store into the same folder replaces the earlier's flags.
+                action.flags = tuple(flags)
                 action.create = action.create or create
                 break
         else:

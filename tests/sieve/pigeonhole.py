@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from provider.sieve.interpreter import normalize_flags
+from provider.sieve.interpreter import flatten, normalize_flags
 
 SIEVE_TEST = "/usr/bin/sieve-test"
 TIMEOUT_SECONDS = 20
@@ -204,7 +204,7 @@ def _render(action: dict[str, object]) -> str:
     if kind == "vacation":
         return (
             f"vacation seconds={action['seconds']} subject={action['subject']}"
-            f" from={action['from']} handle={action['handle']}"
+            f" from={action['from']} handle={flatten(str(action['handle']))}"
             f" reason={str(action.get('reason', ''))!r}"
         )
     return f"unknown {action.get('text')}"

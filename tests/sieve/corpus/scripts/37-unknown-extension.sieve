@@ -1,0 +1,2 @@
+require ["fileinto", "x-not-an-extension"];
+fileinto "x";
