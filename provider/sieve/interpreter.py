@@ -10,7 +10,7 @@ import email.utils
 import re
 from dataclasses import dataclass, field
 
-from provider.sieve.match import COMPARATORS, RELATIONS, MatchError, match_one
+from provider.sieve.match import COMPARATORS, RELATIONS, MatchError, join_octets, match_one
 from provider.sieve.parser import (
     Argument,
     Command,
@@ -47,6 +47,20 @@ EXTENSIONS = (
 VACATION_MIN_SECONDS = 86400
 VACATION_DEFAULT_SECONDS = 7 * 86400
 SUBADDRESS_SEPARATOR = "+"
+# Pigeonhole's sieve_variables_max_variable_size: longer values are cut, not an error.
+MAX_VARIABLE_SIZE = 4096
+
+
+def _size(value: str) -> int:
+    return len(value.encode("utf-8", "surrogateescape"))
+
+
+def truncate(value: str, limit: int = MAX_VARIABLE_SIZE) -> str:
+    """Cut a value to `limit` UTF-8 bytes without splitting a character."""
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) <= limit:
+        return value
+    return encoded[:limit].decode("utf-8", "ignore")
 
 
 class SieveRuntimeError(SieveError):
@@ -528,8 +542,8 @@ class _Run:
             raise BudgetExceeded(f"more than {self.budget.max_steps} steps")
 
     def check_variable_bytes(self) -> None:
-        total = sum(len(value.encode("utf-8")) for value in self.variables.values())
-        total += sum(len(value.encode("utf-8")) for value in self.match_variables)
+        total = sum(_size(value) for value in self.variables.values())
+        total += sum(_size(value) for value in self.match_variables)
         total += sum(len(flag) for flag in self.flags)
         if total > self.budget.max_variable_bytes:
             raise BudgetExceeded(f"variables hold more than {self.budget.max_variable_bytes} bytes")
@@ -547,7 +561,7 @@ class _Run:
                 return found.group()
             return self.variables.get(name.lower(), "")
 
-        expanded = _VARIABLE.sub(replace, value)
+        expanded = join_octets(_VARIABLE.sub(replace, value))
         if len(expanded) > self.budget.max_variable_bytes:
             raise BudgetExceeded(f"a string longer than {self.budget.max_variable_bytes} bytes")
         return expanded
@@ -561,30 +575,30 @@ class _Run:
     def run_block(self, commands: list[Command]) -> None:
         skip_rest_of_chain = False
         for command in commands:
-            self.step()
-            bound: Bound = command.extra["bound"]  # type: ignore[assignment]
             name = command.name
             if name in ("elsif", "else"):
                 if skip_rest_of_chain:
                     continue
             else:
                 skip_rest_of_chain = False
-            if name in ("if", "elsif"):
-                if self.test(command.tests[0]):
-                    skip_rest_of_chain = True
-                    assert command.block is not None
-                    self.run_block(command.block)
-                continue
-            if name == "else":
-                assert command.block is not None
-                self.run_block(command.block)
-                continue
             try:
-                self.command(command, bound)
+                self.step()
+                if name in ("if", "elsif"):
+                    taken = self.test(command.tests[0])
+                elif name == "else":
+                    taken = True
+                else:
+                    bound: Bound = command.extra["bound"]  # type: ignore[assignment]
+                    self.command(command, bound)
+                    continue
             except SieveRuntimeError as error:
                 if not error.line:
                     error.line, error.column = command.line, command.column
                 raise
+            if taken:
+                skip_rest_of_chain = True
+                assert command.block is not None
+                self.run_block(command.block)
 
     def command(self, command: Command, bound: Bound) -> None:
         name = command.name
@@ -675,7 +689,7 @@ class _Run:
             removed = {flag.lower() for flag in new}
             result = [flag for flag in current if flag.lower() not in removed]
         if variable:
-            self.variables[variable] = " ".join(result)
+            self.variables[variable] = truncate(" ".join(result))
         else:
             self.flags = result
         self.check_variable_bytes()
@@ -701,7 +715,7 @@ class _Run:
             value = _WILDCARD_CHARS.sub(r"\\\1", value)
         if tags.get("length"):
             value = str(len(value))
-        self.variables[name.lower()] = value
+        self.variables[name.lower()] = truncate(value)
         self.check_variable_bytes()
 
     # -- vacation (RFC 5230)
@@ -774,7 +788,7 @@ class _Run:
             return size < int(str(bound.tags["under"]))
         if name == "exists":
             names = self.expand_all(bound.positional[0])
-            return all(self.message.get_all(header) for header in names)
+            return all(self.raw_header(header) for header in names)
         keys = self.expand_all(bound.positional[-1])
         if name == "header":
             values: list[str] = []
@@ -835,7 +849,7 @@ class _Run:
                     raise SieveRuntimeError(str(error)) from None
                 if found is not None:
                     if self.uses_variables and match_type in ("matches", "regex"):
-                        self.match_variables = found
+                        self.match_variables = [truncate(item) for item in found]
                         self.check_variable_bytes()
                     return True
         return False
@@ -843,13 +857,17 @@ class _Run:
     # -- message access
 
     def header_values(self, name: str) -> list[str]:
-        raw_values = self.message.get_all(name) or []
-        return [_decode_header(str(value)) for value in raw_values]
+        return [_decode_header(value) for value in self.raw_header(name)]
+
+    def raw_header(self, name: str) -> list[str]:
+        # raw_items, not get_all: get_all turns 8-bit bytes into unknown-8bit Header objects.
+        lowered = name.lower()
+        return [str(value) for key, value in self.message.raw_items() if key.lower() == lowered]
 
     def header_addresses(self, name: str) -> list[str]:
         addresses: list[str] = []
-        for value in self.message.get_all(name) or []:
-            unfolded = _unfold(str(value))
+        for value in self.raw_header(name):
+            unfolded = _unfold(value)
             found = [
                 address for _display, address in email.utils.getaddresses([unfolded]) if address
             ]
@@ -892,6 +910,9 @@ class _Run:
 
 
 def _unfold(value: str) -> str:
+    # compat32 keeps raw 8-bit header bytes as surrogates: read them as UTF-8 (RFC 6532).
+    if any("\udc80" <= char <= "\udcff" for char in value):
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return re.sub(r"\r?\n(?=[ \t])", "", value).strip()
 
 

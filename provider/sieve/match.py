@@ -53,24 +53,70 @@ def relate(value: str, key: str, relation: str, comparator: str) -> bool:
     return left <= right  # type: ignore[operator]
 
 
-def wildcard_regex(pattern: str) -> re.Pattern[str]:
-    """RFC 5228 2.7.1: '*' and '?' with backslash escapes, each wildcard a non-greedy group."""
-    out: list[str] = []
+def _wildcard_segments(pattern: str) -> list[list[str | None]]:
+    """Split a :matches pattern at its '*'s; in a segment None is '?', a string a literal."""
+    segments: list[list[str | None]] = [[]]
     index = 0
     while index < len(pattern):
         char = pattern[index]
         if char == "\\" and index + 1 < len(pattern):
-            out.append(re.escape(pattern[index + 1]))
+            segments[-1].append(pattern[index + 1])
             index += 2
             continue
         if char == "*":
-            out.append("(.*?)")
+            segments.append([])
         elif char == "?":
-            out.append("(.)")
+            segments[-1].append(None)
         else:
-            out.append(re.escape(char))
+            segments[-1].append(char)
         index += 1
-    return re.compile("".join(out), re.DOTALL)
+    return segments
+
+
+def _segment_regex(segment: list[str | None]) -> re.Pattern[str]:
+    return re.compile(
+        "".join("(.)" if item is None else re.escape(item) for item in segment), re.DOTALL
+    )
+
+
+def wildcard_spans(value: str, pattern: str) -> list[tuple[int, int]] | None:
+    """RFC 5228 2.7.1 '*' and '?' (backslash escapes), in O(len(value) x len(pattern)).
+
+    Each segment between stars has a fixed length, so the first is anchored at the start, the
+    last at the end, and each middle one taken at its leftmost place: that finds a match when
+    there is one, and gives every '*' the shortest text (RFC 5229 3.2, non-greedy), without the
+    exponential backtracking of a regex with several lazy groups. Returns each wildcard's span.
+    """
+    segments = _wildcard_segments(pattern)
+    spans: list[tuple[int, int]] = []
+
+    def groups(found: re.Match[str]) -> list[tuple[int, int]]:
+        return [found.span(index) for index in range(1, (found.re.groups or 0) + 1)]
+
+    if len(segments) == 1:
+        whole = _segment_regex(segments[0]).fullmatch(value)
+        return groups(whole) if whole else None
+    first = _segment_regex(segments[0]).match(value)
+    if not first:
+        return None
+    spans.extend(groups(first))
+    position = first.end()
+    for segment in segments[1:-1]:
+        found = _segment_regex(segment).search(value, position)
+        if not found:
+            return None
+        spans.append((position, found.start()))
+        spans.extend(groups(found))
+        position = found.end()
+    last_start = len(value) - len(segments[-1])
+    if last_start < position:
+        return None
+    last = _segment_regex(segments[-1]).fullmatch(value, last_start)
+    if not last:
+        return None
+    spans.append((position, last_start))
+    spans.extend(groups(last))
+    return spans
 
 
 _POSIX_CLASSES = {
@@ -160,11 +206,15 @@ def match_one(
     if match_type == "contains":
         return [value] if fold(key, comparator) in fold(value, comparator) else None
     if match_type == "matches":
-        found = wildcard_regex(fold(key, comparator)).fullmatch(fold(value, comparator))
-        if not found:
+        # Like Pigeonhole, '?' is one octet: match on the UTF-8 bytes (one latin-1 char each).
+        octets = value.encode("utf-8", "surrogateescape").decode("latin-1")
+        pattern = key.encode("utf-8", "surrogateescape").decode("latin-1")
+        spans = wildcard_spans(fold(octets, comparator), fold(pattern, comparator))
+        if spans is None:
             return None
-        # Variables come from the original value: ASCII folding keeps every position.
-        return _groups(value, found)
+        # Variables come from the original value: ASCII folding keeps every position. A
+        # capture that splits a character keeps the half as a surrogate (see join_octets).
+        return [value] + [_from_octets(octets[start:end]) for start, end in spans]
     if match_type == "regex":
         found = compile_regex(key, comparator).search(value)
         if not found:
@@ -181,3 +231,14 @@ def _groups(value: str, found: re.Match[str]) -> list[str]:
         start, end = found.span(index)
         result.append(value[start:end] if start >= 0 else "")
     return result
+
+
+def _from_octets(octets: str) -> str:
+    return octets.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
+def join_octets(text: str) -> str:
+    """Re-join halves of characters that two captures split (`${1}${2}` of one 'ä')."""
+    if not any("\udc80" <= char <= "\udcff" for char in text):
+        return text
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")

@@ -32,6 +32,19 @@ def ours(script: bytes, message: bytes, sender: str, recipient: str) -> list[str
     return run(compiled, message, Envelope(sender, recipient)).normalized()
 
 
+def same(pigeonhole: list[str], got: list[str]) -> bool:
+    """Equal lists, where sieve-test cut a long value with '...' and only its prefix counts."""
+    if len(pigeonhole) != len(got):
+        return False
+    for theirs, mine in zip(pigeonhole, got, strict=True):
+        if "..." in theirs and theirs != mine:
+            if not mine.startswith(theirs[: theirs.index("...")]):
+                return False
+        elif theirs != mine:
+            return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def sieve_test() -> Iterator[SieveTest]:
     reason = unavailable_reason()
@@ -60,7 +73,7 @@ def test_same_actions_as_pigeonhole(sieve_test: SieveTest, script_path: Path) ->
         message = message_path.read_bytes()
         expected = sieve_test.run(script, message, sender, recipient)
         got = ours(script, message, sender, recipient)
-        if got != expected.normalized:
+        if not same(expected.normalized, got):
             differences.append(
                 f"{message_path.name}:\n  pigeonhole: {expected.normalized}\n  ours:       {got}"
                 f"\n  sieve-test output:\n{expected.output}"
