@@ -148,6 +148,10 @@ def _locked(home: Path) -> Iterator[Path]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield directory
+    except OSError as error:  # disk full, permissions: one clear line, the old state kept
+        raise TemporaryFailureInStore(
+            f"the Sieve scripts could not be written: {error.strerror or error}"
+        ) from error
     finally:
         os.close(fd)
 

@@ -169,3 +169,28 @@ def test_a_regular_file_at_the_link_is_kept_as_dovecot_orig(runner, session):
     invoke(runner, "sieve", "put", "alice@example.test", "rules", "-", "--activate", input=b"keep;")
     assert os.readlink(home() / ".dovecot.sieve") == "sieve/rules.sieve"
     assert (home() / "sieve" / "dovecot.orig.sieve").read_bytes() == b"discard;\n"
+
+
+def test_a_failed_write_leaves_the_old_script_and_no_temporary_file(runner, session, monkeypatch):
+    make_mailbox(session, "alice@example.test")
+    invoke(runner, "sieve", "put", "alice@example.test", "rules", "-", input=b"keep;")
+
+    def broken_rename(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sieve_scripts.os, "rename", broken_rename)
+    failed = invoke(runner, "sieve", "put", "alice@example.test", "rules", "-", input=b"stop;")
+    assert_one_line_error(failed, "could not be written: No space left on device")
+    monkeypatch.undo()
+    assert [p.name for p in (home() / "sieve").iterdir()] == ["rules.sieve"]
+    assert (home() / "sieve" / "rules.sieve").read_bytes() == b"keep;"
+
+
+def test_a_symlinked_script_directory_is_not_written_through(runner, session, tmp_path):
+    make_mailbox(session, "alice@example.test")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (home() / "sieve").symlink_to(outside)
+    result = invoke(runner, "sieve", "put", "alice@example.test", "rules", "-", input=b"keep;")
+    assert_one_line_error(result, "is a symlink")
+    assert list(outside.iterdir()) == []

@@ -302,3 +302,14 @@ def test_the_error_log_stays_small(tmp_path: Path):
     assert len(log) <= sieve_scripts.ERROR_LOG_MAX_BYTES
     assert log.endswith(b"error number 2999 " + b"x" * 40 + b"\n")
     assert all(line.count(b"error number") == 1 for line in log.splitlines())
+
+
+def test_an_active_link_leading_out_of_the_home_is_not_followed(session, servers, tmp_path):
+    make_mailbox(session, ALICE)
+    elsewhere = tmp_path / "elsewhere.sieve"
+    elsewhere.write_text("discard;\n")
+    home = sieve_scripts.home_of(mail_store(), ALICE)
+    os.symlink(elsewhere, home / ".dovecot.sieve")
+    assert lmtp(servers["lmtp"], [ALICE], message("not discarded"))[0][0] == 250
+    assert len(folder_messages("INBOX")) == 1
+    assert "leads outside the mailbox's home" in error_log()
