@@ -371,6 +371,8 @@ def filtered_store(
     no longer be refused alone: kept, with a note).
     """
     home = sieve_scripts.home_of(store, destination.address)
+    if not os.path.lexists(home / sieve_scripts.ACTIVE_LINK):  # the usual case: one lstat
+        return [store_message(session, store, destination, message, promised=promised)]
     imap_allowed = bool(
         session.scalar(select(Mailbox.imap_enabled).where(Mailbox.id == destination.mailbox_id))
     )
