@@ -1093,6 +1093,131 @@ def jobs_run(name: str, as_of: str | None, as_json: bool) -> None:
     emit(summary, as_json, lambda r: f"{name}: " + json.dumps(r, indent=2))
 
 
+# --- sieve ----------------------------------------------------------------------------------
+
+
+def _sieve_owner(address: str) -> Mailbox:
+    try:
+        return provisioning.get_mailbox(db.session, address)
+    except ProviderError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+def _read_script_file(path: str, limit: int) -> bytes:
+    """FILE's bytes ("-" = standard input), read no further than one byte past `limit`."""
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read(limit + 1)
+        with open(path, "rb") as handle:
+            return handle.read(limit + 1)
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {path}: {exc.strerror}") from None
+
+
+@click.group("sieve")
+def sieve_group() -> None:
+    """Sieve filtering scripts of a mailbox (stored as Dovecot's Pigeonhole keeps them)."""
+
+
+@sieve_group.command("list")
+@click.argument("address")
+@json_option
+def sieve_list(address: str, as_json: bool) -> None:
+    """The scripts of ADDRESS, the active one marked, and the last errors of the active one."""
+    from provider.services import sieve_scripts
+    from provider.services.storage import mail_store
+
+    owner = _sieve_owner(address)
+    store = mail_store()
+    scripts = [info.to_dict() for info in sieve_scripts.list_scripts(store, owner)]
+    errors = sieve_scripts.recent_errors(store, owner, 5)
+
+    def text(records: list[dict[str, Any]]) -> str:
+        lines = [
+            f"{r['name']}  {r['size']} bytes" + ("  (active)" if r["active"] else "")
+            for r in records
+        ] or [f"{owner.address} has no Sieve scripts"]
+        if errors:
+            lines.append(f"last error: {errors[-1]}")
+        return "\n".join(lines)
+
+    emit(scripts, as_json, text)
+
+
+@sieve_group.command("get")
+@click.argument("address")
+@click.argument("name")
+def sieve_get(address: str, name: str) -> None:
+    """Print the script NAME of ADDRESS as stored."""
+    from provider.services import sieve_scripts
+    from provider.services.storage import mail_store
+
+    owner = _sieve_owner(address)
+    try:
+        source = sieve_scripts.get_script(mail_store(), owner, name)
+    except ProviderError as exc:
+        raise click.ClickException(exc.message) from None
+    sys.stdout.buffer.write(source)
+    sys.stdout.buffer.flush()
+
+
+@sieve_group.command("put")
+@click.argument("address")
+@click.argument("name")
+@click.argument("file")
+@click.option("--activate", is_flag=True, help="Make it the active script.")
+@json_option
+def sieve_put(address: str, name: str, file: str, activate: bool, as_json: bool) -> None:
+    """Check and store FILE ("-" for standard input) as the script NAME of ADDRESS."""
+    from provider.services import sieve_scripts
+    from provider.services.storage import mail_store
+
+    limit = sieve_scripts.limits()
+    source = _read_script_file(file, limit.max_script_bytes)
+    with committing():
+        owner = provisioning.get_mailbox(db.session, address)
+        info = sieve_scripts.put_script(
+            db.session, mail_store(), owner, name, source, activate=activate, actor=CLI_ACTOR
+        )
+    emit(
+        info.to_dict(),
+        as_json,
+        lambda r: f"stored {r['name']} ({r['size']} bytes)" + (", active" if r["active"] else ""),
+    )
+
+
+@sieve_group.command("activate")
+@click.argument("address")
+@click.argument("name")
+def sieve_activate(address: str, name: str) -> None:
+    """Make NAME the active script of ADDRESS; an empty NAME ('') deactivates."""
+    from provider.services import sieve_scripts
+    from provider.services.storage import mail_store
+
+    with committing():
+        owner = provisioning.get_mailbox(db.session, address)
+        sieve_scripts.activate_script(db.session, mail_store(), owner, name, actor=CLI_ACTOR)
+    click.echo(
+        f"{name} is the active script of {owner.address}"
+        if name
+        else f"{owner.address} has no active script"
+    )
+
+
+@sieve_group.command("delete")
+@click.argument("address")
+@click.argument("name")
+def sieve_delete(address: str, name: str) -> None:
+    """Delete the script NAME of ADDRESS (not the active one: deactivate it first)."""
+    from provider.services import sieve_scripts
+    from provider.services.storage import mail_store
+
+    with committing():
+        owner = provisioning.get_mailbox(db.session, address)
+        sieve_scripts.delete_script(db.session, mail_store(), owner, name, actor=CLI_ACTOR)
+    click.echo(f"deleted {name} of {owner.address}")
+
+
 COMMANDS = [
     init_command,
     serve_command,
@@ -1104,6 +1229,7 @@ COMMANDS = [
     jobs_group,
     identity_group,
     queue_group,
+    sieve_group,
 ]
 
 

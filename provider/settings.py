@@ -87,7 +87,27 @@ def _derive(settings: dict[str, Any]) -> dict[str, Any]:
         if key.endswith("_PORT") and not 0 <= int(value) <= 65535:
             raise SettingsError(f"{key} must be a port number from 0 to 65535, not {value}")
     _check_outbound(settings)
+    _check_sieve(settings)
     return settings
+
+
+SIEVE_RANGES = {
+    # The interpreter refuses scripts over 1 MiB whatever this says.
+    "SIEVE_MAX_SCRIPT_BYTES": (1, 1024 * 1024),
+    "SIEVE_MAX_SCRIPTS": (1, 1000),
+}
+
+
+def _check_sieve(settings: dict[str, Any]) -> None:
+    """The Sieve script limits: whole numbers within range, refused at start otherwise."""
+    for key, (lowest, highest) in SIEVE_RANGES.items():
+        if key not in settings:
+            continue
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+            raise SettingsError(
+                f"{key} must be a whole number from {lowest} to {highest}, not {value}"
+            )
 
 
 RELAY = re.compile(r"^(?:smtp://)?(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(?::(\d{1,5}))?$")

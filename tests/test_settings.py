@@ -80,6 +80,10 @@ def test_each_layer_overrides_the_one_before(tmp_path):
         ({"PROVIDER_OUTBOUND_KEEP_DAYS": "1e308"}, "OUTBOUND_KEEP_DAYS"),
         ({"PROVIDER_OUTBOUND_KEEP_DAYS": "nan"}, "OUTBOUND_KEEP_DAYS"),
         ({"PROVIDER_OUTBOUND_KEEP_DAYS": "thirty"}, "OUTBOUND_KEEP_DAYS must be a number"),
+        ({"PROVIDER_SIEVE_MAX_SCRIPT_BYTES": "0"}, "SIEVE_MAX_SCRIPT_BYTES must be a whole"),
+        ({"PROVIDER_SIEVE_MAX_SCRIPT_BYTES": "1e9"}, "from 1 to 1048576"),
+        ({"PROVIDER_SIEVE_MAX_SCRIPTS": "2.5"}, "SIEVE_MAX_SCRIPTS must be a whole number"),
+        ({"PROVIDER_SIEVE_MAX_SCRIPTS": "nan"}, "SIEVE_MAX_SCRIPTS"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(environ, message):

@@ -174,7 +174,14 @@ class DeliveryHandler:
                 return trace + content
 
             try:
-                delivery.deliver_route(db.session, store, route, message_for, promised=promised)
+                delivery.deliver_route(
+                    db.session,
+                    store,
+                    route,
+                    message_for,
+                    promised=promised,
+                    sender=envelope.mail_from or "",
+                )
             except ProviderError as exc:
                 replies.append(f"{exc.smtp_reply} {exc.message}")
                 continue

@@ -28,9 +28,18 @@ from provider.errors import (
     TemporaryFailure,
     UnknownRecipient,
 )
-from provider.mailstore import INBOX, Maildir, MailStore, StoredMessage
+from provider.mailstore import (
+    INBOX,
+    Folder,
+    FolderExists,
+    FolderNotFound,
+    InvalidFolderName,
+    Maildir,
+    MailStore,
+    StoredMessage,
+)
 from provider.models import AdminUser, Alias, Domain, Mailbox, MailboxStatus, admin_domains
-from provider.services import quota
+from provider.services import quota, sieve_delivery, sieve_scripts
 from provider.services.clock import now
 from provider.services.provisioning import split_address
 
@@ -47,6 +56,13 @@ class PostmasterSpoolFull(TemporaryFailure):
     """The postmaster spool reached its cap: the sender keeps the message and retries."""
 
     smtp_reply = "452 4.3.1"
+
+
+class SieveRejected(ProviderError):
+    """The recipient's Sieve script rejected the message (RFC 5429): a permanent refusal, so
+    LMTP/SMTP answer 550 and the outbound queue returns a DSN."""
+
+    smtp_reply = "550 5.7.1"
 
 
 @dataclass(frozen=True)
@@ -245,6 +261,7 @@ def deliver_route(
     message_for: Callable[[str], bytes],
     *,
     promised: bool = False,
+    sender: str = "",
 ) -> None:
     """Store one copy per destination of the route (`message_for(address)` gives the bytes
     with that copy's trace headers). Succeeds when at least one copy is stored; postmaster mail
@@ -252,19 +269,19 @@ def deliver_route(
     the first refusal is raised (a temporary one first, so the sender retries).
 
     `promised`: see store_message; ordinary recipients only (postmaster mail has the spool).
+    `sender`: the envelope's reverse path ('' for <>), for the recipient's Sieve script, which
+    runs for ordinary recipients only (postmaster mail reaches a person unfiltered).
     """
     failures: list[ProviderError] = []
     delivered = 0
     for destination in route.destinations:
         message = message_for(destination.address)
         try:
-            try:
-                store_message(session, store, destination, message)
-            except QuotaExceeded:
-                if not promised or route.spool is not None:
-                    raise
+            if route.spool is None:
                 # SMTP already said yes to this recipient at RCPT: keep the promise.
-                store_message(session, store, destination, message, promised=True)
+                filtered_store(session, store, destination, message, sender, promised=promised)
+            else:
+                store_message(session, store, destination, message)
         except ProviderError as exc:
             failures.append(exc)
             continue
@@ -303,12 +320,28 @@ def store_message(
     the mailbox past its quota by this one message — losing mail is worse (Dovecot's
     quota_grace does the same).
     """
+    folder = store.open(destination.address).folder(INBOX)
+    return store_into(session, store, destination, folder, message, promised=promised)
+
+
+def store_into(
+    session: Session,
+    store: MailStore,
+    destination: Destination,
+    folder: Folder,
+    message: bytes,
+    *,
+    flags: tuple[str, ...] = (),
+    keywords: tuple[str, ...] = (),
+    promised: bool = False,
+) -> StoredMessage:
+    """store_message into any folder of the mailbox, with flags and keywords."""
     size = len(message)
     held = quota.hold(session, destination.mailbox_id, size, force=promised)
     if held is None:
         raise QuotaExceeded(f"<{destination.address}>: mailbox full")
     try:
-        stored = store.open(destination.address).folder("INBOX").deliver(message)
+        stored = folder.deliver(message, flags=flags, keywords=keywords)
     except Exception as exc:
         log.exception("delivery to %s failed; releasing %d bytes", destination.address, size)
         held.cancel()
@@ -317,6 +350,125 @@ def store_message(
     if quota.crosses_new_level(held.usage):
         _warn_if_crossed(session, store, destination)
     return stored
+
+
+def filtered_store(
+    session: Session,
+    store: MailStore,
+    destination: Destination,
+    message: bytes,
+    sender: str,
+    *,
+    promised: bool = False,
+) -> list[StoredMessage]:
+    """Deliver as the mailbox's active Sieve script says (INBOX when it has none).
+
+    A rule never loses mail: a script that fails, a folder that is missing (without :create)
+    or cannot be made, a copy that cannot be written — each falls back to INBOX, and what went
+    wrong goes to the owner's ~/.dovecot.sieve.log. Quota is charged per stored copy; when no
+    copy fits, the delivery is refused as over quota like any other. `discard` stores nothing
+    and succeeds; `reject` raises SieveRejected (except for a promised SMTP recipient, who can
+    no longer be refused alone: kept, with a note).
+    """
+    home = sieve_scripts.home_of(store, destination.address)
+    if not os.path.lexists(home / sieve_scripts.ACTIVE_LINK):  # the usual case: one lstat
+        return [store_message(session, store, destination, message, promised=promised)]
+    imap_allowed = bool(
+        session.scalar(select(Mailbox.imap_enabled).where(Mailbox.id == destination.mailbox_id))
+    )
+    plan = sieve_delivery.plan_for(
+        home, message, sender, destination.address, imap_allowed=imap_allowed
+    )
+    if plan is None:
+        return [store_message(session, store, destination, message, promised=promised)]
+    if plan.reject is not None and promised:
+        plan.notes.append(
+            f"reject ({plan.reject}) is not possible for a message accepted for several "
+            "recipients over SMTP; the message was kept in INBOX"
+        )
+        plan.stores, plan.reject = [sieve_delivery.KEEP], None
+    try:
+        if plan.reject is not None:
+            raise SieveRejected(plan.reject)
+        return _carry_out(session, store, destination, message, plan, promised)
+    finally:
+        _record_notes(home, destination, plan.notes)
+
+
+def _carry_out(
+    session: Session,
+    store: MailStore,
+    destination: Destination,
+    message: bytes,
+    plan: sieve_delivery.Plan,
+    promised: bool,
+) -> list[StoredMessage]:
+    maildir = store.open(destination.address)
+    stored: list[StoredMessage] = []
+    over_quota: QuotaExceeded | None = None
+    into_inbox = inbox_stored = False
+    for planned in plan.stores:
+        try:
+            folder = _target_folder(maildir, planned)
+        except (FolderNotFound, InvalidFolderName) as error:
+            plan.notes.append(f"fileinto {planned.folder!r}: {error}; kept in INBOX instead")
+            into_inbox = True
+            continue
+        try:
+            copy = store_into(
+                session,
+                store,
+                destination,
+                folder,
+                message,
+                flags=planned.flags,
+                keywords=planned.keywords,
+                promised=promised,
+            )
+        except QuotaExceeded as error:
+            over_quota = over_quota or error
+            plan.notes.append(f"no room for the copy in {planned.folder!r} (mailbox full)")
+            continue
+        except ProviderError as error:
+            plan.notes.append(f"storing into {planned.folder!r} failed: {error.message}")
+            into_inbox = True
+            continue
+        inbox_stored = inbox_stored or folder.name == INBOX
+        stored.append(copy)
+        if copy.dropped_keywords:
+            plan.notes.append(
+                f"keywords {', '.join(copy.dropped_keywords)} left out: the folder "
+                f"{planned.folder!r} has no room for more keywords"
+            )
+    if (into_inbox or (plan.stores and not stored)) and not inbox_stored:
+        if over_quota is not None and not stored:
+            raise over_quota  # the mailbox is full: refused like any over-quota delivery
+        stored.append(store_message(session, store, destination, message, promised=promised))
+    return stored
+
+
+def _target_folder(maildir: Maildir, planned: sieve_delivery.PlannedStore) -> Folder:
+    """The folder to store into; with :create, made when missing (RFC 5490 §3.2)."""
+    try:
+        return maildir.folder(planned.folder)
+    except FolderNotFound:
+        if not planned.create:
+            raise
+    try:
+        return maildir.create_folder(planned.folder)
+    except FolderExists:  # made by someone else meanwhile
+        return maildir.folder(planned.folder)
+
+
+def _record_notes(home: Path, destination: Destination, notes: list[str]) -> None:
+    """Tell the owner (~/.dovecot.sieve.log) and the operator (the log) what the script could
+    not do; a failure to write the note never fails the delivery."""
+    for note in notes:
+        log.warning("sieve %s: %s", destination.address, note)
+        try:
+            sieve_scripts.record_error(home, note, now())
+        except OSError:
+            log.exception("could not write the Sieve error log of %s", destination.address)
 
 
 def _warn_if_crossed(session: Session, store: MailStore, destination: Destination) -> None:

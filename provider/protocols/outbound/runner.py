@@ -316,7 +316,7 @@ class MessageDelivery:
 
             try:
                 route = delivery.resolve_route(self.session, row.address)
-                delivery.deliver_route(self.session, store, route, message_for)
+                delivery.deliver_route(self.session, store, route, message_for, sender=self.sender)
             except ProviderError as exc:
                 reply = f"{exc.smtp_reply} {exc.message}"
             except Exception:

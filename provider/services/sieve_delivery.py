@@ -1,0 +1,136 @@
+"""What a mailbox's active Sieve script decides for one delivery, as a plan delivery carries out."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provider.mailstore import INBOX, SYSTEM_FLAG_LETTERS
+from provider.mailstore.keywords import check_keyword
+from provider.services import sieve_scripts
+from provider.sieve import Envelope, Result, run
+
+log = logging.getLogger(__name__)
+
+_SYSTEM_FLAGS = {flag.casefold(): flag for flag in SYSTEM_FLAG_LETTERS}
+_REPLY_TEXT = re.compile(r"[^\x20-\x7e]+")
+REJECT_TEXT_MAX = 200
+
+
+@dataclass(frozen=True)
+class PlannedStore:
+    """One copy to store: the folder (created first when `create`), its flags and keywords."""
+
+    folder: str
+    flags: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    create: bool = False
+
+
+@dataclass
+class Plan:
+    """The script's verdict: copies to store (none = discarded), or a rejection, and notes for
+    the owner's error log (what could not be done as the script said)."""
+
+    stores: list[PlannedStore] = field(default_factory=list)
+    reject: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def discarded(self) -> bool:
+        return not self.stores and self.reject is None
+
+
+KEEP = PlannedStore(INBOX)
+
+
+def plan_for(
+    home: Path, message: bytes, sender: str, recipient: str, *, imap_allowed: bool
+) -> Plan | None:
+    """Run the active script of `home` on the message; None when there is no active script.
+    Never raises for anything the script does: a failure is a plan of keep with a note."""
+    try:
+        script = sieve_scripts.active_script(home)
+    except sieve_scripts.ActiveScriptError as error:
+        return Plan([KEEP], notes=[f"{error}; the message was kept in INBOX"])
+    if script is None:
+        return None
+    try:
+        result = run(script, message, Envelope(sender, recipient))
+    except Exception as error:  # a bug of ours must not lose the message either
+        log.exception("the Sieve script of %s failed", recipient)
+        return Plan([KEEP], notes=[f"run-time error: {error!r}; the message was kept in INBOX"])
+    if result.error is not None:
+        note = f"run-time error: {result.error}; the message was kept in INBOX"
+        return Plan([KEEP], notes=[note])
+    return _plan_of(result, imap_allowed)
+
+
+def _plan_of(result: Result, imap_allowed: bool) -> Plan:
+    plan = Plan()
+    for action in result.actions:
+        if action.kind in ("keep", "fileinto"):
+            folder = action.target or INBOX
+            if not imap_allowed and folder.upper() != INBOX:
+                plan.notes.append(f"fileinto {folder!r} needs IMAP; kept in INBOX instead")
+                folder = INBOX
+            _add(plan, _store(folder, action.flags, action.create, plan))
+        elif action.kind in ("reject", "ereject"):
+            plan.reject = reply_text(action.text) or "Message rejected by the recipient's filter"
+        elif action.kind == "redirect":
+            # Forwarding goes through the outbound queue in a later change; until then a
+            # redirected message is kept, never dropped.
+            plan.notes.append(
+                f"redirect to {action.target} is not carried out yet; the message was kept"
+            )
+            if not action.copy:
+                _add(plan, KEEP)
+        elif action.kind == "vacation":
+            plan.notes.append("vacation replies are not sent yet")
+    if result.implicit_keep:
+        _add(plan, _store(INBOX, result.implicit_keep_flags, False, plan))
+    if plan.reject is not None:
+        plan.stores = []
+    return plan
+
+
+def _add(plan: Plan, store: PlannedStore) -> None:
+    """One copy per folder: the first store into a folder wins (the interpreter already merged
+    repeated stores into one folder as Pigeonhole does)."""
+    if not any(_same_folder(existing.folder, store.folder) for existing in plan.stores):
+        plan.stores.append(store)
+
+
+def _same_folder(one: str, other: str) -> bool:
+    if one.upper() == INBOX or other.upper() == INBOX:
+        return one.upper() == other.upper()
+    return one == other
+
+
+def _store(folder: str, flags: tuple[str, ...], create: bool, plan: Plan) -> PlannedStore:
+    """Split Sieve flags into IMAP system flags and keywords; drop what IMAP cannot store."""
+    system: list[str] = []
+    keywords: list[str] = []
+    for flag in flags:
+        if flag.startswith("\\"):
+            known = _SYSTEM_FLAGS.get(flag.casefold())
+            if known is None:
+                plan.notes.append(f"flag {flag!r} cannot be set on delivery; left out")
+            elif known not in system:
+                system.append(known)
+            continue
+        try:
+            check_keyword(flag)
+        except ValueError as error:
+            plan.notes.append(f"{error}; left out")
+            continue
+        if flag.casefold() not in {k.casefold() for k in keywords}:
+            keywords.append(flag)
+    return PlannedStore(folder, tuple(system), tuple(keywords), create)
+
+
+def reply_text(text: str) -> str:
+    """A reject reason fit for one SMTP reply line: printable ASCII, at most 200 characters."""
+    return _REPLY_TEXT.sub(" ", text).strip()[:REJECT_TEXT_MAX].strip()
