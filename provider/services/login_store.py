@@ -48,6 +48,10 @@ CREATE INDEX IF NOT EXISTS penalties_expires ON penalties (expires);
 """
 
 
+# Connections a forked child inherited: never closed (nor used) in the child.
+_INHERITED: list[sqlite3.Connection] = []
+
+
 class StoreUnavailable(Exception):
     """The shared file cannot be used now; the caller uses its in-memory table instead."""
 
@@ -84,8 +88,13 @@ class LoginStore:
     def _connection(self) -> sqlite3.Connection:
         local = self._local
         connection: sqlite3.Connection | None = getattr(local, "connection", None)
-        if connection is not None and local.pid == os.getpid():
-            return connection
+        if connection is not None:
+            if local.pid == os.getpid():
+                return connection
+            # Inherited over a fork: closing it here could upset the parent's locks and WAL
+            # (SQLite's "do not carry a connection across a fork"); keep it, never use it.
+            _INHERITED.append(connection)
+            local.connection = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             connection = self._open()

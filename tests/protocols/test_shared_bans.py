@@ -275,3 +275,16 @@ def test_the_guards_of_an_app_use_the_instance_file(app: Flask) -> None:
     assert Path(login_store_path(app)).exists()
     other = BanList(3, store=LoginStore(login_store_path(app), max_keys=10))
     assert other.banned("192.0.2.9")
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
+    """`provider serve` forks its services: a connection made before the fork is not reused."""
+    bans = BanList(2, store=store_at(tmp_path / "l.sqlite3"))
+    assert not bans.failure("192.0.2.1")  # the parent's connection exists now
+    pid = os.fork()
+    if pid == 0:  # the child: one more failure bans, through a connection of its own
+        os._exit(0 if bans.failure("192.0.2.1") else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert bans.store is not None and bans.store.banned("192.0.2.1", time.time())
+    assert not bans.failure("192.0.2.2")  # the parent's own connection still works
