@@ -710,10 +710,11 @@ class Pop3Session(streams.StreamSession):
             try:
                 account: Account = await self.blocking(_check_credentials, user, password)
             except AuthenticationFailed as error:
-                if self.guards.bans.failure(self.peer):
+                # The shared ban and penalty file is written off the event loop.
+                delay = await asyncio.to_thread(self.guards.login_failed, self.peer, user, password)
+                if delay is None:
                     await self.err("[AUTH] Too many failed logins from your address")
                     raise Disconnect from None
-                delay = self.guards.failures.failed(self.peer, user, password)
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await self.err(f"[AUTH] {error.message}")
@@ -721,7 +722,7 @@ class Pop3Session(streams.StreamSession):
             except AccessRefused as error:
                 await self.err(f"[SYS/PERM] {error.message}")
                 return
-        self.guards.failures.succeeded(self.peer)
+        await asyncio.to_thread(self.guards.failures.succeeded, self.peer)
         try:
             self.guards.pop3_connections.acquire(account.address, self.peer)
         except ProviderError as error:

@@ -712,12 +712,13 @@ class SubmissionSMTP(lmtp.RewritingMixin, SMTP):
                     self.in_app, _check_credentials, user, password
                 )
             except AuthenticationFailed:
-                if guards.bans.failure(peer):
+                # The shared ban and penalty file is written off the event loop.
+                delay = await asyncio.to_thread(guards.login_failed, peer, user, password)
+                if delay is None:
                     await self.push(BANNED)
                     if self.transport is not None:
                         self.transport.close()
                     return
-                delay = guards.failures.failed(peer, user, password)
                 if delay > 0:
                     await asyncio.sleep(delay)
                 await self.push(AUTH_INVALID)
@@ -726,7 +727,7 @@ class SubmissionSMTP(lmtp.RewritingMixin, SMTP):
                 # The right password: say why (suspended, trial expired), never "bad password".
                 await self.push(f"535 5.7.1 {error.message}")
                 return
-        guards.failures.succeeded(peer)
+        await asyncio.to_thread(guards.failures.succeeded, peer)
         try:
             guards.submission_connections.acquire(account.address, peer)
         except ProviderError as error:

@@ -1,5 +1,5 @@
 """Who may read mail over IMAP/POP3 or send it over submission: credentials, then policy;
-failure delays; connection limits."""
+failure delays and bans (shared by every process); connection limits (per process)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import hmac
 import ipaddress
+import os
 import secrets
 import threading
 import time
@@ -24,6 +25,7 @@ from provider.models import Mailbox
 from provider.models.mailbox import MailboxStatus, Plan
 from provider.services import auth
 from provider.services.clock import now
+from provider.services.login_store import LoginStore, StoreUnavailable
 from provider.services.ratelimit import MAX_KEYS, BoundedTable
 
 AUTHENTICATION_FAILED = "Authentication failed."
@@ -88,6 +90,11 @@ class _Penalty:
     attempts: deque[bytes] = field(default_factory=lambda: deque(maxlen=REMEMBERED_ATTEMPTS))
 
 
+def _default_clock(store: LoginStore | None) -> Callable[[], float]:
+    # Times in the shared file are compared across processes and restarts: the wall clock.
+    return time.time if store is not None else time.monotonic
+
+
 class FailureDelay:
     """Per-address delay before answering a failed login: doubling, capped at 15 s (A1).
 
@@ -96,19 +103,34 @@ class FailureDelay:
     and are cleared by a successful login from the address. At most `max_keys` addresses are
     remembered, the least recently failed forgotten first (bounded memory under a scan from
     many addresses, e.g. the /48s of one IPv6 /32).
+
+    With a `store`, the penalties live in its file and so count across every process of the
+    installation; while the file is unusable, this process's own table (always kept too)
+    answers instead. The store's writes can wait for its lock (BUSY_TIMEOUT_MS): call
+    `failed` and `succeeded` off the event loop.
     """
 
     def __init__(
         self,
         base_seconds: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         max_keys: int = MAX_KEYS,
+        store: LoginStore | None = None,
     ) -> None:
         self.base_seconds = base_seconds
-        self.clock = clock
+        self.clock = clock or _default_clock(store)
+        self.store = store
         self._penalties: BoundedTable[_Penalty] = BoundedTable(max_keys)
         self._lock = threading.Lock()
         self._key = secrets.token_bytes(16)
+        self._key_from_store = False
+
+    def _fingerprint_key(self) -> bytes:
+        if self.store is not None and not self._key_from_store:
+            with contextlib.suppress(StoreUnavailable):
+                self._key = self.store.secret()
+                self._key_from_store = True
+        return self._key
 
     def key_count(self) -> int:
         """Keys held now (a measure of its memory)."""
@@ -117,9 +139,9 @@ class FailureDelay:
 
     def failed(self, remote: str, user: str, password: str) -> float:
         """Record a failure and return how many seconds to wait before answering it."""
-        fingerprint = hmac.new(
-            self._key, user.encode() + b"\0" + password.encode(), hashlib.sha256
-        ).digest()
+        secret = self._fingerprint_key()
+        attempt = f"{user}\0{password}".encode(errors="surrogateescape")
+        fingerprint = hmac.new(secret, attempt, hashlib.sha256).digest()[:16]
         moment = self.clock()
         key = address_group(remote)
         with self._lock:
@@ -130,22 +152,44 @@ class FailureDelay:
             penalty.last = moment
             failures = penalty.failures
             self._penalties.put(key, penalty, moment + PENALTY_EXPIRES_SECONDS, moment)
-        return min(self.base_seconds * 2 ** (failures - 1), MAX_PENALTY_SECONDS)
+        if self.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                failures = self.store.penalty_failed(
+                    key, fingerprint, moment, PENALTY_EXPIRES_SECONDS, REMEMBERED_ATTEMPTS
+                )
+        return self.delay(failures)
+
+    def delay(self, failures: int) -> float:
+        """The wait after the `failures`-th counted failure."""
+        if failures <= 0:
+            return 0.0
+        # 2**n overflows a float past n = 1023: the cap is reached long before.
+        return min(self.base_seconds * 2 ** min(failures - 1, 64), MAX_PENALTY_SECONDS)
 
     def succeeded(self, remote: str) -> None:
+        key = address_group(remote)
         with self._lock:
-            self._penalties.pop(address_group(remote))
+            self._penalties.pop(key)
+        if self.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                self.store.penalty_clear(key)
 
 
 class BanList:
     """RELIABILITY A2: an address (group) with `limit` failed logins within `window` seconds —
-    IMAP, POP3 and the admin panel counted together — is refused by all three for
-    `ban_seconds`. Below the limit nothing is slowed by it (the failure delay does that), and
-    another address is never affected. Per process, like the failure delays.
+    IMAP, POP3, submission, the admin panel and the account pages counted together — is
+    refused by all of them for `ban_seconds`. Below the limit nothing is slowed by it (the
+    failure delay does that), and another address is never affected.
 
     Bounded: addresses still counting and banned addresses are two tables of at most
     `max_keys` each (oldest evicted first), so a scan from many addresses with a few failures
     each can push out other counting addresses but never a ban.
+
+    With a `store`, counts and bans live in its file (the same two bounded tables), shared by
+    every process of the installation; this process's own tables are always kept too and
+    answer while the file is unusable (a ban either knows refuses). `banned` only reads
+    (WAL: never waits for a writer); `failure` writes and may wait up to the store's busy
+    timeout: call it off the event loop.
     """
 
     def __init__(
@@ -153,13 +197,15 @@ class BanList:
         limit: int,
         window: float = 86400.0,
         ban_seconds: float = 86400.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
         max_keys: int = MAX_KEYS,
+        store: LoginStore | None = None,
     ) -> None:
         self.limit = max(limit, 1)
         self.window = window
         self.ban_seconds = ban_seconds
-        self.clock = clock
+        self.clock = clock or _default_clock(store)
+        self.store = store
         self._failures: BoundedTable[array[float]] = BoundedTable(max_keys)
         self._banned: BoundedTable[float] = BoundedTable(max_keys)
         self._lock = threading.Lock()
@@ -173,6 +219,16 @@ class BanList:
         """Count a failed login from `remote`; True when the address is (now) banned."""
         key = address_group(remote)
         moment = self.clock()
+        banned_here = self._count(key, moment)
+        if self.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                banned_anywhere = self.store.ban_failure(
+                    key, moment, self.limit, self.window, self.ban_seconds
+                )
+                return banned_anywhere or banned_here
+        return banned_here
+
+    def _count(self, key: str, moment: float) -> bool:
         with self._lock:
             if self._banned.get(key, moment) is not None:
                 return True
@@ -190,12 +246,22 @@ class BanList:
 
     def banned(self, remote: str) -> bool:
         key = address_group(remote)
+        moment = self.clock()
         with self._lock:
-            return self._banned.get(key, self.clock()) is not None
+            if self._banned.get(key, moment) is not None:
+                return True
+        if self.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                return self.store.banned(key, moment)
+        return False
 
 
 class ConnectionLimit:
-    """Counts logged-in sessions per user+address; refuses one over the limit (A4)."""
+    """Counts logged-in sessions per user+address; refuses one over the limit (A4).
+
+    Per process: with submission in one process per core, a user+address may hold up to
+    `limit` sessions in each (a session is a held connection, not a guess; the failure
+    delays and bans that stop guessing are shared)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -257,16 +323,21 @@ class LoginTurns:
 
 
 class Guards:
-    """What every IMAP, POP3 and submission session of one app shares: one failure-delay table
-    for all (a penalty earned on POP3 also slows IMAP and submission), and a connection count
-    per protocol (Dovecot's mail_max_userip_connections is per protocol too)."""
+    """What every IMAP, POP3 and submission session and the web logins of one installation
+    share: one failure-delay table and one ban list for all (a penalty or ban earned on POP3
+    also holds on IMAP, submission and the web), kept in INSTANCE_DIR/run/logins.sqlite3 so
+    every process counts together; login turns and a connection count per protocol (Dovecot's
+    mail_max_userip_connections is per protocol too) are per process."""
 
     def __init__(self, app: Flask) -> None:
         config = app.config
-        self.failures = FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]))
+        self.store = LoginStore(login_store_path(app), max_keys=MAX_KEYS)
+        self.failures = FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]), store=self.store)
         self.logins = LoginTurns(int(config["LOGIN_PARALLEL_PER_ADDRESS"]))
         self.bans = BanList(
-            int(config["LOGIN_BAN_FAILURES"]), ban_seconds=float(config["LOGIN_BAN_SECONDS"])
+            int(config["LOGIN_BAN_FAILURES"]),
+            ban_seconds=float(config["LOGIN_BAN_SECONDS"]),
+            store=self.store,
         )
         self.imap_connections = ConnectionLimit(int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"]))
         self.pop3_connections = ConnectionLimit(int(config["POP3_MAX_CONNECTIONS_PER_USER_IP"]))
@@ -276,6 +347,18 @@ class Guards:
                 or DEFAULT_MAX_CONNECTIONS_PER_USER_IP
             )
         )
+
+    def login_failed(self, remote: str, user: str, password: str) -> float | None:
+        """Count a failed login everywhere: None when the address is (now) banned, else the
+        seconds to wait before answering. Writes the shared file: run it off the event loop."""
+        if self.bans.failure(remote):
+            return None
+        return self.failures.failed(remote, user, password)
+
+
+def login_store_path(app: Flask) -> str:
+    """The file the login guards of every process of this installation share."""
+    return os.path.join(app.config["INSTANCE_DIR"], "run", "logins.sqlite3")
 
 
 def guards(app: Flask) -> Guards:

@@ -476,14 +476,17 @@ class ImapSession(Commands, streams.StreamSession):
                 address, mailbox_id = await self.blocking(self._check_credentials, user, password)
             except ProviderError as error:
                 if error.imap_code == "AUTHENTICATIONFAILED":
-                    if self.guards.bans.failure(self.peer):
+                    # The shared ban and penalty file is written off the event loop.
+                    delay = await asyncio.to_thread(
+                        self.guards.login_failed, self.peer, user, password
+                    )
+                    if delay is None:
                         await self.bye("Too many failed logins from your address")
                         raise Disconnect from None
-                    delay = self.guards.failures.failed(self.peer, user, password)
                     if delay > 0:
                         await asyncio.sleep(delay)
                 return f"NO [{error.imap_code}] {error.message}"
-        self.guards.failures.succeeded(self.peer)
+        await asyncio.to_thread(self.guards.failures.succeeded, self.peer)
         try:
             self.guards.imap_connections.acquire(address, self.peer)
         except ProviderError as error:
