@@ -295,3 +295,24 @@ def test_a_redirect_that_cannot_be_queued_keeps_the_message(
     assert lmtp(lmtp_address, ALICE, message("kept"), sender="x@outside.test")[0] == 250
     assert len(inbox(ALICE)) == 1
     assert "could not be queued" in error_log(ALICE)
+
+
+def test_hostile_headers_neither_break_the_reply_nor_lose_the_message(
+    runner, session, lmtp_address
+):
+    make_mailbox(session, ALICE)
+    put(runner, 'require "vacation";\nvacation "Away.";\n')
+    data = (
+        b"From: =?utf-8?b?!!broken?= <bob@example.test>\r\nTo: \xff\xfe <alice@example.test>\r\n"
+        b"Subject: =?x-unknown?q?zz?= \xc3\x28 " + b"s" * 900 + b"\r\n " * 6 + b"s" * 900 + b"\r\n"
+        b"Message-ID: <a b c>\r\nReferences:" + b" <r@x>\r\n" * 2000 + b"\r\nHi.\r\n"
+    )
+    assert lmtp(lmtp_address, ALICE, data)[0] == 250
+    assert len(inbox(ALICE)) == 1
+    [row] = queued(session)
+    raw = outbound.read_spool(row.queue_id)
+    reply = email.message_from_bytes(raw, policy=default)
+    assert reply["To"] == BOB
+    assert reply["In-Reply-To"] is None  # "<a b c>" is no message id
+    assert len(reply["Subject"]) <= 250
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
