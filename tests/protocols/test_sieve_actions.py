@@ -316,3 +316,26 @@ def test_hostile_headers_neither_break_the_reply_nor_lose_the_message(
     assert reply["In-Reply-To"] is None  # "<a b c>" is no message id
     assert len(reply["Subject"]) <= 250
     assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+
+
+def test_a_vacation_for_mail_the_queue_delivers_locally_reaches_the_sender(runner, session, queue):
+    bob = make_mailbox(session, BOB)
+    make_mailbox(session, ALICE)
+    put(runner, VACATION)
+    outbound.enqueue(
+        session, sender=BOB, recipients=[ALICE], content=message("queued"), mailbox_id=bob.id
+    )
+    queue.run_until_idle()
+    assert [m["Subject"] for m in inbox(ALICE)] == ["queued"]
+    [reply] = inbox(BOB)
+    assert reply["Subject"] == "Away"
+    assert {r.state for m in queued(session) for r in m.recipients} == {"delivered"}
+
+
+def test_two_claims_at_the_same_moment_send_one_reply(session):
+    mailbox = make_mailbox(session, ALICE)
+    assert sieve_actions._claim(session, mailbox.id, "h", BOB, 86400)
+    session.commit()
+    assert not sieve_actions._claim(session, mailbox.id, "h", BOB, 86400)
+    assert sieve_actions._claim(session, mailbox.id, "other handle", BOB, 86400)
+    session.commit()
