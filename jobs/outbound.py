@@ -7,12 +7,13 @@ from typing import Any
 from flask import Flask
 
 from provider.extensions import db
-from provider.services import outbound, sending
+from provider.services import outbound, sending, sieve_actions
 
 
 def outbound_cleanup(app: Flask) -> dict[str, Any]:
     """Delete queue rows of messages finished more than OUTBOUND_KEEP_DAYS ago (open ones stay,
-    however old), sending_counts buckets older than 8 days, and spool files nobody needs.
+    however old), sending_counts buckets older than 8 days, spool files nobody needs and vacation
+    replies whose period is over.
     As of clock.now()."""
     with app.app_context():
         try:
@@ -20,11 +21,13 @@ def outbound_cleanup(app: Flask) -> dict[str, Any]:
             messages = outbound.prune_finished(db.session, keep_days)
             counts = sending.prune_counts(db.session)
             spool = outbound.sweep_spool(db.session)
+            vacations = sieve_actions.prune_responses(db.session)
         finally:
             db.session.remove()
     return {
         "messages_deleted": messages,
         "sending_counts_deleted": counts,
         "spool_files_removed": spool,
+        "vacation_responses_deleted": vacations,
         "keep_days": keep_days,
     }

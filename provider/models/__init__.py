@@ -17,6 +17,7 @@ from provider.models.sending import (
     SendingCount,
 )
 from provider.models.trial import Trial, TrialOutcome, TrialReminder
+from provider.models.vacation import VacationResponse
 
 __all__ = [
     "AdminUser",
@@ -43,5 +44,6 @@ __all__ = [
     "Trial",
     "TrialOutcome",
     "TrialReminder",
+    "VacationResponse",
     "admin_domains",
 ]

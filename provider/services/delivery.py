@@ -39,7 +39,7 @@ from provider.mailstore import (
     StoredMessage,
 )
 from provider.models import AdminUser, Alias, Domain, Mailbox, MailboxStatus, admin_domains
-from provider.services import quota, sieve_delivery, sieve_scripts
+from provider.services import quota, sieve_actions, sieve_delivery, sieve_scripts
 from provider.services.clock import now
 from provider.services.provisioning import split_address
 
@@ -390,7 +390,32 @@ def filtered_store(
     try:
         if plan.reject is not None:
             raise SieveRejected(plan.reject)
-        return _carry_out(session, store, destination, message, plan, promised)
+        if plan.redirects:
+            # Queued before the copies are stored: a redirect that cannot be queued turns
+            # into a keep, never a lost message.
+            targets = [(r.address, r.copy) for r in plan.redirects]
+            if sieve_actions.redirect(
+                session,
+                destination.mailbox_id,
+                destination.address,
+                message,
+                sender,
+                targets,
+                plan.notes,
+            ):
+                sieve_delivery.add_keep(plan)
+        stored = _carry_out(session, store, destination, message, plan, promised)
+        if plan.vacation is not None:
+            sieve_actions.vacation(
+                session,
+                destination.mailbox_id,
+                destination.address,
+                message,
+                sender,
+                plan.vacation,
+                plan.notes,
+            )
+        return stored
     finally:
         _record_notes(home, destination, plan.notes)
 

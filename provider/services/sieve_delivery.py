@@ -10,7 +10,7 @@ from pathlib import Path
 from provider.mailstore import INBOX, SYSTEM_FLAG_LETTERS
 from provider.mailstore.keywords import check_keyword
 from provider.services import sieve_scripts
-from provider.sieve import Envelope, Result, run
+from provider.sieve import Action, Envelope, Result, run
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,14 @@ class PlannedStore:
     create: bool = False
 
 
+@dataclass(frozen=True)
+class PlannedRedirect:
+    """A copy to forward through the outbound queue; `copy` (RFC 3894): a kept copy stays."""
+
+    address: str
+    copy: bool = False
+
+
 @dataclass
 class Plan:
     """The script's verdict: copies to store (none = discarded), or a rejection, and notes for
@@ -37,10 +45,12 @@ class Plan:
     stores: list[PlannedStore] = field(default_factory=list)
     reject: str | None = None
     notes: list[str] = field(default_factory=list)
+    redirects: list[PlannedRedirect] = field(default_factory=list)
+    vacation: Action | None = None
 
     @property
     def discarded(self) -> bool:
-        return not self.stores and self.reject is None
+        return not self.stores and self.reject is None and not self.redirects
 
 
 KEEP = PlannedStore(INBOX)
@@ -80,20 +90,19 @@ def _plan_of(result: Result, imap_allowed: bool) -> Plan:
         elif action.kind in ("reject", "ereject"):
             plan.reject = reply_text(action.text) or "Message rejected by the recipient's filter"
         elif action.kind == "redirect":
-            # Forwarding goes through the outbound queue in a later change; until then a
-            # redirected message is kept, never dropped.
-            plan.notes.append(
-                f"redirect to {action.target} is not carried out yet; the message was kept"
-            )
-            if not action.copy:
-                _add(plan, KEEP)
+            plan.redirects.append(PlannedRedirect(action.target, action.copy))
         elif action.kind == "vacation":
-            plan.notes.append("vacation replies are not sent yet")
+            plan.vacation = action
     if result.implicit_keep:
         _add(plan, _store(INBOX, result.implicit_keep_flags, False, plan))
     if plan.reject is not None:
         plan.stores = []
     return plan
+
+
+def add_keep(plan: Plan) -> None:
+    """Keep a copy in INBOX (a redirect that could not be done), unless one is planned."""
+    _add(plan, KEEP)
 
 
 def _add(plan: Plan, store: PlannedStore) -> None:

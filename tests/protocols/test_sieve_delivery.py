@@ -262,14 +262,6 @@ def test_a_pop3_only_mailbox_script_files_nothing_but_keeps(session, servers):
     assert "needs IMAP" in error_log("pop@example.test")
 
 
-def test_redirect_is_kept_for_now(runner, session, servers):
-    make_mailbox(session, ALICE)
-    put(runner, 'redirect "elsewhere@outside.test";\n')
-    assert lmtp(servers["lmtp"], [ALICE], message("fwd"))[0][0] == 250
-    assert len(folder_messages("INBOX")) == 1
-    assert "redirect to elsewhere@outside.test is not carried out yet" in error_log()
-
-
 def test_a_reject_from_the_queue_becomes_a_bounce(app: Flask, runner, session):
     sender = make_mailbox(session, "bob@example.test")
     make_mailbox(session, ALICE)
