@@ -163,3 +163,13 @@ def test_a_ban_earned_on_imap_holds_on_managesieve(with_imap, mailbox):
         imap.shutdown()
     with socket.create_connection(with_imap["managesieve"], timeout=10) as sock:
         assert sock.makefile("rb").readline().startswith(b"BYE (TRYLATER)")
+
+
+def test_client_gone_in_the_middle_of_a_literal_stores_nothing(sieve_server, mailbox):
+    with Client(sieve_server) as client:
+        client.login()
+        client.send(b'PUTSCRIPT "half" {100+}\r\nkeep;')
+    with Client(sieve_server) as client:
+        client.login()
+        assert client.command("LISTSCRIPTS") == [b'OK "Listscripts completed"\r\n']
+    assert scripts() == []
