@@ -45,8 +45,8 @@ KNOWN_SERVICES = (
     "scheduler",
 )
 # Services that later parts of the product add; asked for now, they are reported and skipped.
-NOT_YET_AVAILABLE: frozenset[str] = frozenset({"managesieve"})
-MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission")
+NOT_YET_AVAILABLE: frozenset[str] = frozenset()
+MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission", "managesieve")
 # Processes per kind of service. Mail may later run one per core, all accepting on the same
 # inherited listening sockets (issue "IMAP on every core"); the web's counters (login and
 # signup limits) live in its process's memory, so it stays one process with threads.

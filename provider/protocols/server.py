@@ -88,6 +88,12 @@ def _submissions(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Pr
     )
 
 
+def _managesieve(app: Flask, inflight: lmtp.InFlight) -> Callable[[], asyncio.Protocol]:
+    from provider.protocols import managesieve
+
+    return managesieve.protocol_factory(app)
+
+
 # One service name may start several listeners (IMAP: STARTTLS and implicit TLS).
 LISTENERS: dict[str, tuple[Listener, ...]] = {
     "lmtp": (Listener("lmtp", "LMTP_PORT", _lmtp, "LMTP (STARTTLS)"),),
@@ -103,6 +109,9 @@ LISTENERS: dict[str, tuple[Listener, ...]] = {
     "submission": (
         Listener("submission", "SUBMISSION_PORT", _submission, "submission (STARTTLS, AUTH)"),
         Listener("submissions", "SUBMISSIONS_PORT", _submissions, "submission (implicit TLS)"),
+    ),
+    "managesieve": (
+        Listener("managesieve", "MANAGESIEVE_PORT", _managesieve, "ManageSieve (STARTTLS)"),
     ),
 }
 

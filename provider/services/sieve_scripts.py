@@ -19,7 +19,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy.orm import Session
 
-from provider.errors import InvalidInput, NotFound, ProviderError
+from provider.errors import AlreadyExists, InvalidInput, NotFound, ProviderError
 from provider.mailstore import MailStore
 from provider.mailstore.uidlist import fsync_directory
 from provider.models import Mailbox
@@ -362,6 +362,41 @@ def delete_script(
         mailbox.address,
         domain=mailbox.address.rpartition("@")[2],
         before={"name": name, "bytes": size},
+    )
+
+
+def rename_script(
+    session: Session, store: MailStore, mailbox: Mailbox, old: str, new: str, *, actor: Actor
+) -> None:
+    """Rename a script (RFC 5804 §2.11 RENAMESCRIPT); the active one stays active.
+
+    The new name is hard-linked first, the active link moved, then the old name removed: a
+    crash in between leaves both names (never a dangling active link)."""
+    old, new = check_name(old), check_name(new)
+    home = home_of(store, mailbox.address)
+    with _locked(home) as directory:
+        source, target = _script_path(home, old), _script_path(home, new)
+        if source.is_symlink() or not source.is_file():
+            raise NotFound(f"no script named {old!r}", "name")
+        if old == new:
+            return
+        if target.exists() or target.is_symlink():
+            raise AlreadyExists(f"a script named {new!r} exists already", "name")
+        os.link(source, target)
+        fsync_directory(directory)
+        was_active = active_name(home) == old
+        if was_active:
+            _link_active(home, new)
+        os.unlink(source)
+        fsync_directory(directory)
+    audit.record(
+        session,
+        actor,
+        "sieve.rename",
+        mailbox.address,
+        domain=mailbox.address.rpartition("@")[2],
+        before={"name": old},
+        after={"name": new, "active": was_active},
     )
 
 

@@ -7,6 +7,7 @@ import os
 import queue
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -189,12 +190,18 @@ def test_serve_runs_the_delivery_listeners_and_mail_arrives(environment):
     assert shown["used_bytes"] == sum(path.stat().st_size for path in inbox.iterdir())
 
 
-def test_serve_accepts_the_contracts_service_names_and_skips_those_not_built(environment):
-    """DESIGN.md §3 names managesieve among serve's services: asked for before its issue lands,
-    it is reported and skipped, and the rest runs."""
+def test_serve_runs_managesieve_and_prints_its_line(environment):
+    """DESIGN.md §3 names managesieve among serve's services: it runs in the mail process,
+    prints its bound address, and greets there."""
     assert run(environment, "init").returncode == 0
+    environment["PROVIDER_MANAGESIEVE_PORT"] = "0"
     with serving(environment, "web,managesieve") as (process, lines):
-        assert "managesieve: not available in this version, skipped\n" in lines
+        [line] = [line for line in lines if line.startswith("managesieve: ")]
+        assert line.endswith("ManageSieve (STARTTLS)\n"), line
+        host, port = line.split()[1].rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            greeting = sock.makefile("rb").readline()
+        assert greeting == b'"IMPLEMENTATION" "provider"\r\n'
         assert any(line.startswith("web: http://") for line in lines)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0

@@ -1,0 +1,161 @@
+"""ManageSieve over a raw socket: every command of RFC 5804 §2 and its errors."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from provider.services import sieve_scripts
+from provider.services.storage import mail_store
+from tests.protocols.managesieve.conftest import ADDRESS, Client, plain, put
+
+RULES = b'require ["fileinto"];\nif header :contains "Subject" "x" { fileinto "X"; }\n'
+OTHER = b"keep;\n"
+
+
+def home() -> Any:
+    return sieve_scripts.home_of(mail_store(), ADDRESS)
+
+
+def test_greeting_lists_capabilities_and_starttls(sieve_server, app):
+    with Client(sieve_server) as client:
+        greeting = b"".join(client.greeting)
+        assert b'"IMPLEMENTATION" "provider"\r\n' in greeting
+        assert b'"SASL" "PLAIN"\r\n' in greeting  # loopback: plaintext allowed, as IMAP
+        assert b'"STARTTLS"\r\n' in greeting
+        assert b'"VERSION" "1.0"\r\n' in greeting
+        sieve = next(line for line in client.greeting if line.startswith(b'"SIEVE"'))
+        words = sieve.split(b'"')[3].split()
+        assert b"fileinto" in words and b"vacation" in words and b"regex" in words
+        assert b"comparator-i;ascii-numeric" in words
+        assert b"include" not in words and b"comparator-i;octet" not in words
+        assert not any(line.startswith(b'"NOTIFY"') for line in client.greeting)
+        assert client.greeting[-1].startswith(b"OK")
+        assert client.command("CAPABILITY") == [
+            *client.greeting[:-1],
+            b'OK "Capability completed"\r\n',
+        ]
+
+
+def test_starttls_repeats_capabilities_without_starttls(sieve_server, mailbox):
+    with Client(sieve_server) as client:
+        after = client.start_tls()
+        assert b'"STARTTLS"\r\n' not in after
+        assert b'"SASL" "PLAIN"\r\n' in after
+        assert after[-1].startswith(b"OK")
+        assert client.command("STARTTLS")[-1].startswith(b"NO")
+        client.login()
+        assert client.command("LISTSCRIPTS") == [b'OK "Listscripts completed"\r\n']
+
+
+def test_authenticate_initial_response_and_continuation(sieve_server, mailbox):
+    with Client(sieve_server) as client:
+        assert client.command("LISTSCRIPTS")[-1].startswith(b"NO")  # not yet logged in
+        client.send(b'AUTHENTICATE "PLAIN"\r\n')
+        assert client.line() == b'""\r\n'
+        response = plain().encode()
+        assert client.command(b"{%d+}\r\n" % len(response) + response)[-1] == b'OK "Logged in"\r\n'
+        assert client.command('AUTHENTICATE "PLAIN" "x"')[-1].startswith(b"NO")
+        assert client.command("UNAUTHENTICATE")[-1].startswith(b"OK")
+        assert client.command("LISTSCRIPTS")[-1].startswith(b"NO")
+        client.login()
+        assert client.command("LOGOUT") == [b'OK "Logout completed"\r\n']
+        assert client.closed()
+
+
+def test_authenticate_cancel_wrong_password_and_unknown_mechanism(sieve_server, mailbox):
+    with Client(sieve_server) as client:
+        client.send(b'AUTHENTICATE "PLAIN"\r\n')
+        assert client.line() == b'""\r\n'
+        assert client.command('"*"') == [b'NO "Authentication cancelled"\r\n']
+        wrong = client.command(f'AUTHENTICATE "PLAIN" "{plain(password="wrong")}"')
+        assert wrong == [b'NO "Authentication failed."\r\n']
+        unknown = client.command(f'AUTHENTICATE "PLAIN" "{plain(user="nobody@example.test")}"')
+        assert unknown == wrong
+        assert client.command('AUTHENTICATE "CRAM-MD5"')[-1].startswith(b"NO")
+        assert client.command('AUTHENTICATE "PLAIN" "!!!"')[-1].startswith(b"NO")
+
+
+def test_put_list_get_activate_rename_delete(sieve_server, mailbox):
+    with Client(sieve_server) as client:
+        client.login()
+        assert client.command(put("rules", RULES)) == [b'OK "Putscript completed"\r\n']
+        # A synchronizing literal is taken too (no continuation in ManageSieve).
+        sync = b'PUTSCRIPT "other" {%d}\r\n' % len(OTHER) + OTHER
+        assert client.command(sync)[-1].startswith(b"OK")
+        assert client.command("LISTSCRIPTS") == [
+            b'"other"\r\n',
+            b'"rules"\r\n',
+            b'OK "Listscripts completed"\r\n',
+        ]
+        assert client.command('SETACTIVE "rules"')[-1].startswith(b"OK")
+        assert os.readlink(home() / ".dovecot.sieve") == "sieve/rules.sieve"
+        assert client.command("LISTSCRIPTS")[1] == b'"rules" ACTIVE\r\n'
+        got = client.command('GETSCRIPT "rules"')
+        assert got[0] == b"{%d}\r\n" % len(RULES) + RULES + b"\r\n"
+        assert got[-1].startswith(b"OK")
+        assert client.command('GETSCRIPT "none"')[-1].startswith(b"NO (NONEXISTENT)")
+        assert client.command('DELETESCRIPT "rules"')[-1].startswith(b"NO (ACTIVE)")
+        assert client.command('RENAMESCRIPT "rules" "other"')[-1].startswith(b"NO (ALREADYEXISTS)")
+        assert client.command('RENAMESCRIPT "none" "x"')[-1].startswith(b"NO (NONEXISTENT)")
+        assert client.command('RENAMESCRIPT "rules" "sorting"')[-1].startswith(b"OK")
+        assert os.readlink(home() / ".dovecot.sieve") == "sieve/sorting.sieve"
+        assert (home() / "sieve" / "sorting.sieve").read_bytes() == RULES
+        assert not (home() / "sieve" / "rules.sieve").exists()
+        assert client.command("LISTSCRIPTS")[1] == b'"sorting" ACTIVE\r\n'
+        assert client.command('SETACTIVE ""')[-1].startswith(b"OK")
+        assert not os.path.lexists(home() / ".dovecot.sieve")
+        assert client.command('SETACTIVE "none"')[-1].startswith(b"NO (NONEXISTENT)")
+        assert client.command('DELETESCRIPT "sorting"')[-1].startswith(b"OK")
+        assert client.command('DELETESCRIPT "sorting"')[-1].startswith(b"NO (NONEXISTENT)")
+        assert client.command("LISTSCRIPTS") == [b'"other"\r\n', b'OK "Listscripts completed"\r\n']
+
+
+def test_errors_carry_line_and_column(sieve_server, mailbox):
+    broken = b'require ["fileinto"];\nif header :contains "Subject" "x" {\n  fileinto "X"\n}\n'
+    with Client(sieve_server) as client:
+        client.login()
+        refused = client.command(put("broken", broken))[-1]
+        assert refused.startswith(b'NO "line 4, column 1: error: '), refused
+        checked = client.command(b"CHECKSCRIPT {%d+}\r\n" % len(broken) + broken)[-1]
+        assert checked == refused
+        assert client.command(b"CHECKSCRIPT {%d+}\r\n" % len(RULES) + RULES)[-1].startswith(b"OK")
+        unknown = b'require ["include"];\n'
+        assert b"include" in client.command(put("x", unknown))[-1]
+        assert client.command("LISTSCRIPTS") == [b'OK "Listscripts completed"\r\n']
+
+
+def test_havespace_and_quota_codes(sieve_server, app, mailbox):
+    app.config.update(SIEVE_MAX_SCRIPT_BYTES=100, SIEVE_MAX_SCRIPTS=2)
+    with Client(sieve_server) as client:
+        client.login()
+        assert client.command('HAVESPACE "a" 100')[-1].startswith(b"OK")
+        assert client.command('HAVESPACE "a" 101')[-1].startswith(b"NO (QUOTA/MAXSIZE)")
+        assert client.command('HAVESPACE "a" 99999999999')[-1].startswith(b"NO")
+        assert client.command(put("a", OTHER))[-1].startswith(b"OK")
+        assert client.command(put("b", OTHER))[-1].startswith(b"OK")
+        assert client.command('HAVESPACE "c" 10')[-1].startswith(b"NO (QUOTA/MAXSCRIPTS)")
+        assert client.command('HAVESPACE "a" 10')[-1].startswith(b"OK")  # a replacement
+        assert client.command(put("c", OTHER))[-1].startswith(b"NO (QUOTA/MAXSCRIPTS)")
+        assert client.command(put("a", b"#" * 101))[-1].startswith(b"NO (QUOTA/MAXSIZE)")
+
+
+def test_noop_with_tag_and_unknown_commands(sieve_server, mailbox):
+    with Client(sieve_server) as client:
+        assert client.command("NOOP") == [b'OK "Done"\r\n']
+        assert client.command('NOOP "STARTTLS-SYNC-42"') == [
+            b'OK (TAG "STARTTLS-SYNC-42") "Done"\r\n'
+        ]
+        assert client.command("FROB")[-1].startswith(b"NO")
+        assert client.command("NOOP 1 2")[-1].startswith(b"NO")
+
+
+def test_pop3_only_mailbox_may_not_store_sorting_rules(sieve_server, session):
+    from tests.conftest import make_mailbox
+
+    make_mailbox(session, ADDRESS, protocols="pop3")
+    with Client(sieve_server) as client:
+        client.login()
+        refused = client.command(put("rules", RULES))[-1]
+        assert refused.startswith(b"NO") and b"need IMAP" in refused
+        assert client.command(put("forward", b'redirect "a@b.test";\n'))[-1].startswith(b"OK")
