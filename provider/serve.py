@@ -50,8 +50,8 @@ MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission", "managesieve")
 # Processes per kind of service. Mail may later run one per core, all accepting on the same
 # inherited listening sockets (issue "IMAP on every core"); the web's counters (login and
 # signup limits) live in its process's memory, so it stays one process with threads.
-# Submission runs one process per core (bench/RESULTS.md); its login failure delays, bans and
-# connection counts are per process, like the web's.
+# Submission runs one process per core (bench/RESULTS.md); login failure delays and bans are
+# shared by every process (INSTANCE_DIR/run/logins.sqlite3), connection counts are per process.
 WORKERS = {
     "web": 1,
     "mail": 1,

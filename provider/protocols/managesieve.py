@@ -41,10 +41,9 @@ BAD_BEFORE_LOGIN = 5
 BAD_AFTER_LOGIN = 20
 WRITE_HIGH_WATER = 256 * 1024
 IMPLEMENTATION = "provider"
-# check_policy checks status and trial expiry for this name but no protocol: the rule for
-# ManageSieve (every mailbox that may log in; sieve_scripts enforces the POP3-only rule).
-# mail_access has no name of its own for ManageSieve yet.
-POLICY_PROTOCOL = mail_access.SUBMISSION
+# check_policy checks status and trial expiry for this name but no protocol: every mailbox
+# that may log in may manage its scripts (sieve_scripts enforces the POP3-only rule).
+POLICY_PROTOCOL = mail_access.MANAGESIEVE
 # Always available, never listed (RFC 5228 §2.7.3); Pigeonhole lists neither.
 IMPLICIT_EXTENSIONS = frozenset({"comparator-i;octet", "comparator-i;ascii-casemap"})
 SIEVE_CAPABILITY = " ".join(name for name in EXTENSIONS if name not in IMPLICIT_EXTENSIONS)

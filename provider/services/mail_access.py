@@ -30,7 +30,17 @@ from provider.services.ratelimit import MAX_KEYS, BoundedTable
 
 AUTHENTICATION_FAILED = "Authentication failed."
 SUBMISSION = "submission"
-PROTOCOL_NAMES = {"imap": "IMAP", "pop3": "POP3", SUBMISSION: "Submission"}
+MANAGESIEVE = "managesieve"
+PROTOCOL_NAMES = {
+    "imap": "IMAP",
+    "pop3": "POP3",
+    SUBMISSION: "Submission",
+    MANAGESIEVE: "ManageSieve",
+}
+# Logins every mailbox may use whatever its protocol policy: sending (what it may send as is
+# the identities' rule) and managing its Sieve scripts (vacation and forwarding are for every
+# mailbox; what a POP3-only mailbox may store is services/sieve_scripts' rule).
+ANY_POLICY = frozenset({SUBMISSION, MANAGESIEVE})
 # Dovecot's mail_max_userip_connections, applied to submission sessions too.
 DEFAULT_MAX_CONNECTIONS_PER_USER_IP = 10
 MAX_PENALTY_SECONDS = 15.0
@@ -51,9 +61,7 @@ def check_policy(mailbox: Mailbox, protocol: str) -> None:
     )
     if expired:
         raise AccessRefused("The trial of this mailbox has expired; contact your provider")
-    # Every mailbox may send, IMAP and POP3-only alike (what it may send as is the identities'
-    # rule, services/identities.py).
-    if protocol != SUBMISSION and not mailbox.protocol_allowed(protocol):
+    if protocol not in ANY_POLICY and not mailbox.protocol_allowed(protocol):
         raise AccessRefused(f"{name} access is not enabled for this mailbox; contact your provider")
 
 
