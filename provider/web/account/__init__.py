@@ -22,6 +22,7 @@ NAV_ITEMS: list[tuple[str, str]] = [
     ("account.overview", "Overview"),
     ("account.backups", "Backups"),
     ("account.identities_page", "Sender addresses"),
+    ("account.rules_page", "Rules"),
 ]
 
 
@@ -59,6 +60,7 @@ from provider.web.account import (  # noqa: E402  (views register on bp)
     backups,
     identities,
     overview,
+    rules,
 )
 
-__all__ = ["auth", "backups", "bp", "identities", "overview"]
+__all__ = ["auth", "backups", "bp", "identities", "overview", "rules"]

@@ -1,0 +1,275 @@
+"""The rule editor in /account/rules and on the admin's mailbox page (Flask test client)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from provider.models import AuditEvent, Mailbox
+from provider.services import sieve_rules, sieve_scripts
+from provider.services.storage import mail_store
+from tests.conftest import MAILBOX_PASSWORD, TEST_ACTOR, make_mailbox
+from tests.web.conftest import text_of
+from tests.web.timemachine_helpers import csrf_token
+
+
+def version(html: str) -> str:
+    match = re.search(r'name="version"[^>]*value="([0-9a-f]*)"', html) or re.search(
+        r'value="([0-9a-f]*)"[^>]*name="version"', html
+    )
+    assert match, "no version on the page"
+    return match.group(1)
+
+
+@pytest.fixture
+def alice(session: Session) -> Mailbox:
+    return make_mailbox(session, "alice@example.test")
+
+
+@pytest.fixture
+def owner(client: FlaskClient, alice: Mailbox) -> FlaskClient:
+    response = client.post(
+        "/account/login", data={"email": alice.address, "password": MAILBOX_PASSWORD}
+    )
+    assert response.status_code == 302
+    return client
+
+
+def rule_data(page: str, **overrides: Any) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "version": version(page),
+        "name": "Lists",
+        "match": "all",
+        "enabled": "y",
+        "c0_kind": "from",
+        "c0_value": "lists.example",
+        "c1_kind": "",
+        "c2_kind": "",
+        "move": "y",
+        "folder": "Lists",
+        "create": "y",
+    }
+    data.update(overrides)
+    return {key: value for key, value in data.items() if value is not None}
+
+
+def active_source(alice: Mailbox) -> str:
+    return sieve_rules.load(mail_store(), alice).source
+
+
+def add_rule(owner: FlaskClient, **overrides: Any) -> Any:
+    page = text_of(owner.get("/account/rules/new"))
+    return owner.post("/account/rules/new", data=rule_data(page, **overrides))
+
+
+def test_pages_need_login(client: FlaskClient, alice: Mailbox) -> None:
+    for path in ("/account/rules", "/account/rules/new", "/account/rules/sieve"):
+        response = client.get(path)
+        assert response.status_code == 302 and response.location.endswith("/account/login")
+
+
+def test_owner_adds_a_rule_and_it_is_the_active_script(
+    owner: FlaskClient, alice: Mailbox, session: Session
+) -> None:
+    assert 'href="/account/rules"' in text_of(owner.get("/account/"))
+    assert "No rules yet." in text_of(owner.get("/account/rules"))
+    response = add_rule(owner)
+    assert response.status_code == 302, text_of(response)
+    page = text_of(owner.get("/account/rules"))
+    assert "Rule “Lists” saved." in page and "move to Lists" in page
+    home = sieve_scripts.home_of(mail_store(), alice.address)
+    assert sieve_scripts.active_name(home) == "rules"
+    source = active_source(alice)
+    assert 'fileinto :create "Lists";' in source
+    assert sieve_rules.from_sieve(source).rules[0].name == "Lists"
+    actions = session.scalars(
+        select(AuditEvent.actor).where(AuditEvent.action == "sieve.put")
+    ).all()
+    assert actions == ["mailbox:alice@example.test"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "message"),
+    [
+        ({"c0_kind": "size_over", "c0_value": "lots"}, "c0_value", "whole number"),
+        ({"c0_value": ""}, "c0_value", "say what the message should contain"),
+        ({"c0_kind": "header", "c0_header": "a b"}, "c0_header", "header name"),
+        ({"c0_kind": "to", "c0_value": "nobody"}, "c0_value", "is not an e-mail address"),
+        ({"folder": "a.b"}, "folder", "Maildir++ layout uses"),
+        (
+            {"move": None, "forward": "y", "forward_address": "x@"},
+            "forward_address",
+            "not an e-mail",
+        ),
+        ({"c0_kind": ""}, None, "at least one condition"),
+        ({"move": None}, None, "at least one action"),
+        ({"c0_kind": "bogus"}, "c0_kind", "unknown condition"),
+    ],
+)
+def test_rule_field_errors_next_to_fields(
+    owner: FlaskClient, alice: Mailbox, overrides: dict[str, Any], field: str | None, message: str
+) -> None:
+    response = add_rule(owner, **overrides)
+    assert response.status_code == 400
+    html = text_of(response)
+    if field:
+        errors = re.search(rf'id="{field}-errors">(.*?)</ul>', html, re.S)
+        assert errors and message in errors.group(1), html
+    else:
+        assert message in re.search(r'class="form-errors".*?</div>', html, re.S).group(0)
+    assert active_source(alice) == ""  # nothing written
+
+
+def test_edit_reorder_toggle_delete(owner: FlaskClient, alice: Mailbox) -> None:
+    assert add_rule(owner, name="First").status_code == 302
+    assert add_rule(owner, name="Second", folder="Two").status_code == 302
+    page = text_of(owner.get("/account/rules/1"))
+    assert 'value="Two"' in page
+    response = owner.post("/account/rules/1", data=rule_data(page, name="Second!", folder="Deux"))
+    assert response.status_code == 302
+
+    def names() -> list[tuple[str, bool]]:
+        ruleset = sieve_rules.from_sieve(active_source(alice))
+        return [(rule.name, rule.enabled) for rule in ruleset.rules]
+
+    def act(index: int, operation: str) -> Any:
+        page = text_of(owner.get("/account/rules"))
+        return owner.post(
+            f"/account/rules/{index}/action",
+            data={"version": version(page), "operation": operation},
+        )
+
+    assert names() == [("First", True), ("Second!", True)]
+    assert act(1, "up").status_code == 302
+    assert names() == [("Second!", True), ("First", True)]
+    assert act(0, "down").status_code == 302 and act(0, "toggle").status_code == 302
+    assert names() == [("First", False), ("Second!", True)]
+    assert 'fileinto :create "Lists"' not in active_source(alice)  # the rule that is off
+    assert act(0, "delete").status_code == 302
+    assert names() == [("Second!", True)]
+    assert act(5, "delete").status_code == 404
+    assert act(0, "explode").status_code == 400
+    assert owner.get("/account/rules/7").status_code == 404
+
+
+def test_a_stale_form_is_refused_and_writes_nothing(owner: FlaskClient, alice: Mailbox) -> None:
+    page = text_of(owner.get("/account/rules/new"))
+    assert add_rule(owner, name="Other tab").status_code == 302
+    before = active_source(alice)
+    response = owner.post("/account/rules/new", data=rule_data(page, name="Old tab"))
+    assert response.status_code == 400 and "changed meanwhile" in text_of(response)
+    assert active_source(alice) == before
+
+
+def test_vacation_and_forwarding_forms(owner: FlaskClient, alice: Mailbox) -> None:
+    page = text_of(owner.get("/account/rules"))
+    response = owner.post(
+        "/account/rules/vacation",
+        data={
+            "version": version(page),
+            "enabled": "y",
+            "first_day": "2026-07-01",
+            "last_day": "2026-06-01",
+            "subject": "Away",
+            "text": "Back soon",
+            "days": "3",
+        },
+    )
+    assert response.status_code == 400
+    assert "the last day is before the first day" in text_of(response)
+    response = owner.post(
+        "/account/rules/vacation",
+        data={
+            "version": version(page),
+            "enabled": "y",
+            "subject": "Away",
+            "text": "Back soon",
+            "days": "3",
+        },
+    )
+    assert response.status_code == 302
+    assert 'vacation :days 3 :subject "Away" "Back soon";' in active_source(alice)
+    page = text_of(owner.get("/account/rules"))
+    assert "Being sent today." in page
+    response = owner.post(
+        "/account/rules/forwarding", data={"version": version(page), "address": "not-an-address"}
+    )
+    assert response.status_code == 400
+    assert re.search(r'id="address-errors">.*not an e-mail address', text_of(response), re.S)
+    response = owner.post(
+        "/account/rules/forwarding", data={"version": version(page), "address": "me@far.test"}
+    )
+    assert response.status_code == 302
+    assert 'redirect "me@far.test";\nstop;' in active_source(alice)
+
+
+def test_csrf_is_required(app: Flask, owner: FlaskClient, alice: Mailbox) -> None:
+    app.config["WTF_CSRF_ENABLED"] = True
+    try:
+        page = text_of(owner.get("/account/rules/new"))
+        response = owner.post("/account/rules/new", data=rule_data(page))
+        assert response.status_code == 400 and "The form expired" in text_of(response)
+        response = owner.post(
+            "/account/rules/new", data={**rule_data(page), "csrf_token": csrf_token(page)}
+        )
+        assert response.status_code == 302
+    finally:
+        app.config["WTF_CSRF_ENABLED"] = False
+
+
+def test_pop3_only_sorting_refused_but_forwarding_allowed(
+    client: FlaskClient, session: Session
+) -> None:
+    bob = make_mailbox(session, "bob@example.test", protocols="pop3")
+    client.post("/account/login", data={"email": bob.address, "password": MAILBOX_PASSWORD})
+    page = text_of(client.get("/account/rules"))
+    assert 'id="rules-pop3-only"' in page and "need IMAP" in page
+    response = add_rule(client)
+    assert response.status_code == 400 and "need IMAP" in text_of(response)
+    assert add_rule(client, move=None, discard="y").status_code == 302
+    page = text_of(client.get("/account/rules"))
+    response = client.post(
+        "/account/rules/forwarding",
+        data={"version": version(page), "address": "b@far.test", "keep_copy": "y"},
+    )
+    assert response.status_code == 302
+    assert 'redirect :copy "b@far.test";' in active_source(bob)
+
+
+def test_hand_edited_script_is_read_only(
+    owner: FlaskClient, alice: Mailbox, session: Session
+) -> None:
+    assert add_rule(owner).status_code == 302
+    edited = active_source(alice).replace('"Lists";', '"Elsewhere";')
+    sieve_scripts.put_script(
+        session, mail_store(), alice, "rules", edited.encode(), activate=True, actor=TEST_ACTOR
+    )
+    session.commit()
+    page = text_of(owner.get("/account/rules"))
+    assert 'id="rules-read-only"' in page and "changed by hand" in page
+    assert 'id="add-rule"' not in page
+    assert owner.get("/account/rules/new").status_code == 409
+    response = owner.post("/account/rules/forwarding", data={"address": "x@far.test"})
+    assert response.status_code == 409
+    assert active_source(alice) == edited  # never rewritten
+
+
+def test_raw_sieve_editor_shows_errors_by_line(owner: FlaskClient, alice: Mailbox) -> None:
+    page = text_of(owner.get("/account/rules/sieve"))
+    bad = 'require "fileinto";\r\nif true {\r\n  fileinto "X"\r\n}\r\n'
+    response = owner.post("/account/rules/sieve", data={"version": version(page), "source": bad})
+    assert response.status_code == 400
+    errors = re.search(r'id="source-errors">(.*?)</ul>', text_of(response), re.S)
+    assert errors and "line 4" in errors.group(1)
+    assert active_source(alice) == ""
+    good = 'require "fileinto";\nfileinto "X";\n'
+    response = owner.post("/account/rules/sieve", data={"version": version(page), "source": good})
+    assert response.status_code == 302
+    assert active_source(alice) == good
+    assert 'id="rules-read-only"' in text_of(owner.get("/account/rules"))
