@@ -273,3 +273,36 @@ def test_raw_sieve_editor_shows_errors_by_line(owner: FlaskClient, alice: Mailbo
     assert response.status_code == 302
     assert active_source(alice) == good
     assert 'id="rules-read-only"' in text_of(owner.get("/account/rules"))
+
+
+# --- the admin's mailbox page -----------------------------------------------------------------
+
+
+def test_admin_edits_a_customers_rules(
+    logged_in: FlaskClient, alice: Mailbox, session: Session
+) -> None:
+    assert f"/admin/mailboxes/{alice.id}/rules" in text_of(
+        logged_in.get(f"/admin/mailboxes/{alice.id}")
+    )
+    base = f"/admin/mailboxes/{alice.id}/rules"
+    page = text_of(logged_in.get(f"{base}/new"))
+    assert logged_in.post(f"{base}/new", data=rule_data(page)).status_code == 302
+    assert "move to Lists" in text_of(logged_in.get(base))
+    assert 'fileinto :create "Lists";' in active_source(alice)
+    actors = session.scalars(select(AuditEvent.actor).where(AuditEvent.action == "sieve.put")).all()
+    assert actors == ["admin:root@example.com"]
+
+
+def test_domain_admin_only_for_their_domains(
+    as_domain_admin: FlaskClient, session: Session
+) -> None:
+    mine = make_mailbox(session, "a@mine.test")
+    theirs = make_mailbox(session, "b@other.test")
+    assert as_domain_admin.get(f"/admin/mailboxes/{mine.id}/rules").status_code == 200
+    for path in ("", "/new", "/sieve"):
+        assert as_domain_admin.get(f"/admin/mailboxes/{theirs.id}/rules{path}").status_code == 404
+    response = as_domain_admin.post(
+        f"/admin/mailboxes/{theirs.id}/rules/forwarding", data={"address": "x@far.test"}
+    )
+    assert response.status_code == 404
+    assert active_source(theirs) == ""

@@ -57,6 +57,7 @@ from provider.web.admin import (  # noqa: E402  (views register on bp)
     jobs,
     mailboxes,
     queue,
+    rules,
     sending,
 )
 
@@ -74,5 +75,6 @@ __all__ = [
     "jobs",
     "mailboxes",
     "queue",
+    "rules",
     "sending",
 ]
