@@ -55,6 +55,7 @@ def _registry() -> list[Job]:
     from jobs.backup import backup, backup_verify
     from jobs.outbound import outbound_cleanup
     from jobs.quota import quota_recount
+    from jobs.sieve import sieve_vacation_window
     from jobs.trial import trial_lifecycle
 
     return [
@@ -87,6 +88,12 @@ def _registry() -> list[Job]:
             outbound_cleanup,
             "JOB_OUTBOUND_CLEANUP_CRON",
             "Delete finished queue messages past OUTBOUND_KEEP_DAYS and old sending counts",
+        ),
+        Job(
+            "sieve-vacation-window",
+            sieve_vacation_window,
+            "JOB_SIEVE_VACATION_WINDOW_CRON",
+            "Switch rule-editor away replies on/off as their first and last days pass",
         ),
     ]
 

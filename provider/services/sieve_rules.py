@@ -465,12 +465,19 @@ def refresh_window(
     """Rewrite the editor's script when today moved the vacation into or out of its window
     (run daily); True when it was rewritten. Hand-edited scripts are never touched."""
     state = load(store, mailbox)
-    if state.ruleset is None:
+    if state.ruleset is None or not state.source:  # hand-edited, or no active script at all
         return False
     wanted = to_sieve(state.ruleset, today)
     if wanted == state.source:
         return False
+    # Written only if nobody (a Sieve client, the owner) changed the script since it was read.
     sieve_scripts.put_script(
-        session, store, mailbox, state.name, wanted.encode(), activate=True, actor=actor
+        session,
+        store,
+        mailbox,
+        state.name,
+        wanted.encode(),
+        actor=actor,  # not activate: it is the active one, unless someone changed that meanwhile
+        only_if=state.source.encode(),
     )
     return True

@@ -68,6 +68,12 @@ class ScriptLimit(ProviderError):
     http_status = 507
 
 
+class ScriptChanged(ProviderError):
+    """The script is no longer what the caller read (changed meanwhile); nothing was written."""
+
+    http_status = 409
+
+
 class TemporaryFailureInStore(ProviderError):
     """The script store is not in a state we write to."""
 
@@ -275,8 +281,11 @@ def put_script(
     activate: bool = False,
     actor: Actor,
     limit: Limits | None = None,
+    only_if: bytes | None = None,
 ) -> ScriptInfo:
-    """Check, then store (replace) a script; with `activate`, make it the active one."""
+    """Check, then store (replace) a script; with `activate`, make it the active one. With
+    `only_if`, write only when the stored script is still exactly those bytes (checked under
+    the lock), else ScriptChanged."""
     name = check_name(name)
     limit = limit or limits()
     check_script(mailbox, source, limit)
@@ -284,6 +293,8 @@ def put_script(
     with _locked(home) as directory:
         path = _script_path(home, name)
         existed = path.is_file()
+        if only_if is not None and (not existed or path.read_bytes() != only_if):
+            raise ScriptChanged(f"the script {name!r} was changed meanwhile; nothing written")
         if not existed:
             count = sum(1 for _ in list_scripts(store, mailbox))
             if count >= limit.max_scripts:

@@ -189,4 +189,5 @@ def test_the_issue_jobs_are_scheduled_by_default(runner):
         "quota-recount": "30 3 * * *",
         "trial-lifecycle": "0 * * * *",
         "outbound-cleanup": "15 * * * *",
+        "sieve-vacation-window": "5 * * * *",
     }
