@@ -78,6 +78,12 @@ for _row in range(CONDITION_ROWS):
     )
     setattr(RuleForm, f"c{_row}_header", StringField("Header name"))
     setattr(RuleForm, f"c{_row}_value", StringField("Value"))
+    # For "sent to my address": the choices are the mailbox's own addresses (set per request).
+    setattr(
+        RuleForm,
+        f"c{_row}_address",
+        SelectField("My address", choices=[], validate_choice=False),
+    )
     setattr(
         RuleForm, f"c{_row}_unit", SelectField("Unit", choices=UNIT_CHOICES, validate_choice=False)
     )
@@ -142,7 +148,10 @@ def _rule_form_data(rule: Rule) -> dict[str, Any]:
     for index, condition in enumerate(rule.conditions[:CONDITION_ROWS]):
         data[f"c{index}_kind"] = condition.kind
         data[f"c{index}_header"] = condition.header
-        data[f"c{index}_value"] = condition.value
+        if condition.kind == "to":
+            data[f"c{index}_address"] = condition.value
+        else:
+            data[f"c{index}_value"] = condition.value
         data[f"c{index}_unit"] = condition.unit
     for action in rule.actions:
         data[action.kind if action.kind != "forward" else "forward"] = True
@@ -155,26 +164,54 @@ def _rule_form_data(rule: Rule) -> dict[str, Any]:
     return data
 
 
-def _rule_from_form(form: RuleForm) -> Rule | None:
-    """The rule the form describes, or None with the errors placed next to their fields."""
+def _set_address_choices(form: RuleForm, own: list[str]) -> None:
+    """Offer the mailbox's addresses in every row's select; a value a rule still holds that is
+    no longer one of them is shown (marked) so it is not silently replaced, and refused on save."""
+    for index in range(CONDITION_ROWS):
+        select = getattr(form, f"c{index}_address")
+        choices = [SelectChoice("", "— choose —")] + [SelectChoice(a, a) for a in own]
+        current = select.data or ""
+        if current and current.lower() not in {a.lower() for a in own}:
+            choices.append(SelectChoice(current, f"{current} (no longer an address of yours)"))
+        select.choices = choices
+
+
+def _own_address(value: str, own: list[str]) -> str:
+    """`value` if it is one of the mailbox's addresses (as listed), else InvalidInput."""
+    if not value:
+        raise InvalidInput("choose one of the mailbox's addresses", "address")
+    for address in own:
+        if address.lower() == value.strip().lower():
+            return address
+    raise InvalidInput(
+        f"{value[:100]!r} is not an address of this mailbox; choose one from the list", "address"
+    )
+
+
+def _rule_from_form(form: RuleForm, own: list[str]) -> Rule | None:
+    """The rule the form describes, or None with the errors placed next to their fields;
+    `own` are the mailbox's addresses (the only ones "sent to my address" accepts)."""
     conditions: list[Condition] = []
     ok = True
     for index in range(CONDITION_ROWS):
         kind = getattr(form, f"c{index}_kind").data or ""
         if not kind:
             continue
-        condition = Condition(
-            kind,
-            getattr(form, f"c{index}_value").data or "",
-            getattr(form, f"c{index}_header").data or "",
-            getattr(form, f"c{index}_unit").data or "",
-        )
+        value = getattr(form, f"c{index}_value").data or ""
         try:
+            if kind == "to":
+                value = _own_address(getattr(form, f"c{index}_address").data or "", own)
+            condition = Condition(
+                kind,
+                value,
+                getattr(form, f"c{index}_header").data or "",
+                getattr(form, f"c{index}_unit").data or "",
+            )
             conditions.append(sieve_rules.check_condition(condition))
         except InvalidInput as error:
-            target = getattr(form, f"c{index}_{error.field}", None) or getattr(
-                form, f"c{index}_value"
-            )
+            target = getattr(form, f"c{index}_{error.field}", None)
+            if target is None or (kind == "to" and error.field == "value"):
+                target = getattr(form, f"c{index}_address" if kind == "to" else f"c{index}_value")
             target.errors = [*target.errors, error.message]
             ok = False
     actions: list[RuleAction] = []
@@ -284,6 +321,7 @@ def register(site: EditorSite, base: str) -> None:
     def rule_page(
         mailbox: Mailbox, ids: dict[str, Any], form: RuleForm, index: int | None
     ) -> tuple[str, int]:
+        _set_address_choices(form, my_addresses(mailbox))
         return render_template(
             "sieve_editor/rule.html",
             layout=site.layout,
@@ -320,7 +358,7 @@ def register(site: EditorSite, base: str) -> None:
             )
         form = RuleForm()
         if form.validate_on_submit() and _fresh(form, state):
-            rule = _rule_from_form(form)
+            rule = _rule_from_form(form, my_addresses(mailbox))
             if rule is not None:
                 rules = list(ruleset.rules)
                 if index is None:
@@ -476,5 +514,8 @@ def register(site: EditorSite, base: str) -> None:
 
 
 def my_addresses(mailbox: Mailbox) -> list[str]:
-    """The mailbox's own addresses (for the "sent to my address" condition's hint)."""
-    return [entry.address for entry in identities.sender_overview(db.session, mailbox).entries]
+    """The mailbox's own addresses, once each (the "sent to my address" condition's choices)."""
+    seen: dict[str, str] = {}
+    for entry in identities.sender_overview(db.session, mailbox).entries:
+        seen.setdefault(entry.address.lower(), entry.address)
+    return list(seen.values())

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provider.models import AuditEvent, Mailbox
-from provider.services import sieve_rules, sieve_scripts
+from provider.services import provisioning, sieve_rules, sieve_scripts
 from provider.services.storage import mail_store
 from tests.conftest import MAILBOX_PASSWORD, TEST_ACTOR, make_mailbox
 from tests.web.conftest import text_of
@@ -100,7 +100,17 @@ def test_owner_adds_a_rule_and_it_is_the_active_script(
         ({"c0_kind": "size_over", "c0_value": "lots"}, "c0_value", "whole number"),
         ({"c0_value": ""}, "c0_value", "say what the message should contain"),
         ({"c0_kind": "header", "c0_header": "a b"}, "c0_header", "header name"),
-        ({"c0_kind": "to", "c0_value": "nobody"}, "c0_value", "is not an e-mail address"),
+        ({"c0_kind": "to", "c0_address": ""}, "c0_address", "choose one of the mailbox"),
+        (
+            {"c0_kind": "to", "c0_address": "bob@example.test"},
+            "c0_address",
+            "not an address of this mailbox",
+        ),
+        (
+            {"c0_kind": "to", "c0_address": "alice@example.test\r\nBcc: x"},
+            "c0_address",
+            "not an address",
+        ),
         ({"folder": "a.b"}, "folder", "Maildir++ layout uses"),
         (
             {"move": None, "forward": "y", "forward_address": "x@"},
@@ -306,3 +316,41 @@ def test_domain_admin_only_for_their_domains(
     )
     assert response.status_code == 404
     assert active_source(theirs) == ""
+
+
+def test_sent_to_offers_the_mailboxs_own_addresses(
+    owner: FlaskClient, alice: Mailbox, session: Session
+) -> None:
+    provisioning.create_alias(session, "sales@example.test", alice, actor=TEST_ACTOR)
+    session.commit()
+    page = text_of(owner.get("/account/rules/new"))
+    select_html = re.search(r'<select id="c0_address".*?</select>', page, re.S)
+    assert select_html is not None
+    offered = re.findall(r'<option[^>]*value="([^"]*)"', select_html.group(0))
+    assert offered == ["", "alice@example.test", "sales@example.test"]
+    # Chosen in any case: kept as the mailbox lists it.
+    response = add_rule(owner, c0_kind="to", c0_address="SALES@example.test", c0_value="")
+    assert response.status_code == 302, text_of(response)
+    assert 'address :is ["to", "cc"] "sales@example.test"' in active_source(alice)
+    edit = text_of(owner.get("/account/rules/0"))
+    assert re.search(r'<option selected value="sales@example.test">', edit) or re.search(
+        r'<option[^>]*value="sales@example.test"[^>]*selected', edit
+    ), edit
+
+
+def test_an_address_no_longer_the_mailboxs_is_shown_and_refused(
+    owner: FlaskClient, alice: Mailbox, session: Session
+) -> None:
+    alias = provisioning.create_alias(session, "old@example.test", alice, actor=TEST_ACTOR)
+    session.commit()
+    assert add_rule(owner, c0_kind="to", c0_address="old@example.test").status_code == 302
+    session.delete(alias)
+    session.commit()
+    edit = text_of(owner.get("/account/rules/0"))
+    assert "old@example.test (no longer an address of yours)" in edit
+    response = owner.post(
+        "/account/rules/0", data=rule_data(edit, c0_kind="to", c0_address="old@example.test")
+    )
+    assert response.status_code == 400
+    assert "not an address of this mailbox" in text_of(response)
+    assert '"old@example.test"' in active_source(alice)  # the saved rule is unchanged
