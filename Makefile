@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: run test lint format bench bench-submission clean
+.PHONY: run test lint format bench bench-submission bench-sieve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ bench: $(VENV)/.installed-test
 # Submission against Postfix + Dovecot on this machine (needs root, postfix, dovecot-lmtpd).
 bench-submission: $(VENV)/.installed-test
 	$(BIN)/python bench/submission.py
+
+# LMTP deliveries with a 20-rule Sieve script against none, on the same server (issue 13).
+bench-sieve: $(VENV)/.installed-test
+	$(BIN)/python bench/sieve_delivery.py --profile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
