@@ -83,6 +83,9 @@ class Route:
     address: str
     destinations: tuple[Destination, ...]
     spool: str | None = None
+    # The RCPT address as the client gave it (plus tag, alias, case): a Sieve script's
+    # envelope "to" (RFC 5228 §5.4), as Pigeonhole sees it. None: the mailbox's address.
+    recipient: str | None = None
 
 
 def _normalize_recipient(recipient: str) -> tuple[str, str]:
@@ -138,7 +141,7 @@ def resolve_route(session: Session, recipient: str) -> Route:
         if local.split("+", 1)[0].lower() != POSTMASTER:
             raise
         return postmaster_route(session, _normalize_recipient(recipient)[1])
-    return Route(destination.address, (destination,))
+    return Route(destination.address, (destination,), recipient=cleaned or None)
 
 
 def _hosted_destination(session: Session, address: str) -> Destination | None:
@@ -279,7 +282,15 @@ def deliver_route(
         try:
             if route.spool is None:
                 # SMTP already said yes to this recipient at RCPT: keep the promise.
-                filtered_store(session, store, destination, message, sender, promised=promised)
+                filtered_store(
+                    session,
+                    store,
+                    destination,
+                    message,
+                    sender,
+                    promised=promised,
+                    envelope_to=route.recipient,
+                )
             else:
                 store_message(session, store, destination, message)
         except ProviderError as exc:
@@ -360,8 +371,11 @@ def filtered_store(
     sender: str,
     *,
     promised: bool = False,
+    envelope_to: str | None = None,
 ) -> list[StoredMessage]:
     """Deliver as the mailbox's active Sieve script says (INBOX when it has none).
+    `envelope_to` is the RCPT address as given (the script's envelope "to"); None: the
+    mailbox's own address.
 
     A rule never loses mail: a script that fails, a folder that is missing (without :create)
     or cannot be made, a copy that cannot be written — each falls back to INBOX, and what went
@@ -377,7 +391,7 @@ def filtered_store(
         session.scalar(select(Mailbox.imap_enabled).where(Mailbox.id == destination.mailbox_id))
     )
     plan = sieve_delivery.plan_for(
-        home, message, sender, destination.address, imap_allowed=imap_allowed
+        home, message, sender, envelope_to or destination.address, imap_allowed=imap_allowed
     )
     if plan is None:
         return [store_message(session, store, destination, message, promised=promised)]

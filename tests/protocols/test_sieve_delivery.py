@@ -152,6 +152,26 @@ def test_fileinto_create_makes_the_folder_and_a_missing_folder_falls_back_to_inb
     assert "fileinto 'Nowhere'" in error_log() and "kept in INBOX" in error_log()
 
 
+def test_envelope_to_is_the_rcpt_address_with_its_detail_and_alias(runner, session, servers):
+    """The script's envelope "to" is what the sender's MTA gave at RCPT (plus tag, alias), as
+    in Pigeonhole, not the mailbox's own address."""
+    mailbox = make_mailbox(session, ALICE)
+    assert runner.invoke(args=["alias", "add", "sales@example.test", ALICE]).exit_code == 0
+    put(
+        runner,
+        'require ["fileinto", "mailbox", "envelope", "subaddress"];\n'
+        'if envelope :detail "to" "shopping" { fileinto :create "Shopping"; stop; }\n'
+        'if envelope :localpart "to" "sales" { fileinto :create "Sales"; stop; }\n',
+    )
+    assert lmtp(servers["lmtp"], ["Alice+Shopping@example.test"], message("tagged"))[0][0] == 250
+    assert lmtp(servers["lmtp"], ["sales@example.test"], message("to the alias"))[0][0] == 250
+    assert lmtp(servers["lmtp"], [ALICE], message("plain"))[0][0] == 250
+    assert [b"Subject: tagged" in raw for raw, _ in folder_messages("Shopping")] == [True]
+    assert [b"Subject: to the alias" in raw for raw, _ in folder_messages("Sales")] == [True]
+    assert [b"Subject: plain" in raw for raw, _ in folder_messages("INBOX")] == [True]
+    assert mailbox.address == ALICE
+
+
 def test_setflag_marks_the_kept_message_read(runner, session, servers):
     make_mailbox(session, ALICE)
     put(runner, 'require "imap4flags";\nsetflag ["\\\\Seen", "\\\\Recent", "bad(kw"];\n')
