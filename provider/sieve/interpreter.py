@@ -44,7 +44,6 @@ EXTENSIONS = (
     "date",
     "index",
     "special-use",
-    "include",
     "duplicate",
     "comparator-i;octet",
     "comparator-i;ascii-casemap",
@@ -58,6 +57,9 @@ SUBADDRESS_SEPARATOR = "+"
 MAX_VARIABLE_SIZE = 4096
 # Pigeonhole's sieve_include_max_nesting_depth and sieve_include_max_includes.
 MAX_INCLUDE_DEPTH = 10
+# include works only when the caller gives compile_script a loader; it is advertised (in
+# EXTENSIONS, which ManageSieve's CAPABILITY reads) once storage and delivery pass one.
+LOADER_EXTENSIONS = ("include",)
 MAX_INCLUDES = 255
 # duplicate (RFC 7352): Pigeonhole's sieve_duplicate_default_period (12h) and _max_period (2d).
 DUPLICATE_DEFAULT_SECONDS = 12 * 3600
@@ -481,7 +483,8 @@ def _compile(source: str | bytes, includes: _Includes, name: str) -> Script:
             )
         bound = _bind(command, _COMMANDS["require"], enabled)
         for extension in bound.positional[0]:  # type: ignore[union-attr]
-            if extension not in EXTENSIONS:
+            with_loader = includes.loader is not None and extension in LOADER_EXTENSIONS
+            if extension not in EXTENSIONS and not with_loader:
                 raise SieveParseError(
                     f"require: unknown or unsupported extension {extension!r}",
                     command.line,

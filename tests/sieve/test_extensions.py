@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from provider.sieve import Budget, Context, Envelope, SieveParseError, compile_script, run
-from provider.sieve.interpreter import MAX_INCLUDE_DEPTH, Loader
+from provider.sieve.interpreter import EXTENSIONS, MAX_INCLUDE_DEPTH, Loader
 
 MESSAGE = (
     b"From: a@example.com\r\nTo: me@example.org\r\nSubject: hi\r\n"
@@ -72,7 +72,7 @@ def test_bad_dates_never_match_and_never_fail(header: str, found: bool) -> None:
         ('require "include";\ninclude :personal :global "x";', "one of :personal and :global"),
         ('require "include";\ninclude "a/b";', "invalid script name"),
         ('require "include";\nglobal "x";', 'global needs require "variables"'),
-        ('require "include";\ninclude "nowhere";', "does not exist"),
+        ('require "include";\ninclude "nowhere";', "script 'nowhere' does not exist"),
         (
             'require "duplicate";\nif duplicate :header "a" :uniqueid "b" {}',
             "one of :header and :uniqueid",
@@ -82,7 +82,7 @@ def test_bad_dates_never_match_and_never_fail(header: str, found: bool) -> None:
 )
 def test_compile_errors(script: str, message: str) -> None:
     with pytest.raises(SieveParseError) as caught:
-        compile_script(script)
+        compile_script(script, loader_of({}))
     assert message in str(caught.value)
     assert caught.value.line >= 1
 
@@ -161,6 +161,14 @@ def test_include_globals_once_optional_return() -> None:
         "store main-changed-",
         "implicit-keep none",
     ]
+
+
+def test_include_needs_a_loader_and_a_missing_script_is_named() -> None:
+    assert "include" not in EXTENSIONS  # not advertised until storage passes a loader
+    with pytest.raises(SieveParseError, match="unsupported extension 'include'"):
+        compile_script('require "include";\ninclude "x";')
+    with pytest.raises(SieveParseError, match="script 'nowhere' does not exist"):
+        compile_script('require "include";\ninclude "nowhere";', loader_of({}))
 
 
 def test_include_loops_depth_and_bad_included_scripts_are_compile_errors() -> None:
