@@ -8,7 +8,9 @@ import email.message
 import email.policy
 import email.utils
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 
 from provider.sieve.match import COMPARATORS, RELATIONS, MatchError, join_octets, match_one
 from provider.sieve.parser import (
@@ -39,6 +41,10 @@ EXTENSIONS = (
     "vacation",
     "vacation-seconds",
     "mailbox",
+    "date",
+    "index",
+    "special-use",
+    "duplicate",
     "comparator-i;octet",
     "comparator-i;ascii-casemap",
     "comparator-i;ascii-numeric",
@@ -49,6 +55,18 @@ VACATION_DEFAULT_SECONDS = 7 * 86400
 SUBADDRESS_SEPARATOR = "+"
 # Pigeonhole's sieve_variables_max_variable_size: longer values are cut, not an error.
 MAX_VARIABLE_SIZE = 4096
+# Pigeonhole's sieve_include_max_nesting_depth and sieve_include_max_includes.
+MAX_INCLUDE_DEPTH = 10
+# include works only when the caller gives compile_script a loader; it is advertised (in
+# EXTENSIONS, which ManageSieve's CAPABILITY reads) once storage and delivery pass one.
+LOADER_EXTENSIONS = ("include",)
+MAX_INCLUDES = 255
+# duplicate (RFC 7352): Pigeonhole's sieve_duplicate_default_period (12h) and _max_period (2d).
+DUPLICATE_DEFAULT_SECONDS = 12 * 3600
+DUPLICATE_MAX_SECONDS = 2 * 86400
+
+# include's loader: (location "personal" or "global", script name) -> source, None if missing.
+Loader = Callable[[str, str], "str | bytes | None"]
 
 
 def _size(value: str) -> int:
@@ -91,6 +109,7 @@ class Action:
     create: bool = False
     text: str = ""
     vacation: dict[str, object] = field(default_factory=dict)
+    special_use: str = ""
 
 
 @dataclass
@@ -110,6 +129,8 @@ class Result:
         for action in self.actions:
             if action.kind in ("keep", "fileinto"):
                 line = f"store {action.target or 'INBOX'}"
+                if action.special_use:
+                    line += f" specialuse={action.special_use}"
                 if action.create:
                     line += " +create"
                 if action.flags:
@@ -174,7 +195,18 @@ _COMMANDS: dict[str, _Spec] = {
     "keep": _Spec(None, {"flags": "strings"}, []),
     "discard": _Spec(None, {}, []),
     "redirect": _Spec(None, {"copy": None}, ["string"]),
-    "fileinto": _Spec("fileinto", {"copy": None, "flags": "strings", "create": None}, ["string"]),
+    "fileinto": _Spec(
+        "fileinto",
+        {"copy": None, "flags": "strings", "create": None, "specialuse": "string"},
+        ["string"],
+    ),
+    "include": _Spec(
+        "include",
+        {"personal": None, "global": None, "once": None, "optional": None},
+        ["string"],
+    ),
+    "return": _Spec("include", {}, []),
+    "global": _Spec("include", {}, ["strings"]),
     "reject": _Spec("reject", {}, ["string"]),
     "ereject": _Spec("ereject", {}, ["string"]),
     "setflag": _Spec("imap4flags", {}, ["string?", "strings"]),
@@ -207,9 +239,31 @@ _COMMANDS: dict[str, _Spec] = {
     ),
 }
 _TESTS: dict[str, _Spec] = {
-    "address": _Spec(None, {}, ["strings", "strings"], match=True, address=True),
+    "address": _Spec(
+        None, {"index": "number", "last": None}, ["strings", "strings"], match=True, address=True
+    ),
     "envelope": _Spec("envelope", {}, ["strings", "strings"], match=True, address=True),
-    "header": _Spec(None, {}, ["strings", "strings"], match=True),
+    "header": _Spec(None, {"index": "number", "last": None}, ["strings", "strings"], match=True),
+    "date": _Spec(
+        "date",
+        {"zone": "string", "originalzone": None, "index": "number", "last": None},
+        ["string", "string", "strings"],
+        match=True,
+    ),
+    "currentdate": _Spec("date", {"zone": "string"}, ["string", "strings"], match=True),
+    "mailboxexists": _Spec("mailbox", {}, ["strings"]),
+    "specialuse_exists": _Spec("special-use", {}, ["string?", "strings"]),
+    "duplicate": _Spec(
+        "duplicate",
+        {
+            "handle": "string",
+            "header": "string",
+            "uniqueid": "string",
+            "seconds": "number",
+            "last": None,
+        },
+        [],
+    ),
     "string": _Spec("variables", {}, ["strings", "strings"], match=True),
     "hasflag": _Spec("imap4flags", {}, ["strings?", "strings"], match=True),
     "body": _Spec(
@@ -233,7 +287,28 @@ _TAG_EXTENSION = {
     "user": "subaddress",
     "detail": "subaddress",
     "seconds": "vacation-seconds",
+    "index": "index",
+    "last": "index",
+    "specialuse": "special-use",
 }
+_DATE_PARTS = {
+    "year",
+    "month",
+    "day",
+    "date",
+    "julian",
+    "hour",
+    "minute",
+    "second",
+    "time",
+    "iso8601",
+    "std11",
+    "zone",
+    "weekday",
+}
+_ZONE = re.compile(r"[+-](?:[01][0-9]|2[0-3])[0-5][0-9]")
+_SPECIAL_USE = re.compile(r"\\[A-Za-z0-9!#$&'+\-.^_`|~]+")
+_SCRIPT_NAME = re.compile(r"[^/\x00-\x1f\x7f]{1,128}")
 
 
 @dataclass
@@ -254,7 +329,7 @@ def _bind(node: Command | Test, spec: _Spec, enabled: set[str]) -> Bound:
         if not isinstance(argument, Tag):
             break
         name = argument.name
-        extension = _TAG_EXTENSION.get(name)
+        extension = None if node.name == "duplicate" else _TAG_EXTENSION.get(name)
         if extension is not None and extension not in enabled:
             raise SieveParseError(
                 f'tag :{name} needs require "{extension}"', argument.line, argument.column
@@ -374,10 +449,27 @@ class Script:
 
     commands: list[Command]
     extensions: set[str]
+    name: str = ""
 
 
-def compile_script(source: str | bytes) -> Script:
-    """Parse and validate a script; raise SieveParseError with line and column."""
+@dataclass
+class _Includes:
+    loader: Loader | None
+    stack: list[tuple[str, str]]
+    compiled: dict[tuple[str, str], Script | None]
+
+
+def compile_script(source: str | bytes, loader: Loader | None = None) -> Script:
+    """Parse and validate a script (and what it includes); raise SieveParseError with position.
+
+    `loader(location, name)` gives an included script's source ("personal" or "global"), or
+    None when there is none; includes are resolved here, as Pigeonhole does, so a missing
+    script, a cycle or too deep a nesting is a compile error.
+    """
+    return _compile(source, _Includes(loader, [], {}), "")
+
+
+def _compile(source: str | bytes, includes: _Includes, name: str) -> Script:
     commands = parse(source)
     enabled: set[str] = set()
     allow_require = True
@@ -390,16 +482,58 @@ def compile_script(source: str | bytes) -> Script:
                 "require must come before any other command", command.line, command.column
             )
         bound = _bind(command, _COMMANDS["require"], enabled)
-        for name in bound.positional[0]:  # type: ignore[union-attr]
-            if name not in EXTENSIONS:
+        for extension in bound.positional[0]:  # type: ignore[union-attr]
+            with_loader = includes.loader is not None and extension in LOADER_EXTENSIONS
+            if extension not in EXTENSIONS and not with_loader:
                 raise SieveParseError(
-                    f"require: unknown or unsupported extension {name!r}",
+                    f"require: unknown or unsupported extension {extension!r}",
                     command.line,
                     command.column,
                 )
-            enabled.add(name)
+            enabled.add(extension)
     _validate_block(commands, enabled, top=True)
-    return Script(commands, enabled)
+    script = Script(commands, enabled, name)
+    _resolve_includes(commands, includes)
+    return script
+
+
+def _resolve_includes(commands: list[Command], includes: _Includes) -> None:
+    for command in commands:
+        if command.block is not None:
+            _resolve_includes(command.block, includes)
+        if command.name != "include":
+            continue
+        bound: Bound = command.extra["bound"]  # type: ignore[assignment]
+        location = "global" if bound.tags.get("global") else "personal"
+        name = str(bound.positional[0])
+        key = (location, name)
+        where = (command.line, command.column)
+        if key in includes.stack:
+            raise SieveParseError(f"circular include of {location} script {name!r}", *where)
+        if len(includes.stack) >= MAX_INCLUDE_DEPTH:
+            raise SieveParseError(f"includes nested deeper than {MAX_INCLUDE_DEPTH}", *where)
+        if key not in includes.compiled:
+            if len(includes.compiled) >= MAX_INCLUDES:
+                raise SieveParseError(f"more than {MAX_INCLUDES} included scripts", *where)
+            source = includes.loader(location, name) if includes.loader is not None else None
+            if source is None:
+                includes.compiled[key] = None
+            else:
+                includes.stack.append(key)
+                try:
+                    includes.compiled[key] = _compile(source, includes, name)
+                except SieveParseError as error:
+                    raise SieveParseError(
+                        f"in included {location} script {name!r}: line {error.line}, "
+                        f"column {error.column}: {error.message}",
+                        *where,
+                    ) from None
+                finally:
+                    includes.stack.pop()
+        included = includes.compiled[key]
+        if included is None and not bound.tags.get("optional"):
+            raise SieveParseError(f"included {location} script {name!r} does not exist", *where)
+        command.extra["script"] = included
 
 
 def _decode_arguments(node: Command | Test) -> None:
@@ -445,6 +579,7 @@ def _validate_block(commands: list[Command], enabled: set[str], top: bool) -> No
                 command.line,
                 command.column,
             )
+        _check_command(command, bound, enabled)
         if spec.tests == "one" and len(command.tests) != 1:
             raise SieveParseError(f"{command.name} needs one test", command.line, command.column)
         if spec.tests == "none" and command.tests:
@@ -459,6 +594,46 @@ def _validate_block(commands: list[Command], enabled: set[str], top: bool) -> No
         if command.block is not None:
             _validate_block(command.block, enabled, top=False)
         previous = command.name
+
+
+def _literal(value: object, enabled: set[str]) -> bool:
+    return not ("variables" in enabled and "${" in str(value))
+
+
+def _check_command(command: Command, bound: Bound, enabled: set[str]) -> None:
+    where = (command.line, command.column)
+    tags = bound.tags
+    if command.name == "fileinto" and "specialuse" in tags:
+        flag = str(tags["specialuse"])
+        if _literal(flag, enabled) and not _SPECIAL_USE.fullmatch(flag):
+            raise SieveParseError(f"fileinto: invalid special-use flag {flag!r}", *where)
+    if command.name == "include":
+        if tags.get("personal") and tags.get("global"):
+            raise SieveParseError("include takes one of :personal and :global", *where)
+        name = str(bound.positional[0])
+        if not _SCRIPT_NAME.fullmatch(name) or name in (".", ".."):
+            raise SieveParseError(f"include: invalid script name {name!r}", *where)
+    if command.name == "global":
+        if "variables" not in enabled:
+            raise SieveParseError('global needs require "variables"', *where)
+        for name in bound.positional[0]:  # type: ignore[union-attr]
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+                raise SieveParseError(f"global: invalid variable name {name!r}", *where)
+
+
+def _check_test(test: Test, bound: Bound, enabled: set[str]) -> None:
+    where = (test.line, test.column)
+    tags = bound.tags
+    if "last" in tags and "index" not in tags and test.name != "duplicate":
+        raise SieveParseError(":last needs :index", *where)
+    if "index" in tags and int(str(tags["index"])) < 1:
+        raise SieveParseError(":index must be at least 1", *where)
+    if test.name in ("date", "currentdate") and "zone" in tags and "originalzone" in tags:
+        raise SieveParseError("date takes one of :zone and :originalzone", *where)
+    # Like Pigeonhole: an invalid :zone is ignored and an unknown date part never matches
+    # (no compile error); specialuse_exists checks its flags at run time.
+    if test.name == "duplicate" and "header" in tags and "uniqueid" in tags:
+        raise SieveParseError("duplicate takes one of :header and :uniqueid", *where)
 
 
 def _validate_test(test: Test, enabled: set[str]) -> None:
@@ -488,6 +663,7 @@ def _validate_test(test: Test, enabled: set[str]) -> None:
         raise SieveParseError("size needs exactly one of :over and :under", test.line, test.column)
     if test.name == "body" and sum(key in bound.tags for key in ("raw", "content", "text")) > 1:
         raise SieveParseError("body takes one transform", test.line, test.column)
+    _check_test(test, bound, enabled)
     test.__dict__["bound"] = bound
     if spec.tests == "one" and len(test.tests) != 1:
         raise SieveParseError(f"{test.name} needs one test", test.line, test.column)
@@ -510,6 +686,28 @@ class _Stop(Exception):
     pass
 
 
+class _Return(Exception):
+    pass
+
+
+@dataclass
+class Context:
+    """What a run may ask of its caller: the time, the mailbox store, the duplicate store.
+
+    `now` (aware; default the current time) is currentdate's "now". `mailbox_exists(name)`
+    answers mailboxexists, `special_use_exists(mailbox or None, flag)` specialuse_exists;
+    without them nothing exists. `seen(handle, value, seconds)` answers duplicate: True when
+    the value was seen under that handle within `seconds`, and records it (the caller should
+    make the record durable only once the delivery succeeded); without it nothing is a
+    duplicate, as in Pigeonhole's sieve-test.
+    """
+
+    now: datetime | None = None
+    mailbox_exists: Callable[[str], bool] | None = None
+    special_use_exists: Callable[[str | None, str], bool] | None = None
+    seen: Callable[[str, str, int], bool] | None = None
+
+
 @dataclass
 class Envelope:
     """The SMTP envelope: the reverse path ('' for <>) and the recipient this delivery is for."""
@@ -519,8 +717,20 @@ class Envelope:
 
 
 class _Run:
-    def __init__(self, script: Script, message: bytes, envelope: Envelope, budget: Budget) -> None:
+    def __init__(
+        self,
+        script: Script,
+        message: bytes,
+        envelope: Envelope,
+        budget: Budget,
+        context: Context | None = None,
+    ) -> None:
         self.script = script
+        self.context = context or Context()
+        self.globals: dict[str, str] = {}
+        self.global_names: set[str] = set()
+        self.included: set[tuple[str, str]] = set()
+        self.depth = 0
         self.raw = message
         self.message = email.message_from_bytes(message, policy=email.policy.compat32)
         self.envelope = envelope
@@ -541,8 +751,20 @@ class _Run:
         if self.steps > self.budget.max_steps:
             raise BudgetExceeded(f"more than {self.budget.max_steps} steps")
 
+    def get_variable(self, name: str) -> str:
+        if name in self.global_names:
+            return self.globals.get(name, "")
+        return self.variables.get(name, "")
+
+    def put_variable(self, name: str, value: str) -> None:
+        if name in self.global_names:
+            self.globals[name] = value
+        else:
+            self.variables[name] = value
+
     def check_variable_bytes(self) -> None:
         total = sum(_size(value) for value in self.variables.values())
+        total += sum(_size(value) for value in self.globals.values())
         total += sum(_size(value) for value in self.match_variables)
         total += sum(len(flag) for flag in self.flags)
         if total > self.budget.max_variable_bytes:
@@ -557,9 +779,12 @@ class _Run:
             if name.isdigit():
                 index = int(name)
                 return self.match_variables[index] if index < len(self.match_variables) else ""
+            lowered = name.lower()
+            if lowered.startswith("global.") and lowered.count(".") == 1:
+                return self.globals.get(lowered[7:], "")
             if "." in name:
                 return found.group()
-            return self.variables.get(name.lower(), "")
+            return self.get_variable(lowered)
 
         expanded = join_octets(_VARIABLE.sub(replace, value))
         if len(expanded) > self.budget.max_variable_bytes:
@@ -607,13 +832,31 @@ class _Run:
             return
         if name == "stop":
             raise _Stop
+        if name == "return":
+            raise _Return
+        if name == "global":
+            for variable in bound.positional[0]:  # type: ignore[union-attr]
+                self.global_names.add(str(variable).lower())
+            return
+        if name == "include":
+            self.include(command, bound)
+            return
         if name == "keep":
             flags = self.flag_list(tags["flags"]) if "flags" in tags else list(self.flags)
             self.store("INBOX", flags, copy=False, create=False, kind="keep")
         elif name == "fileinto":
             folder = self.expand(str(bound.positional[0]))
             flags = self.flag_list(tags["flags"]) if "flags" in tags else list(self.flags)
-            self.store(folder, flags, copy=bool(tags.get("copy")), create=bool(tags.get("create")))
+            special_use = self.expand(str(tags["specialuse"])) if "specialuse" in tags else ""
+            if special_use and not _SPECIAL_USE.fullmatch(special_use):
+                raise SieveRuntimeError(f"fileinto: invalid special-use flag {special_use!r}")
+            self.store(
+                folder,
+                flags,
+                copy=bool(tags.get("copy")),
+                create=bool(tags.get("create")),
+                special_use=special_use,
+            )
         elif name == "discard":
             self.add(Action("discard"))
             self.implicit_keep = False
@@ -644,7 +887,13 @@ class _Run:
         self.actions.append(action)
 
     def store(
-        self, folder: str, flags: list[str], copy: bool, create: bool, kind: str = "fileinto"
+        self,
+        folder: str,
+        flags: list[str],
+        copy: bool,
+        create: bool,
+        kind: str = "fileinto",
+        special_use: str = "",
     ) -> None:
         if not folder:
             raise SieveRuntimeError("fileinto: empty folder name")
@@ -653,9 +902,19 @@ class _Run:
                 # Pigeonhole: a later store into the same folder replaces the earlier's flags.
                 action.flags = tuple(flags)
                 action.create = action.create or create
+                action.special_use = special_use
                 break
         else:
-            self.add(Action(kind, target=folder, flags=tuple(flags), copy=copy, create=create))
+            self.add(
+                Action(
+                    kind,
+                    target=folder,
+                    flags=tuple(flags),
+                    copy=copy,
+                    create=create,
+                    special_use=special_use,
+                )
+            )
         if not copy:
             self.implicit_keep = False
 
@@ -663,6 +922,44 @@ class _Run:
         kinds = {action.kind for action in self.actions}
         if kinds & {"reject", "ereject"} and kinds & {"keep", "fileinto", "redirect", "vacation"}:
             raise SieveRuntimeError("reject conflicts with other actions")
+
+    # -- include (RFC 6609)
+
+    def include(self, command: Command, bound: Bound) -> None:
+        included = command.extra.get("script")
+        if included is None:  # :optional and missing
+            return
+        assert isinstance(included, Script)
+        key = ("global" if bound.tags.get("global") else "personal", included.name)
+        if bound.tags.get("once") and key in self.included:
+            return
+        self.included.add(key)
+        if self.depth >= MAX_INCLUDE_DEPTH:  # compile time refuses this already
+            raise SieveRuntimeError(f"includes nested deeper than {MAX_INCLUDE_DEPTH}")
+        saved = (
+            self.script,
+            self.variables,
+            self.global_names,
+            self.match_variables,
+            self.uses_variables,
+        )
+        self.script = included
+        self.variables, self.global_names, self.match_variables = {}, set(), []
+        self.uses_variables = "variables" in included.extensions
+        self.depth += 1
+        try:
+            self.run_block(included.commands)
+        except _Return:
+            pass
+        finally:
+            self.depth -= 1
+            (
+                self.script,
+                self.variables,
+                self.global_names,
+                self.match_variables,
+                self.uses_variables,
+            ) = saved
 
     # -- imap4flags (RFC 5232)
 
@@ -679,7 +976,7 @@ class _Run:
     def flag_command(self, name: str, bound: Bound) -> None:
         variable = str(bound.positional[0]).lower() if len(bound.positional) == 2 else None
         new = self.flag_list(bound.positional[-1])
-        current = self.flag_list([self.variables.get(variable, "")]) if variable else self.flags
+        current = self.flag_list([self.get_variable(variable)]) if variable else self.flags
         if name == "setflag":
             result = new
         elif name == "addflag":
@@ -689,7 +986,7 @@ class _Run:
             removed = {flag.lower() for flag in new}
             result = [flag for flag in current if flag.lower() not in removed]
         if variable:
-            self.variables[variable] = truncate(" ".join(result))
+            self.put_variable(variable, truncate(" ".join(result)))
         else:
             self.flags = result
         self.check_variable_bytes()
@@ -715,7 +1012,7 @@ class _Run:
             value = _WILDCARD_CHARS.sub(r"\\\1", value)
         if tags.get("length"):
             value = str(len(value))
-        self.variables[name.lower()] = truncate(value)
+        self.put_variable(name.lower(), truncate(value))
         self.check_variable_bytes()
 
     # -- vacation (RFC 5230)
@@ -789,15 +1086,23 @@ class _Run:
         if name == "exists":
             names = self.expand_all(bound.positional[0])
             return all(self.raw_header(header) for header in names)
+        if name == "mailboxexists":
+            return self.mailboxes_exist(self.expand_all(bound.positional[0]))
+        if name == "specialuse_exists":
+            return self.special_use_exists(bound)
+        if name == "duplicate":
+            return self.duplicate(bound)
         keys = self.expand_all(bound.positional[-1])
         if name == "header":
             values: list[str] = []
             for header in self.expand_all(bound.positional[0]):
-                values.extend(self.header_values(header))
+                values.extend(_pick(self.header_values(header), bound))
+        elif name in ("date", "currentdate"):
+            values = self.date_values(bound)
         elif name == "address":
             values = []
             for header in self.expand_all(bound.positional[0]):
-                for address in self.header_addresses(header):
+                for address in self.header_addresses(header, bound):
                     part = _address_part(address, str(bound.tags.get("part", "all")))
                     if part is not None:
                         values.append(part)
@@ -823,7 +1128,7 @@ class _Run:
                 names = self.expand_all(bound.positional[0])
                 values = []
                 for variable in names:
-                    values.extend(self.flag_list([self.variables.get(variable.lower(), "")]))
+                    values.extend(self.flag_list([self.get_variable(variable.lower())]))
             else:
                 values = list(self.flags)
         elif name == "body":
@@ -864,9 +1169,10 @@ class _Run:
         lowered = name.lower()
         return [str(value) for key, value in self.message.raw_items() if key.lower() == lowered]
 
-    def header_addresses(self, name: str) -> list[str]:
+    def header_addresses(self, name: str, bound: Bound | None = None) -> list[str]:
         addresses: list[str] = []
-        for value in self.raw_header(name):
+        fields = self.raw_header(name)
+        for value in _pick(fields, bound) if bound is not None else fields:
             unfolded = _unfold(value)
             found = [
                 address for _display, address in email.utils.getaddresses([unfolded]) if address
@@ -874,6 +1180,80 @@ class _Run:
             # Like Pigeonhole, a field with no parsable address is compared as its raw text.
             addresses.extend(found or ([unfolded] if unfolded else []))
         return addresses
+
+    # -- date (RFC 5260)
+
+    def date_values(self, bound: Bound) -> list[str]:
+        tags = bound.tags
+        part = self.expand(str(bound.positional[-2])).lower()
+        zone = _zone(self.expand(str(tags["zone"]))) if "zone" in tags else None
+        if "zone" in tags and zone is None:
+            zone = _local_zone  # Pigeonhole ignores an invalid :zone
+        moments: list[datetime] = []
+        if len(bound.positional) == 2:  # currentdate
+            moments.append(self.context.now or datetime.now(UTC))
+        else:
+            header = self.expand(str(bound.positional[0]))
+            # Pigeonhole reads only the first field (its :index is accepted and ignored).
+            for value in self.raw_header(header)[:1]:
+                if header.lower() == "received":  # RFC 5260 4.4: the date after the last ";"
+                    value = value.rpartition(";")[2]
+                moment = _parse_date(_unfold(value))
+                if moment is not None:
+                    moments.append(moment)
+        values = []
+        for moment in moments:
+            if zone is not None:
+                moment = zone(moment)
+            elif not tags.get("originalzone"):
+                moment = _local_zone(moment)
+            value = _date_part(moment, part)
+            if value is not None:
+                values.append(value)
+        return values
+
+    # -- mailbox (RFC 5490), special-use (RFC 8579), duplicate (RFC 7352)
+
+    def mailboxes_exist(self, names: list[str]) -> bool:
+        callback = self.context.mailbox_exists
+        for name in names:
+            self.step()
+            if callback is None or not callback(name):
+                return False
+        return True
+
+    def special_use_exists(self, bound: Bound) -> bool:
+        mailbox = self.expand(str(bound.positional[0])) if len(bound.positional) == 2 else None
+        flags = self.expand_all(bound.positional[-1])
+        for flag in flags:
+            if not _SPECIAL_USE.fullmatch(flag):
+                raise SieveRuntimeError(f"specialuse_exists: invalid special-use flag {flag!r}")
+        callback = self.context.special_use_exists
+        if mailbox is not None and not self.mailboxes_exist([mailbox]):
+            return False
+        for flag in flags:
+            self.step()
+            if callback is None or not callback(mailbox, flag):
+                return False
+        return True
+
+    def duplicate(self, bound: Bound) -> bool:
+        tags = bound.tags
+        if "uniqueid" in tags:
+            value: str | None = self.expand(str(tags["uniqueid"]))
+        else:
+            header = self.expand(str(tags.get("header", "message-id")))
+            fields = self.header_values(header)
+            value = fields[0].strip() if fields else None
+        if not value:
+            return False  # no ID: not a duplicate, nothing recorded
+        seconds = int(str(tags.get("seconds", DUPLICATE_DEFAULT_SECONDS)))
+        seconds = min(seconds, DUPLICATE_MAX_SECONDS)
+        handle = self.expand(str(tags.get("handle", "")))
+        self.step()
+        if self.context.seen is None:
+            return False
+        return bool(self.context.seen(handle, value, seconds))
 
     def body_values(self, bound: Bound) -> list[str]:
         if bound.tags.get("raw"):
@@ -907,6 +1287,84 @@ class _Run:
             except LookupError:
                 values.append(payload.decode("utf-8", "replace"))
         return values
+
+
+def _pick(values: list[str], bound: Bound) -> list[str]:
+    """:index N (with :last, counted from the end): only the Nth field, or none."""
+    if "index" not in bound.tags:
+        return values
+    index = int(str(bound.tags["index"]))
+    if index > len(values):
+        return []
+    return [values[-index] if bound.tags.get("last") else values[index - 1]]
+
+
+def _parse_date(value: str) -> datetime | None:
+    try:
+        parsed = email.utils.parsedate_tz(value)
+    except (ValueError, IndexError, TypeError, OverflowError):
+        return None
+    if parsed is None:
+        return None
+    year, month, day, hour, minute, second = parsed[:6]
+    offset = parsed[9] or 0
+    if not -86400 < offset < 86400:
+        return None
+    try:
+        return datetime(
+            year, month, day, hour, minute, second, tzinfo=timezone(timedelta(seconds=offset))
+        )
+    except (ValueError, OverflowError):
+        return None
+
+
+def _zone(text: str) -> Callable[[datetime], datetime] | None:
+    if not _ZONE.fullmatch(text):
+        return None
+    minutes = int(text[1:3]) * 60 + int(text[3:5])
+    offset = timezone(timedelta(minutes=-minutes if text[0] == "-" else minutes))
+    return lambda moment: moment.astimezone(offset)
+
+
+def _local_zone(moment: datetime) -> datetime:
+    try:
+        return moment.astimezone()
+    except (ValueError, OverflowError):
+        return moment.astimezone(UTC)
+
+
+def _date_part(moment: datetime, part: str) -> str | None:
+    offset = moment.utcoffset() or timedelta()
+    minutes = int(offset.total_seconds()) // 60
+    zone = f"{'-' if minutes < 0 else '+'}{abs(minutes) // 60:02d}{abs(minutes) % 60:02d}"
+    if part == "year":
+        return f"{moment.year:04d}"
+    if part == "month":
+        return f"{moment.month:02d}"
+    if part == "day":
+        return f"{moment.day:02d}"
+    if part == "date":
+        return f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+    if part == "julian":  # the Modified Julian Day (RFC 5260 section 4.2)
+        return str(moment.date().toordinal() - 678576)
+    if part == "hour":
+        return f"{moment.hour:02d}"
+    if part == "minute":
+        return f"{moment.minute:02d}"
+    if part == "second":
+        return f"{moment.second:02d}"
+    if part == "time":
+        return f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}"
+    if part == "iso8601":
+        suffix = "Z" if minutes == 0 else zone[:3] + ":" + zone[3:]  # as Pigeonhole writes it
+        return moment.strftime("%Y-%m-%dT%H:%M:%S") + suffix
+    if part == "std11":
+        return email.utils.format_datetime(moment).replace(" -0000", " +0000")[:-5] + zone
+    if part == "zone":
+        return zone
+    if part == "weekday":
+        return str((moment.weekday() + 1) % 7)
+    return None
 
 
 def _unfold(value: str) -> str:
@@ -950,12 +1408,13 @@ def run(
     message: bytes,
     envelope: Envelope,
     budget: Budget | None = None,
+    context: Context | None = None,
 ) -> Result:
     """Run a compiled script on a message; a runtime error comes back in the Result."""
-    state = _Run(script, message, envelope, budget or Budget())
+    state = _Run(script, message, envelope, budget or Budget(), context)
     try:
         state.run_block(script.commands)
-    except _Stop:
+    except (_Stop, _Return):
         pass
     except SieveRuntimeError as error:
         return Result([], True, (), error)

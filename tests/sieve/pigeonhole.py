@@ -15,7 +15,10 @@ SIEVE_TEST = "/usr/bin/sieve-test"
 TIMEOUT_SECONDS = 20
 
 # sieve-test drops privileges to mail_uid (root is refused), so everything it reads must be
-# readable by nobody. vacation-seconds is off by default in Pigeonhole.
+# readable by nobody. vacation-seconds and special-use are off by default in Pigeonhole.
+# Included scripts: corpus/include/personal/NAME.sieve and corpus/include/global/NAME.sieve,
+# copied to sieve_dir and sieve_global (our side reads them through include_loader()).
+INCLUDE_DIR = Path(__file__).parent / "corpus" / "include"
 _CONFIG = """\
 mail_uid = nobody
 mail_gid = nogroup
@@ -23,7 +26,9 @@ mail_location = mbox:{work}/mail:INBOX={work}/mail/inbox
 base_dir = {work}/run
 log_path = /dev/stderr
 plugin {{
-  sieve_extensions = +vacation-seconds
+  sieve_extensions = +vacation-seconds +special-use
+  sieve_dir = {work}/sieve
+  sieve_global = {work}/global
 }}
 """
 
@@ -52,6 +57,13 @@ class SieveTest:
         for name in ("mail", "run"):
             (self.work / name).mkdir(mode=0o777)
             (self.work / name).chmod(0o777)
+        for location, folder in (("personal", "sieve"), ("global", "global")):
+            target = self.work / folder
+            target.mkdir(mode=0o755)
+            target.chmod(0o755)
+            for source in sorted((INCLUDE_DIR / location).glob("*.sieve")):
+                (target / source.name).write_bytes(source.read_bytes())
+                (target / source.name).chmod(0o644)
         config = self.work / "dovecot.conf"
         config.write_text(_CONFIG.format(work=self.work))
         config.chmod(0o644)
@@ -84,6 +96,12 @@ class SieveTest:
         if completed.returncode != 0:
             return PigeonholeRun(["error"], text)
         return PigeonholeRun(parse_output(output), text)
+
+
+def include_loader(location: str, name: str) -> bytes | None:
+    """Our side of the corpus' includes: the same files sieve-test reads."""
+    path = INCLUDE_DIR / location / f"{name}.sieve"
+    return path.read_bytes() if path.is_file() else None
 
 
 def parse_output(output: str) -> list[str]:
@@ -152,6 +170,8 @@ def parse_output(output: str) -> list[str]:
             target = implicit if section == "implicit" else current
             assert target is not None
             target["flags"] = stripped.split(": ", 1)[1].split()
+        elif stripped.startswith("+ use mailbox with special-use flag `") and current is not None:
+            current["specialuse"] = stripped.split("`", 1)[1].split("'", 1)[0]
         elif stripped == "+ create mailbox if it does not exist" and current is not None:
             current["create"] = True
         elif stripped.startswith("=> ") and current is not None:
@@ -188,6 +208,8 @@ def _render(action: dict[str, object]) -> str:
     kind = action["kind"]
     if kind == "store":
         line = f"store {action['folder']}"
+        if action.get("specialuse"):
+            line += f" specialuse={action['specialuse']}"
         if action.get("create"):
             line += " +create"
         flags = action["flags"]

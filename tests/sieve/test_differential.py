@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from provider.sieve import Envelope, SieveParseError, compile_script, run
-from tests.sieve.pigeonhole import SieveTest, unavailable_reason
+from tests.sieve.pigeonhole import SieveTest, include_loader, unavailable_reason
 
 CORPUS = Path(__file__).parent / "corpus"
 SCRIPTS = sorted((CORPUS / "scripts").glob("*.sieve"))
@@ -26,7 +26,7 @@ ENVELOPES = {
 def ours(script: bytes, message: bytes, sender: str, recipient: str) -> list[str]:
     """Our interpreter's result in the normalized form."""
     try:
-        compiled = compile_script(script)
+        compiled = compile_script(script, include_loader)
     except SieveParseError:
         return ["compile-error"]
     return run(compiled, message, Envelope(sender, recipient)).normalized()

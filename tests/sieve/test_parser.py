@@ -29,7 +29,7 @@ def error_of(source: str | bytes) -> SieveParseError:
         ("/* open\ncomment", 1, 1, "unterminated comment"),
         ('keep;\nredirect "not-an-address";', 2, 1, "invalid address"),
         ('require "x-unknown";', 1, 1, "unknown or unsupported extension 'x-unknown'"),
-        ('require "date";', 1, 1, "unsupported extension 'date'"),
+        ('require "editheader";', 1, 1, "unsupported extension 'editheader'"),
         ('keep;\nrequire "fileinto";', 2, 1, "require must come before"),
         ("else { keep; }", 1, 1, "else without if"),
         ('if header :comparator "i;foo" "a" "b" {}', 1, 4, "unknown comparator"),

@@ -1,0 +1,3 @@
+require ["fileinto"];
+if size :over 2K { stop; }
+fileinto "small";

@@ -1,0 +1,2 @@
+require ["fileinto", "special-use"];
+if specialuse_exists "Junk" { keep; }
