@@ -391,7 +391,12 @@ def filtered_store(
         session.scalar(select(Mailbox.imap_enabled).where(Mailbox.id == destination.mailbox_id))
     )
     plan = sieve_delivery.plan_for(
-        home, message, sender, envelope_to or destination.address, imap_allowed=imap_allowed
+        home,
+        message,
+        sender,
+        envelope_to or destination.address,
+        imap_allowed=imap_allowed,
+        context=sieve_delivery.mailbox_context(store.open(destination.address)),
     )
     if plan is None:
         return [store_message(session, store, destination, message, promised=promised)]

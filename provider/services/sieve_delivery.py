@@ -9,8 +9,9 @@ from pathlib import Path
 
 from provider.mailstore import INBOX, SYSTEM_FLAG_LETTERS
 from provider.mailstore.keywords import check_keyword
+from provider.mailstore.maildir import Maildir
 from provider.services import sieve_scripts
-from provider.sieve import Action, Envelope, Result, run
+from provider.sieve import Action, Context, Envelope, Result, run
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,40 @@ class Plan:
 KEEP = PlannedStore(INBOX)
 
 
+def mailbox_context(maildir: Maildir) -> Context:
+    """What a script may ask of the recipient's store: mailboxexists (RFC 5490) and
+    specialuse_exists (RFC 8579). duplicate (RFC 7352) has no store yet: nothing is a
+    duplicate, so a script using it never drops mail for it."""
+
+    def mailbox_exists(name: str) -> bool:
+        try:
+            maildir.folder(name)
+        except Exception:  # no such folder, or a name the store refuses
+            return False
+        return True
+
+    def special_use_exists(name: str | None, flag: str) -> bool:
+        try:
+            folders = maildir.folders()
+        except Exception:
+            return False
+        wanted = flag.lower()
+        return any(
+            (info.special_use or "").lower() == wanted and (name is None or info.name == name)
+            for info in folders
+        )
+
+    return Context(mailbox_exists=mailbox_exists, special_use_exists=special_use_exists)
+
+
 def plan_for(
-    home: Path, message: bytes, sender: str, recipient: str, *, imap_allowed: bool
+    home: Path,
+    message: bytes,
+    sender: str,
+    recipient: str,
+    *,
+    imap_allowed: bool,
+    context: Context | None = None,
 ) -> Plan | None:
     """Run the active script of `home` on the message; None when there is no active script.
     Never raises for anything the script does: a failure is a plan of keep with a note."""
@@ -68,7 +101,7 @@ def plan_for(
     if script is None:
         return None
     try:
-        result = run(script, message, Envelope(sender, recipient))
+        result = run(script, message, Envelope(sender, recipient), context=context)
     except Exception as error:  # a bug of ours must not lose the message either
         log.exception("the Sieve script of %s failed", recipient)
         return Plan([KEEP], notes=[f"run-time error: {error!r}; the message was kept in INBOX"])

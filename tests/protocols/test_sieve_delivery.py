@@ -172,6 +172,19 @@ def test_envelope_to_is_the_rcpt_address_with_its_detail_and_alias(runner, sessi
     assert mailbox.address == ALICE
 
 
+def test_mailboxexists_and_specialuse_exists_ask_the_recipients_store(runner, session, servers):
+    make_mailbox(session, ALICE)  # made with the special-use folders (Junk among them)
+    put(
+        runner,
+        'require ["fileinto", "mailbox", "special-use"];\n'
+        'if allof (mailboxexists "Junk", specialuse_exists "Junk" "\\\\Junk",\n'
+        '          not mailboxexists "Nowhere") { fileinto "Junk"; }\n',
+    )
+    assert lmtp(servers["lmtp"], [ALICE], message("probe"))[0][0] == 250
+    assert [b"Subject: probe" in raw for raw, _ in folder_messages("Junk")] == [True]
+    assert folder_messages("INBOX") == []
+
+
 def test_setflag_marks_the_kept_message_read(runner, session, servers):
     make_mailbox(session, ALICE)
     put(runner, 'require "imap4flags";\nsetflag ["\\\\Seen", "\\\\Recent", "bad(kw"];\n')
@@ -227,7 +240,7 @@ BUDGET_BUSTER = (
         ('require "reject";\nreject "one";\nreject "two";\n', "more than one reject"),
         (BUDGET_BUSTER, "more than 100000 steps"),
         ('require "fileinto";\nfileinto "INBOX"\n', "does not compile"),
-        ('require "date";\nkeep;\n', "does not compile"),
+        ('require "editheader";\nkeep;\n', "does not compile"),
     ],
     ids=["runtime-error", "budget", "syntax", "unsupported-extension"],
 )
