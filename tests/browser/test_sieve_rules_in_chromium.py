@@ -8,6 +8,7 @@ import email
 from collections.abc import Iterator
 from datetime import timedelta
 from email.policy import default
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -25,6 +26,12 @@ from tests.protocols.conftest import RawClient
 
 ALICE = "alice@example.test"
 BOB = "bob@example.test"
+
+
+@pytest.fixture
+def app_config(app_config: dict[str, Any]) -> dict[str, Any]:
+    app_config["LMTP_PORT"] = 0  # any free port: never the default another run may hold
+    return app_config
 
 
 @pytest.fixture

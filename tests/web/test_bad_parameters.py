@@ -78,6 +78,7 @@ def world(app: Flask, session: Session) -> dict[str, Any]:
         "snapshot_id": snapshot_id,
         "uid": 1,
         "filename": "css/app.css",
+        "index": 0,  # a rule of the Sieve rule editor
     }
 
 
