@@ -118,7 +118,7 @@ def init_command(admin_email: str | None, as_json: bool) -> None:
 @click.command("serve")
 @click.option(
     "--services",
-    default="web,imap,pop3,lmtp,smtp,submission,outbound,scheduler",
+    default="web,imap,pop3,lmtp,smtp,submission,managesieve,outbound,scheduler",
     show_default=True,
     help="Comma-separated services to run (each kind in processes of its own).",
 )
