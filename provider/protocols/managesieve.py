@@ -182,18 +182,6 @@ def response(kind: str, text: str = "", code: str | None = None) -> bytes:
     return out + b"\r\n"
 
 
-def _connections(app: Flask) -> mail_access.ConnectionLimit:
-    """Logged-in ManageSieve sessions per user+address (Dovecot's mail_max_userip_connections
-    is per protocol): one table per app."""
-    table = app.extensions.get("managesieve_connections")
-    if table is None:
-        limit = int(app.config["MANAGESIEVE_MAX_CONNECTIONS_PER_USER_IP"])
-        table = app.extensions.setdefault(
-            "managesieve_connections", mail_access.ConnectionLimit(limit)
-        )
-    return table  # type: ignore[no-any-return]
-
-
 @dataclass(frozen=True)
 class Account:
     address: str
@@ -229,7 +217,7 @@ class ManageSieveSession(streams.StreamSession):
         self.login_timeout = float(config["MANAGESIEVE_LOGIN_TIMEOUT_SECONDS"])
         self.idle_timeout = max(float(config["MANAGESIEVE_AUTOLOGOUT_SECONDS"]), 0.001)
         self.literal_limit = int(config["SIEVE_MAX_SCRIPT_BYTES"])
-        self.connections = _connections(app)
+        self.connections = self.guards.managesieve_connections
         self.account: Account | None = None
         self.between_commands = False
 

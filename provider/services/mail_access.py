@@ -349,6 +349,12 @@ class Guards:
         )
         self.imap_connections = ConnectionLimit(int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"]))
         self.pop3_connections = ConnectionLimit(int(config["POP3_MAX_CONNECTIONS_PER_USER_IP"]))
+        self.managesieve_connections = ConnectionLimit(
+            int(
+                config.get("MANAGESIEVE_MAX_CONNECTIONS_PER_USER_IP")
+                or DEFAULT_MAX_CONNECTIONS_PER_USER_IP
+            )
+        )
         self.submission_connections = ConnectionLimit(
             int(
                 config.get("SUBMISSION_MAX_CONNECTIONS_PER_USER_IP")
