@@ -6,7 +6,9 @@ import os
 from typing import Any
 
 from provider.services import sieve_scripts
+from provider.services.mail_access import guards
 from provider.services.storage import mail_store
+from tests.conftest import wait_until
 from tests.protocols.managesieve.conftest import ADDRESS, Client, plain, put
 
 RULES = b'require ["fileinto"];\nif header :contains "Subject" "x" { fileinto "X"; }\n'
@@ -159,3 +161,19 @@ def test_pop3_only_mailbox_may_not_store_sorting_rules(sieve_server, session):
         refused = client.command(put("rules", RULES))[-1]
         assert refused.startswith(b"NO") and b"need IMAP" in refused
         assert client.command(put("forward", b'redirect "a@b.test";\n'))[-1].startswith(b"OK")
+
+
+def test_logins_per_user_and_address_are_limited_by_the_shared_guards(app, mailbox, sieve_server):
+    """MANAGESIEVE_MAX_CONNECTIONS_PER_USER_IP: the table is the one in mail_access.Guards, as
+    for IMAP, POP3 and submission; a session that ends frees its slot."""
+    guards(app).managesieve_connections.limit = 1
+    with Client(sieve_server) as first, Client(sieve_server) as second:
+        first.login()
+        refused = second.command(f'AUTHENTICATE "PLAIN" "{plain()}"')[-1]
+        assert refused.startswith(b"NO (TRYLATER)"), refused
+        assert first.command("LOGOUT")[-1].startswith(b"OK")
+
+        def second_logs_in() -> bool:
+            return second.command(f'AUTHENTICATE "PLAIN" "{plain()}"')[-1].startswith(b"OK")
+
+        assert wait_until(second_logs_in, 5)
