@@ -647,7 +647,7 @@ class Commands:
         assert view is not None
         ranges = parse_sequence_set(text)
         uids = view.uids
-        largest = uids[-1] if by_uid else len(uids)
+        largest = (uids[-1] if uids else 0) if by_uid else len(uids)
         if not by_uid:
             # A message sequence number that does not exist is an error (RFC 3501 §9,
             # seq-number); a range ending in `*` is not (`1:*` on an empty mailbox is empty).

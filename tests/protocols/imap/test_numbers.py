@@ -77,3 +77,22 @@ def test_large_but_valid_numbers_are_answered(client, line, expected):
 def test_search_with_huge_numbers_finds_nothing_and_goes_on(client):
     assert client.search(None, "LARGER", HUGE) == ("OK", [b""])
     assert client.noop()[0] == "OK"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("FETCH", "1:*", "(FLAGS)"),
+        ("FETCH", "*", "(FLAGS)"),
+        ("STORE", "1:*", "+FLAGS", "(\\Seen)"),
+        ("COPY", "*", "INBOX"),
+        ("SEARCH", "UID", "1:*"),
+    ],
+)
+def test_uid_ranges_on_an_empty_folder_answer_ok_and_the_session_goes_on(client, args):
+    """`UID FETCH 1:*` in an empty folder (a client's resync) is an empty answer, not a
+    dropped connection (found by bench/imap_mixed.py)."""
+    assert client.select("Archive") == ("OK", [b"0"])
+    status, _data = client.uid(*args)  # imaplib raises `abort` if the server hangs up
+    assert status == "OK"
+    assert client.noop()[0] == "OK"
