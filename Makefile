@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: run test lint format bench bench-submission bench-sieve clean
+.PHONY: run test lint format bench bench-submission bench-sieve bench-imap-mixed clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench-submission: $(VENV)/.installed-test
 # LMTP deliveries with a 20-rule Sieve script against none, on the same server (issue 13).
 bench-sieve: $(VENV)/.installed-test
 	$(BIN)/python bench/sieve_delivery.py --profile
+
+# The mixed IMAP load of issue 14 against Dovecot, alternating (needs root and dovecot-imapd).
+bench-imap-mixed: $(VENV)/.installed-test
+	$(BIN)/python bench/imap_mixed.py --rounds 3 --duration 30
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

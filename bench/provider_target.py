@@ -50,6 +50,14 @@ def run_provider(env: dict[str, str], *args: str, stdin: str = "") -> str:
 def provider_serving(env: dict[str, str], service: str) -> Iterator[tuple[str, int]]:
     """`provider serve --services SERVICE`; yields where its first listener (the STARTTLS or
     STLS port) listens, or raises TargetUnavailable when this version does not have it."""
+    with provider_process(env, service) as (host, port, _pid):
+        yield host, port
+
+
+@contextlib.contextmanager
+def provider_process(env: dict[str, str], service: str) -> Iterator[tuple[str, int, int]]:
+    """provider_serving, also yielding the process id of `provider serve` (the root of its
+    process tree, for CPU accounting)."""
     server = subprocess.Popen(
         [PROVIDER, "serve", "--services", service],
         env=env,
@@ -74,7 +82,7 @@ def provider_serving(env: dict[str, str], service: str) -> Iterator[tuple[str, i
         if address is None:
             raise TargetUnavailable(f"provider serve did not start {service}: {output[-3:]}")
         threading.Thread(target=server.stdout.read, daemon=True).start()  # keep the pipe drained
-        yield address
+        yield (*address, server.pid)
     finally:
         server.terminate()
         try:
