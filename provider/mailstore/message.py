@@ -9,6 +9,7 @@ import re
 import sqlite3
 import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -27,6 +28,14 @@ MAX_NESTING = 100
 MAX_PARTS = 10_000
 MAX_ADDRESSES = 10_000  # per envelope field: a hostile To: must not bloat every cache hit
 BUSY_TIMEOUT_SECONDS = 10.0
+# Parsed messages (and their header blocks) kept decoded in this process's memory, so a FETCH
+# ENVELOPE or a SEARCH FROM over a folder neither asks SQLite nor decodes zlib + JSON again.
+# Message files are immutable and their base names unique, so an entry is never stale.
+MEMORY_ENTRIES = 20_000
+MEMORY_HEADER_BYTES = 32 * 1024 * 1024
+# Per-folder cache databases kept open in this process (shared by its sessions and threads):
+# opening one costs a connect, three PRAGMAs and, at close, a checkpoint that deletes the WAL.
+SHARED_CACHES = 64
 
 MISSING_MAILBOX = "MISSING_MAILBOX"
 MISSING_DOMAIN = "MISSING_DOMAIN"
@@ -1215,6 +1224,101 @@ def _read_renamed(path: Path, basename: str) -> bytes:
     raise FileNotFoundError(f"message {basename} is no longer in {folder}")
 
 
+class _Memory:
+    """The process's LRU of ParsedMessage and header blocks, keyed by (folder, basename)."""
+
+    def __init__(self, entries: int, header_bytes: int) -> None:
+        self.entries = entries
+        self.header_limit = header_bytes
+        self.lock = threading.Lock()
+        self.parsed: OrderedDict[tuple[str, str], ParsedMessage] = OrderedDict()
+        self.headers: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self.header_bytes = 0
+
+    def get(self, key: tuple[str, str]) -> ParsedMessage | None:
+        with self.lock:
+            parsed = self.parsed.get(key)
+            if parsed is not None:
+                self.parsed.move_to_end(key)
+            return parsed
+
+    def put(self, key: tuple[str, str], parsed: ParsedMessage) -> None:
+        with self.lock:
+            self.parsed[key] = parsed
+            self.parsed.move_to_end(key)
+            while len(self.parsed) > self.entries:
+                self.parsed.popitem(last=False)
+
+    def header(self, key: tuple[str, str]) -> bytes | None:
+        with self.lock:
+            block = self.headers.get(key)
+            if block is not None:
+                self.headers.move_to_end(key)
+            return block
+
+    def put_header(self, key: tuple[str, str], block: bytes) -> None:
+        with self.lock:
+            old = self.headers.pop(key, None)
+            if old is not None:
+                self.header_bytes -= len(old)
+            self.headers[key] = block
+            self.header_bytes += len(block)
+            while self.header_bytes > self.header_limit and self.headers:
+                self.header_bytes -= len(self.headers.popitem(last=False)[1])
+
+    def forget(self, keys: Iterable[tuple[str, str]]) -> None:
+        with self.lock:
+            for key in keys:
+                self.parsed.pop(key, None)
+                block = self.headers.pop(key, None)
+                if block is not None:
+                    self.header_bytes -= len(block)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.parsed.clear()
+            self.headers.clear()
+            self.header_bytes = 0
+
+
+_memory = _Memory(MEMORY_ENTRIES, MEMORY_HEADER_BYTES)
+_shared: OrderedDict[str, MessageCache] = OrderedDict()
+_shared_lock = threading.Lock()
+_shared_pid = os.getpid()
+
+
+def shared_cache(folder_path: Path) -> MessageCache:
+    """This process's open MessageCache of a folder, for any session and thread (its own lock
+    serialises them). Not to be closed by the caller: the least recently used one is closed
+    once SHARED_CACHES are open. A forked child starts with none of its parent's."""
+    global _shared_pid
+    key = str(folder_path)
+    with _shared_lock:
+        if _shared_pid != os.getpid():
+            # SQLite connections must not cross a fork: forget them (the parent closes its own).
+            _shared.clear()
+            _shared_pid = os.getpid()
+        cache = _shared.get(key)
+        if cache is not None:
+            _shared.move_to_end(key)
+            return cache
+        cache = _shared[key] = MessageCache(folder_path, remember=True)
+        evicted = _shared.popitem(last=False)[1] if len(_shared) > SHARED_CACHES else None
+    if evicted is not None:
+        evicted.close()
+    return cache
+
+
+def close_shared_caches() -> None:
+    """Close every shared cache (tests; a process that is about to stop)."""
+    with _shared_lock:
+        caches = list(_shared.values())
+        _shared.clear()
+    for cache in caches:
+        cache.close()
+    _memory.clear()
+
+
 class MessageCache:
     """Per-folder cache of ParsedMessage, keyed by file basename (the part before ':2,').
 
@@ -1227,19 +1331,31 @@ class MessageCache:
     ",S=" size in the name, when present, is checked against the entry.
     """
 
-    def __init__(self, folder_path: Path) -> None:
+    def __init__(self, folder_path: Path, *, remember: bool = False) -> None:
+        """`remember`: keep what is read in this process's memory too (shared_cache)."""
+        self.folder = str(folder_path)
+        self.memory = _memory if remember else None
         self.path = Path(folder_path) / CACHE_FILE_NAME
         self._lock = threading.Lock()
         self._connection: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
 
     def get(self, basename: str, path: Path) -> ParsedMessage:
-        """The parsed message: from the cache, else parsed from path and stored.
+        """The parsed message: from this process's memory, else from the cache file, else
+        parsed from path and stored in both.
 
         Raises OSError only when the message file itself cannot be read on a miss.
         """
+        key = (self.folder, basename)
+        memory = self.memory
+        if memory is not None:
+            remembered = memory.get(key)
+            if remembered is not None:
+                return remembered
         cached = self._use(lambda connection: self._load(connection, basename), create=True)
         if cached is not None:
+            if memory is not None:
+                memory.put(key, cached)
             return cached
         try:
             data = Path(path).read_bytes()
@@ -1253,12 +1369,35 @@ class MessageCache:
             ),
             create=True,
         )
+        if memory is not None:
+            memory.put(key, parsed)
         return parsed
+
+    def header(self, basename: str, path: Path) -> tuple[bytes, ParsedMessage]:
+        """The message's header block (its first `header_size` octets, which hold every
+        header field `ParsedMessage.headers` points at) and the parsed message: what a SEARCH
+        on header fields needs, without reading the whole file (kept in memory too)."""
+        parsed = self.get(basename, path)
+        key = (self.folder, basename)
+        block = self.memory.header(key) if self.memory is not None else None
+        if block is None:
+            try:
+                with open(path, "rb") as file:
+                    block = file.read(parsed.header_size)
+            except FileNotFoundError:
+                block = _read_renamed(Path(path), basename)[: parsed.header_size]
+            if len(block) < parsed.header_size:
+                raise OSError(f"message file {path} is shorter than its cache entry")
+            if self.memory is not None:
+                self.memory.put_header(key, block)
+        return block, parsed
 
     def forget(self, basenames: Iterable[str]) -> None:
         """Drop the entries of expunged messages (nothing to do if there is no cache file)."""
         keys = [(basename,) for basename in basenames]
         if keys:
+            if self.memory is not None:
+                self.memory.forget((self.folder, key[0]) for key in keys)
             self._use(lambda connection: self._delete(connection, keys), create=False)
 
     def close(self) -> None:

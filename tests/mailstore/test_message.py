@@ -1435,3 +1435,86 @@ def test_cache_miss_finds_a_message_renamed_by_a_flag_change(tmp_path: Path) -> 
     remove_cache_files(tmp_path)
     with message.MessageCache(tmp_path) as cache, pytest.raises(FileNotFoundError):
         cache.get(basename(path), path)
+
+
+# --- the process's shared caches and memory (issue 14: no open/close per FETCH) ---------------
+
+
+@pytest.fixture
+def fresh_shared() -> Iterator[None]:
+    message.close_shared_caches()
+    yield
+    message.close_shared_caches()
+
+
+def test_shared_cache_is_one_open_cache_per_folder(tmp_path: Path, fresh_shared: None) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = message.shared_cache(tmp_path / "a")
+    assert message.shared_cache(tmp_path / "a") is first
+    assert message.shared_cache(tmp_path / "b") is not first
+    path = store_message(tmp_path / "a", PLAIN)
+    first.get(basename(path), path)
+    # The connection stays open between uses (no checkpoint and WAL removal per command).
+    assert first._connection is not None
+    assert list(cache_rows(tmp_path / "a")) == [basename(path)]
+
+
+def test_shared_caches_are_bounded_and_the_oldest_is_closed(
+    tmp_path: Path, fresh_shared: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(message, "SHARED_CACHES", 2)
+    caches = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        path = store_message(tmp_path / name, PLAIN)
+        cache = message.shared_cache(tmp_path / name)
+        cache.get(basename(path), path)
+        caches.append(cache)
+    assert caches[0]._connection is None  # closed when the third came
+    assert caches[2]._connection is not None
+    assert message.shared_cache(tmp_path / "a") is not caches[0]
+
+
+def test_remembered_entries_skip_the_file_and_forget_drops_them(
+    tmp_path: Path, fresh_shared: None
+) -> None:
+    path = store_message(tmp_path, PLAIN)
+    cache = message.shared_cache(tmp_path)
+    parsed = cache.get(basename(path), path)
+    remove_cache_files(tmp_path)
+    # Decoded in memory: the same object, without the cache file (nothing recreated it).
+    assert cache.get(basename(path), path) is parsed
+    assert not (tmp_path / CACHE_FILE_NAME).exists()
+    cache.forget([basename(path)])
+    again = cache.get(basename(path), path)
+    assert again == parsed and again is not parsed
+    assert list(cache_rows(tmp_path)) == [basename(path)]
+
+
+def test_header_block_is_the_header_and_comes_from_memory_once_read(
+    tmp_path: Path, fresh_shared: None
+) -> None:
+    path = store_message(tmp_path, PLAIN)
+    cache = message.shared_cache(tmp_path)
+    block, parsed = cache.header(basename(path), path)
+    assert block == PLAIN[: parsed.header_size] and block == PLAIN_HEADER
+    path.unlink()  # renamed away or expunged: the block is remembered
+    assert cache.header(basename(path), path) == (block, parsed)
+
+
+def test_header_block_of_a_message_renamed_by_a_flag_change(
+    tmp_path: Path, fresh_shared: None
+) -> None:
+    path = store_message(tmp_path, PLAIN)
+    cache = message.shared_cache(tmp_path)
+    cache.get(basename(path), path)
+    path.rename(path.with_name(path.name.replace(":2,S", ":2,FS")))
+    assert cache.header(basename(path), path)[0] == PLAIN_HEADER
+
+
+def test_a_plain_message_cache_keeps_nothing_in_memory(tmp_path: Path) -> None:
+    path = store_message(tmp_path, PLAIN)
+    with MessageCache(tmp_path) as cache:
+        first = cache.get(basename(path), path)
+        assert cache.get(basename(path), path) is not first  # decoded from the file again

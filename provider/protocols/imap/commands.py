@@ -29,7 +29,7 @@ from provider.mailstore import (
 )
 from provider.mailstore.keywords import MAX_KEYWORD_LENGTH, MAX_KEYWORDS, check_keyword
 from provider.mailstore.maildir import InvalidDate, check_internal_date
-from provider.mailstore.message import MessageCache, ParsedMessage, section_bytes
+from provider.mailstore.message import ParsedMessage, section_bytes, shared_cache
 from provider.mailstore.names import decode_mutf7
 from provider.models import Mailbox
 from provider.protocols.imap import fetch as fetching
@@ -628,8 +628,7 @@ class Commands:
         ]
         removed = view.folder.expunge(deleted)
         self._release(removed)
-        with MessageCache(view.folder.path) as cache:
-            cache.forget(info.basename for info in removed)
+        shared_cache(view.folder.path).forget(info.basename for info in removed)
         return [info.uid for info in removed]
 
     async def do_expunge(self: ImapSession, command: Command, uids: set[int] | None = None) -> str:
@@ -1022,33 +1021,40 @@ class Commands:
             await self.enable_condstore()
         top_modseq = 0
 
+        # Header keys (FROM, SUBJECT…) need only the header block, kept in memory; BODY and
+        # TEXT need the whole file. Any atom or string spelled BODY or TEXT counts (a needle
+        # too): reading the whole file is always right, only slower.
+        whole = _mentions(args, ("BODY", "TEXT"))
+
         def search() -> list[int]:
             nonlocal top_modseq
-            cache = MessageCache(view.folder.path)
+            cache = shared_cache(view.folder.path)
             found = []
-            try:
-                largest_uid = view.uids[-1] if view.uids else 0
-                for seq, uid in enumerate(view.uids, 1):
-                    info = view.infos.get(uid)
-                    if info is None or uid in view.gone:
-                        continue
+            largest_uid = view.uids[-1] if view.uids else 0
+            for seq, uid in enumerate(view.uids, 1):
+                info = view.infos.get(uid)
+                if info is None or uid in view.gone:
+                    continue
 
-                    def load(info: MessageInfo = info) -> tuple[bytes, ParsedMessage]:
+                def load(info: MessageInfo = info) -> tuple[bytes, ParsedMessage]:
+                    if whole:
                         return view.folder.read(info.uid), cache.get(info.basename, info.path)
-
-                    candidate = Candidate(
-                        seq, info, uid in view.recent, len(view.uids), largest_uid, load
-                    )
-                    if with_modseq:
-                        candidate.modseq = view.modseqs.get(uid, 0)
                     try:
-                        if predicate(candidate):
-                            found.append(uid if by_uid else seq)
-                            top_modseq = max(top_modseq, candidate.modseq)
-                    except (OSError, KeyError):
-                        continue
-            finally:
-                cache.close()
+                        return cache.header(info.basename, info.path)
+                    except FileNotFoundError:
+                        raise KeyError(info.uid) from None  # expunged meanwhile: skipped
+
+                candidate = Candidate(
+                    seq, info, uid in view.recent, len(view.uids), largest_uid, load
+                )
+                if with_modseq:
+                    candidate.modseq = view.modseqs.get(uid, 0)
+                try:
+                    if predicate(candidate):
+                        found.append(uid if by_uid else seq)
+                        top_modseq = max(top_modseq, candidate.modseq)
+                except (OSError, KeyError):
+                    continue
             return found
 
         found = await self.blocking(search)
@@ -1132,13 +1138,25 @@ class Commands:
 
         def remove() -> list[int]:
             removed = view.folder.expunge(sources)
-            with MessageCache(view.folder.path) as cache:
-                cache.forget(info.basename for info in removed)
+            shared_cache(view.folder.path).forget(info.basename for info in removed)
             return [info.uid for info in removed]
 
         removed = await self.blocking(remove)
         await self.send_lines(view.remove(set(removed)))
         return "OK MOVE completed"
+
+
+def _mentions(args: list[Value], words: tuple[str, ...]) -> bool:
+    """Whether any atom or string in `args` (nested lists too) is one of `words`."""
+    for arg in args:
+        if isinstance(arg, list):
+            if _mentions(arg, words):
+                return True
+        else:
+            text = arg.decode("latin-1") if isinstance(arg, bytes) else arg
+            if text.upper() in words:
+                return True
+    return False
 
 
 def parse_internal_date(text: str) -> tuple[float, int]:
@@ -1192,11 +1210,10 @@ class FetchRun:
         self.wants_size = any(i.name == "RFC822.SIZE" for i in items)
         self.wants_flags = any(i.name == "FLAGS" for i in items)
         self.wants_modseq = any(i.name == "MODSEQ" for i in items)
-        self.cache = MessageCache(view.folder.path) if self.needs_parse else None
+        self.cache = shared_cache(view.folder.path) if self.needs_parse else None
 
     def close(self) -> None:
-        if self.cache is not None:
-            self.cache.close()
+        """Nothing to release: the folder's cache stays open for the next command."""
 
 
 class MessageContent:
