@@ -148,18 +148,21 @@ def release(session: Session, mailbox_id: int, nbytes: int) -> None:
     """Give back `nbytes` of usage (after an expunge), never going below zero.
 
     Warnings re-arm here: falling back below a threshold means the next crossing warns again.
+    The UPDATE returns the new usage, so re-arming needs no second look at the row.
     """
     if nbytes < 0:
         raise ValueError("release takes a non-negative byte count")
-    session.execute(
+    row = session.execute(
         update(Mailbox)
         .where(Mailbox.id == mailbox_id)
         .values(
             used_bytes=case((Mailbox.used_bytes >= nbytes, Mailbox.used_bytes - nbytes), else_=0)
         )
+        .returning(Mailbox.used_bytes, Mailbox.quota_bytes, Mailbox.quota_warned_percent)
         .execution_options(synchronize_session=False)
-    )
-    update_warning_level(session, mailbox_id)
+    ).first()
+    if row is not None:
+        update_warning_level(session, mailbox_id, Usage(*row))
 
 
 def force_reserve(session: Session, mailbox_id: int, nbytes: int) -> Usage | None:
@@ -424,21 +427,27 @@ def crosses_new_level(usage: Usage) -> bool:
     return reached > usage.warned_percent
 
 
-def update_warning_level(session: Session, mailbox_id: int) -> int | None:
+def update_warning_level(
+    session: Session, mailbox_id: int, usage: Usage | None = None
+) -> int | None:
     """Move the mailbox's warned level to what usage reaches now; return a newly crossed level.
 
     Raising the level is a conditional UPDATE, so of two deliveries crossing 80 % at once only
-    one gets 80 back (and sends the one warning). Falling below a level re-arms it.
+    one gets 80 back (and sends the one warning). Falling below a level re-arms it. `usage`,
+    when the caller has it from its own UPDATE … RETURNING (reserve, release), saves reading
+    the row again; with no level to move, no statement runs at all.
     """
-    row = session.execute(
-        select(Mailbox.used_bytes, Mailbox.quota_bytes, Mailbox.quota_warned_percent).where(
-            Mailbox.id == mailbox_id
-        )
-    ).one_or_none()
-    if row is None:
-        return None
-    level = threshold_reached(row.used_bytes, row.quota_bytes, warning_percents())
-    if level > row.quota_warned_percent:
+    if usage is None:
+        row = session.execute(
+            select(Mailbox.used_bytes, Mailbox.quota_bytes, Mailbox.quota_warned_percent).where(
+                Mailbox.id == mailbox_id
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        usage = Usage(*row)
+    level = threshold_reached(usage.used_bytes, usage.quota_bytes, warning_percents())
+    if level > usage.warned_percent:
         result = session.execute(
             update(Mailbox)
             .where(Mailbox.id == mailbox_id, Mailbox.quota_warned_percent < level)
@@ -446,7 +455,7 @@ def update_warning_level(session: Session, mailbox_id: int) -> int | None:
             .execution_options(synchronize_session=False)
         )
         return level if result.rowcount else None  # type: ignore[attr-defined]
-    if level < row.quota_warned_percent:
+    if level < usage.warned_percent:
         session.execute(
             update(Mailbox)
             .where(Mailbox.id == mailbox_id, Mailbox.quota_warned_percent > level)
