@@ -20,6 +20,7 @@ from provider.mailstore import (
     FolderSnapshot,
     InvalidFolderName,
     MailboxMissing,
+    Maildir,
     MailstoreBusy,
     MailstoreError,
     MessageNotFound,
@@ -99,6 +100,7 @@ class ImapSession(Commands, streams.StreamSession):
         self.user: str | None = None
         self.mailbox_id: int | None = None
         self.selected: SelectedView | None = None
+        self.maildir: tuple[str, Maildir] | None = None  # (user, mailbox): Commands._maildir
         self.current: str = ""
         # RFC 7162: set by the first CONDSTORE enabling command, for the rest of the session.
         self.condstore = False
@@ -155,9 +157,10 @@ class ImapSession(Commands, streams.StreamSession):
         if not transport.is_closing() and (
             transport.get_write_buffer_size() <= streams.WRITE_HIGH_WATER
         ):
-            return  # nothing to wait for (and no task to make for wait_for)
+            return  # nothing to wait for (and no timer to set)
         try:
-            await asyncio.wait_for(self.writer.drain(), self.output_timeout)
+            async with asyncio.timeout(self.output_timeout):
+                await self.writer.drain()
         except TimeoutError:
             log.info("IMAP client %s stopped reading; closing", self.peer)
             self.writer.transport.abort()
@@ -175,7 +178,9 @@ class ImapSession(Commands, streams.StreamSession):
         too_long = False
         while True:
             try:
-                line = await asyncio.wait_for(self.reader.readuntil(b"\n"), timeout or self.timeout)
+                # asyncio.timeout is a timer on this task; wait_for would make a task per line.
+                async with asyncio.timeout(timeout or self.timeout):
+                    line = await self.reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as error:
                 # Drop what is buffered and keep looking for the end of this line.
                 await self.reader.readexactly(max(error.consumed, 1))
@@ -192,7 +197,8 @@ class ImapSession(Commands, streams.StreamSession):
 
     async def read_exactly(self, size: int) -> bytes:
         try:
-            return await asyncio.wait_for(self.reader.readexactly(size), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                return await self.reader.readexactly(size)
         except TimeoutError:
             await self.bye("Autologout; idle for too long")
             raise Disconnect from None
