@@ -20,6 +20,7 @@ from provider.mailstore import (
     Folder,
     FolderInfo,
     IncomingMessage,
+    MailboxMissing,
     Maildir,
     MessageInfo,
     MessageNotFound,
@@ -300,8 +301,15 @@ class Commands:
     # --- helpers (blocking: run through self.blocking)
 
     def _maildir(self: ImapSession) -> Maildir:
+        """The session's mailbox; the store's checks of the address (realpath) once per
+        session, that it still exists (one stat) every time."""
         assert self.user is not None
-        return mail_store().open(self.user)
+        maildir = self.maildir
+        if maildir is None or maildir[0] != self.user:
+            self.maildir = (self.user, mail_store().open(self.user))
+        elif not os.path.isdir(os.path.join(maildir[1].root, "cur")):
+            raise MailboxMissing(f"no mailbox for {self.user}")
+        return self.maildir[1]
 
     def _subscriptions(self: ImapSession, maildir: Maildir) -> set[str] | None:
         try:
@@ -350,7 +358,7 @@ class Commands:
         except BaseException:
             held.cancel()
             raise
-        quota.update_warning_level(db.session, self.mailbox_id)
+        quota.update_warning_level(db.session, self.mailbox_id, held.usage)
         held.confirm()  # one commit: the journal row goes, the warning level is kept
         return stored
 
