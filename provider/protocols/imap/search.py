@@ -79,6 +79,8 @@ def parse_date(value: Value) -> date:
 
 def _decoded_header(raw: bytes) -> str:
     text = raw.decode("utf-8", "replace")
+    if "=?" not in text:
+        return text  # no encoded word: decode_header would hand the text back as it is
     try:
         return str(email.header.make_header(email.header.decode_header(text)))
     except (ValueError, LookupError, UnicodeError):

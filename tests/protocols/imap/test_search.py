@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import make_mailbox
 from tests.protocols.imap.test_session import logged_in
 
@@ -130,3 +132,31 @@ def test_search_with_unknown_key_or_missing_argument_is_bad(session, imap):
         answers.append(client.readline().startswith(tag + b" BAD"))
     client.logout()
     assert answers == [True] * 4
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        " Sender 3 <sender3@outside.test>",
+        "  spaced   out  ",
+        " tab\there",
+        "Grüße aus Köln",
+        '"quoted, name" <a@b.test> (comment)',
+        "",
+        " =?utf-8?q?caf=C3=A9?= au lait",
+        "=?iso-8859-1?q?na=EFve?=",
+        "broken =?utf-8?q?unterminated",
+    ],
+)
+def test_header_decoding_fast_path_matches_decode_header(text):
+    """Text without an encoded word skips email.header (issue 14: most of SEARCH FROM's
+    time); the answer is what decode_header and make_header give."""
+    import email.header
+
+    from provider.protocols.imap.search import _decoded_header
+
+    try:
+        expected = str(email.header.make_header(email.header.decode_header(text)))
+    except (ValueError, LookupError, UnicodeError):
+        expected = text
+    assert _decoded_header(text.encode()) == expected
