@@ -862,7 +862,7 @@ class Commands:
             for item in run.items:
                 self._fetch_item(view, content, item, response)
             if flags_changed and not run.wants_flags:
-                response.add(b"FLAGS (" + " ".join(view.display_flags(uid)).encode() + b")")
+                response.add(view.flags_part(uid))
                 if view.condstore and not run.wants_modseq:
                     response.add(view.modseq_part(uid))
         except BaseException:
@@ -882,7 +882,7 @@ class Commands:
         if item.section is not None:
             return None
         if name == "FLAGS":
-            return b"FLAGS (" + " ".join(view.display_flags(info.uid)).encode() + b")"
+            return view.flags_part(info.uid)
         if name == "UID":
             return b"UID %d" % info.uid
         if name == "RFC822.SIZE":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 
 from provider.mailstore import Folder, FolderSnapshot, MessageInfo
@@ -15,6 +16,13 @@ SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 def flags_of(info: MessageInfo) -> frozenset[str]:
     return info.flags | info.keywords
+
+
+@functools.lru_cache(maxsize=4096)
+def _flag_names(flags: frozenset[str], keywords: frozenset[str]) -> bytes:
+    """The sorted flag names as FETCH shows them; a folder has few distinct combinations, so
+    a FETCH 1:* (FLAGS) sorts and encodes each once rather than once per message."""
+    return " ".join(sorted(flags | keywords)).encode()
 
 
 @dataclass
@@ -121,11 +129,19 @@ class SelectedView:
             names.append("\\Recent")
         return names
 
+    def flags_part(self, uid: int) -> bytes:
+        """`FLAGS (...)` of a FETCH response: display_flags as octets."""
+        info = self.infos.get(uid)
+        names = _flag_names(info.flags, info.keywords) if info is not None else b""
+        if uid in self.recent:
+            names = names + b" \\Recent" if names else b"\\Recent"
+        return b"FLAGS (" + names + b")"
+
     def fetch_flags_line(self, uid: int, with_uid: bool = False, flags: bool = True) -> bytes:
         """`* n FETCH (FLAGS (...))`, with UID when asked and MODSEQ once CONDSTORE is on;
         without FLAGS only for a .SILENT conditional STORE."""
         seq = self.seq_of(uid) or 0
-        parts = [b"FLAGS (" + " ".join(self.display_flags(uid)).encode() + b")"] if flags else []
+        parts = [self.flags_part(uid)] if flags else []
         if with_uid:
             parts.append(b"UID %d" % uid)
         if self.condstore:
