@@ -9,6 +9,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from flask import Flask
 
@@ -101,6 +102,9 @@ class ImapSession(Commands, streams.StreamSession):
         self.mailbox_id: int | None = None
         self.selected: SelectedView | None = None
         self.maildir: tuple[str, Maildir] | None = None  # (user, mailbox): Commands._maildir
+        # The selected folder as looked at in the same worker-thread trip as the command's
+        # last blocking work (see `blocking`), for the sync after the command; or the error.
+        self.looked: tuple[SelectedView, tuple[FolderSnapshot, int] | MailstoreError] | None = None
         self.current: str = ""
         # RFC 7162: set by the first CONDSTORE enabling command, for the rest of the session.
         self.condstore = False
@@ -109,6 +113,26 @@ class ImapSession(Commands, streams.StreamSession):
         self.mid_response = False
 
     # --- plumbing
+
+    async def blocking(self, function: Callable[..., Any], *args: Any) -> Any:
+        """streams.StreamSession.blocking; with a folder selected, the worker thread also
+        looks at the folder once the work is done, so that the sync after the command needs
+        no second trip to a thread. The look happens after the command's own changes, as a
+        separate trip would: other sessions' changes are seen just as soon."""
+        view = self.selected
+        if view is None:
+            return await super().blocking(function, *args)
+
+        def work_then_look() -> tuple[Any, tuple[FolderSnapshot, int] | MailstoreError]:
+            result = function(*args)
+            try:
+                return result, self._look_again(view)
+            except MailstoreError as error:  # MailstoreBusy too: the sync decides
+                return result, error
+
+        result, looked = await super().blocking(work_then_look)
+        self.looked = (view, looked)
+        return result
 
     async def send(self, data: bytes | str) -> None:
         """Write `data`, a chunk at a time once it is big (a long SEARCH result): the transport
@@ -310,6 +334,7 @@ class ImapSession(Commands, streams.StreamSession):
             await self.bad(command.tag, f"{name} is not allowed in this state")
             return
         self.current = name
+        self.looked = None  # a look from before this command is not "after" it
         await self.recheck_account()
         handler = getattr(self, f"do_{name.lower()}")
         try:
@@ -344,8 +369,14 @@ class ImapSession(Commands, streams.StreamSession):
         view = self.selected
         if view is None:
             return
+        looked, self.looked = self.looked, None
         try:
-            snapshot, recent_from = await asyncio.to_thread(self._look_again, view)
+            if looked is not None and looked[0] is view:
+                if isinstance(looked[1], MailstoreError):
+                    raise looked[1]
+                snapshot, recent_from = looked[1]
+            else:
+                snapshot, recent_from = await asyncio.to_thread(self._look_again, view)
         except MailstoreBusy:
             return  # the folder lock or the modseq file is busy: look again after the next command
         except MailstoreError:
