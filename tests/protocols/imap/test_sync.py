@@ -171,3 +171,33 @@ def test_fetching_a_message_another_session_expunged_says_expungeissued(session,
     assert first.fetch("2", "(UID)")[1] == [b"2 (UID 3)"]
     first.logout()
     second.logout()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("uid", "SEARCH", "ALL"),
+        ("uid", "FETCH", "1", "(FLAGS)"),
+        ("uid", "STORE", "1", "+FLAGS", "(\\Answered)"),
+        ("noop",),
+    ],
+)
+def test_changes_made_before_a_command_come_with_its_answer(session, imap, command):
+    """The look at the folder after a command rides the command's own worker-thread trip
+    (issue 14): what another session changed before the command is reported in its answer,
+    with or without blocking work of its own."""
+    make_mailbox(session)
+    folder = mail_store().open(ADDRESS).folder("INBOX")
+    folder.deliver(MESSAGE)
+    first, second = selected_pair(imap)
+    untagged(first, "EXISTS")
+    folder.deliver(MESSAGE)
+    second.store("1", "+FLAGS", "(\\Flagged)")
+    typ, data = getattr(first, command[0])(*command[1:])
+    assert typ == "OK"
+    assert untagged(first, "EXISTS") == [b"2"]
+    # imaplib hands FETCH responses to UID FETCH and UID STORE as their data.
+    fetched = data if command[1:2] in (("FETCH",), ("STORE",)) else untagged(first, "FETCH")
+    assert "\\Flagged" in fetch_flags(first, [d for d in fetched if d])[1]
+    first.logout()
+    second.logout()
