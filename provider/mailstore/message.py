@@ -31,8 +31,8 @@ BUSY_TIMEOUT_SECONDS = 10.0
 # Parsed messages (and their header blocks) kept decoded in this process's memory, so a FETCH
 # ENVELOPE or a SEARCH FROM over a folder neither asks SQLite nor decodes zlib + JSON again.
 # Message files are immutable and their base names unique, so an entry is never stale.
-MEMORY_ENTRIES = 8_000  # about 4 KB each: ~33 MB per process at most
-MEMORY_HEADER_BYTES = 8 * 1024 * 1024
+MEMORY_ENTRIES = 20_000  # about 4 KB each: ~80 MB per process at most
+MEMORY_HEADER_BYTES = 16 * 1024 * 1024
 # Per-folder cache databases kept open in this process (shared by its sessions and threads):
 # opening one costs a connect, three PRAGMAs and, at close, a checkpoint that deletes the WAL.
 SHARED_CACHES = 64
