@@ -1518,3 +1518,27 @@ def test_a_plain_message_cache_keeps_nothing_in_memory(tmp_path: Path) -> None:
     with MessageCache(tmp_path) as cache:
         first = cache.get(basename(path), path)
         assert cache.get(basename(path), path) is not first  # decoded from the file again
+
+
+def _child_uses_shared_cache(folder: Path, inherited: int, path: Path, out: Any) -> None:
+    cache = message.shared_cache(folder)
+    parsed = cache.get(basename(path), path)
+    out.put((id(cache) != inherited, parsed == parse_message(PLAIN)))
+
+
+def test_a_forked_child_opens_its_own_shared_caches(tmp_path: Path, fresh_shared: None) -> None:
+    """SQLite connections must not cross a fork (a worker process forked from one that used
+    the caches): the child opens its own."""
+    path = store_message(tmp_path, PLAIN)
+    cache = message.shared_cache(tmp_path)
+    cache.get(basename(path), path)
+    context = multiprocessing.get_context("fork")
+    out = context.Queue()
+    child = context.Process(target=_child_uses_shared_cache, args=(tmp_path, id(cache), path, out))
+    child.start()
+    try:
+        assert out.get(timeout=30) == (True, True)
+    finally:
+        child.join(timeout=30)
+    assert child.exitcode == 0
+    assert message.shared_cache(tmp_path) is cache  # the parent's own is untouched
