@@ -30,6 +30,8 @@ def tagged(client: imaplib.IMAP4, line: str) -> bytes:
     client.send(tag + b" " + line.encode() + b"\r\n")
     while True:
         reply = client.readline()
+        if not reply:
+            raise EOFError("the server closed the connection")  # not an endless loop
         if reply.startswith(tag + b" "):
             return reply[len(tag) + 1 :]
         if reply.rstrip().endswith(b"}"):  # skip a literal
