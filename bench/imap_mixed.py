@@ -409,7 +409,8 @@ def report(rounds: list[Round]) -> None:
                 else f"{'-':>24} {0:>7}"
             )
         print(f"{kind:<16}" + "".join(f"{c:>32}" for c in cells))
-    if set(targets) == {"provider", "dovecot"}:
+    worked = all(r.commands for r in rounds)
+    if set(targets) == {"provider", "dovecot"} and worked:
         by = {t: [r for r in rounds if r.target == t] for t in targets}
         ratios = [
             (o.commands / o.elapsed) / (d.commands / d.elapsed)
