@@ -17,7 +17,7 @@ from provider.models.sending import (
     SendingCount,
 )
 from provider.models.trial import Trial, TrialOutcome, TrialReminder
-from provider.models.vacation import VacationResponse
+from provider.models.vacation import SieveDuplicate, VacationResponse
 
 __all__ = [
     "AdminUser",
@@ -40,6 +40,7 @@ __all__ = [
     "RunOutcome",
     "SchedulerLease",
     "SendingCount",
+    "SieveDuplicate",
     "SnapshotStatus",
     "Trial",
     "TrialOutcome",

@@ -46,12 +46,7 @@ IMPLEMENTATION = "provider"
 POLICY_PROTOCOL = mail_access.MANAGESIEVE
 # Always available, never listed (RFC 5228 §2.7.3); Pigeonhole lists neither.
 IMPLICIT_EXTENSIONS = frozenset({"comparator-i;octet", "comparator-i;ascii-casemap"})
-# Compiled and run, but delivery has no duplicate store yet (nothing is ever a duplicate): not
-# offered to clients until it does.
-NOT_OFFERED = frozenset({"duplicate"})
-SIEVE_CAPABILITY = " ".join(
-    name for name in EXTENSIONS if name not in IMPLICIT_EXTENSIONS | NOT_OFFERED
-)
+SIEVE_CAPABILITY = " ".join(name for name in EXTENSIONS if name not in IMPLICIT_EXTENSIONS)
 
 ANY_STATE = frozenset({"CAPABILITY", "LOGOUT", "NOOP"})
 NOT_AUTHENTICATED = frozenset({"AUTHENTICATE", "STARTTLS"})

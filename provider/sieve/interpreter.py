@@ -696,16 +696,16 @@ class Context:
 
     `now` (aware; default the current time) is currentdate's "now". `mailbox_exists(name)`
     answers mailboxexists, `special_use_exists(mailbox or None, flag)` specialuse_exists;
-    without them nothing exists. `seen(handle, value, seconds)` answers duplicate: True when
-    the value was seen under that handle within `seconds`, and records it (the caller should
-    make the record durable only once the delivery succeeded); without it nothing is a
-    duplicate, as in Pigeonhole's sieve-test.
+    without them nothing exists. `seen(handle, value, seconds, last)` answers duplicate: True
+    when the value is tracked under that handle and not expired; the caller tracks it for
+    `seconds` once the delivery succeeded (from the first sighting, or with `last` from this
+    one: RFC 7352 §3.2); without it nothing is a duplicate, as in Pigeonhole's sieve-test.
     """
 
     now: datetime | None = None
     mailbox_exists: Callable[[str], bool] | None = None
     special_use_exists: Callable[[str | None, str], bool] | None = None
-    seen: Callable[[str, str, int], bool] | None = None
+    seen: Callable[[str, str, int, bool], bool] | None = None
 
 
 @dataclass
@@ -1253,7 +1253,7 @@ class _Run:
         self.step()
         if self.context.seen is None:
             return False
-        return bool(self.context.seen(handle, value, seconds))
+        return bool(self.context.seen(handle, value, seconds, bool(tags.get("last"))))
 
     def body_values(self, bound: Bound) -> list[str]:
         if bound.tags.get("raw"):

@@ -7,6 +7,7 @@ import os
 import smtplib
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from provider.mailstore import Maildir
 from provider.models import Mailbox, OutboundRecipient
 from provider.protocols.outbound.runner import QueueRunner
 from provider.protocols.server import ProtocolRunner
-from provider.services import outbound, sieve_scripts
+from provider.services import clock, outbound, sieve_scripts
 from provider.services.storage import mail_store
 from tests.conftest import MAILBOX_PASSWORD, make_mailbox
 from tests.protocols.conftest import RawClient
@@ -338,3 +339,72 @@ def test_an_active_link_leading_out_of_the_home_is_not_followed(session, servers
     assert lmtp(servers["lmtp"], [ALICE], message("not discarded"))[0][0] == 250
     assert len(folder_messages("INBOX")) == 1
     assert "leads outside the mailbox's home" in error_log()
+
+
+DUPLICATE_RULES = """require ["duplicate", "fileinto", "mailbox"];
+if duplicate { fileinto :create "Dupes"; }
+"""
+
+
+def test_duplicate_files_the_second_copy_of_a_message_id_and_survives_a_restart(
+    app: Flask, runner, session, servers
+):
+    make_mailbox(session, ALICE)
+    put(runner, DUPLICATE_RULES)
+    first = message("twice")
+    assert lmtp(servers["lmtp"], [ALICE], first)[0][0] == 250
+    assert len(folder_messages("INBOX")) == 1
+    assert "Dupes" not in [info.name for info in mail_store().open(ALICE).folders()]
+    # The tracked ID is in the database: a second server (a restart) knows it too.
+    second = ProtocolRunner(app, ["lmtp"])
+    bound = {b.name: (b.host, b.port) for b in second.start()}
+    try:
+        assert lmtp(bound["lmtp"], [ALICE], first)[0][0] == 250
+    finally:
+        second.stop()
+    assert len(folder_messages("INBOX")) == 1
+    assert len(folder_messages("Dupes")) == 1
+    # Another Message-ID is not a duplicate.
+    assert lmtp(servers["lmtp"], [ALICE], message("once"))[0][0] == 250
+    assert len(folder_messages("INBOX")) == 2
+
+
+def test_duplicate_tracks_only_delivered_messages(runner, session, servers):
+    """A rejected delivery leaves no ID behind: the retry is not taken for a duplicate."""
+    make_mailbox(session, ALICE)
+    put(
+        runner,
+        'require ["duplicate", "fileinto", "reject", "mailbox"];\n'
+        'if duplicate { fileinto :create "Dupes"; stop; }\n'
+        'if header :contains "subject" "refuse" { reject "not now"; }\n',
+    )
+    refused = message("refuse me")
+    assert lmtp(servers["lmtp"], [ALICE], refused)[0][0] == 550
+    put(runner, DUPLICATE_RULES)
+    assert lmtp(servers["lmtp"], [ALICE], refused)[0][0] == 250
+    assert len(folder_messages("INBOX")) == 1
+    assert lmtp(servers["lmtp"], [ALICE], refused)[0][0] == 250
+    assert len(folder_messages("Dupes")) == 1
+
+
+def test_duplicate_period_runs_from_the_first_sighting_or_with_last_from_the_latest(
+    runner, session, servers
+):
+    make_mailbox(session, ALICE)
+    put(
+        runner,
+        'require ["duplicate", "fileinto", "mailbox"];\n'
+        'if duplicate :seconds 3600 { fileinto :create "First"; }\n'
+        'if duplicate :seconds 3600 :last :handle "l" { fileinto :create "Last"; }\n',
+    )
+    start = clock.now()
+    try:
+        for minutes in (0, 40, 80):
+            clock.set_now(start + timedelta(minutes=minutes))
+            assert lmtp(servers["lmtp"], [ALICE], message("again"))[0][0] == 250
+    finally:
+        clock.set_now(None)
+    # 40 min: a duplicate for both. 80 min: the first sighting's hour is over (a new first
+    # sighting), but :last restarted its hour at 40 min.
+    assert len(folder_messages("First")) == 1
+    assert len(folder_messages("Last")) == 2

@@ -202,10 +202,10 @@ def test_include_shares_the_budget() -> None:
 
 
 def test_duplicate_asks_the_store() -> None:
-    calls: list[tuple[str, str, int]] = []
+    calls: list[tuple[str, str, int, bool]] = []
 
-    def seen(handle: str, value: str, seconds: int) -> bool:
-        calls.append((handle, value, seconds))
+    def seen(handle: str, value: str, seconds: int, last: bool) -> bool:
+        calls.append((handle, value, seconds, last))
         return value == "<m1@example.com>"
 
     script = (
@@ -219,8 +219,8 @@ def test_duplicate_asks_the_store() -> None:
     got = actions(script, Context(seen=seen))
     assert got == ["store dup", "store long", "implicit-keep none"]
     assert calls == [
-        ("", "<m1@example.com>", 12 * 3600),
-        ("h", "hi", 60),
-        ("", "<m1@example.com>", 2 * 86400),
+        ("", "<m1@example.com>", 12 * 3600, False),
+        ("h", "hi", 60, False),
+        ("", "<m1@example.com>", 2 * 86400, True),
     ]
     assert actions(script) == ["implicit-keep store INBOX"]

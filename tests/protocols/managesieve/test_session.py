@@ -29,7 +29,7 @@ def test_greeting_lists_capabilities_and_starttls(sieve_server, app):
         sieve = next(line for line in client.greeting if line.startswith(b'"SIEVE"'))
         words = sieve.split(b'"')[3].split()
         assert b"fileinto" in words and b"vacation" in words and b"regex" in words
-        assert b"comparator-i;ascii-numeric" in words
+        assert b"comparator-i;ascii-numeric" in words and b"duplicate" in words
         assert b"include" not in words and b"comparator-i;octet" not in words
         assert not any(line.startswith(b'"NOTIFY"') for line in client.greeting)
         assert client.greeting[-1].startswith(b"OK")
