@@ -1182,7 +1182,11 @@ def sieve_put(address: str, name: str, file: str, activate: bool, as_json: bool)
     emit(
         info.to_dict(),
         as_json,
-        lambda r: f"stored {r['name']} ({r['size']} bytes)" + (", active" if r["active"] else ""),
+        lambda r: (
+            f"stored {r['name']} ({r['size']} bytes)"
+            + (", active" if r["active"] else "")
+            + "".join(f"\n{warning}" for warning in r.get("warnings", []))
+        ),
     )
 
 

@@ -408,3 +408,50 @@ def test_duplicate_period_runs_from_the_first_sighting_or_with_last_from_the_lat
     # sighting), but :last restarted its hour at 40 min.
     assert len(folder_messages("First")) == 1
     assert len(folder_messages("Last")) == 2
+
+
+def test_include_personal_and_global_scripts_and_follow_their_changes(
+    app: Flask, runner, session, servers, tmp_path: Path
+):
+    """Included scripts are read from ~/sieve and SIEVE_GLOBAL_DIR; a change to an included
+    script (not to the active one) is seen by the next delivery; one removed meanwhile keeps
+    the message in INBOX and tells the owner."""
+    global_dir = tmp_path / "global"
+    global_dir.mkdir()
+    (global_dir / "spam.sieve").write_text(
+        'require ["fileinto", "mailbox"];\n'
+        'if header :contains "X-Spam" "yes" { fileinto :create "Junk"; stop; }\n'
+    )
+    app.config["SIEVE_GLOBAL_DIR"] = str(global_dir)
+    make_mailbox(session, ALICE)
+    put(runner, 'require ["fileinto", "mailbox"];\nfileinto :create "Lists";\n', name="lists")
+    put(runner, 'require "include";\ninclude :global "spam";\ninclude "lists";\n', name="main")
+    assert lmtp(servers["lmtp"], [ALICE], message("spammy", "X-Spam: yes\r\n"))[0][0] == 250
+    assert lmtp(servers["lmtp"], [ALICE], message("news"))[0][0] == 250
+    assert len(folder_messages("Junk")) == 1 and len(folder_messages("Lists")) == 1
+
+    lists = sieve_scripts.home_of(mail_store(), ALICE) / "sieve" / "lists.sieve"
+    result = runner.invoke(args=["sieve", "put", ALICE, "lists", "-"], input=b"keep;\n")
+    assert result.exit_code == 0, result.output
+    assert lmtp(servers["lmtp"], [ALICE], message("news two"))[0][0] == 250
+    assert len(folder_messages("Lists")) == 1 and len(folder_messages("INBOX")) == 1
+
+    lists.unlink()
+    assert lmtp(servers["lmtp"], [ALICE], message("news three"))[0][0] == 250
+    assert len(folder_messages("INBOX")) == 2
+    assert "included personal script 'lists' does not exist" in error_log()
+
+
+def test_the_include_loader_follows_no_links_and_refuses_bad_names(tmp_path: Path):
+    home = tmp_path / "home"
+    (home / "sieve").mkdir(parents=True)
+    secret = tmp_path / "secret.sieve"
+    secret.write_text('redirect "thief@outside.test";\n')
+    (home / "sieve" / "link.sieve").symlink_to(secret)
+    (home / "sieve" / "ok.sieve").write_text("keep;\n")
+    loader = sieve_scripts.ScriptLoader(home, None)
+    assert loader("personal", "ok") == b"keep;\n"
+    assert loader("personal", "link") is None
+    assert loader("personal", "../secret") is None
+    assert loader("personal", ".hidden") is None
+    assert loader("global", "ok") is None  # no global directory: nothing global exists
