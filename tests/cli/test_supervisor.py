@@ -402,7 +402,7 @@ def test_serve_runs_submission_and_autoconfig_names_it(mail_environment, tmp_pat
 
 
 def test_serve_runs_submission_by_default():
-    from provider.cli import serve_command
+    from provider.commands import serve_command
     from provider.serve import KNOWN_SERVICES, MAIL_SERVICES
 
     [option] = [p for p in serve_command.params if p.name == "services"]
