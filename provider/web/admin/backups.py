@@ -45,3 +45,8 @@ def mailbox_backup_eml(mailbox_id: int, snapshot_id: str, uid: int) -> Response:
 @bp.post("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/restore")
 def mailbox_backup_restore(mailbox_id: int, snapshot_id: str) -> Response | str:
     return timemachine.restore_action(_tm(mailbox_id), snapshot_id)
+
+
+@bp.post("/mailboxes/<int:mailbox_id>/backups/snapshot")
+def mailbox_backup_take(mailbox_id: int) -> Response:
+    return timemachine.snapshot_action(_tm(mailbox_id))
