@@ -16,7 +16,13 @@ from provider.models.sending import (
     RecipientState,
     SendingCount,
 )
-from provider.models.trial import Trial, TrialOutcome, TrialReminder
+from provider.models.trial import (
+    Trial,
+    TrialOutcome,
+    TrialReminder,
+    UpgradeRequest,
+    UpgradeStatus,
+)
 from provider.models.vacation import SieveDuplicate, VacationResponse
 
 __all__ = [
@@ -45,6 +51,8 @@ __all__ = [
     "Trial",
     "TrialOutcome",
     "TrialReminder",
+    "UpgradeRequest",
+    "UpgradeStatus",
     "VacationResponse",
     "admin_domains",
 ]
