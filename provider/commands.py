@@ -1090,7 +1090,7 @@ def jobs_list(as_json: bool) -> None:
 @json_option
 def jobs_run(name: str, as_of: str | None, as_json: bool) -> None:
     """Run one scheduled job once, now or as of --now (the run is recorded like a scheduled one)."""
-    from jobs.scheduler import JOBS, get_job, run_recorded
+    from jobs.scheduler import JOBS, get_job, run_now
 
     job = get_job(name)
     if job is None:
@@ -1107,10 +1107,10 @@ def jobs_run(name: str, as_of: str | None, as_json: bool) -> None:
             moment = moment.replace(tzinfo=UTC)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     if moment is None:
-        record, summary = run_recorded(app, job, "command")
+        record, summary = run_now(app, job, "command", CLI_ACTOR)
     else:
         with clock.frozen_at(moment):
-            record, summary = run_recorded(app, job, "command")
+            record, summary = run_now(app, job, "command", CLI_ACTOR)
     if record.error:
         raise click.ClickException(f"{name} failed: {record.error}")
     emit(summary, as_json, lambda r: f"{name}: " + json.dumps(r, indent=2))
