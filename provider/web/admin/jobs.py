@@ -19,7 +19,7 @@ RECENT_RUNS = 50
 
 
 class RunNowForm(FlaskForm):
-    """"Run now": nothing but the CSRF token (the job is in the URL)."""
+    """The Run now button: nothing but the CSRF token (the job is in the URL)."""
 
 
 @bp.get("/jobs")

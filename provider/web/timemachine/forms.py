@@ -31,7 +31,7 @@ class SearchForm(Form):
 
 
 class SnapshotNowForm(FlaskForm):
-    """ "Take a snapshot now": nothing but the CSRF token."""
+    """The Take a snapshot now button: nothing but the CSRF token."""
 
 
 class RestoreForm(FlaskForm):
