@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import current_app, has_app_context
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from provider.backup.manifest import DamagedManifest, Manifest, ManifestMessage, snapshot_time
@@ -358,6 +358,35 @@ def list_snapshots(session: Session, address: str) -> list[BackupSnapshot]:
         .order_by(BackupSnapshot.created_at.desc(), BackupSnapshot.snapshot_id.desc())
     )
     return list(session.scalars(query))
+
+
+@dataclass(frozen=True)
+class SnapshotSummary:
+    """How many snapshots a mailbox has and when the newest was taken."""
+
+    count: int
+    latest: datetime | None
+
+
+def snapshot_summaries(session: Session, mailbox_ids: Iterable[int]) -> dict[int, SnapshotSummary]:
+    """Snapshot counts and newest times of some mailboxes, in one query (the finder's list)."""
+    ids = sorted(set(mailbox_ids))
+    if not ids:
+        return {}
+    query = (
+        select(
+            BackupSnapshot.mailbox_id,
+            func.count(BackupSnapshot.id),
+            func.max(BackupSnapshot.created_at),
+        )
+        .where(BackupSnapshot.mailbox_id.in_(ids))
+        .group_by(BackupSnapshot.mailbox_id)
+    )
+    found = {
+        mailbox_id: SnapshotSummary(count, latest)
+        for mailbox_id, count, latest in session.execute(query)
+    }
+    return {i: found.get(i, SnapshotSummary(0, None)) for i in ids}
 
 
 def load_manifest(session: Session, address: str, snapshot_id: str) -> Manifest:
