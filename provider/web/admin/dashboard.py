@@ -1,12 +1,12 @@
 """Admin dashboard: domains, mailboxes by plan, policy and status, storage, trials by stage,
-mailboxes whose sending is suspended."""
+mailboxes whose sending is suspended, trial upgrade requests waiting for an answer."""
 
 from __future__ import annotations
 
 from flask import current_app, render_template
 
 from provider.extensions import db
-from provider.services import reports, sending, trials
+from provider.services import reports, sending, trials, upgrades
 from provider.supervisor import read_states
 from provider.web.admin import bp
 from provider.web.admin.access import current_admin, scope
@@ -29,4 +29,5 @@ def dashboard() -> str:
         trials=trial_stages,
         services=services,
         suspended_senders=sending.suspended_mailboxes(db.session, domain_ids),
+        upgrade_requests=upgrades.pending_requests(db.session, domain_ids),
     )
