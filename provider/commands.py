@@ -755,21 +755,30 @@ def backup_list(address: str, as_json: bool) -> None:
     from provider.services import backups
 
     try:
+        mailbox = provisioning.get_mailbox(db.session, address)
         records = [s.to_dict() for s in backups.list_snapshots(db.session, address)]
     except ProviderError as exc:
         raise click.ClickException(exc.message) from None
-    emit(
-        records,
-        as_json,
-        lambda rs: (
-            "\n".join(
-                f"{r['snapshot']}  {r['created_at']}  {r['messages']} messages  "
-                f"{_size(r['bytes'])}  {r['status']}"
-                for r in rs
+
+    def text(rows: list[dict[str, Any]]) -> str:
+        lines = [
+            f"{r['snapshot']}  {r['created_at']}  {r['messages']} messages  "
+            f"{_size(r['bytes'])}  {r['status']}"
+            for r in rows
+        ]
+        if not mailbox.imap_enabled:
+            lines.append(
+                f"{mailbox.address} uses POP3 only: its mail leaves the server, so no snapshot "
+                "is taken" + (" (those above were taken while it used IMAP)" if rows else "")
             )
-            or "no snapshots"
-        ),
-    )
+        elif not rows:
+            lines.append(
+                "no snapshots yet: the nightly backup job takes the first, or now: "
+                f"provider backup run {mailbox.address}"
+            )
+        return "\n".join(lines)
+
+    emit(records, as_json, text)
 
 
 @backup_group.command("restore")
