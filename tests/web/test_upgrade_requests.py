@@ -140,3 +140,12 @@ def test_a_request_id_of_another_mailbox_is_404(
     [request] = _requests(session)
     url = f"/admin/mailboxes/{other.id}/upgrade-requests/{request.id}/decline"
     assert logged_in.get(url).status_code == 404
+
+
+def test_deleting_the_mailbox_takes_its_requests_along(asked: Mailbox, session: Session):
+    from provider.services import provisioning
+    from tests.conftest import TEST_ACTOR
+
+    provisioning.delete_mailbox(session, asked, actor=TEST_ACTOR)
+    session.commit()
+    assert _requests(session) == []
