@@ -79,6 +79,8 @@ def world(app: Flask, session: Session) -> dict[str, Any]:
         "uid": 1,
         "filename": "css/app.css",
         "index": 0,  # a rule of the Sieve rule editor
+        "name": "quota-recount",  # a scheduled job (Run now)
+        "request_id": 1,  # an upgrade request
     }
 
 
