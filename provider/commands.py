@@ -677,12 +677,10 @@ def admin_list(as_json: bool) -> None:
 
 
 def _size(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{nbytes} B"
+    """As the web writes sizes (quota.format_size): `8.94 KB`, 1 KB = 1024 bytes."""
+    from provider.services.quota import format_size
+
+    return format_size(nbytes)
 
 
 class _NoProgress:
