@@ -16,6 +16,7 @@ from provider.models.sending import (
     RecipientState,
     SendingCount,
 )
+from provider.models.stats import DailyStat
 from provider.models.trial import Trial, TrialOutcome, TrialReminder
 from provider.models.vacation import SieveDuplicate, VacationResponse
 
@@ -25,6 +26,7 @@ __all__ = [
     "AuditEvent",
     "BackupRestore",
     "BackupSnapshot",
+    "DailyStat",
     "DkimKey",
     "Domain",
     "Identity",

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from provider.errors import WeakPassword
 from provider.models import AdminUser, Mailbox
+from provider.services import daily_stats
 
 SCHEME = "{ARGON2ID}"
 MAX_PASSWORD_LENGTH = 1024
@@ -238,12 +239,14 @@ def authenticate_mailbox(session: Session, address: str, password: str) -> Mailb
     mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address.strip().lower()))
     if mailbox is None:
         burn_dummy_verification()
+        daily_stats.count("failed_logins")
         return None
     remembered = verified_passwords()
     if remembered.matches(mailbox.password_hash, password):
         return mailbox
     result = verify_password(mailbox.password_hash, password)
     if not result.ok:
+        daily_stats.count("failed_logins")
         return None
     if result.new_hash:
         mailbox.password_hash = result.new_hash
@@ -257,9 +260,11 @@ def authenticate_admin(session: Session, email: str, password: str) -> AdminUser
     admin = session.scalar(select(AdminUser).where(AdminUser.email == email.strip().lower()))
     if admin is None:
         burn_dummy_verification()
+        daily_stats.count("failed_logins")
         return None
     result = verify_password(admin.password_hash, password)
     if not result.ok or not admin.active:
+        daily_stats.count("failed_logins")
         return None
     if result.new_hash:
         admin.password_hash = result.new_hash
