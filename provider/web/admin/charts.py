@@ -9,7 +9,7 @@ from datetime import date
 from markupsafe import Markup, escape
 
 WIDTH, HEIGHT = 320, 120
-LEFT, RIGHT, TOP, BOTTOM = 44, 312, 12, 98
+LEFT, RIGHT, TOP, BOTTOM = 4, 316, 14, 100
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ def _nice_ceiling(value: float) -> float:
 def chart(
     key: str,
     title: str,
-    points: Sequence[tuple[date, int | None]],
-    text: Callable[[int], str],
+    points: Sequence[tuple[date, float | None]],
+    text: Callable[[float], str],
     *,
     bars: bool = False,
 ) -> Chart:
@@ -53,7 +53,7 @@ def chart(
     def x(index: int) -> float:
         return LEFT + step * index + step / 2
 
-    def y(value: int) -> float:
+    def y(value: float) -> float:
         return BOTTOM - (BOTTOM - TOP) * (value / top)
 
     shapes: list[str] = []
@@ -80,18 +80,16 @@ def chart(
             run = []
     first = points[0][0].strftime("%b %d") if points else ""
     last = points[-1][0].strftime("%b %d") if points else ""
-    top_label = text(int(top))  # whole: a ceiling of whole values is whole
+    top_label = text(top)
     svg = (
         f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
         f'aria-labelledby="chart-{key}-title" id="chart-{key}">'
         f'<title id="chart-{key}-title">{escape(title)}</title>'
         f'<line class="chart-axis" x1="{LEFT}" y1="{BOTTOM}" x2="{RIGHT}" y2="{BOTTOM}"/>'
         f'<line class="chart-top" x1="{LEFT}" y1="{TOP}" x2="{RIGHT}" y2="{TOP}"/>'
-        f'<text class="chart-label" x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end">'
-        f"{escape(top_label)}</text>"
-        f'<text class="chart-label" x="{LEFT - 4}" y="{BOTTOM}" text-anchor="end">0</text>'
-        f'<text class="chart-label" x="{LEFT}" y="{HEIGHT - 4}">{first}</text>'
-        f'<text class="chart-label" x="{RIGHT}" y="{HEIGHT - 4}" text-anchor="end">{last}</text>'
+        f'<text class="chart-label" x="{LEFT}" y="{TOP - 4}">{escape(top_label)}</text>'
+        f'<text class="chart-label" x="{LEFT}" y="{HEIGHT - 6}">{first}</text>'
+        f'<text class="chart-label" x="{RIGHT}" y="{HEIGHT - 6}" text-anchor="end">{last}</text>'
         + "".join(shapes)
         + "</svg>"
     )

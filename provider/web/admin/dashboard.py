@@ -4,12 +4,13 @@ mailboxes whose sending is suspended, and the last 30 days as charts."""
 from __future__ import annotations
 
 from datetime import date
+from decimal import Decimal
 
 from flask import current_app, render_template
 
 from provider.extensions import db
 from provider.services import daily_stats, reports, sending, trials
-from provider.services.quota import format_size
+from provider.services.quota import GIB, format_gb
 from provider.supervisor import read_states
 from provider.web.admin import bp
 from provider.web.admin.access import current_admin, scope
@@ -41,14 +42,19 @@ def _charts() -> list[Chart]:
     """The installation over the last 30 days (superadmins: the numbers span every domain)."""
     days = daily_stats.series(db.session)
 
-    def of(attribute: str) -> list[tuple[date, int | None]]:
+    def of(attribute: str) -> list[tuple[date, float | None]]:
         return [(point.day, getattr(point, attribute)) for point in days]
 
-    def number(value: int) -> str:
-        return f"{value:,}"
+    def number(value: float) -> str:
+        return f"{int(value):,}"
 
+    def gigabytes(value: float) -> str:
+        return f"{format_gb(round(Decimal(value), 2))} GB"
+
+    # Storage in GB (of 1024³ bytes, as quotas): the axis then ends on a round number of GB.
+    storage = [(day, None if used is None else used / GIB) for day, used in of("used_bytes")]
     return [
-        chart("storage", "Storage used", of("used_bytes"), format_size),
+        chart("storage", "Storage used", storage, gigabytes),
         chart("mailboxes", "Mailboxes", of("mailboxes"), number),
         chart("trials", "Trial mailboxes", of("trials"), number),
         chart("deliveries", "Messages delivered per day", of("deliveries"), number, bars=True),
