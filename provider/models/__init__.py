@@ -17,12 +17,14 @@ from provider.models.sending import (
     SendingCount,
 )
 from provider.models.stats import DailyStat
+from provider.models.token import ApiToken
 from provider.models.trial import Trial, TrialOutcome, TrialReminder
 from provider.models.vacation import SieveDuplicate, VacationResponse
 
 __all__ = [
     "AdminUser",
     "Alias",
+    "ApiToken",
     "AuditEvent",
     "BackupRestore",
     "BackupSnapshot",
