@@ -44,7 +44,16 @@ from provider.protocols.imap.parser import (
     format_sequence_set,
     parse_sequence_set,
 )
-from provider.protocols.imap.search import Candidate, parse_search
+from provider.protocols.imap.search import (
+    Candidate,
+    Predicate,
+    esearch_line,
+    parse_search,
+    return_options,
+    saved_part,
+    saves_result,
+    search_charset,
+)
 from provider.protocols.imap.selected import SYSTEM_FLAGS, SelectedView
 from provider.services import quota
 from provider.services.storage import mail_store
@@ -374,6 +383,7 @@ class Commands:
                 raise ProtocolError("unknown SELECT parameter")
             self.condstore = True
         self.selected = None
+        self.saved_result = frozenset()
         name = wire_name(command.args[0])
         condstore = self.condstore
 
@@ -645,6 +655,10 @@ class Commands:
         """UIDs of the view a sequence set names (seq numbers or UIDs)."""
         view = self.selected
         assert view is not None
+        if text == "$":
+            # RFC 5182: the saved result, in either numbering; expunged messages drop out.
+            saved = self.saved_result
+            return [uid for uid in view.uids if uid in saved and uid not in view.gone]
         ranges = parse_sequence_set(text)
         uids = view.uids
         largest = uids[-1] if by_uid else len(uids)
@@ -1005,57 +1019,87 @@ class Commands:
         return f"OK {'UID ' if by_uid else ''}STORE completed"
 
     async def do_search(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        args = list(command.args)
+        saving = saves_result(args)
+        try:
+            result = await self._search(command.tag, args, by_uid)
+        except ProtocolError:
+            raise  # BAD leaves `$` as it was (RFC 9051 §6.4.4.1)
+        except BaseException:
+            if saving:
+                self.saved_result = frozenset()
+            raise
+        if saving and not result.startswith("OK"):
+            self.saved_result = frozenset()  # a NO with SAVE empties `$`
+        return result
+
+    async def _search(self: ImapSession, tag: str, args: list[Value], by_uid: bool) -> str:
+        options, args = return_options(args)
+        args, charset_refusal = search_charset(args)
+        if charset_refusal is not None:
+            return charset_refusal
         view = self.selected
         assert view is not None
-        args = list(command.args)
-        if args and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
-            if len(args) < 2:
-                raise ProtocolError("CHARSET needs a name")
-            charset = as_text(args[1]).upper()
-            if charset not in ("UTF-8", "US-ASCII"):
-                return "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset"
-            args = args[2:]
         used: set[str] = set()
         predicate = parse_search(args, used)
         with_modseq = "MODSEQ" in used
         if with_modseq:
             await self.enable_condstore()
-        top_modseq = 0
+        matches = await self.blocking(self.search_matches, view, predicate, with_modseq)
+        numbers = [uid if by_uid else seq for seq, uid, _ in matches]
+        modseq_of = {(uid if by_uid else seq): modseq for seq, uid, modseq in matches}
+        done = f"OK {'UID ' if by_uid else ''}SEARCH completed"
+        if options is None:
+            # RFC 7162 §3.1.6: a MODSEQ search appends the highest modseq of what it found.
+            top = max(modseq_of.values(), default=0)
+            suffix = f" (MODSEQ {top})" if with_modseq and numbers else ""
+            line = "* SEARCH" + "".join(f" {n}" for n in numbers) + suffix + "\r\n"
+            await self.send(line.encode())
+            return done
+        returned = saved_part(options, numbers)
+        modseq = max((modseq_of[n] for n in returned), default=0) if with_modseq else None
+        line = esearch_line(tag, by_uid, options, numbers, modseq)
+        if line is not None:
+            await self.send(line)
+        if "SAVE" in options:
+            kept = set(returned)
+            self.saved_result = frozenset(
+                uid for seq, uid, _ in matches if (uid if by_uid else seq) in kept
+            )
+            return done + ", result saved"
+        return done
 
-        def search() -> list[int]:
-            nonlocal top_modseq
-            cache = MessageCache(view.folder.path)
-            found = []
-            try:
-                largest_uid = view.uids[-1] if view.uids else 0
-                for seq, uid in enumerate(view.uids, 1):
-                    info = view.infos.get(uid)
-                    if info is None or uid in view.gone:
-                        continue
+    def search_matches(
+        self: ImapSession, view: SelectedView, predicate: Predicate, with_modseq: bool
+    ) -> list[tuple[int, int, int]]:
+        """(sequence number, UID, modseq) of the messages the predicate holds for, in order
+        (blocking). A message that vanished or cannot be read is left out."""
+        cache = MessageCache(view.folder.path)
+        found = []
+        saved = self.saved_result
+        try:
+            largest_uid = view.uids[-1] if view.uids else 0
+            for seq, uid in enumerate(view.uids, 1):
+                info = view.infos.get(uid)
+                if info is None or uid in view.gone:
+                    continue
 
-                    def load(info: MessageInfo = info) -> tuple[bytes, ParsedMessage]:
-                        return view.folder.read(info.uid), cache.get(info.basename, info.path)
+                def load(info: MessageInfo = info) -> tuple[bytes, ParsedMessage]:
+                    return view.folder.read(info.uid), cache.get(info.basename, info.path)
 
-                    candidate = Candidate(
-                        seq, info, uid in view.recent, len(view.uids), largest_uid, load
-                    )
-                    if with_modseq:
-                        candidate.modseq = view.modseqs.get(uid, 0)
-                    try:
-                        if predicate(candidate):
-                            found.append(uid if by_uid else seq)
-                            top_modseq = max(top_modseq, candidate.modseq)
-                    except (OSError, KeyError):
-                        continue
-            finally:
-                cache.close()
-            return found
-
-        found = await self.blocking(search)
-        # RFC 7162 §3.1.6: a MODSEQ search appends the highest modseq of what it found.
-        suffix = f" (MODSEQ {top_modseq})" if with_modseq and found else ""
-        await self.send(("* SEARCH" + "".join(f" {n}" for n in found) + suffix + "\r\n").encode())
-        return f"OK {'UID ' if by_uid else ''}SEARCH completed"
+                candidate = Candidate(
+                    seq, info, uid in view.recent, len(view.uids), largest_uid, load, saved=saved
+                )
+                if with_modseq:
+                    candidate.modseq = view.modseqs.get(uid, 0)
+                try:
+                    if predicate(candidate):
+                        found.append((seq, uid, candidate.modseq))
+                except (OSError, KeyError):
+                    continue
+        finally:
+            cache.close()
+        return found
 
     def _copy(
         self: ImapSession, view: SelectedView, uids: list[int], target: str, move: bool

@@ -102,6 +102,8 @@ class ImapSession(Commands, streams.StreamSession):
         self.current: str = ""
         # RFC 7162: set by the first CONDSTORE enabling command, for the rest of the session.
         self.condstore = False
+        # RFC 5182: the UIDs of the last SEARCH RETURN (SAVE), for `$`.
+        self.saved_result: frozenset[int] = frozenset()
         # True while a response is partly written (a chunked write, a FETCH streaming its
         # literals): nothing else may go out in between, not even a BYE.
         self.mid_response = False
@@ -408,6 +410,8 @@ class ImapSession(Commands, streams.StreamSession):
                 "LIST-EXTENDED",
                 "QUOTA",
                 "CONDSTORE",
+                "ESEARCH",
+                "SEARCHRES",
                 f"APPENDLIMIT={self.append_limit}",
             ]
         return " ".join(words)
