@@ -19,8 +19,10 @@ from provider.extensions import db
 from provider.mailstore import (
     Folder,
     FolderInfo,
+    FolderNotFound,
     IncomingMessage,
     Maildir,
+    MailstoreBusy,
     MessageInfo,
     MessageNotFound,
     StorageFull,
@@ -72,7 +74,16 @@ DISK_FULL = "NO [OVERQUOTA] Not enough disk space"
 SUBSCRIPTIONS_FILE = "subscriptions"
 LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
+# SIZE: RFC 8438 (STATUS=SIZE), the sum of the messages' RFC822.SIZE.
+STATUS_ITEMS = (
+    "MESSAGES",
+    "RECENT",
+    "UIDNEXT",
+    "UIDVALIDITY",
+    "UNSEEN",
+    "HIGHESTMODSEQ",
+    "SIZE",
+)
 STORE_MODES: dict[str, Literal["replace", "add", "remove"]] = {
     "FLAGS": "replace",
     "+FLAGS": "add",
@@ -248,14 +259,50 @@ def lsub_lines(
     return out
 
 
+def status_items(value: Value) -> list[str]:
+    """STATUS's parenthesised item list (STATUS, LIST RETURN (STATUS …)), upper-cased."""
+    if not isinstance(value, list) or not value:
+        raise ProtocolError("STATUS takes a parenthesised list of items")
+    items = [as_text(v).upper() for v in value]
+    if any(i not in STATUS_ITEMS for i in items):
+        raise ProtocolError("unknown STATUS item")
+    return items
+
+
+def list_return_options(value: Value) -> tuple[set[str], list[str] | None]:
+    """LIST's RETURN options (RFC 5258 §3.2) and the STATUS items of a `STATUS (…)` option
+    (RFC 5819), or None without one."""
+    if not isinstance(value, list):
+        raise ProtocolError("RETURN takes a list of options")
+    returns: set[str] = set()
+    status: list[str] | None = None
+    position = 0
+    while position < len(value):
+        option = as_text(value[position]).upper()
+        position += 1
+        if option == "STATUS":
+            if status is not None or position >= len(value):
+                raise ProtocolError("RETURN STATUS takes one list of items")
+            status = status_items(value[position])
+            position += 1
+        elif option in LIST_RETURN_OPTIONS:
+            returns.add(option)
+        else:
+            raise ProtocolError("unknown LIST return option")
+    return returns, status
+
+
 def list_lines(
     folders: dict[str, FolderInfo],
     subs: set[str],
     regexes: list[re.Pattern[str]],
     selection: set[str],
     returns: set[str],
+    status: Callable[[str], bytes | None] | None = None,
 ) -> list[bytes]:
-    """LIST with LIST-EXTENDED (RFC 5258) and SPECIAL-USE (RFC 6154) options."""
+    """LIST with LIST-EXTENDED (RFC 5258) and SPECIAL-USE (RFC 6154) options; with `status`
+    (LIST-STATUS, RFC 5819) each chosen mailbox's LIST line is followed by its STATUS line, or
+    marked \\Noselect when the status cannot be had (the folder went away meanwhile)."""
     by_subscription = "SUBSCRIBED" in selection
     special_only = "SPECIAL-USE" in selection
     recursive = "RECURSIVEMATCH" in selection
@@ -296,10 +343,17 @@ def list_lines(
             attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
             if info.special_use:
                 attributes.append(info.special_use)
+        status_line = None
+        if status is not None and info is not None and chosen(name):
+            status_line = status(name)
+            if status_line is None:
+                attributes.append("\\Noselect")
         if show_subscribed and name in subs:
             attributes.append("\\Subscribed")
         extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if child_info else b""
         out.append(_list_line("LIST", attributes, name, extra))
+        if status_line is not None:
+            out.append(status_line)
     return out
 
 
@@ -466,15 +520,14 @@ class Commands:
         reference = as_text(args[0])
         patterns = args[1] if isinstance(args[1], list) and not lsub else [args[1]]
         returns: set[str] = set()
+        status: list[str] | None = None
         rest = args[2:]
         if rest:
             if lsub or len(rest) != 2 or as_text(rest[0]).upper() != "RETURN":
                 raise ProtocolError("unexpected arguments after the LIST pattern")
-            if not isinstance(rest[1], list):
-                raise ProtocolError("RETURN takes a list of options")
-            returns = {as_text(v).upper() for v in rest[1]}
-            if returns - LIST_RETURN_OPTIONS:
-                raise ProtocolError("unknown LIST return option")
+            returns, status = list_return_options(rest[1])
+        if status is not None and "HIGHESTMODSEQ" in status:
+            await self.enable_condstore()
         verb = "LSUB" if lsub else "LIST"
         texts = [as_text(p) for p in patterns]
         if not lsub and texts == [""]:
@@ -490,7 +543,18 @@ class Commands:
                 subs = set(folders)
             if lsub:
                 return lsub_lines(folders, subs, regexes, [t.endswith("%") for t in texts])
-            return list_lines(folders, subs, regexes, selection, returns)
+            if status is None:
+                return list_lines(folders, subs, regexes, selection, returns)
+
+            def status_of(name: str) -> bytes | None:
+                assert status is not None
+                try:
+                    values = self._status_values(maildir, name, status)
+                except (FolderNotFound, MailstoreBusy):
+                    return None
+                return status_line(name, status, values)
+
+            return list_lines(folders, subs, regexes, selection, returns, status_of)
 
         await self.send_lines(await self.blocking(listing))
         return f"OK {verb} completed"
@@ -503,33 +567,38 @@ class Commands:
         return await self.do_list(command, lsub=True)
 
     async def do_status(self: ImapSession, command: Command) -> str:
-        if len(command.args) != 2 or not isinstance(command.args[1], list):
+        if len(command.args) != 2:
             raise ProtocolError("STATUS takes a mailbox and a list of items")
         name = wire_name(command.args[0])
-        items = [as_text(v).upper() for v in command.args[1]]
-        if not items or any(i not in STATUS_ITEMS for i in items):
-            raise ProtocolError("unknown STATUS item")
+        items = status_items(command.args[1])
         if "HIGHESTMODSEQ" in items:
             await self.enable_condstore()
-
-        def status() -> dict[str, int]:
-            folder = self._maildir().folder(name)
-            snapshot = folder.snapshot()
-            messages = snapshot.messages or []
-            recent_from = folder.recent_from() if "RECENT" in items else 0
-            return {
-                "MESSAGES": len(messages),
-                "RECENT": sum(m.uid >= recent_from for m in messages),
-                "UIDNEXT": snapshot.uidnext,
-                "UIDVALIDITY": snapshot.uidvalidity,
-                "UNSEEN": sum("\\Seen" not in m.flags for m in messages),
-                "HIGHESTMODSEQ": folder.modseqs().highest if "HIGHESTMODSEQ" in items else 0,
-            }
-
-        values = await self.blocking(status)
-        body = " ".join(f"{item} {values[item]}" for item in items)
-        await self.send(b"* STATUS " + encode_mailbox(name) + f" ({body})\r\n".encode())
+        values = await self.blocking(lambda: self._status_values(self._maildir(), name, items))
+        await self.send(status_line(name, items, values))
         return "OK STATUS completed"
+
+    def _status_values(
+        self: ImapSession, maildir: Maildir, name: str, items: list[str]
+    ) -> dict[str, int]:
+        """The STATUS items of one folder (blocking)."""
+        folder = maildir.folder(name)
+        snapshot = folder.snapshot()
+        messages = snapshot.messages or []
+        recent_from = folder.recent_from() if "RECENT" in items else 0
+        values = {
+            "MESSAGES": len(messages),
+            "UIDNEXT": snapshot.uidnext,
+            "UIDVALIDITY": snapshot.uidvalidity,
+        }
+        if "RECENT" in items:
+            values["RECENT"] = sum(m.uid >= recent_from for m in messages)
+        if "UNSEEN" in items:
+            values["UNSEEN"] = sum("\\Seen" not in m.flags for m in messages)
+        if "HIGHESTMODSEQ" in items:
+            values["HIGHESTMODSEQ"] = folder.modseqs().highest
+        if "SIZE" in items:
+            values["SIZE"] = sum(fetching.rfc822_size(m.basename, None) or m.size for m in messages)
+        return values
 
     @answers_disk_full
     async def do_append(self: ImapSession, command: Command) -> str:
@@ -1183,6 +1252,12 @@ class Commands:
         removed = await self.blocking(remove)
         await self.send_lines(view.remove(set(removed)))
         return "OK MOVE completed"
+
+
+def status_line(name: str, items: list[str], values: dict[str, int]) -> bytes:
+    """`* STATUS name (ITEM n …)` in the order the items were asked for."""
+    body = " ".join(f"{item} {values[item]}" for item in items)
+    return b"* STATUS " + encode_mailbox(name) + f" ({body})\r\n".encode()
 
 
 def parse_internal_date(text: str) -> tuple[float, int]:

@@ -408,6 +408,8 @@ class ImapSession(Commands, streams.StreamSession):
                 "CHILDREN",
                 "SPECIAL-USE",
                 "LIST-EXTENDED",
+                "LIST-STATUS",
+                "STATUS=SIZE",
                 "QUOTA",
                 "CONDSTORE",
                 "ESEARCH",
