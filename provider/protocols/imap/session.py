@@ -396,7 +396,7 @@ class ImapSession(Commands, streams.StreamSession):
             if not self.tls_active and not self.implicit_tls:
                 words.append("STARTTLS")
             if self.plaintext_allowed:
-                words.append("AUTH=PLAIN")
+                words += ["AUTH=PLAIN", "AUTH=LOGIN"]
             else:
                 words.append("LOGINDISABLED")
         else:
@@ -452,29 +452,59 @@ class ImapSession(Commands, streams.StreamSession):
         return await self.authenticate(user, password)
 
     async def do_authenticate(self, command: Command) -> str | None:
-        if not command.args or as_text(command.args[0]).upper() != "PLAIN":
+        mechanism = as_text(command.args[0]).upper() if command.args else ""
+        if mechanism not in ("PLAIN", "LOGIN"):
             return "NO [CANNOT] Unsupported authentication mechanism"
         if not self.plaintext_allowed:
             return "NO [PRIVACYREQUIRED] Plaintext authentication is not allowed without TLS"
-        if len(command.args) > 1:
-            response = as_text(command.args[1]).encode()
-        else:
-            await self.send(b"+ \r\n")
+        if len(command.args) > 2:
+            raise ProtocolError("AUTHENTICATE takes a mechanism and an initial response")
+        initial = as_text(command.args[1]).encode() if len(command.args) > 1 else None
+        if mechanism == "LOGIN":
+            return await self._authenticate_login(command.tag, initial)
+        decoded = await self._sasl_step(command.tag, b"", initial)
+        if decoded is None:
+            return None
+        try:
+            authzid, user, password = decoded.decode("utf-8").split("\0")
+        except ValueError:
+            raise ProtocolError("Invalid SASL PLAIN response") from None
+        if authzid and authzid.lower() != user.lower():
+            return "NO [AUTHORIZATIONFAILED] Authorization failed"
+        return await self.authenticate(user, password)
+
+    async def _authenticate_login(self, tag: str, initial: bytes | None) -> str | None:
+        """SASL LOGIN (draft-murchison-sasl-login; Outlook's mechanism): the user name, then
+        the password, each base64 after its challenge; SASL-IR may carry the user name."""
+        user = await self._sasl_step(tag, b"Username:", initial)
+        if user is None:
+            return None
+        password = await self._sasl_step(tag, b"Password:", None)
+        if password is None:
+            return None
+        try:
+            return await self.authenticate(user.decode("utf-8"), password.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ProtocolError("Invalid SASL LOGIN response") from None
+
+    async def _sasl_step(self, tag: str, challenge: bytes, given: bytes | None) -> bytes | None:
+        """One SASL client response (RFC 3501 §6.2.2), base64-decoded: `given` (an initial
+        response, `=` for empty) or read after `+ challenge`; None when the client cancelled
+        with `*` or the line was too long (BAD sent)."""
+        response = given
+        if response is None:
+            await self.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
             line = await self.read_line()
             if line is None:
                 return None  # read_line has answered BAD
             response = line.rstrip(b"\r\n")
         if response == b"*":
-            await self.bad(command.tag, "Authentication cancelled")
+            await self.bad(tag, "Authentication cancelled")
             return None
         try:
-            decoded = base64.b64decode(response, validate=True) if response != b"=" else b""
-            authzid, user, password = decoded.decode("utf-8").split("\0")
+            return base64.b64decode(response, validate=True) if response != b"=" else b""
         except (binascii.Error, ValueError):
-            raise ProtocolError("Invalid SASL PLAIN response") from None
-        if authzid and authzid.lower() != user.lower():
-            return "NO [AUTHORIZATIONFAILED] Authorization failed"
-        return await self.authenticate(user, password)
+            raise ProtocolError("Invalid base64 in the SASL response") from None
 
     async def authenticate(self, user: str, password: str) -> str:
         async with self.guards.logins.turn(self.peer):
