@@ -38,6 +38,8 @@ from provider.protocols.imap import fetch as fetching
 from provider.protocols.imap.parser import (
     Atom,
     Command,
+    Literal8,
+    LiteralArg,
     ProtocolError,
     Value,
     as_text,
@@ -137,17 +139,17 @@ def mod_sequence(value: Value) -> int:
     return number
 
 
-def wire_name(value: Value, *, creating: bool = False) -> str:
-    """A mailbox argument (modified UTF-7 on the wire) as a folder name. A name that is not
-    modified UTF-7 in canonical form (RFC 3501 §5.1.3) is refused: taking the text as it came
-    would store a name that LIST then shows differently. A new name (CREATE, RENAME's target)
-    gets BAD; a name that must already exist gets NO [NONEXISTENT], as Dovecot answers it
-    ("Mailbox name is not valid mUTF-7"): no such folder can exist."""
-    text = as_text(value)
+def wire_name(value: Value, *, creating: bool = False, utf8: bool = False) -> str:
+    """A mailbox argument as a folder name: modified UTF-7 on the wire, or UTF-8 once the
+    client enabled UTF8=ACCEPT (RFC 6855 §3). A name that is not modified UTF-7 in canonical
+    form (RFC 3501 §5.1.3) is refused: taking the text as it came would store a name that LIST
+    then shows differently. A new name (CREATE, RENAME's target) gets BAD; a name that must
+    already exist gets NO [NONEXISTENT], as Dovecot answers it ("Mailbox name is not valid
+    mUTF-7"): no such folder can exist. Octets that are not UTF-8 are BAD either way."""
     try:
-        name = decoded_name(text)
+        name = utf8_name(value) if utf8 else decoded_name(as_text(value))
     except ProtocolError as error:
-        if creating:
+        if creating or isinstance(error, NotUtf8):
             raise
         raise NotFound(str(error)) from None
     return "INBOX" if name.upper() == "INBOX" else name
@@ -159,6 +161,30 @@ def decoded_name(text: str) -> str:
         return decode_mutf7(text)
     except ValueError as error:
         raise ProtocolError(f"Mailbox name is not valid modified UTF-7: {error}") from None
+
+
+class NotUtf8(ProtocolError):
+    """Octets with the high bit set that are not UTF-8 (RFC 6855 §3: always BAD)."""
+
+
+# RFC 6855 §3: no controls (C0, DEL, C1), no line or paragraph separator in a mailbox name.
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def utf8_name(value: Value) -> str:
+    """A mailbox name (or LIST pattern) sent as UTF-8 after ENABLE UTF8=ACCEPT."""
+    if isinstance(value, list):
+        raise ProtocolError("expected a mailbox name, got a list")
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotUtf8("Mailbox name is not valid UTF-8") from None
+    else:
+        text = str(value)
+    if _NOT_IN_NAMES.search(text):
+        raise ProtocolError("Mailbox name holds a control character")
+    return text
 
 
 class KeywordLimit(ProviderError):
@@ -234,10 +260,11 @@ def _ancestors(name: str) -> list[str]:
     return ["/".join(parts[:n]) for n in range(1, len(parts))]
 
 
-def _list_line(verb: str, attributes: list[str], name: str, extra: bytes = b"") -> bytes:
-    return (
-        f'* {verb} ({" ".join(attributes)}) "/" '.encode() + encode_mailbox(name) + extra + b"\r\n"
-    )
+def _list_line(
+    verb: str, attributes: list[str], name: str, extra: bytes = b"", utf8: bool = False
+) -> bytes:
+    head = f'* {verb} ({" ".join(attributes)}) "/" '.encode()
+    return head + encode_mailbox(name, utf8=utf8) + extra + b"\r\n"
 
 
 def lsub_lines(
@@ -245,17 +272,18 @@ def lsub_lines(
     subs: set[str],
     regexes: list[re.Pattern[str]],
     percent_last: list[bool],
+    utf8: bool = False,
 ) -> list[bytes]:
     """LSUB (RFC 3501 §6.3.9): the subscribed names that match; with a trailing `%`, also a
     level above a subscribed name that is not itself subscribed, flagged \\Noselect."""
     ordered = [n for n in folders if n in subs] + sorted(subs - folders.keys())
-    out = [_list_line("LSUB", [], name) for name in ordered if _matches(regexes, name)]
+    out = [_list_line("LSUB", [], name, utf8=utf8) for name in ordered if _matches(regexes, name)]
     if any(percent_last):
         trailing = [r for r, last in zip(regexes, percent_last, strict=True) if last]
         parents = {a for name in subs for a in _ancestors(name) if a not in subs}
         for name in sorted(parents):
             if _matches(trailing, name):
-                out.append(_list_line("LSUB", ["\\Noselect"], name))
+                out.append(_list_line("LSUB", ["\\Noselect"], name, utf8=utf8))
     return out
 
 
@@ -299,6 +327,7 @@ def list_lines(
     selection: set[str],
     returns: set[str],
     status: Callable[[str], bytes | None] | None = None,
+    utf8: bool = False,
 ) -> list[bytes]:
     """LIST with LIST-EXTENDED (RFC 5258) and SPECIAL-USE (RFC 6154) options; with `status`
     (LIST-STATUS, RFC 5819) each chosen mailbox's LIST line is followed by its STATUS line, or
@@ -351,7 +380,7 @@ def list_lines(
         if show_subscribed and name in subs:
             attributes.append("\\Subscribed")
         extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if child_info else b""
-        out.append(_list_line("LIST", attributes, name, extra))
+        out.append(_list_line("LIST", attributes, name, extra, utf8))
         if status_line is not None:
             out.append(status_line)
     return out
@@ -438,7 +467,7 @@ class Commands:
             self.condstore = True
         self.selected = None
         self.saved_result = frozenset()
-        name = wire_name(command.args[0])
+        name = wire_name(command.args[0], utf8=self.utf8)
         condstore = self.condstore
 
         def open_view() -> SelectedView:
@@ -474,14 +503,18 @@ class Commands:
 
     @answers_disk_full
     async def do_create(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0], creating=True).rstrip("/") if command.args else ""
+        name = (
+            wire_name(command.args[0], creating=True, utf8=self.utf8).rstrip("/")
+            if command.args
+            else ""
+        )
         if not name:
             raise ProtocolError("CREATE takes a mailbox name")
         await self.blocking(lambda: self._maildir().create_folder(name))
         return "OK CREATE completed"
 
     async def do_delete(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0])
+        name = wire_name(command.args[0], utf8=self.utf8)
 
         def delete() -> None:
             self._release(self._maildir().delete_folder(name))
@@ -491,17 +524,20 @@ class Commands:
 
     @answers_disk_full
     async def do_rename(self: ImapSession, command: Command) -> str:
-        old, new = wire_name(command.args[0]), wire_name(command.args[1], creating=True)
+        old, new = (
+            wire_name(command.args[0], utf8=self.utf8),
+            wire_name(command.args[1], creating=True, utf8=self.utf8),
+        )
         await self.blocking(lambda: self._maildir().rename_folder(old, new))
         return "OK RENAME completed"
 
     async def do_subscribe(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0])
+        name = wire_name(command.args[0], utf8=self.utf8)
         await self.blocking(self._set_subscription, name, True)
         return "OK SUBSCRIBE completed"
 
     async def do_unsubscribe(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0])
+        name = wire_name(command.args[0], utf8=self.utf8)
         await self.blocking(self._set_subscription, name, False)
         return "OK UNSUBSCRIBE completed"
 
@@ -533,7 +569,12 @@ class Commands:
         if not lsub and texts == [""]:
             return await self._list_root(verb)
 
-        regexes = [pattern_regex(decoded_name(reference), decoded_name(t)) for t in texts]
+        if self.utf8:
+            base = utf8_name(args[0])
+            regexes = [pattern_regex(base, utf8_name(p)) for p in patterns]
+        else:
+            regexes = [pattern_regex(decoded_name(reference), decoded_name(t)) for t in texts]
+        utf8 = self.utf8
 
         def listing() -> list[bytes]:
             maildir = self._maildir()
@@ -542,9 +583,10 @@ class Commands:
             if subs is None:
                 subs = set(folders)
             if lsub:
-                return lsub_lines(folders, subs, regexes, [t.endswith("%") for t in texts])
+                percent_last = [t.endswith("%") for t in texts]
+                return lsub_lines(folders, subs, regexes, percent_last, utf8)
             if status is None:
-                return list_lines(folders, subs, regexes, selection, returns)
+                return list_lines(folders, subs, regexes, selection, returns, utf8=utf8)
 
             def status_of(name: str) -> bytes | None:
                 assert status is not None
@@ -552,9 +594,9 @@ class Commands:
                     values = self._status_values(maildir, name, status)
                 except (FolderNotFound, MailstoreBusy):
                     return None
-                return status_line(name, status, values)
+                return status_line(name, status, values, utf8)
 
-            return list_lines(folders, subs, regexes, selection, returns, status_of)
+            return list_lines(folders, subs, regexes, selection, returns, status_of, utf8)
 
         await self.send_lines(await self.blocking(listing))
         return f"OK {verb} completed"
@@ -569,12 +611,12 @@ class Commands:
     async def do_status(self: ImapSession, command: Command) -> str:
         if len(command.args) != 2:
             raise ProtocolError("STATUS takes a mailbox and a list of items")
-        name = wire_name(command.args[0])
+        name = wire_name(command.args[0], utf8=self.utf8)
         items = status_items(command.args[1])
         if "HIGHESTMODSEQ" in items:
             await self.enable_condstore()
         values = await self.blocking(lambda: self._status_values(self._maildir(), name, items))
-        await self.send(status_line(name, items, values))
+        await self.send(status_line(name, items, values, self.utf8))
         return "OK STATUS completed"
 
     def _status_values(
@@ -605,27 +647,20 @@ class Commands:
         args = list(command.args)
         if len(args) < 2:
             raise ProtocolError("APPEND takes a mailbox and a message")
-        name = wire_name(args.pop(0))
-        message = args.pop()
-        if not isinstance(message, bytes):
-            raise ProtocolError("the message must be a literal")
-        flags: list[str] = []
-        internal_date: float | None = None
-        zone: int | None = None
-        for extra in args:
-            if isinstance(extra, list):
-                flags = flag_list(extra)
-            else:
-                internal_date, zone = parse_internal_date(as_text(extra))
-        if len(message) > self.append_limit:
-            return "NO [TOOBIG] Message too large"
-        system, keywords = split_flags(flags)
-        incoming = IncomingMessage(message, system, keywords, internal_date, zone)
-        result = await self.blocking(self._store_new, name, [incoming])
+        name = wire_name(args.pop(0), utf8=self.utf8)
+        incoming = []
+        for flags, when, message in append_groups(args):
+            if len(message) > self.append_limit:
+                return "NO [TOOBIG] Message too large"
+            system, keywords = split_flags(flags)
+            internal_date, zone = parse_internal_date(when) if when is not None else (None, None)
+            incoming.append(IncomingMessage(message, system, keywords, internal_date, zone))
+        result = await self.blocking(self._store_new, name, incoming)
         if isinstance(result, str):
             return result
         await self.send_lines(dropped_keywords_notice(result))
-        return f"OK [APPENDUID {result[0].uidvalidity} {result[0].uid}] APPEND completed"
+        uids = format_sequence_set(stored.uid for stored in result)
+        return f"OK [APPENDUID {result[0].uidvalidity} {uids}] APPEND completed"
 
     async def do_namespace(self: ImapSession, command: Command) -> str:
         await self.send('* NAMESPACE (("" "/")) NIL NIL\r\n')
@@ -636,21 +671,26 @@ class Commands:
             raise ProtocolError("ENABLE takes at least one capability")
         enabled = []
         for value in command.args:
-            if as_text(value).upper() == "CONDSTORE" and "CONDSTORE" not in enabled:
+            name = as_text(value).upper()
+            if name == "CONDSTORE" and "CONDSTORE" not in enabled:
                 # Not already on: RFC 5161 lists only what this command enabled.
                 if not self.condstore:
                     enabled.append("CONDSTORE")
                 await self.enable_condstore()
+            elif name == "UTF8=ACCEPT" and not self.utf8 and self.selected is None:
+                # RFC 6855 §3: only in the authenticated state; once on, for the session.
+                self.utf8 = True
+                enabled.append("UTF8=ACCEPT")
         await self.send("".join(f"* ENABLED{''.join(' ' + e for e in enabled)}\r\n"))
         return "OK ENABLE completed"
 
     async def do_getquotaroot(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0]) if command.args else ""
+        name = wire_name(command.args[0], utf8=self.utf8) if command.args else ""
         await self.blocking(lambda: self._maildir().folder(name))
         used, limit = await self.blocking(self._usage)
         await self.send(
             b"* QUOTAROOT "
-            + encode_mailbox(name)
+            + encode_mailbox(name, utf8=self.utf8)
             + b' ""\r\n'
             + f'* QUOTA "" (STORAGE {used // 1024} {limit // 1024})\r\n'.encode()
         )
@@ -1104,7 +1144,7 @@ class Commands:
 
     async def _search(self: ImapSession, tag: str, args: list[Value], by_uid: bool) -> str:
         options, args = return_options(args)
-        args, charset_refusal = search_charset(args)
+        args, charset_refusal = search_charset(args, self.utf8)
         if charset_refusal is not None:
             return charset_refusal
         view = self.selected
@@ -1219,7 +1259,7 @@ class Commands:
         view = self.selected
         assert view is not None
         uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
-        target = wire_name(command.args[1])
+        target = wire_name(command.args[1], utf8=self.utf8)
         code, _, notice = await self.blocking(self._copy, view, uids, target, False)
         if code.startswith(("NO", "OK")):
             return code
@@ -1235,7 +1275,7 @@ class Commands:
         if view.readonly:
             return "NO [READ-ONLY] Mailbox is read-only"
         uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
-        target = wire_name(command.args[1])
+        target = wire_name(command.args[1], utf8=self.utf8)
         code, sources, notice = await self.blocking(self._copy, view, uids, target, True)
         if code.startswith(("NO", "OK")):
             return code
@@ -1254,10 +1294,44 @@ class Commands:
         return "OK MOVE completed"
 
 
-def status_line(name: str, items: list[str], values: dict[str, int]) -> bytes:
+def append_groups(args: list[Value]) -> list[tuple[list[str], str | None, bytes]]:
+    """APPEND's messages after the mailbox (RFC 3502 MULTIAPPEND): each `[flags] [date-time]
+    message`, the message a literal or `UTF8 (literal8)` (RFC 6855 §4); BAD for anything else
+    or for no message at all."""
+    groups: list[tuple[list[str], str | None, bytes]] = []
+    position = 0
+    while position < len(args):
+        flags: list[str] = []
+        when: str | None = None
+        if isinstance(args[position], list):
+            flags = flag_list(args[position])
+            position += 1
+        date = args[position] if position < len(args) else None
+        if isinstance(date, bytes) and not isinstance(date, LiteralArg):
+            when = as_text(date)
+            position += 1
+        if position >= len(args):
+            raise ProtocolError("APPEND needs a message literal")
+        data = args[position]
+        position += 1
+        if isinstance(data, Atom) and data.upper() == "UTF8":
+            inner = args[position] if position < len(args) else None
+            position += 1
+            if not isinstance(inner, list) or len(inner) != 1 or not isinstance(inner[0], Literal8):
+                raise ProtocolError("UTF8 takes a parenthesised literal8: UTF8 (~{n}…)")
+            data = inner[0]
+        elif not isinstance(data, LiteralArg) or isinstance(data, Literal8):
+            raise ProtocolError("the message must be a literal")
+        groups.append((flags, when, bytes(data)))
+    if not groups:
+        raise ProtocolError("APPEND needs a message literal")
+    return groups
+
+
+def status_line(name: str, items: list[str], values: dict[str, int], utf8: bool = False) -> bytes:
     """`* STATUS name (ITEM n …)` in the order the items were asked for."""
     body = " ".join(f"{item} {values[item]}" for item in items)
-    return b"* STATUS " + encode_mailbox(name) + f" ({body})\r\n".encode()
+    return b"* STATUS " + encode_mailbox(name, utf8=utf8) + f" ({body})\r\n".encode()
 
 
 def parse_internal_date(text: str) -> tuple[float, int]:

@@ -276,10 +276,12 @@ def _compare(key: str, moment: date, day: date) -> bool:
 # --- ESEARCH (RFC 4731) and SEARCHRES (RFC 5182) ---------------------------------------------
 
 
-def search_charset(args: list[Value]) -> tuple[list[Value], str | None]:
+def search_charset(args: list[Value], utf8: bool = False) -> tuple[list[Value], str | None]:
     """A leading `CHARSET name`: the remaining keys, and the NO to answer when the charset is
-    neither UTF-8 nor US-ASCII."""
+    neither UTF-8 nor US-ASCII. After ENABLE UTF8=ACCEPT a CHARSET is BAD (RFC 6855 §3)."""
     if args and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
+        if utf8:
+            raise ProtocolError("no CHARSET after ENABLE UTF8=ACCEPT: the strings are UTF-8")
         if len(args) < 2:
             raise ProtocolError("CHARSET needs a name")
         if as_text(args[1]).upper() not in ("UTF-8", "US-ASCII"):

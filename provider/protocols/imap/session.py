@@ -44,6 +44,10 @@ MAX_LINE = 65536  # Dovecot's imap_max_line_length; RFC 7162 asks for at least 8
 MAX_LITERAL_BEFORE_LOGIN = 4096
 BAD_BEFORE_LOGIN = 3
 BAD_AFTER_LOGIN = 20
+# MULTIAPPEND (RFC 3502): one APPEND holds at most this many messages, together at most
+# APPEND_TOTAL_FACTOR times the one-message limit (they are held in memory until stored).
+MAX_APPEND_MESSAGES = 1000
+APPEND_TOTAL_FACTOR = 2
 NO_EXPUNGE_COMMANDS = frozenset({"FETCH", "STORE", "SEARCH", "UID"})
 
 ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
@@ -104,6 +108,8 @@ class ImapSession(Commands, streams.StreamSession):
         self.condstore = False
         # RFC 5182: the UIDs of the last SEARCH RETURN (SAVE), for `$`.
         self.saved_result: frozenset[int] = frozenset()
+        # RFC 6855: after ENABLE UTF8=ACCEPT mailbox names travel as UTF-8, not modified UTF-7.
+        self.utf8 = False
         # True while a response is partly written (a chunked write, a FETCH streaming its
         # literals): nothing else may go out in between, not even a BYE.
         self.mid_response = False
@@ -220,14 +226,23 @@ class ImapSession(Commands, streams.StreamSession):
         is_append = (
             self.user is not None and len(head) > 1 and head[1].upper().rstrip(b"\r\n") == b"APPEND"
         )
+        literals = 0
         while (literal := trailing_literal(line)) is not None:
             size, non_sync = literal
+            literals += 1
             if is_append:
+                refusal = None
                 if size > self.append_limit:
+                    refusal = "[TOOBIG] Message too large"
+                elif total + size > self.append_limit * APPEND_TOTAL_FACTOR:
+                    refusal = "[TOOBIG] Messages of one APPEND too large together"
+                elif literals > MAX_APPEND_MESSAGES:
+                    refusal = f"[LIMIT] At most {MAX_APPEND_MESSAGES} messages in one APPEND"
+                if refusal is not None:
                     if non_sync:
-                        await self.bye("[TOOBIG] Message too large")
+                        await self.bye(refusal)
                         raise Disconnect
-                    await self.send(f"{tag} NO [TOOBIG] Message too large\r\n")
+                    await self.send(f"{tag} NO {refusal}\r\n")
                     return None
             elif total + size > MAX_LINE or (self.user is None and size > MAX_LITERAL_BEFORE_LOGIN):
                 await self.bye("[TOOBIG] Literal too large")
@@ -410,6 +425,8 @@ class ImapSession(Commands, streams.StreamSession):
                 "LIST-EXTENDED",
                 "LIST-STATUS",
                 "STATUS=SIZE",
+                "UTF8=ACCEPT",
+                "MULTIAPPEND",
                 "QUOTA",
                 "CONDSTORE",
                 "ESEARCH",
