@@ -59,6 +59,20 @@ from provider.protocols.imap.search import (
     search_charset,
 )
 from provider.protocols.imap.selected import SYSTEM_FLAGS, SelectedView
+from provider.protocols.imap.sort import (
+    SortMessage,
+    esort_line,
+    needs_content,
+    parse_sort_criteria,
+    sort_message,
+    sort_messages,
+)
+from provider.protocols.imap.thread import ALGORITHMS as THREAD_ALGORITHMS
+from provider.protocols.imap.thread import (
+    format_threads,
+    ordered_subject_threads,
+    references_threads,
+)
 from provider.services import quota
 from provider.services.storage import mail_store
 
@@ -809,6 +823,10 @@ class Commands:
             return await self.do_store(inner, by_uid=True)
         if sub == "SEARCH":
             return await self.do_search(inner, by_uid=True)
+        if sub == "SORT":
+            return await self.do_sort(inner, by_uid=True)
+        if sub == "THREAD":
+            return await self.do_thread(inner, by_uid=True)
         if sub == "COPY":
             return await self.do_copy(inner, by_uid=True)
         if sub == "MOVE":
@@ -1178,6 +1196,133 @@ class Commands:
             return done + ", result saved"
         return done
 
+    async def do_sort(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        """SORT (RFC 5256) and, with RETURN, ESORT (RFC 5267 §3.2; SAVE as RFC 5182)."""
+        args = list(command.args)
+        saving = saves_result(args)
+        try:
+            result = await self._sort(command.tag, args, by_uid)
+        except ProtocolError:
+            raise
+        except BaseException:
+            if saving:
+                self.saved_result = frozenset()
+            raise
+        if saving and not result.startswith("OK"):
+            self.saved_result = frozenset()
+        return result
+
+    async def _sort(self: ImapSession, tag: str, args: list[Value], by_uid: bool) -> str:
+        options, args = return_options(args)
+        if len(args) < 3:
+            raise ProtocolError("SORT takes sort criteria, a charset and search keys")
+        criteria = parse_sort_criteria(args[0])
+        refusal = sort_charset(args[1])
+        if refusal is not None:
+            return refusal
+        used: set[str] = set()
+        predicate = parse_search(args[2:], used)
+        with_modseq = "MODSEQ" in used
+        if with_modseq:
+            await self.enable_condstore()
+        view = self.selected
+        assert view is not None
+
+        def sorted_messages() -> list[SortMessage]:
+            found = self._sort_messages(
+                view, predicate, with_modseq, needs_content(criteria), references=False
+            )
+            sort_messages(found, criteria)
+            return found
+
+        found = await self.blocking(sorted_messages)
+        numbers = [m.uid if by_uid else m.seq for m in found]
+        done = f"OK {'UID ' if by_uid else ''}SORT completed"
+        if options is None:
+            top = max((m.modseq for m in found), default=0)
+            suffix = f" (MODSEQ {top})" if with_modseq and found else ""
+            await self.send(
+                ("* SORT" + "".join(f" {n}" for n in numbers) + suffix + "\r\n").encode()
+            )
+            return done
+        kept = found
+        if found and not options & {"ALL", "COUNT"} and options & {"MIN", "MAX"}:
+            kept = [found[0]] if "MIN" in options else []
+            if "MAX" in options and found[-1] is not found[0]:
+                kept.append(found[-1])
+        modseq = max((m.modseq for m in kept), default=0) if with_modseq else None
+        line = esort_line(tag, by_uid, options, numbers, modseq)
+        if line is not None:
+            await self.send(line)
+        if "SAVE" in options:
+            self.saved_result = frozenset(m.uid for m in kept)
+            return done + ", result saved"
+        return done
+
+    async def do_thread(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        """THREAD ORDEREDSUBJECT / REFERENCES (RFC 5256)."""
+        args = list(command.args)
+        if len(args) < 3 or not isinstance(args[0], Atom):
+            raise ProtocolError("THREAD takes an algorithm, a charset and search keys")
+        algorithm = args[0].upper()
+        if algorithm not in THREAD_ALGORITHMS:
+            raise ProtocolError(f"unknown threading algorithm {args[0]}")
+        refusal = sort_charset(args[1])
+        if refusal is not None:
+            return refusal
+        used: set[str] = set()
+        predicate = parse_search(args[2:], used)
+        with_modseq = "MODSEQ" in used
+        if with_modseq:
+            await self.enable_condstore()
+        view = self.selected
+        assert view is not None
+
+        def threads() -> str:
+            references = algorithm == "REFERENCES"
+            found = self._sort_messages(view, predicate, with_modseq, True, references)
+            roots = references_threads(found) if references else ordered_subject_threads(found)
+            return format_threads(roots, (lambda m: m.uid) if by_uid else (lambda m: m.seq))
+
+        data = await self.blocking(threads)
+        await self.send(f"* THREAD{' ' if data else ''}{data}\r\n".encode())
+        return f"OK {'UID ' if by_uid else ''}THREAD completed"
+
+    def _sort_messages(
+        self: ImapSession,
+        view: SelectedView,
+        predicate: Predicate,
+        with_modseq: bool,
+        content: bool,
+        references: bool,
+    ) -> list[SortMessage]:
+        """The found messages with what sorting or threading needs of them (blocking): the
+        parsed header only when a criterion needs more than the file name, the References
+        field only for REFERENCES threading. A message that vanished meanwhile is left out."""
+        matches = self.search_matches(view, predicate, with_modseq)
+        cache = MessageCache(view.folder.path) if content else None
+        found = []
+        try:
+            for seq, uid, modseq in matches:
+                info = view.infos[uid]
+                size = fetching.rfc822_size(info.basename, None) or info.size
+                parsed = None
+                header = None
+                if cache is not None:
+                    try:
+                        parsed = cache.get(info.basename, info.path)
+                        if references:
+                            header = header_reader(view, info, parsed)
+                    except (OSError, KeyError, MessageNotFound):
+                        continue
+                message = sort_message(seq, info, size, parsed, header)
+                message.modseq = modseq
+                found.append(message)
+        finally:
+            if cache is not None:
+                cache.close()
+        return found
+
     def search_matches(
         self: ImapSession, view: SelectedView, predicate: Predicate, with_modseq: bool
     ) -> list[tuple[int, int, int]]:
@@ -1292,6 +1437,39 @@ class Commands:
         removed = await self.blocking(remove)
         await self.send_lines(view.remove(set(removed)))
         return "OK MOVE completed"
+
+
+def sort_charset(value: Value) -> str | None:
+    """SORT's and THREAD's mandatory charset (RFC 5256 §3): the NO for one not supported."""
+    if isinstance(value, list):
+        raise ProtocolError("expected a charset")
+    if as_text(value).upper() not in ("UTF-8", "US-ASCII"):
+        return "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset"
+    return None
+
+
+def header_reader(
+    view: SelectedView, info: MessageInfo, parsed: ParsedMessage
+) -> Callable[[str], str | None]:
+    """A function giving the first value of a header field of this message (unfolded), which
+    reads only the header block of the file, once."""
+    header: bytes | None = None
+
+    def value(name: str) -> str | None:
+        nonlocal header
+        if header is None:
+            try:
+                with open(info.path, "rb") as file:
+                    header = file.read(parsed.header_size)
+            except FileNotFoundError:
+                header = view.folder.read(info.uid)[: parsed.header_size]
+        for field_name, start, end in parsed.headers:
+            if field_name == name:
+                raw = header[start:end].partition(b":")[2]
+                return raw.replace(b"\r\n", b"").replace(b"\n", b"").decode("utf-8", "replace")
+        return None
+
+    return value
 
 
 def append_groups(args: list[Value]) -> list[tuple[list[str], str | None, bytes]]:

@@ -48,7 +48,7 @@ BAD_AFTER_LOGIN = 20
 # APPEND_TOTAL_FACTOR times the one-message limit (they are held in memory until stored).
 MAX_APPEND_MESSAGES = 1000
 APPEND_TOTAL_FACTOR = 2
-NO_EXPUNGE_COMMANDS = frozenset({"FETCH", "STORE", "SEARCH", "UID"})
+NO_EXPUNGE_COMMANDS = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "UID"})
 
 ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
 NOT_AUTHENTICATED = frozenset({"STARTTLS", "LOGIN", "AUTHENTICATE"})
@@ -73,7 +73,20 @@ AUTHENTICATED = frozenset(
     }
 )
 SELECTED = frozenset(
-    {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID"}
+    {
+        "CHECK",
+        "CLOSE",
+        "UNSELECT",
+        "EXPUNGE",
+        "SEARCH",
+        "SORT",
+        "THREAD",
+        "FETCH",
+        "STORE",
+        "COPY",
+        "MOVE",
+        "UID",
+    }
 )
 
 
@@ -427,6 +440,10 @@ class ImapSession(Commands, streams.StreamSession):
                 "STATUS=SIZE",
                 "UTF8=ACCEPT",
                 "MULTIAPPEND",
+                "SORT",
+                "ESORT",
+                "THREAD=ORDEREDSUBJECT",
+                "THREAD=REFERENCES",
                 "QUOTA",
                 "CONDSTORE",
                 "ESEARCH",
