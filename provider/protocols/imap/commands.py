@@ -35,6 +35,7 @@ from provider.mailstore.message import MessageCache, ParsedMessage, section_byte
 from provider.mailstore.names import decode_mutf7
 from provider.models import Mailbox
 from provider.protocols.imap import fetch as fetching
+from provider.protocols.imap.compress import deflate_active, start_deflate
 from provider.protocols.imap.parser import (
     Atom,
     Command,
@@ -697,6 +698,17 @@ class Commands:
                 enabled.append("UTF8=ACCEPT")
         await self.send("".join(f"* ENABLED{''.join(' ' + e for e in enabled)}\r\n"))
         return "OK ENABLE completed"
+
+    async def do_compress(self: ImapSession, command: Command) -> str | None:
+        """COMPRESS DEFLATE (RFC 4978): the tagged OK goes out plain, everything after it
+        (both ways) is deflated."""
+        if len(command.args) != 1 or as_text(command.args[0]).upper() != "DEFLATE":
+            raise ProtocolError("COMPRESS takes one mechanism: DEFLATE")
+        if deflate_active(self.writer):
+            raise ProtocolError("COMPRESS is already active")
+        await self.send(f"{command.tag} OK DEFLATE active\r\n")
+        start_deflate(self.reader, self.writer)
+        return None
 
     async def do_getquotaroot(self: ImapSession, command: Command) -> str:
         name = wire_name(command.args[0], utf8=self.utf8) if command.args else ""

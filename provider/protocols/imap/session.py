@@ -70,6 +70,7 @@ AUTHENTICATED = frozenset(
         "IDLE",
         "GETQUOTA",
         "GETQUOTAROOT",
+        "COMPRESS",
     }
 )
 SELECTED = frozenset(
@@ -444,6 +445,7 @@ class ImapSession(Commands, streams.StreamSession):
                 "ESORT",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",
+                "COMPRESS=DEFLATE",
                 "QUOTA",
                 "CONDSTORE",
                 "ESEARCH",
