@@ -16,7 +16,10 @@ from provider.protocols.imap.parser import Atom, ProtocolError, Value
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
 # The keys answered from the file name alone: no message needs to be opened for them.
 _CHEAP_KEYS = frozenset({"ARRIVAL", "SIZE"})
-ESORT_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+MAX_REFERENCES = 100
+"""References kept per message (the last ones, the parent among them). Linking a chain costs a
+walk up the tree per link, so one message naming 40,000 ids would cost billions of steps;
+real References fields are cut by MUAs long before this."""
 
 
 def parse_sort_criteria(value: Value) -> list[tuple[str, bool]]:
@@ -35,7 +38,10 @@ def parse_sort_criteria(value: Value) -> list[tuple[str, bool]]:
             continue
         if key not in SORT_KEYS:
             raise ProtocolError(f"unknown sort criterion {item}")
-        criteria.append((key, reverse))
+        # A key already sorted by cannot change the order again: each is sorted by once, so
+        # a list of thousands of criteria costs no more than seven.
+        if all(key != known for known, _ in criteria):
+            criteria.append((key, reverse))
         reverse = False
     if reverse:
         raise ProtocolError("REVERSE must be followed by a sort criterion")
@@ -178,7 +184,7 @@ def sort_message(
         references = normalized_ids(header("references"))
         if not references:
             references = normalized_ids(envelope.in_reply_to)[:1]
-        message.references = references
+        message.references = references[-MAX_REFERENCES:]
     return message
 
 

@@ -122,3 +122,28 @@ def test_unknown_mechanism_is_refused(session, imap):
     with pytest.raises(imaplib.IMAP4.error, match="CANNOT"):
         client.authenticate("CRAM-MD5", lambda _: b"x")
     client.logout()
+
+
+@pytest.mark.parametrize("mechanism", ["LOGIN", "PLAIN", "command"])
+def test_nul_in_a_user_name_is_a_failed_login_not_a_crash(session, imap, mechanism):
+    """PostgreSQL cannot hold NUL in text: a user name with one must fail like any unknown
+    user, on every database, and the session goes on."""
+    make_mailbox(session)
+    client = connect(imap)
+    user = "alice@example.test\0x"
+    if mechanism == "LOGIN":
+        client.send(b"a AUTHENTICATE LOGIN " + b64(user) + b"\r\n")
+        client.readline()
+        client.send(b64(MAILBOX_PASSWORD) + b"\r\n")
+    elif mechanism == "PLAIN":
+        client.send(b"a AUTHENTICATE PLAIN " + b64(f"\0{user}\0{MAILBOX_PASSWORD}") + b"\r\n")
+    else:
+        client.send(f'a LOGIN "{user}" "{MAILBOX_PASSWORD}"\r\n'.encode())
+    answer = client.readline()
+    if mechanism == "PLAIN":  # a fourth NUL-separated part: not a PLAIN message at all
+        assert answer.startswith(b"a BAD")
+    else:
+        assert answer == b"a NO [AUTHENTICATIONFAILED] Authentication failed.\r\n"
+    client.send(b"b NOOP\r\n")
+    assert client.readline().startswith(b"b OK")
+    client.logout()

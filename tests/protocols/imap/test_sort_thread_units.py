@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from provider.mailstore import MessageInfo
+from provider.mailstore.message import Envelope, ParsedMessage
 from provider.protocols.imap.parser import Atom, ProtocolError
 from provider.protocols.imap.sort import (
     SortMessage,
@@ -12,6 +16,7 @@ from provider.protocols.imap.sort import (
     normalized_ids,
     ordered_sequence_set,
     parse_sort_criteria,
+    sort_message,
     sort_messages,
 )
 from provider.protocols.imap.thread import (
@@ -86,6 +91,27 @@ def message(seq: int, **fields: object) -> SortMessage:
     for name, value in fields.items():
         setattr(found, name, value)
     return found
+
+
+def test_repeated_sort_keys_count_once():
+    criteria = [Atom("DATE"), Atom("REVERSE"), Atom("DATE"), Atom("SUBJECT")] * 5000
+    assert parse_sort_criteria(criteria) == [("DATE", False), ("SUBJECT", False)]
+
+
+def test_references_are_cut_to_the_last_hundred():
+    parsed = ParsedMessage(
+        size=0,
+        header_size=0,
+        envelope=Envelope(None, "x", [], [], [], [], [], [], None, "<self@x>"),
+        body=None,  # type: ignore[arg-type]
+        headers=[],
+        date_header=None,
+    )
+    info = MessageInfo(1, "b", Path("/nonexistent"), 10, frozenset(), frozenset(), 0.0, False)
+    ids = " ".join(f"<r{n}@x>" for n in range(40000))
+    found = sort_message(1, info, 10, parsed, lambda name: ids if name == "references" else None)
+    assert found.references == [f"r{n}@x" for n in range(39900, 40000)]
+    assert found.message_id == "self@x"
 
 
 def test_reverse_keeps_the_sequence_number_tie_break():
