@@ -128,6 +128,7 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
 
     with app.app_context():
         yield app
+        daily_stats.discard_pending()  # the test's database goes; its unwritten counts too
         db.session.rollback()
         db.session.remove()
         # Every test leaves an empty database behind it.
