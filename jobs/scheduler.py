@@ -57,6 +57,7 @@ def _registry() -> list[Job]:
     from jobs.outbound import outbound_cleanup
     from jobs.quota import quota_recount
     from jobs.sieve import sieve_vacation_window
+    from jobs.stats import record_daily_stats
     from jobs.trial import trial_lifecycle
 
     return [
@@ -95,6 +96,12 @@ def _registry() -> list[Job]:
             sieve_vacation_window,
             "JOB_SIEVE_VACATION_WINDOW_CRON",
             "Switch rule-editor away replies on/off as their first and last days pass",
+        ),
+        Job(
+            "daily-stats",
+            record_daily_stats,
+            "JOB_DAILY_STATS_CRON",
+            "Record today's mailboxes, trials and storage for the dashboard's charts",
         ),
     ]
 

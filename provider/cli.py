@@ -19,6 +19,7 @@ SUMMARIES = {
     "identity": "Extra sender addresses of IMAP mailboxes (own address and aliases need none).",
     "queue": "The outbound queue: messages not yet delivered to every recipient.",
     "sieve": "Sieve filtering scripts of a mailbox (stored as Dovecot's Pigeonhole keeps them).",
+    "token": "API tokens: bearer secrets for programs (billing systems) acting as an admin.",
 }
 
 

@@ -677,12 +677,10 @@ def admin_list(as_json: bool) -> None:
 
 
 def _size(nbytes: int) -> str:
-    value = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{nbytes} B"
+    """As the web writes sizes (quota.format_size): `8.94 KB`, 1 KB = 1024 bytes."""
+    from provider.services.quota import format_size
+
+    return format_size(nbytes)
 
 
 class _NoProgress:
@@ -1254,6 +1252,91 @@ def sieve_delete(address: str, name: str) -> None:
     click.echo(f"deleted {name} of {owner.address}")
 
 
+# --- API tokens ----------------------------------------------------------------------------
+
+
+@click.group("token")
+def token_group() -> None:
+    """API tokens: bearer secrets for programs (billing systems) acting as an admin."""
+
+
+def _token_text(record: dict[str, Any]) -> str:
+    state = "revoked" if record["revoked_at"] else "active"
+    expires = record["expires_at"] or "never"
+    used = record["last_used_at"] or "never"
+    return (
+        f"{record['id']}  {record['name']}  {record['admin']}  {record['scope']}  "
+        f"pvd_{record['prefix']}…  {state}  expires {expires}  last used {used}"
+    )
+
+
+@token_group.command("create")
+@click.option("--admin", "admin_email", required=True, help="The admin the token acts as.")
+@click.option("--name", default="api", show_default=True, help="What uses it (e.g. billing).")
+@click.option("--scope", type=click.Choice(["read", "write"]), default="read", show_default=True)
+@click.option("--expires", "expires_days", type=int, default=None, help="Days until it expires.")
+@click.option(
+    "--allow-ip",
+    "allowed_ips",
+    multiple=True,
+    help="Only from this address or network (repeat for more); default: from anywhere.",
+)
+@json_option
+def token_create(
+    admin_email: str,
+    name: str,
+    scope: str,
+    expires_days: int | None,
+    allowed_ips: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Make a token; its secret is printed this once (only a hash is kept)."""
+    from provider.services import tokens
+
+    with committing():
+        admin = admins.get_admin(db.session, admin_email)
+        made = tokens.create_token(
+            db.session,
+            admin,
+            name=name,
+            scope=scope,
+            expires_days=expires_days,
+            allowed_ips=list(allowed_ips) or None,
+            actor=CLI_ACTOR,
+        )
+    record = {**made.token.to_dict(), "token": made.secret}
+    emit(
+        record,
+        as_json,
+        lambda r: f"{r['token']}\n(shown once: store it now) {_token_text(r)}",
+    )
+
+
+@token_group.command("list")
+@click.option("--admin", "admin_email", default=None, help="Only this admin's tokens.")
+@json_option
+def token_list(admin_email: str | None, as_json: bool) -> None:
+    """List tokens (never their secrets), newest first."""
+    from provider.services import tokens
+
+    admin = admins.get_admin(db.session, admin_email) if admin_email else None
+    records = [token.to_dict() for token in tokens.list_tokens(db.session, admin)]
+    emit(records, as_json, lambda rs: "\n".join(map(_token_text, rs)) or "no tokens")
+
+
+@token_group.command("revoke")
+@click.argument("token_id", type=int)
+def token_revoke(token_id: int) -> None:
+    """Revoke token ID at once."""
+    from provider.services import tokens
+
+    with committing():
+        token = tokens.revoke_token(
+            db.session, tokens.get_token(db.session, token_id), actor=CLI_ACTOR
+        )
+    click.echo(f"revoked token {token.id} ({token.name})")
+
+
 COMMANDS = [
     init_command,
     serve_command,
@@ -1266,6 +1349,7 @@ COMMANDS = [
     identity_group,
     queue_group,
     sieve_group,
+    token_group,
 ]
 
 

@@ -16,6 +16,8 @@ from provider.models.sending import (
     RecipientState,
     SendingCount,
 )
+from provider.models.stats import DailyStat
+from provider.models.token import ApiToken
 from provider.models.trial import (
     Trial,
     TrialOutcome,
@@ -28,9 +30,11 @@ from provider.models.vacation import SieveDuplicate, VacationResponse
 __all__ = [
     "AdminUser",
     "Alias",
+    "ApiToken",
     "AuditEvent",
     "BackupRestore",
     "BackupSnapshot",
+    "DailyStat",
     "DkimKey",
     "Domain",
     "Identity",

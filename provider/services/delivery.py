@@ -39,7 +39,14 @@ from provider.mailstore import (
     StoredMessage,
 )
 from provider.models import AdminUser, Alias, Domain, Mailbox, MailboxStatus, admin_domains
-from provider.services import quota, sieve_actions, sieve_delivery, sieve_duplicates, sieve_scripts
+from provider.services import (
+    daily_stats,
+    quota,
+    sieve_actions,
+    sieve_delivery,
+    sieve_duplicates,
+    sieve_scripts,
+)
 from provider.services.clock import now
 from provider.services.provisioning import split_address
 
@@ -302,6 +309,7 @@ def deliver_route(
             continue
         delivered += 1
     if delivered:
+        daily_stats.count("deliveries", delivered)
         return
     temporary = [f for f in failures if isinstance(f, TemporaryFailure)]
     if route.spool is not None and not temporary:

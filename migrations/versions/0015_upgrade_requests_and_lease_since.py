@@ -1,8 +1,8 @@
 """upgrade requests with the admin's answer; since when the scheduler lease is held; job runs
 started from the admin panel
 
-Revision ID: 0012_upgrade_requests
-Revises: 0011_sieve_duplicates
+Revision ID: 0015_upgrade_requests
+Revises: 0014_api_tokens
 Create Date: 2026-12-06 23:40:00
 
 """
@@ -12,8 +12,8 @@ from alembic import op
 
 import provider.models.types
 
-revision = "0012_upgrade_requests"
-down_revision = "0011_sieve_duplicates"
+revision = "0015_upgrade_requests"
+down_revision = "0014_api_tokens"
 branch_labels = None
 depends_on = None
 
