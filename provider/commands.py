@@ -676,6 +676,11 @@ def admin_list(as_json: bool) -> None:
 # --- backup --------------------------------------------------------------------------------
 
 
+def _count(number: int, noun: str) -> str:
+    """`1 message`, `2 messages`."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _size(nbytes: int) -> str:
     """As the web writes sizes (quota.format_size): `8.94 KB`, 1 KB = 1024 bytes."""
     from provider.services.quota import format_size
@@ -731,7 +736,7 @@ def backup_run(addresses: tuple[str, ...], as_json: bool) -> None:
                 click.echo(f"{run.address}  FAILED  {run.error}")
             else:
                 click.echo(
-                    f"{run.address}  {run.snapshot}  {run.messages} messages  "
+                    f"{run.address}  {run.snapshot}  {_count(run.messages, 'message')}  "
                     f"{_size(run.bytes)}  {run.new_objects} new  {run.seconds:.2f}s"
                     + (f"  dropped {len(run.dropped)}" if run.dropped else "")
                 )
@@ -760,7 +765,7 @@ def backup_list(address: str, as_json: bool) -> None:
 
     def text(rows: list[dict[str, Any]]) -> str:
         lines = [
-            f"{r['snapshot']}  {r['created_at']}  {r['messages']} messages  "
+            f"{r['snapshot']}  {r['created_at']}  {_count(r['messages'], 'message')}  "
             f"{_size(r['bytes'])}  {r['status']}"
             for r in rows
         ]

@@ -263,3 +263,10 @@ def test_sizes_are_written_one_way_on_the_web_and_in_the_cli() -> None:
     }
     for nbytes, text in cases.items():
         assert format_size(nbytes) == human_size(nbytes) == _size(nbytes) == text
+
+
+def test_the_cli_counts_in_words_that_agree() -> None:
+    from provider.commands import _count
+
+    assert _count(1, "message") == "1 message"
+    assert _count(0, "message") == "0 messages" and _count(2, "message") == "2 messages"
