@@ -95,24 +95,40 @@ def connect(served: Served, name: str = "imap") -> tuple[imaplib.IMAP4, int]:
     return client, pid
 
 
-def on_each_worker(served: Served, make: Callable[[], tuple[imaplib.IMAP4, int]] | None = None):
-    """One client on each of the two workers: connects until both were hit (the kernel spreads
-    connections over the processes accepting on a socket; a bounded number of tries)."""
-    make = make or (lambda: connect(served))
-    found: dict[int, imaplib.IMAP4] = {}
-    spare: list[imaplib.IMAP4] = []
-    for _ in range(200):
-        client, pid = make()
-        if pid in found:
-            spare.append(client)
-        else:
-            found[pid] = client
-        if len(found) == 2:
-            break
-    for client in spare:
-        client.logout()
-    assert len(found) == 2, "every connection went to one worker"
-    return list(found.items())
+def stopped(pid: int) -> bool:
+    """Every thread of the process is stopped (SIGSTOP has taken effect)."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state == "T" for state in states)
+
+
+@contextmanager
+def only(served: Served, pid: int) -> Iterator[None]:
+    """Only worker `pid` accepts meanwhile: the others are stopped (SIGSTOP), so a connection
+    made now is accepted by it (the others' share of the backlog waits for SIGCONT)."""
+    others = [other for other in served.pids("mail") if other != pid]
+    for other in others:
+        os.kill(other, signal.SIGSTOP)
+    try:
+        # SIGSTOP takes effect when each thread next runs: until then it could still accept.
+        assert wait_until(lambda: all(stopped(other) for other in others), DEADLINE)
+        yield
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)
+
+
+def on_each_worker(served: Served) -> list[tuple[int, imaplib.IMAP4]]:
+    """A client on each worker (greeted, so accepted by it; /proc confirms which)."""
+    clients = []
+    for pid in served.pids("mail"):
+        with only(served, pid):
+            client, holder = connect(served)
+        assert holder == pid
+        clients.append((pid, client))
+    return clients
 
 
 def logged_in(client: imaplib.IMAP4) -> imaplib.IMAP4:
@@ -245,19 +261,12 @@ def test_a_ban_earned_on_one_worker_holds_on_the_other(workers_environment):
             first.login(USER, "wrong 2")
         second.logout()
         # A new connection to either worker is greeted with BYE.
-        seen: set[int] = set()
-        port = served.port("imap")
-        for _ in range(200):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            with sock, sock.makefile("rb") as reader:
-                greeting = reader.readline()
-                pid = worker_of(served, sock, port)
-            assert greeting.startswith(b"* BYE Too many failed logins"), greeting
-            if pid is not None:
-                seen.add(pid)
-            if seen == {first_pid, second_pid}:
-                break
-        assert seen == {first_pid, second_pid}
+        for pid in (first_pid, second_pid):
+            with only(served, pid):
+                sock = socket.create_connection(("127.0.0.1", served.port("imap")), timeout=10)
+                with sock, sock.makefile("rb") as reader:
+                    greeting = reader.readline()
+            assert greeting.startswith(b"* BYE Too many failed logins"), (pid, greeting)
 
 
 def try_login(served: Served) -> tuple[imaplib.IMAP4 | None, str]:
@@ -336,16 +345,10 @@ def test_a_worker_killed_during_appends_loses_no_acknowledged_mail_and_is_replac
         appender.start()
         assert wait_until(lambda: len(acknowledged) >= 20, DEADLINE)
         # Also one APPEND stopped mid-literal on the same worker, as a client on a slow link.
-        port = served.port("imap")
-        partial = socket.create_connection(("127.0.0.1", port), timeout=10)
-        partial_reader = partial.makefile("rb")
-        partial_reader.readline()
-        while worker_of(served, partial, port) != victim_pid:
-            partial_reader.close()
-            partial.close()
-            partial = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with only(served, victim_pid):
+            partial = socket.create_connection(("127.0.0.1", served.port("imap")), timeout=10)
             partial_reader = partial.makefile("rb")
-            partial_reader.readline()
+            assert partial_reader.readline().startswith(b"* OK")
         partial.sendall(f"a LOGIN {USER} {{{len(PASSWORD)}+}}\r\n{PASSWORD}\r\n".encode())
         assert partial_reader.readline().startswith(b"a OK")
         partial.sendall(b"b APPEND INBOX {1000000+}\r\n" + message(9999, 500_000))
