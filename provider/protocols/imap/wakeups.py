@@ -25,6 +25,7 @@ IN_CREATE = 0x00000100
 IN_DELETE = 0x00000200
 IN_DELETE_SELF = 0x00000400
 IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_ONLYDIR = 0x01000000
 IN_NONBLOCK = 0o4000
@@ -178,6 +179,9 @@ class FolderWatcher:
         while offset + EVENT.size <= len(data):
             wd, mask, _cookie, length = EVENT.unpack_from(data, offset)
             offset += EVENT.size + length
+            if mask & IN_Q_OVERFLOW:  # events were lost: every folder may have changed
+                woken.update(self._folders)
+                continue
             key = self._by_wd.get(wd)
             if key is None:
                 continue
