@@ -23,6 +23,7 @@ from tests.cli.test_supervisor import (
     environment,
     mail_environment,
     supervised,
+    used_bytes,
 )
 from tests.conftest import wait_until
 
@@ -375,4 +376,9 @@ def test_a_worker_killed_during_appends_loses_no_acknowledged_mail_and_is_replac
         assert pids_after != pids_before
         fresh = {pid for pid, client in on_each_worker(served)}
         assert fresh == pids_after  # the new worker accepts on the same port
+        # The quota counts what is stored: a reservation the dead worker left mid-APPEND is
+        # settled by its replacement.
+        status, sizes = other.fetch("1:*", "(RFC822.SIZE)")
+        stored = sum(int(line.split(b"RFC822.SIZE ")[1].rstrip(b")")) for line in sizes)
+        assert wait_until(lambda: used_bytes(workers_environment) == stored, 60, 0.5)
         other.logout()
