@@ -74,6 +74,7 @@ from provider.protocols.imap.thread import (
     ordered_subject_threads,
     references_threads,
 )
+from provider.protocols.imap.wakeups import watch_folder
 from provider.services import quota
 from provider.services.storage import mail_store
 
@@ -730,12 +731,20 @@ class Commands:
         return "OK GETQUOTA completed"
 
     async def do_idle(self: ImapSession, command: Command) -> str | None:
-        await self.send(b"+ idling\r\n")
-        reading = asyncio.ensure_future(self.read_line(self.idle_timeout))
+        # Woken at once by any process's change to the folder (inotify), else by the poll;
+        # watched from before the "+", and looked at once after it (nothing slips between).
+        changes = watch_folder(self.selected.folder.path if self.selected else None)
+        changes.notify()
+        reading: asyncio.Future[bytes | None] | None = None
         try:
+            await self.send(b"+ idling\r\n")
+            reading = asyncio.ensure_future(self.read_line(self.idle_timeout))
             while True:
-                done, _ = await asyncio.wait({reading}, timeout=self.poll_interval)
-                if done:
+                wake = {reading, changes.waiter()}
+                await asyncio.wait(
+                    wake, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                if reading.done():
                     line = reading.result()
                     if line is None:
                         return None  # read_line has answered BAD
@@ -746,7 +755,8 @@ class Commands:
                 await self.recheck_account()
                 await self.sync_selected()
         finally:
-            if not reading.done():
+            changes.close()
+            if reading is not None and not reading.done():
                 reading.cancel()
 
     # --- selected state
