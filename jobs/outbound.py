@@ -7,13 +7,13 @@ from typing import Any
 from flask import Flask
 
 from provider.extensions import db
-from provider.services import outbound, sending, sieve_actions
+from provider.services import outbound, sending, sieve_actions, sieve_duplicates
 
 
 def outbound_cleanup(app: Flask) -> dict[str, Any]:
     """Delete queue rows of messages finished more than OUTBOUND_KEEP_DAYS ago (open ones stay,
-    however old), sending_counts buckets older than 8 days, spool files nobody needs and vacation
-    replies whose period is over.
+    however old), sending_counts buckets older than 8 days, spool files nobody needs, vacation
+    replies and Sieve duplicate IDs whose period is over.
     As of clock.now()."""
     with app.app_context():
         try:
@@ -22,6 +22,7 @@ def outbound_cleanup(app: Flask) -> dict[str, Any]:
             counts = sending.prune_counts(db.session)
             spool = outbound.sweep_spool(db.session)
             vacations = sieve_actions.prune_responses(db.session)
+            duplicates = sieve_duplicates.prune(db.session)
         finally:
             db.session.remove()
     return {
@@ -29,5 +30,6 @@ def outbound_cleanup(app: Flask) -> dict[str, Any]:
         "sending_counts_deleted": counts,
         "spool_files_removed": spool,
         "vacation_responses_deleted": vacations,
+        "sieve_duplicates_deleted": duplicates,
         "keep_days": keep_days,
     }

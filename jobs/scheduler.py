@@ -24,12 +24,13 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from flask import Flask
-from sqlalchemy import create_engine, insert, select, update
+from sqlalchemy import case, create_engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from provider.extensions import db
 from provider.models import JobRun, RunOutcome, SchedulerLease
-from provider.services import clock
+from provider.services import audit, clock
+from provider.services.audit import Actor
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def _registry() -> list[Job]:
     from jobs.outbound import outbound_cleanup
     from jobs.quota import quota_recount
     from jobs.sieve import sieve_vacation_window
+    from jobs.stats import record_daily_stats
     from jobs.trial import trial_lifecycle
 
     return [
@@ -94,6 +96,12 @@ def _registry() -> list[Job]:
             sieve_vacation_window,
             "JOB_SIEVE_VACATION_WINDOW_CRON",
             "Switch rule-editor away replies on/off as their first and last days pass",
+        ),
+        Job(
+            "daily-stats",
+            record_daily_stats,
+            "JOB_DAILY_STATS_CRON",
+            "Record today's mailboxes, trials and storage for the dashboard's charts",
         ),
     ]
 
@@ -194,16 +202,23 @@ def try_lease(holder: str, seconds: float, moment: datetime | None = None) -> bo
     moment = moment or datetime.now(UTC)
     expires = moment + timedelta(seconds=seconds)
     session = db.session
+    # A renewal keeps `since`; a new holder starts it afresh.
+    since = case(
+        (SchedulerLease.holder == holder, func.coalesce(SchedulerLease.since, moment)),
+        else_=moment,
+    )
     taken = session.execute(
         update(SchedulerLease)
         .where(SchedulerLease.name == LEASE_NAME)
         .where((SchedulerLease.holder == holder) | (SchedulerLease.expires_at < moment))
-        .values(holder=holder, expires_at=expires)
+        .values(holder=holder, expires_at=expires, since=since)
     ).rowcount
     if taken == 0 and session.get(SchedulerLease, LEASE_NAME) is None:
         try:
             session.execute(
-                insert(SchedulerLease).values(name=LEASE_NAME, holder=holder, expires_at=expires)
+                insert(SchedulerLease).values(
+                    name=LEASE_NAME, holder=holder, expires_at=expires, since=moment
+                )
             )
             taken = 1
         except IntegrityError:  # another process inserted it first
@@ -227,6 +242,58 @@ def lease_holder() -> str | None:
     if lease is None or lease.expires_at < datetime.now(UTC):
         return None
     return lease.holder
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """The scheduler lease in words' terms: which process on which host, since when."""
+
+    holder: str
+    host: str
+    pid: int | None
+    since: datetime | None
+    expires_at: datetime
+
+
+def lease_info() -> LeaseInfo | None:
+    """Who runs the jobs now (None when no scheduler holds an unexpired lease). The holder is
+    "host:pid:random" as SingleScheduler names itself."""
+    lease = db.session.get(SchedulerLease, LEASE_NAME)
+    if lease is None or lease.expires_at < datetime.now(UTC):
+        return None
+    host, _, rest = lease.holder.rpartition(":")[0].rpartition(":")
+    host, pid_text = (host, rest) if host else (lease.holder, "")
+    return LeaseInfo(
+        holder=lease.holder,
+        host=host,
+        pid=int(pid_text) if pid_text.isdigit() else None,
+        since=lease.since,
+        expires_at=lease.expires_at,
+    )
+
+
+def run_now(app: Flask, job: Job, started_by: str, actor: Actor) -> tuple[JobRun, object]:
+    """Run a job once on request (`provider jobs run`, the admin panel's "Run now"): recorded in
+    job_runs like a scheduled run, and audited as `job.run` with its outcome."""
+    run, summary = run_recorded(app, job, started_by)
+    with app.app_context():
+        try:
+            audit.record(
+                db.session,
+                actor,
+                "job.run",
+                job.name,
+                after={
+                    "run_id": run.id,
+                    "as_of": run.as_of.isoformat(),
+                    "outcome": run.outcome,
+                    "error": run.error,
+                },
+            )
+            db.session.commit()
+        finally:
+            db.session.remove()
+    return run, summary
 
 
 # --- the scheduler ----------------------------------------------------------------------------

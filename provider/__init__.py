@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, redirect, url_for
-
-from provider.extensions import csrf, db, login_manager, migrate
-from provider.settings import PROJECT_ROOT, ensure_secret_key, load_settings
+if TYPE_CHECKING:
+    from flask import Flask
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -19,6 +17,13 @@ CONTENT_SECURITY_POLICY = (
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, extensions, blueprints and CLI. No network, no migrations here."""
+    # Imported here, not at the top: `import provider.…` stays cheap for the `provider`
+    # program's --help and for modules that need no app.
+    from flask import Flask, Response, redirect, url_for
+
+    from provider.extensions import csrf, db, login_manager, migrate
+    from provider.settings import PROJECT_ROOT, ensure_secret_key, load_settings
+
     settings = load_settings(test_config)
     app = Flask(
         __name__,
@@ -52,7 +57,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     register_web(app)
 
-    from provider.cli import register_commands
+    from provider.commands import register_commands
 
     register_commands(app)
 

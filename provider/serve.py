@@ -47,14 +47,16 @@ KNOWN_SERVICES = (
 # Services that later parts of the product add; asked for now, they are reported and skipped.
 NOT_YET_AVAILABLE: frozenset[str] = frozenset()
 MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission", "managesieve")
-# Processes per kind of service. Mail may later run one per core, all accepting on the same
-# inherited listening sockets (issue "IMAP on every core"); the web's counters (login and
-# signup limits) live in its process's memory, so it stays one process with threads.
-# Submission runs one process per core (bench/RESULTS.md); login failure delays and bans are
-# shared by every process (INSTANCE_DIR/run/logins.sqlite3), connection counts are per process.
+# Processes per kind of service. Mail (IMAP, POP3, LMTP, SMTP-in, ManageSieve) runs
+# MAIL_WORKERS processes (0: one per core) and submission one per core, each kind's workers
+# accepting on the same inherited listening sockets; what must hold for the whole installation
+# is shared through INSTANCE_DIR/run/ (login failure delays and bans in logins.sqlite3, login
+# turns and connection limits as record locks in slots.lock) or the mail store's own files
+# (\Recent, UIDs, flags), docs/DESIGN-NOTES.md "Several mail workers". The web's counters
+# (login and signup limits) live in its process's memory, so it stays one process with threads.
 WORKERS = {
     "web": 1,
-    "mail": 1,
+    "mail": 0,  # MAIL_WORKERS
     "submission": os.cpu_count() or 1,
     "outbound": 1,
     "scheduler": 1,
@@ -288,8 +290,8 @@ def build_services(app: Flask, services: list[str], opened: list[Listening]) -> 
 
         children.append(Service("web", "web", run_web, WORKERS["web"], web))
     # Submission runs in processes of its own (WORKERS["submission"], sharing its listening
-    # sockets): it is CPU-bound (TLS, parsing, the queue's commit), the other listeners keep
-    # their one process and its in-memory state.
+    # sockets): it is CPU-bound (TLS, parsing, the queue's commit); the other mail listeners
+    # share MAIL_WORKERS processes (every worker serves every one of them).
     for kind in ("mail", "submission"):
         group = [
             listening
@@ -325,7 +327,14 @@ def _mail_service(app: Flask, kind: str, services: list[str], group: list[Listen
 
     label = f"{kind} ({', '.join(names)})"
     all_sockets = [sock for listening in group for sock in listening.sockets]
-    return Service(kind, label, run_mail, WORKERS[kind], all_sockets)
+    workers = mail_workers(app) if kind == "mail" else WORKERS[kind]
+    return Service(kind, label, run_mail, workers, all_sockets)
+
+
+def mail_workers(app: Flask) -> int:
+    """How many mail processes to run: MAIL_WORKERS, or one per core when it is 0."""
+    wanted = int(app.config.get("MAIL_WORKERS") or 0)
+    return wanted if wanted > 0 else (os.cpu_count() or 1)
 
 
 # --- what each child process runs --------------------------------------------------------------

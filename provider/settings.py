@@ -88,7 +88,22 @@ def _derive(settings: dict[str, Any]) -> dict[str, Any]:
             raise SettingsError(f"{key} must be a port number from 0 to 65535, not {value}")
     _check_outbound(settings)
     _check_sieve(settings)
+    _check_workers(settings)
     return settings
+
+
+# Beyond this a typo (each worker is a process with its own database pool and caches).
+MAX_MAIL_WORKERS = 256
+
+
+def _check_workers(settings: dict[str, Any]) -> None:
+    """MAIL_WORKERS: a whole number from 0 (one per core) to MAX_MAIL_WORKERS."""
+    value = settings.get("MAIL_WORKERS", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MAIL_WORKERS:
+        raise SettingsError(
+            f"MAIL_WORKERS must be a whole number from 0 (one per core) to {MAX_MAIL_WORKERS}, "
+            f"not {value}"
+        )
 
 
 SIEVE_RANGES = {

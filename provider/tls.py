@@ -42,6 +42,9 @@ def _write_self_signed(cert_path: Path, key_path: Path, hostname: str) -> None:
     now = datetime.datetime.now(datetime.UTC)
     alt_names: list[x509.GeneralName] = [x509.DNSName(hostname), x509.DNSName("localhost")]
     alt_names.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    # fetchmail (and other clients that hand OpenSSL the server name as a host name) compare
+    # "127.0.0.1" with the DNS names only: name the address as a DNS name too.
+    alt_names.append(x509.DNSName("127.0.0.1"))
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)

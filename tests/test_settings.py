@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,13 @@ def test_each_layer_overrides_the_one_before(tmp_path):
         ({"PROVIDER_SIEVE_MAX_SCRIPT_BYTES": "1e9"}, "from 1 to 1048576"),
         ({"PROVIDER_SIEVE_MAX_SCRIPTS": "2.5"}, "SIEVE_MAX_SCRIPTS must be a whole number"),
         ({"PROVIDER_SIEVE_MAX_SCRIPTS": "nan"}, "SIEVE_MAX_SCRIPTS"),
+        ({"PROVIDER_MAIL_WORKERS": "-1"}, "MAIL_WORKERS must be a whole number from 0"),
+        ({"PROVIDER_MAIL_WORKERS": "257"}, "MAIL_WORKERS must be a whole number from 0"),
+        ({"PROVIDER_MAIL_WORKERS": "1.5"}, "MAIL_WORKERS must be a whole number"),
+        ({"PROVIDER_MAIL_WORKERS": "1e308"}, "MAIL_WORKERS"),
+        ({"PROVIDER_MAIL_WORKERS": "inf"}, "MAIL_WORKERS"),
+        ({"PROVIDER_MAIL_WORKERS": "nan"}, "MAIL_WORKERS"),
+        ({"PROVIDER_MAIL_WORKERS": "two"}, "MAIL_WORKERS must be a number"),
     ],
 )
 def test_bad_settings_are_refused_with_a_clear_message(environ, message):
@@ -112,3 +120,19 @@ def test_app_uses_secure_cookie_settings(tmp_path):
     assert app.config["SESSION_COOKIE_SECURE"] and app.config["SESSION_COOKIE_HTTPONLY"]
     assert app.config["SESSION_COOKIE_SAMESITE"] == "Lax"
     assert app.config["SECRET_KEY"] == (tmp_path / "secret_key").read_text().strip()
+
+
+def test_mail_workers_default_to_one_per_core_and_take_a_number(tmp_path: Path):
+    from provider.serve import mail_workers
+
+    class App:
+        def __init__(self, config: dict[str, object]) -> None:
+            self.config = config
+
+    settings = load_settings(environ={"PROVIDER_INSTANCE_DIR": str(tmp_path)})
+    assert settings["MAIL_WORKERS"] == 0
+    assert mail_workers(App(settings)) == (os.cpu_count() or 1)  # type: ignore[arg-type]
+    settings = load_settings(
+        environ={"PROVIDER_INSTANCE_DIR": str(tmp_path), "PROVIDER_MAIL_WORKERS": "3"}
+    )
+    assert mail_workers(App(settings)) == 3  # type: ignore[arg-type]

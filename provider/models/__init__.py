@@ -16,15 +16,25 @@ from provider.models.sending import (
     RecipientState,
     SendingCount,
 )
-from provider.models.trial import Trial, TrialOutcome, TrialReminder
-from provider.models.vacation import VacationResponse
+from provider.models.stats import DailyStat
+from provider.models.token import ApiToken
+from provider.models.trial import (
+    Trial,
+    TrialOutcome,
+    TrialReminder,
+    UpgradeRequest,
+    UpgradeStatus,
+)
+from provider.models.vacation import SieveDuplicate, VacationResponse
 
 __all__ = [
     "AdminUser",
     "Alias",
+    "ApiToken",
     "AuditEvent",
     "BackupRestore",
     "BackupSnapshot",
+    "DailyStat",
     "DkimKey",
     "Domain",
     "Identity",
@@ -40,10 +50,13 @@ __all__ = [
     "RunOutcome",
     "SchedulerLease",
     "SendingCount",
+    "SieveDuplicate",
     "SnapshotStatus",
     "Trial",
     "TrialOutcome",
     "TrialReminder",
+    "UpgradeRequest",
+    "UpgradeStatus",
     "VacationResponse",
     "admin_domains",
 ]

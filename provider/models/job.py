@@ -35,7 +35,7 @@ class JobRun(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "job_runs"
     __table_args__ = (
         CheckConstraint("outcome IN ('running', 'ok', 'failed')", name="outcome_known"),
-        CheckConstraint("started_by IN ('scheduler', 'command')", name="started_by_known"),
+        CheckConstraint("started_by IN ('scheduler', 'command', 'admin')", name="started_by_known"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -70,6 +70,8 @@ class SchedulerLease(db.Model):  # type: ignore[name-defined,misc]
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # When this holder took the lease (renewals keep it): "runs jobs since …" on /admin/jobs.
+    since: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 # APScheduler's own job store (SQLAlchemyJobStore, the same columns): declared here so that the

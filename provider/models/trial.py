@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import CheckConstraint, ForeignKey, String, UniqueConstraint
+from sqlalchemy import CheckConstraint, ForeignKey, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from provider.extensions import db
@@ -97,3 +97,37 @@ class TrialReminder(db.Model):  # type: ignore[name-defined,misc]
     delivered: Mapped[bool] = mapped_column(default=True)
 
     trial: Mapped[Trial] = relationship(back_populates="reminders")
+
+
+class UpgradeStatus(enum.StrEnum):
+    """Where an owner's upgrade request stands: waiting for an admin, or answered."""
+
+    PENDING = "pending"
+    CONVERTED = "converted"
+    DECLINED = "declined"
+
+
+class UpgradeRequest(db.Model):  # type: ignore[name-defined,misc]
+    """A trial owner's request to keep the mailbox as a paid one, and the admin's answer (a
+    decline carries a message the owner reads in /account). Goes with the mailbox."""
+
+    __tablename__ = "upgrade_requests"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'converted', 'declined')", name="status_known"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailboxes.id", ondelete="CASCADE"), index=True
+    )
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    status: Mapped[str] = mapped_column(String(16), default=UpgradeStatus.PENDING.value, index=True)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    answered_by: Mapped[str | None] = mapped_column(String(320))
+    message: Mapped[str | None] = mapped_column(Text)
+
+    mailbox: Mapped[Mailbox] = relationship()
+
+    @property
+    def pending(self) -> bool:
+        return self.status == UpgradeStatus.PENDING.value

@@ -46,12 +46,7 @@ IMPLEMENTATION = "provider"
 POLICY_PROTOCOL = mail_access.MANAGESIEVE
 # Always available, never listed (RFC 5228 §2.7.3); Pigeonhole lists neither.
 IMPLICIT_EXTENSIONS = frozenset({"comparator-i;octet", "comparator-i;ascii-casemap"})
-# Compiled and run, but delivery has no duplicate store yet (nothing is ever a duplicate): not
-# offered to clients until it does.
-NOT_OFFERED = frozenset({"duplicate"})
-SIEVE_CAPABILITY = " ".join(
-    name for name in EXTENSIONS if name not in IMPLICIT_EXTENSIONS | NOT_OFFERED
-)
+SIEVE_CAPABILITY = " ".join(name for name in EXTENSIONS if name not in IMPLICIT_EXTENSIONS)
 
 ANY_STATE = frozenset({"CAPABILITY", "LOGOUT", "NOOP"})
 NOT_AUTHENTICATED = frozenset({"AUTHENTICATE", "STARTTLS"})
@@ -557,14 +552,14 @@ class ManageSieveSession(streams.StreamSession):
     async def do_PUTSCRIPT(self, arguments: list[bytes | int]) -> None:
         name, source = self.strings(arguments, 2, 2)
         self.check_size(len(source))
-        await self.in_mailbox(_put, self.text(name), source, self.actor)
-        await self.ok("Putscript completed")
+        warnings = await self.in_mailbox(_put, self.text(name), source, self.actor)
+        await self.completed("Putscript completed", warnings)
 
     async def do_CHECKSCRIPT(self, arguments: list[bytes | int]) -> None:
         (source,) = self.strings(arguments, 1, 1)
         self.check_size(len(source))
-        await self.in_mailbox(_check, source)
-        await self.ok("Script is valid")
+        warnings = await self.in_mailbox(_check, source)
+        await self.completed("Script is valid", warnings)
 
     async def do_SETACTIVE(self, arguments: list[bytes | int]) -> None:
         (name,) = self.strings(arguments, 1, 1)
@@ -590,6 +585,13 @@ class ManageSieveSession(streams.StreamSession):
         self.check_size(size)
         await self.in_mailbox(_have_space, self.text(name))
         await self.ok("Putscript would succeed")
+
+    async def completed(self, text: str, warnings: object) -> None:
+        """OK, or OK (WARNINGS) with the compiler's warnings (RFC 5804 §1.3)."""
+        if isinstance(warnings, tuple) and warnings:
+            await self.ok(" ".join(str(warning) for warning in warnings), "WARNINGS")
+        else:
+            await self.ok(text)
 
     def check_size(self, size: int) -> None:
         if size > self.literal_limit:
@@ -627,17 +629,22 @@ def _get(mailbox: Mailbox, name: str) -> bytes:
     return sieve_scripts.get_script(mail_store(), mailbox, name)
 
 
-def _put(mailbox: Mailbox, name: str, source: bytes, actor: Actor) -> None:
+def _put(mailbox: Mailbox, name: str, source: bytes, actor: Actor) -> tuple[str, ...]:
     try:
-        sieve_scripts.put_script(db.session, mail_store(), mailbox, name, source, actor=actor)
+        info = sieve_scripts.put_script(
+            db.session, mail_store(), mailbox, name, source, actor=actor
+        )
     except sieve_scripts.ScriptLimit as error:
         # The size was checked before: a limit here is the number of scripts.
         raise Refused(error.message, "QUOTA/MAXSCRIPTS") from None
     db.session.commit()
+    return info.warnings
 
 
-def _check(mailbox: Mailbox, source: bytes) -> None:
-    sieve_scripts.check_script(mailbox, source, sieve_scripts.limits())
+def _check(mailbox: Mailbox, source: bytes) -> tuple[str, ...]:
+    home = sieve_scripts.home_of(mail_store(), mailbox.address)
+    script = sieve_scripts.check_script(mailbox, source, sieve_scripts.limits(), home=home)
+    return tuple(script.warnings)
 
 
 def _activate(mailbox: Mailbox, name: str, actor: Actor) -> None:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from provider.errors import WeakPassword
 from provider.models import AdminUser, Mailbox
+from provider.services import daily_stats
 
 SCHEME = "{ARGON2ID}"
 MAX_PASSWORD_LENGTH = 1024
@@ -235,15 +236,22 @@ def authenticate_mailbox(session: Session, address: str, password: str) -> Mailb
     The protocol policy (which protocols, status) is the caller's next check, made only after
     this succeeds, so that a wrong password never reveals anything about the mailbox.
     """
-    mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address.strip().lower()))
+    # No address holds NUL, and PostgreSQL cannot even compare text with one: nobody, at once
+    # (POP3 USER, IMAP LOGIN, submission AUTH, ManageSieve and the web all come here).
+    wanted = address.strip().lower()
+    mailbox = None
+    if "\0" not in wanted:
+        mailbox = session.scalar(select(Mailbox).where(Mailbox.address == wanted))
     if mailbox is None:
         burn_dummy_verification()
+        daily_stats.count("failed_logins")
         return None
     remembered = verified_passwords()
     if remembered.matches(mailbox.password_hash, password):
         return mailbox
     result = verify_password(mailbox.password_hash, password)
     if not result.ok:
+        daily_stats.count("failed_logins")
         return None
     if result.new_hash:
         mailbox.password_hash = result.new_hash
@@ -254,12 +262,17 @@ def authenticate_mailbox(session: Session, address: str, password: str) -> Mailb
 
 def authenticate_admin(session: Session, email: str, password: str) -> AdminUser | None:
     """Return the active admin with these credentials, or None after the same amount of work."""
-    admin = session.scalar(select(AdminUser).where(AdminUser.email == email.strip().lower()))
+    wanted = email.strip().lower()
+    admin = None
+    if "\0" not in wanted:
+        admin = session.scalar(select(AdminUser).where(AdminUser.email == wanted))
     if admin is None:
         burn_dummy_verification()
+        daily_stats.count("failed_logins")
         return None
     result = verify_password(admin.password_hash, password)
     if not result.ok or not admin.active:
+        daily_stats.count("failed_logins")
         return None
     if result.new_hash:
         admin.password_hash = result.new_hash

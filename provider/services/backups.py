@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from flask import current_app, has_app_context
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from provider.backup.manifest import DamagedManifest, Manifest, ManifestMessage, snapshot_time
@@ -24,10 +24,10 @@ from provider.backup.retention import apply_retention as apply_store_retention
 from provider.backup.snapshot import take_snapshot
 from provider.backup.store import BackupStore, BackupStoreError, is_snapshot_id
 from provider.backup.verify import verify_store
-from provider.errors import InvalidInput, NotFound, ProviderError
+from provider.errors import InvalidInput, NotFound, ProviderError, RateLimited
 from provider.mailstore import InvalidFolderName, Maildir, MailstoreError
 from provider.mailstore import names as folder_names
-from provider.models import BackupRestore, BackupSnapshot, Mailbox, SnapshotStatus
+from provider.models import AuditEvent, BackupRestore, BackupSnapshot, Mailbox, SnapshotStatus
 from provider.services import quota
 from provider.services.audit import Actor, record
 from provider.services.clock import now
@@ -227,6 +227,84 @@ def run_backups(
     return summary
 
 
+# --- snapshots on demand ------------------------------------------------------------------
+
+SNAPSHOT_TAKEN = "backup.snapshot"
+DEFAULT_OWNER_SNAPSHOTS_PER_HOUR = 3
+
+
+class TooManySnapshots(RateLimited):
+    """An owner asked for more snapshots in an hour than BACKUP_OWNER_SNAPSHOTS_PER_HOUR."""
+
+
+def owner_snapshots_per_hour() -> int:
+    if has_app_context():
+        value = current_app.config.get(
+            "BACKUP_OWNER_SNAPSHOTS_PER_HOUR", DEFAULT_OWNER_SNAPSHOTS_PER_HOUR
+        )
+        return max(0, int(value))
+    return DEFAULT_OWNER_SNAPSHOTS_PER_HOUR
+
+
+def _owner_snapshots_since(session: Session, mailbox: Mailbox, actor: Actor) -> list[datetime]:
+    since = now() - timedelta(hours=1)
+    return list(
+        session.scalars(
+            select(AuditEvent.occurred_at)
+            .where(
+                AuditEvent.action == SNAPSHOT_TAKEN,
+                AuditEvent.target == mailbox.address,
+                AuditEvent.actor == actor.name,
+                AuditEvent.occurred_at >= since,
+            )
+            .order_by(AuditEvent.occurred_at)
+        )
+    )
+
+
+def owner_snapshots_left(session: Session, address: str, actor: Actor) -> int:
+    """How many more snapshots the owner may ask for in the hour that ends now."""
+    mailbox = get_mailbox(session, address)
+    taken = len(_owner_snapshots_since(session, mailbox, actor))
+    return max(0, owner_snapshots_per_hour() - taken)
+
+
+def snapshot_now(
+    session: Session, address: str, *, actor: Actor, rate_limited: bool = False
+) -> MailboxRun:
+    """Take one mailbox's snapshot now, on request (then retention), and audit it. IMAP
+    mailboxes only; with `rate_limited` (the owner's button) at most
+    BACKUP_OWNER_SNAPSHOTS_PER_HOUR in any hour. A failed snapshot raises with its reason."""
+    mailbox = get_mailbox(session, address)
+    if not mailbox.imap_enabled:
+        raise NotBackedUp(
+            f"{mailbox.address} uses POP3 only: its mail leaves the server, so it has no backups",
+            "address",
+        )
+    if rate_limited:
+        limit = owner_snapshots_per_hour()
+        taken = _owner_snapshots_since(session, mailbox, actor)
+        if len(taken) >= limit:
+            again = (taken[-limit] if limit else now()) + timedelta(hours=1)
+            raise TooManySnapshots(
+                f"At most {limit} snapshots an hour can be taken from here; the next one can be "
+                f"taken at {again:%H:%M} UTC. The nightly backup still runs as usual."
+            )
+    run = snapshot_mailbox(session, mailbox)
+    if run.error is not None:
+        raise ProviderError(f"The snapshot could not be taken: {run.error}")
+    record(
+        session,
+        actor,
+        SNAPSHOT_TAKEN,
+        mailbox.address,
+        domain=mailbox.address.rpartition("@")[2],
+        after={"snapshot": run.snapshot, "messages": run.messages, "bytes": run.bytes},
+    )
+    session.commit()
+    return run
+
+
 # --- retention ----------------------------------------------------------------------------
 
 
@@ -282,6 +360,35 @@ def list_snapshots(session: Session, address: str) -> list[BackupSnapshot]:
     return list(session.scalars(query))
 
 
+@dataclass(frozen=True)
+class SnapshotSummary:
+    """How many snapshots a mailbox has and when the newest was taken."""
+
+    count: int
+    latest: datetime | None
+
+
+def snapshot_summaries(session: Session, mailbox_ids: Iterable[int]) -> dict[int, SnapshotSummary]:
+    """Snapshot counts and newest times of some mailboxes, in one query (the finder's list)."""
+    ids = sorted(set(mailbox_ids))
+    if not ids:
+        return {}
+    query = (
+        select(
+            BackupSnapshot.mailbox_id,
+            func.count(BackupSnapshot.id),
+            func.max(BackupSnapshot.created_at),
+        )
+        .where(BackupSnapshot.mailbox_id.in_(ids))
+        .group_by(BackupSnapshot.mailbox_id)
+    )
+    found = {
+        mailbox_id: SnapshotSummary(count, latest)
+        for mailbox_id, count, latest in session.execute(query)
+    }
+    return {i: found.get(i, SnapshotSummary(0, None)) for i in ids}
+
+
 def load_manifest(session: Session, address: str, snapshot_id: str) -> Manifest:
     """A listed snapshot's manifest (for restore, and for browsing it)."""
     mailbox = get_mailbox(session, address)
@@ -310,6 +417,20 @@ def read_message(session: Session, address: str, snapshot_id: str, folder: str, 
         return store_for(address).get(message.sha256)
     except BackupStoreError as error:
         raise ProviderError(f"message cannot be read from the backup: {error}") from None
+
+
+def present_digests(session: Session, address: str, manifest: Manifest) -> set[str]:
+    """SHA-256 of every message the mailbox holds now, by the rule restore skips by: a
+    snapshot's message whose digest is not here is gone from the mailbox (in any folder)."""
+    mailbox = get_mailbox(session, address)
+    known: dict[str, ManifestMessage] = {m.basename: m for m in manifest.messages}
+    store = store_for(mailbox.address)
+    if store.exists():
+        with store.locked(shared=True):
+            newest = _newest_manifest(store)
+        if newest is not None:
+            known.update({m.basename: m for m in newest.messages})
+    return mailbox_digests(_maildir(mailbox.address), known)
 
 
 # --- restore ------------------------------------------------------------------------------

@@ -39,7 +39,14 @@ from provider.mailstore import (
     StoredMessage,
 )
 from provider.models import AdminUser, Alias, Domain, Mailbox, MailboxStatus, admin_domains
-from provider.services import quota, sieve_actions, sieve_delivery, sieve_scripts
+from provider.services import (
+    daily_stats,
+    quota,
+    sieve_actions,
+    sieve_delivery,
+    sieve_duplicates,
+    sieve_scripts,
+)
 from provider.services.clock import now
 from provider.services.provisioning import split_address
 
@@ -302,6 +309,7 @@ def deliver_route(
             continue
         delivered += 1
     if delivered:
+        daily_stats.count("deliveries", delivered)
         return
     temporary = [f for f in failures if isinstance(f, TemporaryFailure)]
     if route.spool is not None and not temporary:
@@ -390,13 +398,16 @@ def filtered_store(
     imap_allowed = bool(
         session.scalar(select(Mailbox.imap_enabled).where(Mailbox.id == destination.mailbox_id))
     )
+    duplicates = sieve_duplicates.DuplicateTracker(session, destination.mailbox_id)
     plan = sieve_delivery.plan_for(
         home,
         message,
         sender,
         envelope_to or destination.address,
         imap_allowed=imap_allowed,
-        context=sieve_delivery.mailbox_context(store.open(destination.address)),
+        context=sieve_delivery.mailbox_context(
+            store.open(destination.address), seen=duplicates.seen
+        ),
     )
     if plan is None:
         return [store_message(session, store, destination, message, promised=promised)]
@@ -424,6 +435,7 @@ def filtered_store(
             ):
                 sieve_delivery.add_keep(plan)
         stored = _carry_out(session, store, destination, message, plan, promised)
+        duplicates.record()  # delivered (or discarded as the script said): RFC 7352 §3
         if plan.vacation is not None:
             sieve_actions.vacation(
                 session,

@@ -1,5 +1,5 @@
 """Who may read mail over IMAP/POP3 or send it over submission: credentials, then policy;
-failure delays and bans (shared by every process); connection limits (per process)."""
+failure delays, bans, login turns and connection limits (shared by every process)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from provider.services import auth
 from provider.services.clock import now
 from provider.services.login_store import LoginStore, StoreUnavailable
 from provider.services.ratelimit import MAX_KEYS, BoundedTable
+from provider.services.shared_slots import SharedSlots, SlotsUnavailable
 
 AUTHENTICATION_FAILED = "Authentication failed."
 SUBMISSION = "submission"
@@ -46,6 +47,8 @@ DEFAULT_MAX_CONNECTIONS_PER_USER_IP = 10
 MAX_PENALTY_SECONDS = 15.0
 PENALTY_EXPIRES_SECONDS = 3600.0
 REMEMBERED_ATTEMPTS = 10
+# A login whose address's turns are all held by other processes looks again this often (s).
+TURN_POLL_SECONDS = 0.05
 
 
 def check_policy(mailbox: Mailbox, protocol: str) -> None:
@@ -267,13 +270,17 @@ class BanList:
 class ConnectionLimit:
     """Counts logged-in sessions per user+address; refuses one over the limit (A4).
 
-    Per process: with submission in one process per core, a user+address may hold up to
-    `limit` sessions in each (a session is a held connection, not a guess; the failure
-    delays and bans that stop guessing are shared)."""
+    With `slots`, the sessions of every process of the installation count together: each
+    holds one of the user+address's `limit` slots in the shared lock file, which the kernel
+    frees when the process ends, even by kill -9. While the file is unusable, this process's
+    own count (always kept too) is the limit. Non-blocking: safe on the event loop."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, slots: SharedSlots | None = None, name: str = "") -> None:
         self.limit = limit
+        self.slots = slots
+        self.name = name
         self._counts: dict[tuple[str, str], int] = {}
+        self._held: dict[tuple[str, str], list[int]] = {}
         self._lock = threading.Lock()
 
     def acquire(self, user: str, remote: str) -> None:
@@ -281,6 +288,16 @@ class ConnectionLimit:
         with self._lock:
             if self._counts.get(key, 0) >= self.limit:
                 raise TooManyConnections("Maximum number of connections from user+IP exceeded")
+            if self.slots is not None:
+                with contextlib.suppress(SlotsUnavailable):
+                    slot = self.slots.acquire(
+                        f"connection\0{self.name}\0{key[0]}\0{key[1]}", self.limit
+                    )
+                    if slot is None:
+                        raise TooManyConnections(
+                            "Maximum number of connections from user+IP exceeded"
+                        )
+                    self._held.setdefault(key, []).append(slot)
             self._counts[key] = self._counts.get(key, 0) + 1
 
     def release(self, user: str, remote: str) -> None:
@@ -291,6 +308,13 @@ class ConnectionLimit:
                 self._counts[key] = count
             else:
                 self._counts.pop(key, None)
+            held = self._held.get(key)
+            if held:
+                slot = held.pop()
+                if not held:
+                    del self._held[key]
+                if self.slots is not None:
+                    self.slots.release(slot)
 
 
 def is_loopback(peer: str) -> bool:
@@ -309,10 +333,19 @@ class LoginTurns:
     """At most `limit` logins from one address (group) are checked at a time; the others wait
     their turn. Parallel connections then cannot multiply a guesser's rate past the failure
     delay, which is served inside the turn (RELIABILITY A1: Dovecot's documentation admits that
-    parallel attempts get around its penalty). Used on the event loop only."""
+    parallel attempts get around its penalty). Used on the event loop only.
 
-    def __init__(self, limit: int) -> None:
+    With `slots`, a turn is also one of the address's `limit` slots in the shared lock file,
+    so the limit holds across every process of the installation: a login that finds them all
+    held by other processes looks again every `poll_seconds` (its own process's waiters queue
+    on the semaphore, as before). A process that dies gives its turns back at once."""
+
+    def __init__(
+        self, limit: int, slots: SharedSlots | None = None, poll_seconds: float = TURN_POLL_SECONDS
+    ) -> None:
         self.limit = max(limit, 1)
+        self.slots = slots
+        self.poll_seconds = poll_seconds
         self._turns: dict[str, asyncio.Semaphore] = {}
         self._waiting: dict[str, int] = {}
 
@@ -323,43 +356,71 @@ class LoginTurns:
         self._waiting[key] = self._waiting.get(key, 0) + 1
         try:
             async with semaphore:
-                yield
+                slot = await self._shared_turn(key)
+                try:
+                    yield
+                finally:
+                    if slot is not None and self.slots is not None:
+                        self.slots.release(slot)
         finally:
             self._waiting[key] -= 1
             if not self._waiting[key]:
                 del self._waiting[key], self._turns[key]
+
+    async def _shared_turn(self, key: str) -> int | None:
+        """One of the address's shared slots, once one is free; None without the file."""
+        if self.slots is None:
+            return None
+        while True:
+            try:
+                slot = self.slots.acquire(f"turn\0{key}", self.limit)
+            except SlotsUnavailable:
+                return None
+            if slot is not None:
+                return slot
+            await asyncio.sleep(self.poll_seconds)
 
 
 class Guards:
     """What every IMAP, POP3 and submission session and the web logins of one installation
     share: one failure-delay table and one ban list for all (a penalty or ban earned on POP3
     also holds on IMAP, submission and the web), kept in INSTANCE_DIR/run/logins.sqlite3 so
-    every process counts together; login turns and a connection count per protocol (Dovecot's
-    mail_max_userip_connections is per protocol too) are per process."""
+    every process counts together; login turns per address and a connection count per
+    protocol (Dovecot's mail_max_userip_connections is per protocol too), held as record locks
+    in INSTANCE_DIR/run/slots.lock so that they too hold across every process."""
 
     def __init__(self, app: Flask) -> None:
         config = app.config
         self.store = LoginStore(login_store_path(app), max_keys=MAX_KEYS)
+        self.slots = shared_slots(slots_path(app))
         self.failures = FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]), store=self.store)
-        self.logins = LoginTurns(int(config["LOGIN_PARALLEL_PER_ADDRESS"]))
+        self.logins = LoginTurns(int(config["LOGIN_PARALLEL_PER_ADDRESS"]), self.slots)
         self.bans = BanList(
             int(config["LOGIN_BAN_FAILURES"]),
             ban_seconds=float(config["LOGIN_BAN_SECONDS"]),
             store=self.store,
         )
-        self.imap_connections = ConnectionLimit(int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"]))
-        self.pop3_connections = ConnectionLimit(int(config["POP3_MAX_CONNECTIONS_PER_USER_IP"]))
+        self.imap_connections = ConnectionLimit(
+            int(config["IMAP_MAX_CONNECTIONS_PER_USER_IP"]), self.slots, "imap"
+        )
+        self.pop3_connections = ConnectionLimit(
+            int(config["POP3_MAX_CONNECTIONS_PER_USER_IP"]), self.slots, "pop3"
+        )
         self.managesieve_connections = ConnectionLimit(
             int(
                 config.get("MANAGESIEVE_MAX_CONNECTIONS_PER_USER_IP")
                 or DEFAULT_MAX_CONNECTIONS_PER_USER_IP
-            )
+            ),
+            self.slots,
+            "managesieve",
         )
         self.submission_connections = ConnectionLimit(
             int(
                 config.get("SUBMISSION_MAX_CONNECTIONS_PER_USER_IP")
                 or DEFAULT_MAX_CONNECTIONS_PER_USER_IP
-            )
+            ),
+            self.slots,
+            "submission",
         )
 
     def login_failed(self, remote: str, user: str, password: str) -> float | None:
@@ -373,6 +434,26 @@ class Guards:
 def login_store_path(app: Flask) -> str:
     """The file the login guards of every process of this installation share."""
     return os.path.join(app.config["INSTANCE_DIR"], "run", "logins.sqlite3")
+
+
+def slots_path(app: Flask) -> str:
+    """The lock file whose byte ranges are the login turns and connection slots."""
+    return os.path.join(app.config["INSTANCE_DIR"], "run", "slots.lock")
+
+
+_SLOTS: dict[str, SharedSlots] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def shared_slots(path: str) -> SharedSlots:
+    """One SharedSlots per file per process: record locks belong to the process, so two
+    objects on one file would each be granted the other's slots."""
+    key = os.path.realpath(path)
+    with _SLOTS_LOCK:
+        slots = _SLOTS.get(key)
+        if slots is None:
+            slots = _SLOTS[key] = SharedSlots(key)
+        return slots
 
 
 def guards(app: Flask) -> Guards:

@@ -71,6 +71,23 @@ def format_gb(value: Decimal | float | int) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+SIZE_UNITS = ("bytes", "KB", "MB", "GB", "TB", "PB")
+
+
+def format_size(nbytes: int | Decimal | None) -> str:
+    """`0 bytes`, `12.5 MB`, `8 GB`, `1.25 TB`: the one way sizes are written, on the web and in
+    the CLI. 1 KB = 1024 bytes and 1 GB = 1024³, as quotas count (DESIGN.md: the quota is in GB
+    of 1024³ bytes)."""
+    amount = Decimal(nbytes or 0)
+    unit = 0
+    while abs(amount) >= 1024 and unit < len(SIZE_UNITS) - 1:
+        amount /= 1024
+        unit += 1
+    if unit == 0:
+        return f"{int(amount)} bytes" if int(amount) != 1 else "1 byte"
+    return f"{format_gb(round(amount, 2))} {SIZE_UNITS[unit]}"
+
+
 def parse_gb(value: object) -> Decimal:
     """Read a GB amount from a form, the CLI or JSON; raise QuotaOutOfRange if it is no number."""
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,10 +58,12 @@ class Plan:
 KEEP = PlannedStore(INBOX)
 
 
-def mailbox_context(maildir: Maildir) -> Context:
-    """What a script may ask of the recipient's store: mailboxexists (RFC 5490) and
-    specialuse_exists (RFC 8579). duplicate (RFC 7352) has no store yet: nothing is a
-    duplicate, so a script using it never drops mail for it."""
+def mailbox_context(
+    maildir: Maildir, seen: Callable[[str, str, int, bool], bool] | None = None
+) -> Context:
+    """What a script may ask of the recipient's store: mailboxexists (RFC 5490),
+    specialuse_exists (RFC 8579), and `seen` for duplicate (RFC 7352; without it nothing is a
+    duplicate)."""
 
     def mailbox_exists(name: str) -> bool:
         try:
@@ -80,7 +83,7 @@ def mailbox_context(maildir: Maildir) -> Context:
             for info in folders
         )
 
-    return Context(mailbox_exists=mailbox_exists, special_use_exists=special_use_exists)
+    return Context(mailbox_exists=mailbox_exists, special_use_exists=special_use_exists, seen=seen)
 
 
 def plan_for(

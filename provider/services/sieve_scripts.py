@@ -8,6 +8,7 @@ import fcntl
 import os
 import re
 import secrets
+import stat
 import threading
 import unicodedata
 from collections.abc import Iterator
@@ -87,9 +88,14 @@ class ScriptInfo:
     name: str
     active: bool
     size: int
+    # What the compiler warned about at upload (an included script that does not exist yet).
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "active": self.active, "size": self.size}
+        out: dict[str, Any] = {"name": self.name, "active": self.active, "size": self.size}
+        if self.warnings:
+            out["warnings"] = list(self.warnings)
+        return out
 
 
 @dataclass(frozen=True)
@@ -207,8 +213,77 @@ def get_script(store: MailStore, mailbox: Mailbox, name: str) -> bytes:
         raise NotFound(f"no script named {name!r}", "name") from None
 
 
-def check_script(mailbox: Mailbox, source: bytes, limit: Limits) -> Script:
-    """Compile `source` for this mailbox: size limit, grammar, and the POP3-only rule."""
+Version = tuple[int, int, int, int]
+# An included script is read whole; the interpreter refuses scripts over 1 MiB anyway.
+INCLUDED_MAX_BYTES = 1024 * 1024
+
+
+def global_dir() -> Path | None:
+    """Where `include :global` finds the operator's scripts (Pigeonhole's sieve_global):
+    SIEVE_GLOBAL_DIR, by default INSTANCE_DIR/sieve-global; None outside an app."""
+    try:
+        config = current_app.config
+    except RuntimeError:
+        return None
+    configured = str(config.get("SIEVE_GLOBAL_DIR") or "")
+    return Path(configured) if configured else Path(config["INSTANCE_DIR"]) / "sieve-global"
+
+
+def _version(path: Path) -> Version | None:
+    """(device, inode, size, mtime) of a regular file, not followed through a link; None else."""
+    try:
+        status = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
+
+
+class ScriptLoader:
+    """include's loader for one home: personal scripts from its sieve/ directory, global ones
+    from global_dir(); remembers the version of every file it looked at (or that it was not
+    there), so the compiled script can be known stale when any of them changes."""
+
+    def __init__(self, home: Path | None, global_directory: Path | None) -> None:
+        self.home = home
+        self.global_directory = global_directory
+        self.looked_at: list[tuple[Path, Version | None]] = []
+
+    def __call__(self, location: str, name: str) -> bytes | None:
+        if location == "personal":
+            directory = _script_dir(self.home) if self.home is not None else None
+        else:
+            directory = self.global_directory
+        try:
+            name = check_name(name)
+        except InvalidInput:
+            return None
+        if directory is None:
+            return None
+        path = directory / f"{name}{SUFFIX}"
+        version = _version(path)  # no symlinks: a link could lead out of the home
+        data = None
+        if version is not None and version[2] <= INCLUDED_MAX_BYTES:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = None
+        self.looked_at.append((path, version if data is not None else None))
+        return data
+
+
+def check_script(
+    mailbox: Mailbox,
+    source: bytes,
+    limit: Limits,
+    *,
+    home: Path | None = None,
+    uploaded: bool = True,
+) -> Script:
+    """Compile `source` for this mailbox: size limit, grammar, and the POP3-only rule.
+    Included personal scripts are read from `home`; an `uploaded` script (not being made
+    active) may include one that does not exist yet, with a warning (Pigeonhole's rule)."""
     if len(source) > limit.max_script_bytes:
         raise ScriptLimit(
             f"the script has {len(source)} bytes; at most {limit.max_script_bytes} are allowed"
@@ -219,12 +294,12 @@ def check_script(mailbox: Mailbox, source: bytes, limit: Limits) -> Script:
         line = source[: error.start].count(b"\n") + 1
         raise ScriptInvalid(f"line {line}: error: the script is not valid UTF-8") from None
     try:
-        script = compile_script(source)
+        script = compile_script(source, ScriptLoader(home, global_dir()), uploaded=uploaded)
     except SieveError as error:
         raise ScriptInvalid(str(error)) from None
     except RecursionError:
         raise ScriptInvalid("error: the script is nested too deeply") from None
-    if not mailbox.imap_enabled and script.extensions & SORTING_EXTENSIONS:
+    if not mailbox.imap_enabled and script.all_extensions & SORTING_EXTENSIONS:
         raise InvalidInput(POP3_ONLY_REASON)
     return script
 
@@ -288,8 +363,8 @@ def put_script(
     the lock), else ScriptChanged."""
     name = check_name(name)
     limit = limit or limits()
-    check_script(mailbox, source, limit)
     home = home_of(store, mailbox.address)
+    script = check_script(mailbox, source, limit, home=home, uploaded=not activate)
     with _locked(home) as directory:
         path = _script_path(home, name)
         existed = path.is_file()
@@ -313,7 +388,9 @@ def put_script(
         domain=mailbox.address.rpartition("@")[2],
         after={"name": name, "bytes": len(source), "replaced": existed, "active": activate},
     )
-    return ScriptInfo(name, activate or active_name(home) == name, len(source))
+    return ScriptInfo(
+        name, activate or active_name(home) == name, len(source), tuple(script.warnings)
+    )
 
 
 def activate_script(
@@ -330,7 +407,13 @@ def activate_script(
                 raise NotFound(f"no script named {wanted!r}", "name")
             # The link must work for the script as it is now (a policy change since it was
             # put would otherwise activate rules the mailbox may not have).
-            check_script(mailbox, _script_path(home, wanted).read_bytes(), _no_size_limit())
+            check_script(
+                mailbox,
+                _script_path(home, wanted).read_bytes(),
+                _no_size_limit(),
+                home=home,
+                uploaded=False,
+            )
         _link_active(home, wanted)
     audit.record(
         session,
@@ -419,6 +502,11 @@ class _Compiled:
     key: tuple[int, int, int, int]
     script: Script | None
     error: str | None
+    # The included scripts' files as they were when this was compiled.
+    included: list[tuple[Path, Version | None]]
+
+    def current(self, key: tuple[int, int, int, int]) -> bool:
+        return self.key == key and all(_version(path) == seen for path, seen in self.included)
 
 
 _cache: dict[str, _Compiled] = {}
@@ -448,8 +536,8 @@ def active_script(home: Path) -> Script | None:
     key = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
     with _cache_lock:
         cached = _cache.get(real)
-    if cached is None or cached.key != key:
-        cached = _compile_file(Path(real), key)
+    if cached is None or not cached.current(key):
+        cached = _compile_file(Path(real), key, ScriptLoader(home, global_dir()))
         with _cache_lock:
             if len(_cache) >= CACHE_MAX_ENTRIES:
                 _cache.clear()
@@ -459,17 +547,18 @@ def active_script(home: Path) -> Script | None:
     return cached.script
 
 
-def _compile_file(path: Path, key: tuple[int, int, int, int]) -> _Compiled:
+def _compile_file(path: Path, key: tuple[int, int, int, int], loader: ScriptLoader) -> _Compiled:
     try:
         source = path.read_bytes()
     except OSError as error:
-        return _Compiled(key, None, f"cannot read the active script: {error.strerror}")
+        return _Compiled(key, None, f"cannot read the active script: {error.strerror}", [])
     try:
-        return _Compiled(key, compile_script(source), None)
+        return _Compiled(key, compile_script(source, loader), None, loader.looked_at)
     except SieveError as error:
-        return _Compiled(key, None, f"the active script does not compile: {error}")
+        error_text = f"the active script does not compile: {error}"
     except RecursionError:
-        return _Compiled(key, None, "the active script does not compile: nested too deeply")
+        error_text = "the active script does not compile: nested too deeply"
+    return _Compiled(key, None, error_text, loader.looked_at)
 
 
 def record_error(home: Path, text: str, when: datetime | None = None) -> None:

@@ -28,6 +28,8 @@ from provider.models import (
     Trial,
     TrialOutcome,
     TrialReminder,
+    UpgradeRequest,
+    UpgradeStatus,
 )
 from provider.services import audit, auth, outbound, provisioning
 from provider.services.audit import Actor
@@ -227,6 +229,7 @@ def plan_changed(session: Session, mailbox: Mailbox, old_plan: str, actor: Actor
     if old_plan == Plan.TRIAL.value and mailbox.plan == Plan.PAID.value:
         trial = ensure_trial(session, mailbox)
         trial.end(TrialOutcome.CONVERTED, now())
+        _answer_pending_requests(session, mailbox, actor)
         audit.record(
             session,
             actor,
@@ -248,6 +251,18 @@ def plan_changed(session: Session, mailbox: Mailbox, old_plan: str, actor: Actor
             )
         )
     session.flush()
+
+
+def _answer_pending_requests(session: Session, mailbox: Mailbox, actor: Actor) -> None:
+    """A conversion answers the owner's waiting upgrade request, whoever converted it."""
+    waiting = select(UpgradeRequest).where(
+        UpgradeRequest.mailbox_id == mailbox.id,
+        UpgradeRequest.status == UpgradeStatus.PENDING.value,
+    )
+    for request in session.scalars(waiting):
+        request.status = UpgradeStatus.CONVERTED.value
+        request.answered_at = now()
+        request.answered_by = actor.name
 
 
 def mailbox_deleted(session: Session, mailbox: Mailbox) -> None:

@@ -45,6 +45,7 @@ EXTENSIONS = (
     "index",
     "special-use",
     "duplicate",
+    "include",
     "comparator-i;octet",
     "comparator-i;ascii-casemap",
     "comparator-i;ascii-numeric",
@@ -57,9 +58,6 @@ SUBADDRESS_SEPARATOR = "+"
 MAX_VARIABLE_SIZE = 4096
 # Pigeonhole's sieve_include_max_nesting_depth and sieve_include_max_includes.
 MAX_INCLUDE_DEPTH = 10
-# include works only when the caller gives compile_script a loader; it is advertised (in
-# EXTENSIONS, which ManageSieve's CAPABILITY reads) once storage and delivery pass one.
-LOADER_EXTENSIONS = ("include",)
 MAX_INCLUDES = 255
 # duplicate (RFC 7352): Pigeonhole's sieve_duplicate_default_period (12h) and _max_period (2d).
 DUPLICATE_DEFAULT_SECONDS = 12 * 3600
@@ -450,6 +448,10 @@ class Script:
     commands: list[Command]
     extensions: set[str]
     name: str = ""
+    # Of the whole compilation (top script only): the extensions of every included script
+    # too, and warnings (an included script missing at upload).
+    all_extensions: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -457,16 +459,29 @@ class _Includes:
     loader: Loader | None
     stack: list[tuple[str, str]]
     compiled: dict[tuple[str, str], Script | None]
+    uploaded: bool = False
+    warnings: list[str] = field(default_factory=list)
 
 
-def compile_script(source: str | bytes, loader: Loader | None = None) -> Script:
+def compile_script(
+    source: str | bytes, loader: Loader | None = None, *, uploaded: bool = False
+) -> Script:
     """Parse and validate a script (and what it includes); raise SieveParseError with position.
 
     `loader(location, name)` gives an included script's source ("personal" or "global"), or
-    None when there is none; includes are resolved here, as Pigeonhole does, so a missing
-    script, a cycle or too deep a nesting is a compile error.
+    None when there is none (without a loader nothing can be included); includes are resolved
+    here, as Pigeonhole does, so a missing script, a cycle or too deep a nesting is a compile
+    error. An `uploaded` script (PUTSCRIPT, before it is active) may include a script that does
+    not exist yet: a warning, and at run time an error (Pigeonhole's upload rule).
     """
-    return _compile(source, _Includes(loader, [], {}), "")
+    includes = _Includes(loader, [], {}, uploaded)
+    script = _compile(source, includes, "")
+    script.all_extensions = set(script.extensions)
+    for included in includes.compiled.values():
+        if included is not None:
+            script.all_extensions |= included.extensions
+    script.warnings = includes.warnings
+    return script
 
 
 def _compile(source: str | bytes, includes: _Includes, name: str) -> Script:
@@ -483,8 +498,7 @@ def _compile(source: str | bytes, includes: _Includes, name: str) -> Script:
             )
         bound = _bind(command, _COMMANDS["require"], enabled)
         for extension in bound.positional[0]:  # type: ignore[union-attr]
-            with_loader = includes.loader is not None and extension in LOADER_EXTENSIONS
-            if extension not in EXTENSIONS and not with_loader:
+            if extension not in EXTENSIONS:
                 raise SieveParseError(
                     f"require: unknown or unsupported extension {extension!r}",
                     command.line,
@@ -532,7 +546,12 @@ def _resolve_includes(commands: list[Command], includes: _Includes) -> None:
                     includes.stack.pop()
         included = includes.compiled[key]
         if included is None and not bound.tags.get("optional"):
-            raise SieveParseError(f"included {location} script {name!r} does not exist", *where)
+            missing = f"included {location} script {name!r} does not exist"
+            if not includes.uploaded:
+                raise SieveParseError(missing, *where)
+            includes.warnings.append(
+                f"line {command.line}: warning: {missing} (ignored during upload)"
+            )
         command.extra["script"] = included
 
 
@@ -696,16 +715,16 @@ class Context:
 
     `now` (aware; default the current time) is currentdate's "now". `mailbox_exists(name)`
     answers mailboxexists, `special_use_exists(mailbox or None, flag)` specialuse_exists;
-    without them nothing exists. `seen(handle, value, seconds)` answers duplicate: True when
-    the value was seen under that handle within `seconds`, and records it (the caller should
-    make the record durable only once the delivery succeeded); without it nothing is a
-    duplicate, as in Pigeonhole's sieve-test.
+    without them nothing exists. `seen(handle, value, seconds, last)` answers duplicate: True
+    when the value is tracked under that handle and not expired; the caller tracks it for
+    `seconds` once the delivery succeeded (from the first sighting, or with `last` from this
+    one: RFC 7352 §3.2); without it nothing is a duplicate, as in Pigeonhole's sieve-test.
     """
 
     now: datetime | None = None
     mailbox_exists: Callable[[str], bool] | None = None
     special_use_exists: Callable[[str | None, str], bool] | None = None
-    seen: Callable[[str, str, int], bool] | None = None
+    seen: Callable[[str, str, int, bool], bool] | None = None
 
 
 @dataclass
@@ -927,8 +946,13 @@ class _Run:
 
     def include(self, command: Command, bound: Bound) -> None:
         included = command.extra.get("script")
-        if included is None:  # :optional and missing
-            return
+        if included is None:
+            if bound.tags.get("optional"):
+                return
+            where = "global" if bound.tags.get("global") else "personal"
+            raise SieveRuntimeError(
+                f"included {where} script {bound.positional[0]!r} does not exist"
+            )
         assert isinstance(included, Script)
         key = ("global" if bound.tags.get("global") else "personal", included.name)
         if bound.tags.get("once") and key in self.included:
@@ -1253,7 +1277,7 @@ class _Run:
         self.step()
         if self.context.seen is None:
             return False
-        return bool(self.context.seen(handle, value, seconds))
+        return bool(self.context.seen(handle, value, seconds, bool(tags.get("last"))))
 
     def body_values(self, bound: Bound) -> list[str]:
         if bound.tags.get("raw"):

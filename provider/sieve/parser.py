@@ -10,7 +10,8 @@ MAX_NESTING = 64
 
 _QUANTIFIERS = {"K": 1024, "M": 1024 * 1024, "G": 1024 * 1024 * 1024}
 # RFC 5228 2.4.1: numbers fit an unsigned 32-bit integer.
-MAX_NUMBER = 2**32 - 1
+# Pigeonhole's sieve_number_t: an unsigned 64-bit integer (after the K/M/G quantifier).
+MAX_NUMBER = 2**64 - 1
 
 
 class SieveError(Exception):
@@ -171,7 +172,11 @@ def tokenize(text: str) -> list[_Token]:
                 digits = digits[:-1]
             value = int(digits) * quantifier
             if value > MAX_NUMBER:
-                raise SieveParseError(f"number too large: {match.group()}", line, start_column)
+                raise SieveParseError(
+                    f"number exceeds integer limits (max {MAX_NUMBER}): {match.group()}",
+                    line,
+                    start_column,
+                )
             tokens.append(_Token("number", value, start_line, start_column))
             position = match.end()
             continue

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from typing import Any
+from xml.sax.saxutils import escape
 
-from flask import Flask, render_template, request
+from flask import Flask, has_request_context, render_template, request
 from werkzeug.exceptions import BadRequest, HTTPException, InternalServerError
 from werkzeug.routing import IntegerConverter, Map
 
@@ -95,6 +97,38 @@ def _message(error: HTTPException) -> str:
     return MESSAGES.get(code, str(error.description or ""))
 
 
+def _wanted_format() -> str:
+    """ "xml" for the mail clients' configuration files (autoconfig, autodiscover) and clients
+    that ask for XML, "json" for clients that prefer JSON (and for /api/), else "html"."""
+    if not has_request_context():
+        return "html"
+    path = request.path
+    if path.lower().endswith(".xml"):
+        return "xml"
+    if path.startswith("/api/"):
+        return "json"
+    offered = ["text/html", "application/json", "application/problem+json", "application/xml"]
+    best = request.accept_mimetypes.best_match(offered, default="text/html")
+    if best in ("application/json", "application/problem+json"):
+        return "json"
+    return "xml" if best == "application/xml" else "html"
+
+
+def _machine_error(
+    kind: str, code: int, title: str, message: str
+) -> tuple[str, int, dict[str, str]]:
+    if kind == "json":  # RFC 9457 problem details
+        problem = {"type": "about:blank", "title": title, "status": code, "detail": message}
+        body = json.dumps(problem)
+        return body, code, {"Content-Type": "application/problem+json"}
+    body = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<error><status>{code}</status><title>{escape(title)}</title>"
+        f"<detail>{escape(message)}</detail></error>\n"
+    )
+    return body, code, {"Content-Type": "application/xml; charset=utf-8"}
+
+
 def http_error(
     error: HTTPException,
 ) -> tuple[str, int] | tuple[str, int, dict[str, str]] | HTTPException:
@@ -104,6 +138,9 @@ def http_error(
     if code >= 500:
         return server_error(error)
     title = TITLES.get(code, error.name)
+    kind = _wanted_format()
+    if kind != "html":
+        return _machine_error(kind, code, title, _message(error))
     return render_template(_template(), code=code, title=title, message=_message(error)), code
 
 
@@ -115,6 +152,9 @@ def server_error(error: Exception) -> tuple[str, int] | tuple[str, int, dict[str
     code = getattr(error, "code", None) or 500
     title = TITLES.get(code, "Something went wrong")
     message = MESSAGES[500] if code == 500 else _message(error)  # type: ignore[arg-type]
+    kind = _wanted_format()
+    if kind != "html":
+        return _machine_error(kind, code, title, message)
     try:
         return render_template("error.html", code=code, title=title, message=message), code
     except Exception:  # a broken template must not turn into Werkzeug's page

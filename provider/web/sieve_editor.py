@@ -20,6 +20,7 @@ from provider.models import Mailbox
 from provider.services import clock, identities, sieve_rules, sieve_scripts
 from provider.services.audit import Actor
 from provider.services.sieve_rules import (
+    MAX_CONDITIONS,
     Condition,
     EditorState,
     Forwarding,
@@ -30,7 +31,9 @@ from provider.services.sieve_rules import (
 )
 from provider.services.storage import mail_store
 
-CONDITION_ROWS = 3
+# As many rows as a rule may have conditions: a rule is never cut short by the form.
+CONDITION_ROWS = MAX_CONDITIONS
+CONDITION_ROWS_SHOWN = 3  # the rest behind "More conditions" unless they hold something
 CONDITION_CHOICES = [
     SelectChoice("", "—"),
     SelectChoice("from", "From contains"),
@@ -50,7 +53,7 @@ class VersionedForm(FlaskForm):
 
 
 class RuleForm(VersionedForm):
-    """One rule in plain words: up to three conditions, then what to do."""
+    """One rule in plain words: up to MAX_CONDITIONS conditions, then what to do."""
 
     name = StringField("Name of the rule")
     match = SelectField(
@@ -162,6 +165,12 @@ def _rule_form_data(rule: Rule) -> dict[str, Any]:
     data.setdefault("create", True)
     data.setdefault("forward_keep_copy", True)
     return data
+
+
+def _rows_to_show(form: RuleForm) -> int:
+    """Condition rows shown open: the first few, or every filled one and one empty after it."""
+    filled = [i for i in range(CONDITION_ROWS) if getattr(form, f"c{i}_kind").data]
+    return min(CONDITION_ROWS, max(CONDITION_ROWS_SHOWN, (filled[-1] + 2) if filled else 0))
 
 
 def _set_address_choices(form: RuleForm, own: list[str]) -> None:
@@ -330,6 +339,7 @@ def register(site: EditorSite, base: str) -> None:
             form=form,
             index=index,
             rows=range(CONDITION_ROWS),
+            shown=_rows_to_show(form),
             pop3_only=not mailbox.imap_enabled,
             pop3_reason=sieve_scripts.POP3_ONLY_REASON,
             url=lambda view, **extra: site.url(view, ids, **extra),

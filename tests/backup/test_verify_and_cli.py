@@ -166,3 +166,28 @@ def test_a_snapshot_killed_half_way_is_never_listed(app, app_config, session):
     run = backups.run_backups(session).mailboxes[0]
     assert run.error is None and run.messages == 20
     assert len(backups.list_snapshots(session, mailbox.address)) == 1
+
+
+def test_backup_list_says_why_a_mailbox_has_no_snapshots(runner, session):
+    mailbox = make_mailbox(session)
+    pop = make_mailbox(session, "pop@example.test", protocols="pop3")
+    result = invoke(runner, "backup", "list", pop.address)
+    assert result.exit_code == 0
+    assert result.output.strip() == (
+        "pop@example.test uses POP3 only: its mail leaves the server, so no snapshot is taken"
+    )
+    assert json.loads(invoke(runner, "backup", "list", pop.address, "--json").output) == []
+    result = invoke(runner, "backup", "list", mailbox.address)
+    assert result.exit_code == 0
+    assert "no snapshots yet" in result.output
+    assert f"provider backup run {mailbox.address}" in result.output
+    # Snapshots from its IMAP days are listed, with the reason no new one comes.
+    snapshot_id = backups.run_backups(session, [mailbox.address]).mailboxes[0].snapshot
+    from provider.services import provisioning
+    from tests.conftest import TEST_ACTOR
+
+    provisioning.update_mailbox(session, mailbox, actor=TEST_ACTOR, protocols="pop3")
+    session.commit()
+    lines = invoke(runner, "backup", "list", mailbox.address).output.splitlines()
+    assert lines[0].startswith(snapshot_id)
+    assert lines[1].endswith("no snapshot is taken (those above were taken while it used IMAP)")

@@ -45,7 +45,14 @@ def test_admin_creates_a_mailbox_through_the_forms(
     quota = browser.find_element(By.NAME, "quota_gb")
     quota.clear()
     quota.send_keys("7")
+    # The POP3 download options show only while the policy includes POP3.
+    pop3_options = browser.find_element(By.ID, "group-pop3_action")
+    browser.find_element(By.CSS_SELECTOR, "input[name=protocols][value=imap]").click()
+    assert not pop3_options.is_displayed()
+    browser.find_element(By.CSS_SELECTOR, "input[name=protocols][value=both]").click()
+    assert pop3_options.is_displayed()
     browser.find_element(By.CSS_SELECTOR, "input[name=protocols][value=pop3]").click()
+    assert pop3_options.is_displayed()
     # The browser's own range check stops 7 GB before it is even sent.
     assert browser.execute_script("return arguments[0].checkValidity()", quota) is False
     quota.clear()

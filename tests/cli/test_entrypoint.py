@@ -46,7 +46,11 @@ def run(
 def test_contract_example_from_a_fresh_instance(environment):
     init = run(environment, "init")
     assert init.returncode == 0, init.stderr
+    assert init.stdout.startswith("Database created (schema ")
     assert "/admin/login" in init.stdout and "admin@example.com" in init.stdout
+    again = run(environment, "init", "--json")
+    assert json.loads(again.stdout)["database"] == "up to date"
+    assert run(environment, "init").stdout.startswith("Database is up to date (schema ")
     assert run(environment, "domain", "add", "example.test").returncode == 0
 
     refused = run(
@@ -205,3 +209,42 @@ def test_serve_runs_managesieve_and_prints_its_line(environment):
         assert any(line.startswith("web: http://") for line in lines)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_help_lists_our_commands_only_and_starts_without_the_app(environment):
+    """`provider --help` names our commands (not Flask's run/shell/routes/db or plugins) and
+    loads neither the app nor SQLAlchemy: it is instant, and works with no database."""
+    started = time.monotonic()
+    result = run(environment, "--help")
+    assert result.returncode == 0 and result.stderr == ""
+    section = result.stdout.split("Commands:")[1].splitlines()
+    listed = [line.split()[0] for line in section if line.startswith("  ") and line[2] != " "]
+    for ours in ("init", "serve", "domain", "mailbox", "backup", "jobs", "sieve", "queue"):
+        assert ours in listed
+    for flasks in ("run", "shell", "routes", "db", "limiter"):
+        assert flasks not in listed
+    assert "dotenv" not in result.stdout + result.stderr
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, provider.cli; print(sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('flask', 'sqlalchemy', 'provider')))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+    )
+    assert probe.stdout.strip() == "['provider', 'provider.cli']", probe.stdout
+    assert time.monotonic() - started < 30  # a sanity bound, not a timing test
+    assert run(environment, "nonesuch").returncode == 2
+
+
+def test_help_summaries_are_the_commands_own():
+    from provider.cli import SUMMARIES
+    from provider.commands import BY_NAME
+
+    assert list(SUMMARIES) == list(BY_NAME)
+    for name, command in BY_NAME.items():
+        assert SUMMARIES[name] == command.get_short_help_str(limit=300), name

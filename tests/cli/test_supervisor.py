@@ -86,8 +86,10 @@ def supervised(environment: dict[str, str], services: str) -> Iterator[Served]:
 
 @pytest.fixture
 def mail_environment(environment: dict[str, str]) -> dict[str, str]:
-    """Every port free-chosen, a first admin, one IMAP mailbox with PASSWORD."""
+    """Every port free-chosen, one mail worker, a first admin, one IMAP mailbox with PASSWORD."""
     environment.update({f"PROVIDER_{name}_PORT": "0" for name in MAIL_PORTS})
+    # One mail process to kill and watch (tests/serve/ runs several).
+    environment["PROVIDER_MAIL_WORKERS"] = "1"
     # urllib's cookie jar keeps Secure cookies for https only; the flags are not tested here.
     environment["PROVIDER_COOKIE_SECURE"] = "false"
     assert run(environment, "init").returncode == 0
@@ -402,7 +404,7 @@ def test_serve_runs_submission_and_autoconfig_names_it(mail_environment, tmp_pat
 
 
 def test_serve_runs_submission_by_default():
-    from provider.cli import serve_command
+    from provider.commands import serve_command
     from provider.serve import KNOWN_SERVICES, MAIL_SERVICES
 
     [option] = [p for p in serve_command.params if p.name == "services"]

@@ -223,3 +223,37 @@ def test_getmail_keep_mode_then_delete_mode(
     assert message_ids(fresh / "received") == [f"<{n}@pop3.test>" for n in range(4)]
     assert mail_store().open(ADDRESS).folder("INBOX").messages() == []
     assert used_bytes(session) == 0
+
+
+def test_fetchmail_checks_the_self_signed_certificate_for_127_0_0_1(
+    app: Flask, server: Server, session: Session, tmp_path: Path
+) -> None:
+    """The generated certificate names 127.0.0.1 the way fetchmail checks it (as a DNS name):
+    with `sslcertck` and the instance's certificate as the trusted one, POP3S works."""
+    if shutil.which("fetchmail") is None:
+        required("fetchmail is not installed (apt-get install fetchmail)")
+    from provider.tls import certificate_paths
+
+    deliver(session, 0)
+    runner = ProtocolRunner(app, ["pop3"])
+    ports = {b.name: b.port for b in runner.start()}
+    try:
+        cert, _key = certificate_paths(app.config)
+        inbox = tmp_path / "received"
+        inbox.mkdir()
+        rc = tmp_path / "fetchmailrc"
+        rc.write_text(
+            f"poll 127.0.0.1 service {ports['pop3s']} protocol pop3 uidl auth password\n"
+            f'  user "{ADDRESS}" there with password "{PASSWORD}" is "local" here\n'
+            f"  keep ssl sslcertck sslcertfile {cert}\n"
+            f'  mda "cat > $(mktemp {inbox}/msg.XXXXXX)"\n'
+        )
+        rc.chmod(0o600)
+        env = {**os.environ, "HOME": str(tmp_path), "FETCHMAILHOME": str(tmp_path)}
+        command = ["fetchmail", "--nodetach", "--nosyslog", "-f", str(rc), "-v"]
+        command += ["--pidfile", str(tmp_path / "fetchmail.pid")]
+        output = run(command, env, ok=(0,))
+    finally:
+        runner.stop()
+    assert "mismatch" not in output
+    assert message_ids(inbox) == ["<0@pop3.test>"]

@@ -190,4 +190,5 @@ def test_the_issue_jobs_are_scheduled_by_default(runner):
         "trial-lifecycle": "0 * * * *",
         "outbound-cleanup": "15 * * * *",
         "sieve-vacation-window": "5 * * * *",
+        "daily-stats": "55 * * * *",
     }

@@ -14,7 +14,13 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from provider.errors import InvalidInput
-from provider.models import JobRun, OutboundMessage, OutboundRecipient, RecipientState
+from provider.models import (
+    JobRun,
+    OutboundMessage,
+    OutboundRecipient,
+    RecipientState,
+    SieveDuplicate,
+)
 from provider.models.sending import SendingCount
 from provider.services import clock, outbound, sending
 from tests.conftest import make_mailbox
@@ -212,6 +218,16 @@ def test_the_job_runs_from_the_cli_and_its_record_counts_each_part(
     path = outbound.write_spool(orphan, CONTENT)
     two_hours_ago = (NOW - timedelta(hours=2)).timestamp()
     os.utime(path, (two_hours_ago, two_hours_ago))
+    # Sieve duplicate IDs: one whose period is over, one still tracked.
+    session.add_all(
+        [
+            SieveDuplicate(mailbox_id=mailbox.id, key="a" * 64, expires_at=days_ago(1)),
+            SieveDuplicate(
+                mailbox_id=mailbox.id, key="b" * 64, expires_at=NOW + timedelta(hours=1)
+            ),
+        ]
+    )
+    session.commit()
 
     result = runner.invoke(
         args=["jobs", "run", "outbound-cleanup", "--now", NOW.isoformat(), "--json"]
@@ -223,6 +239,7 @@ def test_the_job_runs_from_the_cli_and_its_record_counts_each_part(
         "sending_counts_deleted": 1,
         "spool_files_removed": 2,
         "vacation_responses_deleted": 0,
+        "sieve_duplicates_deleted": 1,
         "keep_days": 30,
     }
     assert queue_ids(session) == {kept, leftover}

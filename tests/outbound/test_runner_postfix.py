@@ -169,3 +169,38 @@ def test_local_recipients_are_delivered_into_their_mailboxes(app, session, sende
     [notice] = inbox(SENDER)
     assert "nobody@example.test" in notice.as_string()
     assert "550 5.1.1" in notice.as_string()
+
+
+def test_a_sieve_redirect_reaches_a_remote_address_at_postfix(
+    app, runner, session, postfix, queue_runner, tmp_path
+):
+    """Issue 13: a rule forwards mail that came in over LMTP to a remote address; it leaves
+    through the queue, from the mailbox's own address (the documented SPF-safe envelope, no
+    SRS), with the original message intact."""
+    from provider.protocols.server import ProtocolRunner
+    from tests.protocols.test_sieve_actions import lmtp
+    from tests.protocols.test_sieve_delivery import put
+
+    make_mailbox(session, "alice@example.test")
+    put(runner, 'redirect "dave@example.net";\n', address="alice@example.test")
+    lmtp_runner = ProtocolRunner(app, ["lmtp"])
+    [bound] = lmtp_runner.start()
+    try:
+        with DnsZone(tmp_path / "dns") as zone:
+            zone.mx("example.net", "mx.example.net", 10)
+            zone.a("mx.example.net", postfix.host)
+            zone.reload()
+            app.config.update(DNS_RESOLVER=zone.resolver, OUTBOUND_MX_PORT=postfix.port)
+            original = message("forwarded by a rule", "alice@example.test")
+            reply = lmtp((bound.host, bound.port), "alice@example.test", original, "b@far.test")
+            assert reply[0] == 250, reply
+            queue_runner.run_until_idle()
+            raw = arrived(postfix, "forwarded by a rule")
+    finally:
+        lmtp_runner.stop()
+    received = email.message_from_bytes(raw, policy=default)
+    assert received["Return-Path"] == "<alice@example.test>"
+    assert received["Delivered-To"] == "dave@example.net"
+    assert received["From"] == f"Alice <{SENDER}>" and received["To"] == "alice@example.test"
+    assert "Grüße, this is forwarded by a rule." in received.get_content()
+    assert inbox("alice@example.test") == []  # redirect without :copy keeps nothing

@@ -687,3 +687,22 @@ def test_cli_domain_set_postmaster_routes_postmaster_mail(session, runner, liste
     assert len(inbox("noc@example.test")) == 1
     reset = runner.invoke(args=["domain", "set", "example.test", "--postmaster", "", "--json"])
     assert json.loads(reset.output)["postmaster"] == []
+
+
+def test_deliveries_are_counted_per_day_for_the_dashboard(app, session, listeners):
+    """Each recipient delivered counts once (the dashboard's "delivered per day")."""
+    from provider.models import DailyStat
+    from provider.services import clock, daily_stats
+
+    make_mailbox(session, "alice@example.test")
+    make_mailbox(session, "bob@example.test")
+    with smtplib.SMTP(*listeners.smtp) as client:
+        client.sendmail("s@outside.test", ["alice@example.test", "bob@example.test"], message())
+        client.sendmail("s@outside.test", ["alice@example.test"], message())
+        refused = client.sendmail(
+            "s@outside.test", ["alice@example.test", "nobody@example.test"], message()
+        )
+        assert list(refused) == ["nobody@example.test"]
+    daily_stats.flush()
+    session.expire_all()
+    assert session.get(DailyStat, clock.now().date()).deliveries == 4

@@ -7,6 +7,7 @@ import os
 import smtplib
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from provider.mailstore import Maildir
 from provider.models import Mailbox, OutboundRecipient
 from provider.protocols.outbound.runner import QueueRunner
 from provider.protocols.server import ProtocolRunner
-from provider.services import outbound, sieve_scripts
+from provider.services import clock, outbound, sieve_scripts
 from provider.services.storage import mail_store
 from tests.conftest import MAILBOX_PASSWORD, make_mailbox
 from tests.protocols.conftest import RawClient
@@ -338,3 +339,119 @@ def test_an_active_link_leading_out_of_the_home_is_not_followed(session, servers
     assert lmtp(servers["lmtp"], [ALICE], message("not discarded"))[0][0] == 250
     assert len(folder_messages("INBOX")) == 1
     assert "leads outside the mailbox's home" in error_log()
+
+
+DUPLICATE_RULES = """require ["duplicate", "fileinto", "mailbox"];
+if duplicate { fileinto :create "Dupes"; }
+"""
+
+
+def test_duplicate_files_the_second_copy_of_a_message_id_and_survives_a_restart(
+    app: Flask, runner, session, servers
+):
+    make_mailbox(session, ALICE)
+    put(runner, DUPLICATE_RULES)
+    first = message("twice")
+    assert lmtp(servers["lmtp"], [ALICE], first)[0][0] == 250
+    assert len(folder_messages("INBOX")) == 1
+    assert "Dupes" not in [info.name for info in mail_store().open(ALICE).folders()]
+    # The tracked ID is in the database: a second server (a restart) knows it too.
+    second = ProtocolRunner(app, ["lmtp"])
+    bound = {b.name: (b.host, b.port) for b in second.start()}
+    try:
+        assert lmtp(bound["lmtp"], [ALICE], first)[0][0] == 250
+    finally:
+        second.stop()
+    assert len(folder_messages("INBOX")) == 1
+    assert len(folder_messages("Dupes")) == 1
+    # Another Message-ID is not a duplicate.
+    assert lmtp(servers["lmtp"], [ALICE], message("once"))[0][0] == 250
+    assert len(folder_messages("INBOX")) == 2
+
+
+def test_duplicate_tracks_only_delivered_messages(runner, session, servers):
+    """A rejected delivery leaves no ID behind: the retry is not taken for a duplicate."""
+    make_mailbox(session, ALICE)
+    put(
+        runner,
+        'require ["duplicate", "fileinto", "reject", "mailbox"];\n'
+        'if duplicate { fileinto :create "Dupes"; stop; }\n'
+        'if header :contains "subject" "refuse" { reject "not now"; }\n',
+    )
+    refused = message("refuse me")
+    assert lmtp(servers["lmtp"], [ALICE], refused)[0][0] == 550
+    put(runner, DUPLICATE_RULES)
+    assert lmtp(servers["lmtp"], [ALICE], refused)[0][0] == 250
+    assert len(folder_messages("INBOX")) == 1
+    assert lmtp(servers["lmtp"], [ALICE], refused)[0][0] == 250
+    assert len(folder_messages("Dupes")) == 1
+
+
+def test_duplicate_period_runs_from_the_first_sighting_or_with_last_from_the_latest(
+    runner, session, servers
+):
+    make_mailbox(session, ALICE)
+    put(
+        runner,
+        'require ["duplicate", "fileinto", "mailbox"];\n'
+        'if duplicate :seconds 3600 { fileinto :create "First"; }\n'
+        'if duplicate :seconds 3600 :last :handle "l" { fileinto :create "Last"; }\n',
+    )
+    start = clock.now()
+    try:
+        for minutes in (0, 40, 80):
+            clock.set_now(start + timedelta(minutes=minutes))
+            assert lmtp(servers["lmtp"], [ALICE], message("again"))[0][0] == 250
+    finally:
+        clock.set_now(None)
+    # 40 min: a duplicate for both. 80 min: the first sighting's hour is over (a new first
+    # sighting), but :last restarted its hour at 40 min.
+    assert len(folder_messages("First")) == 1
+    assert len(folder_messages("Last")) == 2
+
+
+def test_include_personal_and_global_scripts_and_follow_their_changes(
+    app: Flask, runner, session, servers, tmp_path: Path
+):
+    """Included scripts are read from ~/sieve and SIEVE_GLOBAL_DIR; a change to an included
+    script (not to the active one) is seen by the next delivery; one removed meanwhile keeps
+    the message in INBOX and tells the owner."""
+    global_dir = tmp_path / "global"
+    global_dir.mkdir()
+    (global_dir / "spam.sieve").write_text(
+        'require ["fileinto", "mailbox"];\n'
+        'if header :contains "X-Spam" "yes" { fileinto :create "Junk"; stop; }\n'
+    )
+    app.config["SIEVE_GLOBAL_DIR"] = str(global_dir)
+    make_mailbox(session, ALICE)
+    put(runner, 'require ["fileinto", "mailbox"];\nfileinto :create "Lists";\n', name="lists")
+    put(runner, 'require "include";\ninclude :global "spam";\ninclude "lists";\n', name="main")
+    assert lmtp(servers["lmtp"], [ALICE], message("spammy", "X-Spam: yes\r\n"))[0][0] == 250
+    assert lmtp(servers["lmtp"], [ALICE], message("news"))[0][0] == 250
+    assert len(folder_messages("Junk")) == 1 and len(folder_messages("Lists")) == 1
+
+    lists = sieve_scripts.home_of(mail_store(), ALICE) / "sieve" / "lists.sieve"
+    result = runner.invoke(args=["sieve", "put", ALICE, "lists", "-"], input=b"keep;\n")
+    assert result.exit_code == 0, result.output
+    assert lmtp(servers["lmtp"], [ALICE], message("news two"))[0][0] == 250
+    assert len(folder_messages("Lists")) == 1 and len(folder_messages("INBOX")) == 1
+
+    lists.unlink()
+    assert lmtp(servers["lmtp"], [ALICE], message("news three"))[0][0] == 250
+    assert len(folder_messages("INBOX")) == 2
+    assert "included personal script 'lists' does not exist" in error_log()
+
+
+def test_the_include_loader_follows_no_links_and_refuses_bad_names(tmp_path: Path):
+    home = tmp_path / "home"
+    (home / "sieve").mkdir(parents=True)
+    secret = tmp_path / "secret.sieve"
+    secret.write_text('redirect "thief@outside.test";\n')
+    (home / "sieve" / "link.sieve").symlink_to(secret)
+    (home / "sieve" / "ok.sieve").write_text("keep;\n")
+    loader = sieve_scripts.ScriptLoader(home, None)
+    assert loader("personal", "ok") == b"keep;\n"
+    assert loader("personal", "link") is None
+    assert loader("personal", "../secret") is None
+    assert loader("personal", ".hidden") is None
+    assert loader("global", "ok") is None  # no global directory: nothing global exists

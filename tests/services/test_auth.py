@@ -205,3 +205,17 @@ def test_remembered_passwords_are_bounded_and_hold_no_password():
     assert not remembered.matches("stored0", "a passphrase")
     assert remembered.matches("stored2", "a passphrase")
     assert all(b"a passphrase" not in digest for _, digest in remembered._entries.values())
+
+
+def test_nul_in_a_login_name_is_nobody_on_every_database(session):
+    """PostgreSQL refuses to compare text with NUL: the lookup must not even be tried (POP3
+    USER, submission AUTH and the panels reach this with whatever bytes a client sends)."""
+    from provider.services.auth import authenticate_admin, authenticate_mailbox
+    from tests.conftest import MAILBOX_PASSWORD, make_admin, make_mailbox
+
+    make_mailbox(session, "alice@example.test")
+    make_admin(session)
+    assert authenticate_mailbox(session, "alice@example.test\0", MAILBOX_PASSWORD) is None
+    assert authenticate_mailbox(session, "\0", "x") is None
+    assert authenticate_admin(session, "root@example.com\0x", "x") is None
+    assert authenticate_mailbox(session, "alice@example.test", MAILBOX_PASSWORD) is not None

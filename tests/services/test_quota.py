@@ -244,3 +244,29 @@ def test_a_dead_writer_not_yet_reaped_is_settled(app, session):
     assert quota.settle_interrupted(app) == 1
     child.wait()
     assert used(session, mailbox.id) == 0
+
+
+def test_sizes_are_written_one_way_on_the_web_and_in_the_cli() -> None:
+    from provider.commands import _size
+    from provider.services.quota import format_size
+    from provider.web.admin.filters import human_size
+
+    cases = {
+        0: "0 bytes",
+        1: "1 byte",
+        1023: "1023 bytes",
+        1024: "1 KB",
+        9155: "8.94 KB",
+        8 * 1024**3: "8 GB",
+        int(12.5 * 1024**2): "12.5 MB",
+        5 * 1024**5: "5 PB",
+    }
+    for nbytes, text in cases.items():
+        assert format_size(nbytes) == human_size(nbytes) == _size(nbytes) == text
+
+
+def test_the_cli_counts_in_words_that_agree() -> None:
+    from provider.commands import _count
+
+    assert _count(1, "message") == "1 message"
+    assert _count(0, "message") == "0 messages" and _count(2, "message") == "2 messages"

@@ -163,12 +163,30 @@ def test_include_globals_once_optional_return() -> None:
     ]
 
 
-def test_include_needs_a_loader_and_a_missing_script_is_named() -> None:
-    assert "include" not in EXTENSIONS  # not advertised until storage passes a loader
-    with pytest.raises(SieveParseError, match="unsupported extension 'include'"):
-        compile_script('require "include";\ninclude "x";')
+def test_a_missing_included_script_is_an_error_except_at_upload() -> None:
+    assert "include" in EXTENSIONS
+    with pytest.raises(SieveParseError, match="script 'x' does not exist"):
+        compile_script('require "include";\ninclude "x";')  # no loader: nothing exists
     with pytest.raises(SieveParseError, match="script 'nowhere' does not exist"):
         compile_script('require "include";\ninclude "nowhere";', loader_of({}))
+    # Uploaded (not active yet): a warning, and at run time an error that keeps the message.
+    source = 'require ["include", "fileinto"];\nfileinto "before";\ninclude "later";\n'
+    script = compile_script(source, loader_of({}), uploaded=True)
+    assert script.warnings == [
+        "line 3: warning: included personal script 'later' does not exist (ignored during upload)"
+    ]
+    result = run(script, MESSAGE, ENVELOPE)
+    assert result.error is not None and "'later' does not exist" in str(result.error)
+    assert result.implicit_keep
+    optional = 'require "include";\ninclude :optional "later";\n'
+    assert compile_script(optional, loader_of({}), uploaded=True).warnings == []
+
+
+def test_all_extensions_cover_the_included_scripts() -> None:
+    scripts = {"personal/sort": 'require "fileinto";\nfileinto "x";'}
+    script = compile_script('require "include";\ninclude "sort";', loader_of(scripts))
+    assert script.extensions == {"include"}
+    assert script.all_extensions == {"include", "fileinto"}
 
 
 def test_include_loops_depth_and_bad_included_scripts_are_compile_errors() -> None:
@@ -202,10 +220,10 @@ def test_include_shares_the_budget() -> None:
 
 
 def test_duplicate_asks_the_store() -> None:
-    calls: list[tuple[str, str, int]] = []
+    calls: list[tuple[str, str, int, bool]] = []
 
-    def seen(handle: str, value: str, seconds: int) -> bool:
-        calls.append((handle, value, seconds))
+    def seen(handle: str, value: str, seconds: int, last: bool) -> bool:
+        calls.append((handle, value, seconds, last))
         return value == "<m1@example.com>"
 
     script = (
@@ -219,8 +237,8 @@ def test_duplicate_asks_the_store() -> None:
     got = actions(script, Context(seen=seen))
     assert got == ["store dup", "store long", "implicit-keep none"]
     assert calls == [
-        ("", "<m1@example.com>", 12 * 3600),
-        ("h", "hi", 60),
-        ("", "<m1@example.com>", 2 * 86400),
+        ("", "<m1@example.com>", 12 * 3600, False),
+        ("h", "hi", 60, False),
+        ("", "<m1@example.com>", 2 * 86400, True),
     ]
     assert actions(script) == ["implicit-keep store INBOX"]

@@ -79,6 +79,8 @@ def world(app: Flask, session: Session) -> dict[str, Any]:
         "uid": 1,
         "filename": "css/app.css",
         "index": 0,  # a rule of the Sieve rule editor
+        "name": "quota-recount",  # a scheduled job (Run now)
+        "request_id": 1,  # an upgrade request
     }
 
 
@@ -105,6 +107,9 @@ def _check(response: Any, what: str) -> None:
     response.close()  # a file response (static) holds its file open until closed
     assert response.status_code < 500, f"{what}: {response.status_code}\n{body[:500]}"
     if response.status_code >= 400:
+        if response.mimetype == "application/xml":  # autoconfig/autodiscover: XML errors
+            assert body.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<error>'), what
+            return
         assert OUR_PAGE in body, f"{what}: {response.status_code} without our page\n{body[:500]}"
 
 
@@ -212,3 +217,42 @@ def test_too_large_form_is_a_413_page(app: Flask, client: FlaskClient) -> None:
     response = client.post("/admin/login", data={"email": "a" * 5000, "password": "x"})
     assert response.status_code == 413
     assert OUR_PAGE in response.get_data(as_text=True)
+
+
+def test_errors_come_as_json_or_xml_to_clients_that_ask_for_them(app: Flask) -> None:
+    """A client that prefers JSON gets RFC 9457 problem details; the mail clients' XML
+    configuration files (autoconfig, autodiscover) answer errors in XML, not an HTML page."""
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    @app.get("/boom-for-json")
+    def boom() -> str:
+        raise RuntimeError("secret detail")
+
+    client = app.test_client()
+    response = client.get("/no/such/page", headers={"Accept": "application/json"})
+    assert response.status_code == 404
+    assert response.mimetype == "application/problem+json"
+    assert response.get_json() == {
+        "type": "about:blank",
+        "title": "Not found",
+        "status": 404,
+        "detail": "There is nothing at this address. Check the link, or go back.",
+    }
+    # A browser's Accept (HTML first, */* last) still gets the page.
+    browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+    assert OUR_PAGE in client.get("/no/such/page", headers={"Accept": browser}).text
+    for url in (
+        "/mail/config-v1.1.xml?emailaddress=a@unknown.test",
+        "/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=a@unknown.test",
+    ):
+        response = client.get(url)
+        assert response.status_code == 404 and response.mimetype == "application/xml"
+        assert response.text.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<error>')
+        assert "<status>404</status>" in response.text
+    response = client.post(
+        "/autodiscover/autodiscover.xml", data=b"<x/>", headers={"Content-Type": "text/xml"}
+    )
+    assert response.status_code == 400 and response.mimetype == "application/xml"
+    response = client.get("/boom-for-json", headers={"Accept": "application/json"})
+    assert response.status_code == 500 and response.get_json()["status"] == 500
+    assert "secret" not in response.text

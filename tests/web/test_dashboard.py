@@ -73,3 +73,54 @@ def test_dashboard_of_an_empty_platform_shows_zeros(logged_in: FlaskClient):
     assert big_number(html, "domains") == 0
     assert big_number(html, "mailboxes") == 0
     assert "<strong>0 bytes</strong> used of <strong>0 bytes</strong>" in html
+
+
+def test_dashboard_charts_the_last_30_days_from_daily_stats(
+    app, logged_in: FlaskClient, session: Session, runner
+):
+    """Storage, mailboxes and trials from the hourly daily-stats job (today live), deliveries
+    and failed logins counted as they happen; each chart is an SVG drawn by us, with its
+    numbers in a table."""
+    from datetime import timedelta
+
+    from provider.models import DailyStat
+    from provider.services import auth, clock, daily_stats
+
+    make_domain(session)
+    make_mailbox(session, "a@example.test", quota_gb=10)
+    today = clock.now().date()
+    session.add(
+        DailyStat(day=today - timedelta(days=3), mailboxes=0, trials=0, used_bytes=0, deliveries=7)
+    )
+    session.commit()
+    result = runner.invoke(args=["jobs", "run", "daily-stats", "--json"])
+    assert result.exit_code == 0, result.output
+    row = session.get(DailyStat, today)
+    session.refresh(row)
+    assert (row.mailboxes, row.trials) == (1, 0)
+    assert auth.authenticate_mailbox(session, "a@example.test", "wrong password") is None
+    assert auth.authenticate_mailbox(session, "nobody@example.test", "x") is None
+    daily_stats.count("deliveries", 3)
+
+    page = text_of(logged_in.get("/admin/"))
+    assert 'id="charts"' in page
+    for key in ("storage", "mailboxes", "trials", "deliveries", "failed-logins"):
+        assert f'aria-labelledby="chart-{key}-title" id="chart-{key}">' in page
+    deliveries = re.search(r'data-key="deliveries">(.*?)</figure>', page, re.S).group(1)
+    assert '<strong class="chart-latest">3</strong>' in deliveries
+    assert f'<td>{(today - timedelta(days=3)).isoformat()}</td><td class="num">7</td>' in deliveries
+    assert deliveries.count('<rect class="chart-bar"') == 2
+    failed = re.search(r'data-key="failed-logins">(.*?)</figure>', page, re.S).group(1)
+    assert '<strong class="chart-latest">2</strong>' in failed
+    mailboxes = re.search(r'data-key="mailboxes">(.*?)</figure>', page, re.S).group(1)
+    assert '<polyline class="chart-line"' in mailboxes or '<circle class="chart-dot"' in mailboxes
+    assert "<script" not in page
+
+
+def test_domain_admins_see_no_installation_charts(app, client: FlaskClient, session: Session):
+    from tests.conftest import login, make_admin
+
+    domain = make_domain(session)
+    make_admin(session, "dom@example.test", superadmin=False, domains=[domain])
+    assert login(client, "dom@example.test").status_code == 302
+    assert 'id="charts"' not in text_of(client.get("/admin/"))

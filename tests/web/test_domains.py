@@ -75,6 +75,31 @@ def test_signup_toggle_opens_and_closes(logged_in: FlaskClient, session: Session
     assert session.get(Domain, domain_id).signup_enabled is False
 
 
+def test_closing_signup_asks_first_and_a_repeated_post_changes_nothing(
+    logged_in: FlaskClient, session: Session
+):
+    domain = make_domain(session, "open.test", signup_enabled=True)
+    domain_id = domain.id
+    listing = text_of(logged_in.get("/admin/domains"))
+    assert f'href="/admin/domains/{domain_id}/signup">Close signup</a>' in listing
+    confirm = text_of(logged_in.get(f"/admin/domains/{domain_id}/signup"))
+    assert "Close public signup for open.test?" in confirm
+    assert 'name="signup" value="closed"' in confirm
+    session.expire_all()
+    assert session.get(Domain, domain_id).signup_enabled is True  # asking changed nothing
+    for _ in range(2):  # a double click, a reload that posts again
+        response = logged_in.post(f"/admin/domains/{domain_id}/signup", data={"signup": "closed"})
+        assert response.status_code == 302
+        session.expire_all()
+        assert session.get(Domain, domain_id).signup_enabled is False
+    assert (
+        logged_in.post(f"/admin/domains/{domain_id}/signup", data={"signup": "x"}).status_code
+        == 400
+    )
+    confirm = text_of(logged_in.get(f"/admin/domains/{domain_id}/signup"))
+    assert 'name="signup" value="open"' in confirm
+
+
 def test_domain_delete_asks_for_confirmation_then_deletes(logged_in: FlaskClient, session: Session):
     domain = make_domain(session, "gone.test")
     confirm = logged_in.get(f"/admin/domains/{domain.id}/delete/confirm")

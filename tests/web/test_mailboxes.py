@@ -578,3 +578,14 @@ def test_cli_contact_email_goes_through_the_same_parser(runner, session: Session
     assert result.exit_code == 1, result.output
     assert "not a valid e-mail address" in result.output
     assert count(session, Mailbox) == 0
+
+
+def test_an_empty_list_says_so_once_and_one_mailbox_is_not_plural(
+    logged_in: FlaskClient, session: Session
+) -> None:
+    make_domain(session)
+    page = text_of(logged_in.get("/admin/mailboxes"))
+    assert "No mailboxes yet." in page and 'class="pagination"' not in page
+    make_mailbox(session, "one@example.test")
+    page = text_of(logged_in.get("/admin/mailboxes"))
+    assert '<span class="count">1 mailbox</span>' in page

@@ -354,3 +354,33 @@ def test_an_address_no_longer_the_mailboxs_is_shown_and_refused(
     assert response.status_code == 400
     assert "not an address of this mailbox" in text_of(response)
     assert '"old@example.test"' in active_source(alice)  # the saved rule is unchanged
+
+
+def test_a_rule_with_many_conditions_is_edited_without_losing_any(
+    owner: FlaskClient, alice: Mailbox
+) -> None:
+    """The form offers a row per condition a rule may have (the rest behind "More
+    conditions"): a fifth condition can be added, and editing another field keeps all five."""
+    page = text_of(owner.get("/account/rules/new"))
+    assert 'id="more-conditions"' in page and 'id="condition-2"' in page
+    extra = {f"c{i}_kind": "subject" for i in range(1, 5)}
+    extra.update({f"c{i}_value": f"word{i}" for i in range(1, 5)})
+    assert add_rule(owner, match="any", **extra).status_code == 302
+    [rule] = sieve_rules.from_sieve(active_source(alice)).rules
+    assert [c.value for c in rule.conditions] == [
+        "lists.example",
+        "word1",
+        "word2",
+        "word3",
+        "word4",
+    ]
+    page = text_of(owner.get("/account/rules/0"))
+    assert 'value="word4"' in page
+    # Every filled row is shown open, with one empty row after them.
+    assert page.index('id="condition-5"') < page.index('id="more-conditions"')
+    data = {"version": version(page), "name": "Renamed", "match": "any", "enabled": "y"}
+    data.update({"move": "y", "folder": "Lists", "create": "y"})
+    data.update({"c0_kind": "from", "c0_value": "lists.example", **extra})
+    assert owner.post("/account/rules/0", data=data).status_code == 302
+    [rule] = sieve_rules.from_sieve(active_source(alice)).rules
+    assert rule.name == "Renamed" and len(rule.conditions) == 5

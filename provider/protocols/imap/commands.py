@@ -19,9 +19,11 @@ from provider.extensions import db
 from provider.mailstore import (
     Folder,
     FolderInfo,
+    FolderNotFound,
     IncomingMessage,
     MailboxMissing,
     Maildir,
+    MailstoreBusy,
     MessageInfo,
     MessageNotFound,
     StorageFull,
@@ -34,9 +36,12 @@ from provider.mailstore.message import ParsedMessage, section_bytes, shared_cach
 from provider.mailstore.names import decode_mutf7
 from provider.models import Mailbox
 from provider.protocols.imap import fetch as fetching
+from provider.protocols.imap.compress import deflate_active, start_deflate
 from provider.protocols.imap.parser import (
     Atom,
     Command,
+    Literal8,
+    LiteralArg,
     ProtocolError,
     Value,
     as_text,
@@ -45,8 +50,32 @@ from provider.protocols.imap.parser import (
     format_sequence_set,
     parse_sequence_set,
 )
-from provider.protocols.imap.search import Candidate, parse_search
+from provider.protocols.imap.search import (
+    Candidate,
+    Predicate,
+    esearch_line,
+    parse_search,
+    return_options,
+    saved_part,
+    saves_result,
+    search_charset,
+)
 from provider.protocols.imap.selected import SYSTEM_FLAGS, SelectedView
+from provider.protocols.imap.sort import (
+    SortMessage,
+    esort_line,
+    needs_content,
+    parse_sort_criteria,
+    sort_message,
+    sort_messages,
+)
+from provider.protocols.imap.thread import ALGORITHMS as THREAD_ALGORITHMS
+from provider.protocols.imap.thread import (
+    format_threads,
+    ordered_subject_threads,
+    references_threads,
+)
+from provider.protocols.imap.wakeups import watch_folder
 from provider.services import quota
 from provider.services.storage import mail_store
 
@@ -64,7 +93,16 @@ DISK_FULL = "NO [OVERQUOTA] Not enough disk space"
 SUBSCRIPTIONS_FILE = "subscriptions"
 LIST_SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
 LIST_RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE"})
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ")
+# SIZE: RFC 8438 (STATUS=SIZE), the sum of the messages' RFC822.SIZE.
+STATUS_ITEMS = (
+    "MESSAGES",
+    "RECENT",
+    "UIDNEXT",
+    "UIDVALIDITY",
+    "UNSEEN",
+    "HIGHESTMODSEQ",
+    "SIZE",
+)
 STORE_MODES: dict[str, Literal["replace", "add", "remove"]] = {
     "FLAGS": "replace",
     "+FLAGS": "add",
@@ -118,17 +156,17 @@ def mod_sequence(value: Value) -> int:
     return number
 
 
-def wire_name(value: Value, *, creating: bool = False) -> str:
-    """A mailbox argument (modified UTF-7 on the wire) as a folder name. A name that is not
-    modified UTF-7 in canonical form (RFC 3501 §5.1.3) is refused: taking the text as it came
-    would store a name that LIST then shows differently. A new name (CREATE, RENAME's target)
-    gets BAD; a name that must already exist gets NO [NONEXISTENT], as Dovecot answers it
-    ("Mailbox name is not valid mUTF-7"): no such folder can exist."""
-    text = as_text(value)
+def wire_name(value: Value, *, creating: bool = False, utf8: bool = False) -> str:
+    """A mailbox argument as a folder name: modified UTF-7 on the wire, or UTF-8 once the
+    client enabled UTF8=ACCEPT (RFC 6855 §3). A name that is not modified UTF-7 in canonical
+    form (RFC 3501 §5.1.3) is refused: taking the text as it came would store a name that LIST
+    then shows differently. A new name (CREATE, RENAME's target) gets BAD; a name that must
+    already exist gets NO [NONEXISTENT], as Dovecot answers it ("Mailbox name is not valid
+    mUTF-7"): no such folder can exist. Octets that are not UTF-8 are BAD either way."""
     try:
-        name = decoded_name(text)
+        name = utf8_name(value) if utf8 else decoded_name(as_text(value))
     except ProtocolError as error:
-        if creating:
+        if creating or isinstance(error, NotUtf8):
             raise
         raise NotFound(str(error)) from None
     return "INBOX" if name.upper() == "INBOX" else name
@@ -140,6 +178,30 @@ def decoded_name(text: str) -> str:
         return decode_mutf7(text)
     except ValueError as error:
         raise ProtocolError(f"Mailbox name is not valid modified UTF-7: {error}") from None
+
+
+class NotUtf8(ProtocolError):
+    """Octets with the high bit set that are not UTF-8 (RFC 6855 §3: always BAD)."""
+
+
+# RFC 6855 §3: no controls (C0, DEL, C1), no line or paragraph separator in a mailbox name.
+_NOT_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def utf8_name(value: Value) -> str:
+    """A mailbox name (or LIST pattern) sent as UTF-8 after ENABLE UTF8=ACCEPT."""
+    if isinstance(value, list):
+        raise ProtocolError("expected a mailbox name, got a list")
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NotUtf8("Mailbox name is not valid UTF-8") from None
+    else:
+        text = str(value)
+    if _NOT_IN_NAMES.search(text):
+        raise ProtocolError("Mailbox name holds a control character")
+    return text
 
 
 class KeywordLimit(ProviderError):
@@ -215,10 +277,11 @@ def _ancestors(name: str) -> list[str]:
     return ["/".join(parts[:n]) for n in range(1, len(parts))]
 
 
-def _list_line(verb: str, attributes: list[str], name: str, extra: bytes = b"") -> bytes:
-    return (
-        f'* {verb} ({" ".join(attributes)}) "/" '.encode() + encode_mailbox(name) + extra + b"\r\n"
-    )
+def _list_line(
+    verb: str, attributes: list[str], name: str, extra: bytes = b"", utf8: bool = False
+) -> bytes:
+    head = f'* {verb} ({" ".join(attributes)}) "/" '.encode()
+    return head + encode_mailbox(name, utf8=utf8) + extra + b"\r\n"
 
 
 def lsub_lines(
@@ -226,18 +289,52 @@ def lsub_lines(
     subs: set[str],
     regexes: list[re.Pattern[str]],
     percent_last: list[bool],
+    utf8: bool = False,
 ) -> list[bytes]:
     """LSUB (RFC 3501 §6.3.9): the subscribed names that match; with a trailing `%`, also a
     level above a subscribed name that is not itself subscribed, flagged \\Noselect."""
     ordered = [n for n in folders if n in subs] + sorted(subs - folders.keys())
-    out = [_list_line("LSUB", [], name) for name in ordered if _matches(regexes, name)]
+    out = [_list_line("LSUB", [], name, utf8=utf8) for name in ordered if _matches(regexes, name)]
     if any(percent_last):
         trailing = [r for r, last in zip(regexes, percent_last, strict=True) if last]
         parents = {a for name in subs for a in _ancestors(name) if a not in subs}
         for name in sorted(parents):
             if _matches(trailing, name):
-                out.append(_list_line("LSUB", ["\\Noselect"], name))
+                out.append(_list_line("LSUB", ["\\Noselect"], name, utf8=utf8))
     return out
+
+
+def status_items(value: Value) -> list[str]:
+    """STATUS's parenthesised item list (STATUS, LIST RETURN (STATUS …)), upper-cased."""
+    if not isinstance(value, list) or not value:
+        raise ProtocolError("STATUS takes a parenthesised list of items")
+    items = [as_text(v).upper() for v in value]
+    if any(i not in STATUS_ITEMS for i in items):
+        raise ProtocolError("unknown STATUS item")
+    return items
+
+
+def list_return_options(value: Value) -> tuple[set[str], list[str] | None]:
+    """LIST's RETURN options (RFC 5258 §3.2) and the STATUS items of a `STATUS (…)` option
+    (RFC 5819), or None without one."""
+    if not isinstance(value, list):
+        raise ProtocolError("RETURN takes a list of options")
+    returns: set[str] = set()
+    status: list[str] | None = None
+    position = 0
+    while position < len(value):
+        option = as_text(value[position]).upper()
+        position += 1
+        if option == "STATUS":
+            if status is not None or position >= len(value):
+                raise ProtocolError("RETURN STATUS takes one list of items")
+            status = status_items(value[position])
+            position += 1
+        elif option in LIST_RETURN_OPTIONS:
+            returns.add(option)
+        else:
+            raise ProtocolError("unknown LIST return option")
+    return returns, status
 
 
 def list_lines(
@@ -246,8 +343,12 @@ def list_lines(
     regexes: list[re.Pattern[str]],
     selection: set[str],
     returns: set[str],
+    status: Callable[[str], bytes | None] | None = None,
+    utf8: bool = False,
 ) -> list[bytes]:
-    """LIST with LIST-EXTENDED (RFC 5258) and SPECIAL-USE (RFC 6154) options."""
+    """LIST with LIST-EXTENDED (RFC 5258) and SPECIAL-USE (RFC 6154) options; with `status`
+    (LIST-STATUS, RFC 5819) each chosen mailbox's LIST line is followed by its STATUS line, or
+    marked \\Noselect when the status cannot be had (the folder went away meanwhile)."""
     by_subscription = "SUBSCRIBED" in selection
     special_only = "SPECIAL-USE" in selection
     recursive = "RECURSIVEMATCH" in selection
@@ -288,10 +389,17 @@ def list_lines(
             attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
             if info.special_use:
                 attributes.append(info.special_use)
+        status_line = None
+        if status is not None and info is not None and chosen(name):
+            status_line = status(name)
+            if status_line is None:
+                attributes.append("\\Noselect")
         if show_subscribed and name in subs:
             attributes.append("\\Subscribed")
         extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if child_info else b""
-        out.append(_list_line("LIST", attributes, name, extra))
+        out.append(_list_line("LIST", attributes, name, extra, utf8))
+        if status_line is not None:
+            out.append(status_line)
     return out
 
 
@@ -382,7 +490,8 @@ class Commands:
                 raise ProtocolError("unknown SELECT parameter")
             self.condstore = True
         self.selected = None
-        name = wire_name(command.args[0])
+        self.saved_result = frozenset()
+        name = wire_name(command.args[0], utf8=self.utf8)
         condstore = self.condstore
 
         def open_view() -> SelectedView:
@@ -418,14 +527,18 @@ class Commands:
 
     @answers_disk_full
     async def do_create(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0], creating=True).rstrip("/") if command.args else ""
+        name = (
+            wire_name(command.args[0], creating=True, utf8=self.utf8).rstrip("/")
+            if command.args
+            else ""
+        )
         if not name:
             raise ProtocolError("CREATE takes a mailbox name")
         await self.blocking(lambda: self._maildir().create_folder(name))
         return "OK CREATE completed"
 
     async def do_delete(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0])
+        name = wire_name(command.args[0], utf8=self.utf8)
 
         def delete() -> None:
             self._release(self._maildir().delete_folder(name))
@@ -435,17 +548,20 @@ class Commands:
 
     @answers_disk_full
     async def do_rename(self: ImapSession, command: Command) -> str:
-        old, new = wire_name(command.args[0]), wire_name(command.args[1], creating=True)
+        old, new = (
+            wire_name(command.args[0], utf8=self.utf8),
+            wire_name(command.args[1], creating=True, utf8=self.utf8),
+        )
         await self.blocking(lambda: self._maildir().rename_folder(old, new))
         return "OK RENAME completed"
 
     async def do_subscribe(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0])
+        name = wire_name(command.args[0], utf8=self.utf8)
         await self.blocking(self._set_subscription, name, True)
         return "OK SUBSCRIBE completed"
 
     async def do_unsubscribe(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0])
+        name = wire_name(command.args[0], utf8=self.utf8)
         await self.blocking(self._set_subscription, name, False)
         return "OK UNSUBSCRIBE completed"
 
@@ -464,21 +580,25 @@ class Commands:
         reference = as_text(args[0])
         patterns = args[1] if isinstance(args[1], list) and not lsub else [args[1]]
         returns: set[str] = set()
+        status: list[str] | None = None
         rest = args[2:]
         if rest:
             if lsub or len(rest) != 2 or as_text(rest[0]).upper() != "RETURN":
                 raise ProtocolError("unexpected arguments after the LIST pattern")
-            if not isinstance(rest[1], list):
-                raise ProtocolError("RETURN takes a list of options")
-            returns = {as_text(v).upper() for v in rest[1]}
-            if returns - LIST_RETURN_OPTIONS:
-                raise ProtocolError("unknown LIST return option")
+            returns, status = list_return_options(rest[1])
+        if status is not None and "HIGHESTMODSEQ" in status:
+            await self.enable_condstore()
         verb = "LSUB" if lsub else "LIST"
         texts = [as_text(p) for p in patterns]
         if not lsub and texts == [""]:
             return await self._list_root(verb)
 
-        regexes = [pattern_regex(decoded_name(reference), decoded_name(t)) for t in texts]
+        if self.utf8:
+            base = utf8_name(args[0])
+            regexes = [pattern_regex(base, utf8_name(p)) for p in patterns]
+        else:
+            regexes = [pattern_regex(decoded_name(reference), decoded_name(t)) for t in texts]
+        utf8 = self.utf8
 
         def listing() -> list[bytes]:
             maildir = self._maildir()
@@ -487,8 +607,20 @@ class Commands:
             if subs is None:
                 subs = set(folders)
             if lsub:
-                return lsub_lines(folders, subs, regexes, [t.endswith("%") for t in texts])
-            return list_lines(folders, subs, regexes, selection, returns)
+                percent_last = [t.endswith("%") for t in texts]
+                return lsub_lines(folders, subs, regexes, percent_last, utf8)
+            if status is None:
+                return list_lines(folders, subs, regexes, selection, returns, utf8=utf8)
+
+            def status_of(name: str) -> bytes | None:
+                assert status is not None
+                try:
+                    values = self._status_values(maildir, name, status)
+                except (FolderNotFound, MailstoreBusy):
+                    return None
+                return status_line(name, status, values, utf8)
+
+            return list_lines(folders, subs, regexes, selection, returns, status_of, utf8)
 
         await self.send_lines(await self.blocking(listing))
         return f"OK {verb} completed"
@@ -501,60 +633,58 @@ class Commands:
         return await self.do_list(command, lsub=True)
 
     async def do_status(self: ImapSession, command: Command) -> str:
-        if len(command.args) != 2 or not isinstance(command.args[1], list):
+        if len(command.args) != 2:
             raise ProtocolError("STATUS takes a mailbox and a list of items")
-        name = wire_name(command.args[0])
-        items = [as_text(v).upper() for v in command.args[1]]
-        if not items or any(i not in STATUS_ITEMS for i in items):
-            raise ProtocolError("unknown STATUS item")
+        name = wire_name(command.args[0], utf8=self.utf8)
+        items = status_items(command.args[1])
         if "HIGHESTMODSEQ" in items:
             await self.enable_condstore()
-
-        def status() -> dict[str, int]:
-            folder = self._maildir().folder(name)
-            snapshot = folder.snapshot()
-            messages = snapshot.messages or []
-            recent_from = folder.recent_from() if "RECENT" in items else 0
-            return {
-                "MESSAGES": len(messages),
-                "RECENT": sum(m.uid >= recent_from for m in messages),
-                "UIDNEXT": snapshot.uidnext,
-                "UIDVALIDITY": snapshot.uidvalidity,
-                "UNSEEN": sum("\\Seen" not in m.flags for m in messages),
-                "HIGHESTMODSEQ": folder.modseqs().highest if "HIGHESTMODSEQ" in items else 0,
-            }
-
-        values = await self.blocking(status)
-        body = " ".join(f"{item} {values[item]}" for item in items)
-        await self.send(b"* STATUS " + encode_mailbox(name) + f" ({body})\r\n".encode())
+        values = await self.blocking(lambda: self._status_values(self._maildir(), name, items))
+        await self.send(status_line(name, items, values, self.utf8))
         return "OK STATUS completed"
+
+    def _status_values(
+        self: ImapSession, maildir: Maildir, name: str, items: list[str]
+    ) -> dict[str, int]:
+        """The STATUS items of one folder (blocking)."""
+        folder = maildir.folder(name)
+        snapshot = folder.snapshot()
+        messages = snapshot.messages or []
+        recent_from = folder.recent_from() if "RECENT" in items else 0
+        values = {
+            "MESSAGES": len(messages),
+            "UIDNEXT": snapshot.uidnext,
+            "UIDVALIDITY": snapshot.uidvalidity,
+        }
+        if "RECENT" in items:
+            values["RECENT"] = sum(m.uid >= recent_from for m in messages)
+        if "UNSEEN" in items:
+            values["UNSEEN"] = sum("\\Seen" not in m.flags for m in messages)
+        if "HIGHESTMODSEQ" in items:
+            values["HIGHESTMODSEQ"] = folder.modseqs().highest
+        if "SIZE" in items:
+            values["SIZE"] = sum(fetching.rfc822_size(m.basename, None) or m.size for m in messages)
+        return values
 
     @answers_disk_full
     async def do_append(self: ImapSession, command: Command) -> str:
         args = list(command.args)
         if len(args) < 2:
             raise ProtocolError("APPEND takes a mailbox and a message")
-        name = wire_name(args.pop(0))
-        message = args.pop()
-        if not isinstance(message, bytes):
-            raise ProtocolError("the message must be a literal")
-        flags: list[str] = []
-        internal_date: float | None = None
-        zone: int | None = None
-        for extra in args:
-            if isinstance(extra, list):
-                flags = flag_list(extra)
-            else:
-                internal_date, zone = parse_internal_date(as_text(extra))
-        if len(message) > self.append_limit:
-            return "NO [TOOBIG] Message too large"
-        system, keywords = split_flags(flags)
-        incoming = IncomingMessage(message, system, keywords, internal_date, zone)
-        result = await self.blocking(self._store_new, name, [incoming])
+        name = wire_name(args.pop(0), utf8=self.utf8)
+        incoming = []
+        for flags, when, message in append_groups(args):
+            if len(message) > self.append_limit:
+                return "NO [TOOBIG] Message too large"
+            system, keywords = split_flags(flags)
+            internal_date, zone = parse_internal_date(when) if when is not None else (None, None)
+            incoming.append(IncomingMessage(message, system, keywords, internal_date, zone))
+        result = await self.blocking(self._store_new, name, incoming)
         if isinstance(result, str):
             return result
         await self.send_lines(dropped_keywords_notice(result))
-        return f"OK [APPENDUID {result[0].uidvalidity} {result[0].uid}] APPEND completed"
+        uids = format_sequence_set(stored.uid for stored in result)
+        return f"OK [APPENDUID {result[0].uidvalidity} {uids}] APPEND completed"
 
     async def do_namespace(self: ImapSession, command: Command) -> str:
         await self.send('* NAMESPACE (("" "/")) NIL NIL\r\n')
@@ -565,21 +695,37 @@ class Commands:
             raise ProtocolError("ENABLE takes at least one capability")
         enabled = []
         for value in command.args:
-            if as_text(value).upper() == "CONDSTORE" and "CONDSTORE" not in enabled:
+            name = as_text(value).upper()
+            if name == "CONDSTORE" and "CONDSTORE" not in enabled:
                 # Not already on: RFC 5161 lists only what this command enabled.
                 if not self.condstore:
                     enabled.append("CONDSTORE")
                 await self.enable_condstore()
+            elif name == "UTF8=ACCEPT" and not self.utf8 and self.selected is None:
+                # RFC 6855 §3: only in the authenticated state; once on, for the session.
+                self.utf8 = True
+                enabled.append("UTF8=ACCEPT")
         await self.send("".join(f"* ENABLED{''.join(' ' + e for e in enabled)}\r\n"))
         return "OK ENABLE completed"
 
+    async def do_compress(self: ImapSession, command: Command) -> str | None:
+        """COMPRESS DEFLATE (RFC 4978): the tagged OK goes out plain, everything after it
+        (both ways) is deflated."""
+        if len(command.args) != 1 or as_text(command.args[0]).upper() != "DEFLATE":
+            raise ProtocolError("COMPRESS takes one mechanism: DEFLATE")
+        if deflate_active(self.writer):
+            raise ProtocolError("COMPRESS is already active")
+        await self.send(f"{command.tag} OK DEFLATE active\r\n")
+        start_deflate(self.reader, self.writer)
+        return None
+
     async def do_getquotaroot(self: ImapSession, command: Command) -> str:
-        name = wire_name(command.args[0]) if command.args else ""
+        name = wire_name(command.args[0], utf8=self.utf8) if command.args else ""
         await self.blocking(lambda: self._maildir().folder(name))
         used, limit = await self.blocking(self._usage)
         await self.send(
             b"* QUOTAROOT "
-            + encode_mailbox(name)
+            + encode_mailbox(name, utf8=self.utf8)
             + b' ""\r\n'
             + f'* QUOTA "" (STORAGE {used // 1024} {limit // 1024})\r\n'.encode()
         )
@@ -593,12 +739,20 @@ class Commands:
         return "OK GETQUOTA completed"
 
     async def do_idle(self: ImapSession, command: Command) -> str | None:
-        await self.send(b"+ idling\r\n")
-        reading = asyncio.ensure_future(self.read_line(self.idle_timeout))
+        # Woken at once by any process's change to the folder (inotify), else by the poll;
+        # watched from before the "+", and looked at once after it (nothing slips between).
+        changes = watch_folder(self.selected.folder.path if self.selected else None)
+        changes.notify()
+        reading: asyncio.Future[bytes | None] | None = None
         try:
+            await self.send(b"+ idling\r\n")
+            reading = asyncio.ensure_future(self.read_line(self.idle_timeout))
             while True:
-                done, _ = await asyncio.wait({reading}, timeout=self.poll_interval)
-                if done:
+                wake = {reading, changes.waiter()}
+                await asyncio.wait(
+                    wake, timeout=self.poll_interval, return_when=asyncio.FIRST_COMPLETED
+                )
+                if reading.done():
                     line = reading.result()
                     if line is None:
                         return None  # read_line has answered BAD
@@ -609,7 +763,8 @@ class Commands:
                 await self.recheck_account()
                 await self.sync_selected()
         finally:
-            if not reading.done():
+            changes.close()
+            if reading is not None and not reading.done():
                 reading.cancel()
 
     # --- selected state
@@ -652,6 +807,10 @@ class Commands:
         """UIDs of the view a sequence set names (seq numbers or UIDs)."""
         view = self.selected
         assert view is not None
+        if text == "$":
+            # RFC 5182: the saved result, in either numbering; expunged messages drop out.
+            saved = self.saved_result
+            return [uid for uid in view.uids if uid in saved and uid not in view.gone]
         ranges = parse_sequence_set(text)
         uids = view.uids
         largest = (uids[-1] if uids else 0) if by_uid else len(uids)
@@ -693,6 +852,10 @@ class Commands:
             return await self.do_store(inner, by_uid=True)
         if sub == "SEARCH":
             return await self.do_search(inner, by_uid=True)
+        if sub == "SORT":
+            return await self.do_sort(inner, by_uid=True)
+        if sub == "THREAD":
+            return await self.do_thread(inner, by_uid=True)
         if sub == "COPY":
             return await self.do_copy(inner, by_uid=True)
         if sub == "MOVE":
@@ -1012,64 +1175,222 @@ class Commands:
         return f"OK {'UID ' if by_uid else ''}STORE completed"
 
     async def do_search(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        args = list(command.args)
+        saving = saves_result(args)
+        try:
+            result = await self._search(command.tag, args, by_uid)
+        except ProtocolError:
+            raise  # BAD leaves `$` as it was (RFC 9051 §6.4.4.1)
+        except BaseException:
+            if saving:
+                self.saved_result = frozenset()
+            raise
+        if saving and not result.startswith("OK"):
+            self.saved_result = frozenset()  # a NO with SAVE empties `$`
+        return result
+
+    async def _search(self: ImapSession, tag: str, args: list[Value], by_uid: bool) -> str:
+        options, args = return_options(args)
+        args, charset_refusal = search_charset(args, self.utf8)
+        if charset_refusal is not None:
+            return charset_refusal
         view = self.selected
         assert view is not None
-        args = list(command.args)
-        if args and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
-            if len(args) < 2:
-                raise ProtocolError("CHARSET needs a name")
-            charset = as_text(args[1]).upper()
-            if charset not in ("UTF-8", "US-ASCII"):
-                return "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset"
-            args = args[2:]
         used: set[str] = set()
         predicate = parse_search(args, used)
         with_modseq = "MODSEQ" in used
         if with_modseq:
             await self.enable_condstore()
-        top_modseq = 0
-
         # Header keys (FROM, SUBJECT…) need only the header block, kept in memory; BODY and
-        # TEXT need the whole file. Any atom or string spelled BODY or TEXT counts (a needle
-        # too): reading the whole file is always right, only slower.
+        # TEXT the whole file. Any atom or string spelled BODY or TEXT counts (a needle too):
+        # reading the whole file is always right, only slower.
         whole = _mentions(args, ("BODY", "TEXT"))
+        matches = await self.blocking(self.search_matches, view, predicate, with_modseq, whole)
+        numbers = [uid if by_uid else seq for seq, uid, _ in matches]
+        modseq_of = {(uid if by_uid else seq): modseq for seq, uid, modseq in matches}
+        done = f"OK {'UID ' if by_uid else ''}SEARCH completed"
+        if options is None:
+            # RFC 7162 §3.1.6: a MODSEQ search appends the highest modseq of what it found.
+            top = max(modseq_of.values(), default=0)
+            suffix = f" (MODSEQ {top})" if with_modseq and numbers else ""
+            line = "* SEARCH" + "".join(f" {n}" for n in numbers) + suffix + "\r\n"
+            await self.send(line.encode())
+            return done
+        returned = saved_part(options, numbers)
+        modseq = max((modseq_of[n] for n in returned), default=0) if with_modseq else None
+        line = esearch_line(tag, by_uid, options, numbers, modseq)
+        if line is not None:
+            await self.send(line)
+        if "SAVE" in options:
+            kept = set(returned)
+            self.saved_result = frozenset(
+                uid for seq, uid, _ in matches if (uid if by_uid else seq) in kept
+            )
+            return done + ", result saved"
+        return done
 
-        def search() -> list[int]:
-            nonlocal top_modseq
-            cache = shared_cache(view.folder.path)
-            found = []
-            largest_uid = view.uids[-1] if view.uids else 0
-            for seq, uid in enumerate(view.uids, 1):
-                info = view.infos.get(uid)
-                if info is None or uid in view.gone:
-                    continue
+    async def do_sort(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        """SORT (RFC 5256) and, with RETURN, ESORT (RFC 5267 §3.2; SAVE as RFC 5182)."""
+        args = list(command.args)
+        saving = saves_result(args)
+        try:
+            result = await self._sort(command.tag, args, by_uid)
+        except ProtocolError:
+            raise
+        except BaseException:
+            if saving:
+                self.saved_result = frozenset()
+            raise
+        if saving and not result.startswith("OK"):
+            self.saved_result = frozenset()
+        return result
 
-                def load(info: MessageInfo = info) -> tuple[bytes, ParsedMessage]:
-                    if whole:
-                        return view.folder.read(info.uid), cache.get(info.basename, info.path)
-                    try:
-                        return cache.header(info.basename, info.path)
-                    except FileNotFoundError:
-                        raise KeyError(info.uid) from None  # expunged meanwhile: skipped
+    async def _sort(self: ImapSession, tag: str, args: list[Value], by_uid: bool) -> str:
+        options, args = return_options(args)
+        if len(args) < 3:
+            raise ProtocolError("SORT takes sort criteria, a charset and search keys")
+        criteria = parse_sort_criteria(args[0])
+        refusal = sort_charset(args[1])
+        if refusal is not None:
+            return refusal
+        used: set[str] = set()
+        predicate = parse_search(args[2:], used)
+        with_modseq = "MODSEQ" in used
+        if with_modseq:
+            await self.enable_condstore()
+        view = self.selected
+        assert view is not None
 
-                candidate = Candidate(
-                    seq, info, uid in view.recent, len(view.uids), largest_uid, load
-                )
-                if with_modseq:
-                    candidate.modseq = view.modseqs.get(uid, 0)
-                try:
-                    if predicate(candidate):
-                        found.append(uid if by_uid else seq)
-                        top_modseq = max(top_modseq, candidate.modseq)
-                except (OSError, KeyError):
-                    continue
+        def sorted_messages() -> list[SortMessage]:
+            found = self._sort_messages(
+                view, predicate, with_modseq, needs_content(criteria), references=False
+            )
+            sort_messages(found, criteria)
             return found
 
-        found = await self.blocking(search)
-        # RFC 7162 §3.1.6: a MODSEQ search appends the highest modseq of what it found.
-        suffix = f" (MODSEQ {top_modseq})" if with_modseq and found else ""
-        await self.send(("* SEARCH" + "".join(f" {n}" for n in found) + suffix + "\r\n").encode())
-        return f"OK {'UID ' if by_uid else ''}SEARCH completed"
+        found = await self.blocking(sorted_messages)
+        numbers = [m.uid if by_uid else m.seq for m in found]
+        done = f"OK {'UID ' if by_uid else ''}SORT completed"
+        if options is None:
+            top = max((m.modseq for m in found), default=0)
+            suffix = f" (MODSEQ {top})" if with_modseq and found else ""
+            await self.send(
+                ("* SORT" + "".join(f" {n}" for n in numbers) + suffix + "\r\n").encode()
+            )
+            return done
+        kept = found
+        if found and not options & {"ALL", "COUNT"} and options & {"MIN", "MAX"}:
+            kept = [found[0]] if "MIN" in options else []
+            if "MAX" in options and found[-1] is not found[0]:
+                kept.append(found[-1])
+        modseq = max((m.modseq for m in kept), default=0) if with_modseq else None
+        line = esort_line(tag, by_uid, options, numbers, modseq)
+        if line is not None:
+            await self.send(line)
+        if "SAVE" in options:
+            self.saved_result = frozenset(m.uid for m in kept)
+            return done + ", result saved"
+        return done
+
+    async def do_thread(self: ImapSession, command: Command, by_uid: bool = False) -> str:
+        """THREAD ORDEREDSUBJECT / REFERENCES (RFC 5256)."""
+        args = list(command.args)
+        if len(args) < 3 or not isinstance(args[0], Atom):
+            raise ProtocolError("THREAD takes an algorithm, a charset and search keys")
+        algorithm = args[0].upper()
+        if algorithm not in THREAD_ALGORITHMS:
+            raise ProtocolError(f"unknown threading algorithm {args[0]}")
+        refusal = sort_charset(args[1])
+        if refusal is not None:
+            return refusal
+        used: set[str] = set()
+        predicate = parse_search(args[2:], used)
+        with_modseq = "MODSEQ" in used
+        if with_modseq:
+            await self.enable_condstore()
+        view = self.selected
+        assert view is not None
+
+        def threads() -> str:
+            references = algorithm == "REFERENCES"
+            found = self._sort_messages(view, predicate, with_modseq, True, references)
+            roots = references_threads(found) if references else ordered_subject_threads(found)
+            return format_threads(roots, (lambda m: m.uid) if by_uid else (lambda m: m.seq))
+
+        data = await self.blocking(threads)
+        await self.send(f"* THREAD{' ' if data else ''}{data}\r\n".encode())
+        return f"OK {'UID ' if by_uid else ''}THREAD completed"
+
+    def _sort_messages(
+        self: ImapSession,
+        view: SelectedView,
+        predicate: Predicate,
+        with_modseq: bool,
+        content: bool,
+        references: bool,
+    ) -> list[SortMessage]:
+        """The found messages with what sorting or threading needs of them (blocking): the
+        parsed header only when a criterion needs more than the file name, the References
+        field only for REFERENCES threading. A message that vanished meanwhile is left out."""
+        matches = self.search_matches(view, predicate, with_modseq)
+        cache = shared_cache(view.folder.path) if content else None
+        found = []
+        for seq, uid, modseq in matches:
+            info = view.infos[uid]
+            size = fetching.rfc822_size(info.basename, None) or info.size
+            parsed = None
+            header = None
+            if cache is not None:
+                try:
+                    parsed = cache.get(info.basename, info.path)
+                    if references:
+                        header = header_reader(view, info, parsed)
+                except (OSError, KeyError, MessageNotFound):
+                    continue
+            message = sort_message(seq, info, size, parsed, header)
+            message.modseq = modseq
+            found.append(message)
+        return found
+
+    def search_matches(
+        self: ImapSession,
+        view: SelectedView,
+        predicate: Predicate,
+        with_modseq: bool,
+        whole: bool = True,
+    ) -> list[tuple[int, int, int]]:
+        """(sequence number, UID, modseq) of the messages the predicate holds for, in order
+        (blocking). A message that vanished or cannot be read is left out. Without `whole`
+        (no BODY or TEXT key: see _mentions) a message is loaded as its header block only,
+        which the folder's shared cache keeps in memory."""
+        cache = shared_cache(view.folder.path)
+        found = []
+        saved = self.saved_result
+        largest_uid = view.uids[-1] if view.uids else 0
+        for seq, uid in enumerate(view.uids, 1):
+            info = view.infos.get(uid)
+            if info is None or uid in view.gone:
+                continue
+
+            def load(info: MessageInfo = info) -> tuple[bytes, ParsedMessage]:
+                if whole:
+                    return view.folder.read(info.uid), cache.get(info.basename, info.path)
+                try:
+                    return cache.header(info.basename, info.path)
+                except FileNotFoundError:
+                    raise KeyError(info.uid) from None  # expunged meanwhile: left out
+
+            candidate = Candidate(
+                seq, info, uid in view.recent, len(view.uids), largest_uid, load, saved=saved
+            )
+            if with_modseq:
+                candidate.modseq = view.modseqs.get(uid, 0)
+            try:
+                if predicate(candidate):
+                    found.append((seq, uid, candidate.modseq))
+            except (OSError, KeyError):
+                continue
+        return found
 
     def _copy(
         self: ImapSession, view: SelectedView, uids: list[int], target: str, move: bool
@@ -1120,7 +1441,7 @@ class Commands:
         view = self.selected
         assert view is not None
         uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
-        target = wire_name(command.args[1])
+        target = wire_name(command.args[1], utf8=self.utf8)
         code, _, notice = await self.blocking(self._copy, view, uids, target, False)
         if code.startswith(("NO", "OK")):
             return code
@@ -1136,7 +1457,7 @@ class Commands:
         if view.readonly:
             return "NO [READ-ONLY] Mailbox is read-only"
         uids = [u for u in self._targets(as_text(command.args[0]), by_uid) if u not in view.gone]
-        target = wire_name(command.args[1])
+        target = wire_name(command.args[1], utf8=self.utf8)
         code, sources, notice = await self.blocking(self._copy, view, uids, target, True)
         if code.startswith(("NO", "OK")):
             return code
@@ -1165,6 +1486,79 @@ def _mentions(args: list[Value], words: tuple[str, ...]) -> bool:
             if text.upper() in words:
                 return True
     return False
+
+
+def sort_charset(value: Value) -> str | None:
+    """SORT's and THREAD's mandatory charset (RFC 5256 §3): the NO for one not supported."""
+    if isinstance(value, list):
+        raise ProtocolError("expected a charset")
+    if as_text(value).upper() not in ("UTF-8", "US-ASCII"):
+        return "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset"
+    return None
+
+
+def header_reader(
+    view: SelectedView, info: MessageInfo, parsed: ParsedMessage
+) -> Callable[[str], str | None]:
+    """A function giving the first value of a header field of this message (unfolded), which
+    reads only the header block of the file, once."""
+    header: bytes | None = None
+
+    def value(name: str) -> str | None:
+        nonlocal header
+        if header is None:
+            try:
+                with open(info.path, "rb") as file:
+                    header = file.read(parsed.header_size)
+            except FileNotFoundError:
+                header = view.folder.read(info.uid)[: parsed.header_size]
+        for field_name, start, end in parsed.headers:
+            if field_name == name:
+                raw = header[start:end].partition(b":")[2]
+                return raw.replace(b"\r\n", b"").replace(b"\n", b"").decode("utf-8", "replace")
+        return None
+
+    return value
+
+
+def append_groups(args: list[Value]) -> list[tuple[list[str], str | None, bytes]]:
+    """APPEND's messages after the mailbox (RFC 3502 MULTIAPPEND): each `[flags] [date-time]
+    message`, the message a literal or `UTF8 (literal8)` (RFC 6855 §4); BAD for anything else
+    or for no message at all."""
+    groups: list[tuple[list[str], str | None, bytes]] = []
+    position = 0
+    while position < len(args):
+        flags: list[str] = []
+        when: str | None = None
+        if isinstance(args[position], list):
+            flags = flag_list(args[position])
+            position += 1
+        date = args[position] if position < len(args) else None
+        if isinstance(date, bytes) and not isinstance(date, LiteralArg):
+            when = as_text(date)
+            position += 1
+        if position >= len(args):
+            raise ProtocolError("APPEND needs a message literal")
+        data = args[position]
+        position += 1
+        if isinstance(data, Atom) and data.upper() == "UTF8":
+            inner = args[position] if position < len(args) else None
+            position += 1
+            if not isinstance(inner, list) or len(inner) != 1 or not isinstance(inner[0], Literal8):
+                raise ProtocolError("UTF8 takes a parenthesised literal8: UTF8 (~{n}…)")
+            data = inner[0]
+        elif not isinstance(data, LiteralArg) or isinstance(data, Literal8):
+            raise ProtocolError("the message must be a literal")
+        groups.append((flags, when, bytes(data)))
+    if not groups:
+        raise ProtocolError("APPEND needs a message literal")
+    return groups
+
+
+def status_line(name: str, items: list[str], values: dict[str, int], utf8: bool = False) -> bytes:
+    """`* STATUS name (ITEM n …)` in the order the items were asked for."""
+    body = " ".join(f"{item} {values[item]}" for item in items)
+    return b"* STATUS " + encode_mailbox(name, utf8=utf8) + f" ({body})\r\n".encode()
 
 
 def parse_internal_date(text: str) -> tuple[float, int]:

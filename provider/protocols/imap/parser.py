@@ -23,6 +23,21 @@ class Atom(str):
     __slots__ = ()
 
 
+class LiteralArg(bytes):
+    """A string that came as a literal (`{n}`): APPEND tells a message from a quoted
+    date-time this way."""
+
+    __slots__ = ()
+    binary = False
+
+
+class Literal8(LiteralArg):
+    """A literal8 (`~{n}`, RFC 4466 §4.3): its octets may include NUL."""
+
+    __slots__ = ()
+    binary = True
+
+
 Value = Union[Atom, bytes, list["Value"]]  # noqa: UP007 (a recursive alias needs the string form)
 
 
@@ -119,6 +134,9 @@ class _Reader:
             out.append(char)
 
     def literal(self) -> bytes:
+        binary = self.peek() == ord("~")
+        if binary:
+            self.pos += 1
         self.expect(b"{")
         end = self.data.find(b"}", self.pos)
         if end < 0:
@@ -133,7 +151,7 @@ class _Reader:
             raise ProtocolError("literal shorter than announced")
         value = self.data[self.pos : self.pos + size]
         self.pos += size
-        return value
+        return Literal8(value) if binary else LiteralArg(value)
 
     def value(self) -> Value:
         char = self.peek()
@@ -155,7 +173,9 @@ class _Reader:
                 items.append(self.value())
         if char == ord('"'):
             return self.quoted()
-        if char == ord("{"):
+        if char == ord("{") or (
+            char == ord("~") and self.data[self.pos + 1 : self.pos + 2] == b"{"
+        ):
             return self.literal()
         return self.atom()
 
@@ -273,10 +293,18 @@ def encode_list(items: Iterable[bytes]) -> bytes:
     return b"(" + b" ".join(items) + b")"
 
 
-def encode_mailbox(name: str) -> bytes:
-    """A mailbox name as an astring in modified UTF-7 (RFC 3501 §5.1.3)."""
+def encode_mailbox(name: str, *, utf8: bool = False) -> bytes:
+    """A mailbox name as an astring in modified UTF-7 (RFC 3501 §5.1.3), or in UTF-8 once the
+    client enabled UTF8=ACCEPT (RFC 6855 §3: a quoted string may then hold UTF-8)."""
     from provider.mailstore.names import encode_mutf7
 
+    if utf8:
+        raw = name.encode("utf-8")
+        if raw and raw.isascii() and all(c not in _ATOM_SPECIALS for c in raw):
+            return raw
+        if b"\r" in raw or b"\n" in raw or b"\0" in raw or len(raw) >= 1024:
+            return b"{%d}\r\n" % len(raw) + raw
+        return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
     encoded = encode_mutf7(name).encode("ascii")
     if encoded and all(c not in _ATOM_SPECIALS for c in encoded):
         return encoded

@@ -14,6 +14,7 @@ from provider.protocols.imap.parser import (
     ProtocolError,
     Value,
     as_text,
+    format_sequence_set,
     is_sequence_set,
     parse_sequence_set,
     sequence_contains,
@@ -56,6 +57,8 @@ class Candidate:
     load: Callable[[], tuple[bytes, ParsedMessage]]
     # RFC 7162: filled in only when the search has a MODSEQ key.
     modseq: int = 0
+    # RFC 5182: the UIDs of the saved result, for the `$` key.
+    saved: frozenset[int] = frozenset()
     _loaded: tuple[bytes, ParsedMessage] | None = None
 
     def content(self) -> tuple[bytes, ParsedMessage]:
@@ -247,8 +250,16 @@ def _key(args: list[Value], position: int, used: set[str], depth: int) -> tuple[
         least = int(text)
         used.add("MODSEQ")
         return (lambda c: c.modseq >= least), position + 1
+    if key == "$":
+        # RFC 5182: the saved search result (UIDs kept by the session).
+        used.add("$")
+        return (lambda c: c.info.uid in c.saved), position
     if key == "UID":
-        ranges = parse_sequence_set(as_text(_take(args, position)))
+        text = as_text(_take(args, position))
+        if text == "$":
+            used.add("$")
+            return (lambda c: c.info.uid in c.saved), position + 1
+        ranges = parse_sequence_set(text)
         return (lambda c: sequence_contains(ranges, c.info.uid, c.largest_uid)), position + 1
     if is_sequence_set(key):
         ranges = parse_sequence_set(key)
@@ -262,3 +273,85 @@ def _compare(key: str, moment: date, day: date) -> bool:
     if key == "ON":
         return moment == day
     return moment >= day
+
+
+# --- ESEARCH (RFC 4731) and SEARCHRES (RFC 5182) ---------------------------------------------
+
+
+def search_charset(args: list[Value], utf8: bool = False) -> tuple[list[Value], str | None]:
+    """A leading `CHARSET name`: the remaining keys, and the NO to answer when the charset is
+    neither UTF-8 nor US-ASCII. After ENABLE UTF8=ACCEPT a CHARSET is BAD (RFC 6855 §3)."""
+    if args and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
+        if utf8:
+            raise ProtocolError("no CHARSET after ENABLE UTF8=ACCEPT: the strings are UTF-8")
+        if len(args) < 2:
+            raise ProtocolError("CHARSET needs a name")
+        if as_text(args[1]).upper() not in ("UTF-8", "US-ASCII"):
+            return args, "NO [BADCHARSET (UTF-8 US-ASCII)] Unsupported charset"
+        return args[2:], None
+    return args, None
+
+
+RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+
+
+def return_options(args: list[Value]) -> tuple[set[str] | None, list[Value]]:
+    """A leading `RETURN (options)` (RFC 4466 search-return-opts): the options (`()` means ALL)
+    and the rest of the arguments; None when the command has no RETURN (a plain SEARCH)."""
+    if not args or not isinstance(args[0], Atom) or args[0].upper() != "RETURN":
+        return None, args
+    if len(args) < 2 or not isinstance(args[1], list):
+        raise ProtocolError("RETURN takes a parenthesised list of options")
+    options = set()
+    for option in args[1]:
+        if not isinstance(option, Atom) or option.upper() not in RETURN_OPTIONS:
+            raise ProtocolError("unknown SEARCH return option")
+        options.add(option.upper())
+    return options or {"ALL"}, args[2:]
+
+
+def saves_result(args: list[Value]) -> bool:
+    """Whether a search command asks for SAVE: a failing one then empties `$` (RFC 5182)."""
+    return (
+        len(args) >= 2
+        and isinstance(args[0], Atom)
+        and args[0].upper() == "RETURN"
+        and isinstance(args[1], list)
+        and any(isinstance(o, Atom) and o.upper() == "SAVE" for o in args[1])
+    )
+
+
+def saved_part(options: set[str], found: list[int]) -> list[int]:
+    """What SAVE keeps of an ascending result (RFC 9051 §6.4.4.1, table 4): all of it, unless
+    only MIN and/or MAX come with SAVE."""
+    if not found or options & {"ALL", "COUNT"} or not options & {"MIN", "MAX"}:
+        return found
+    kept = []
+    if "MIN" in options:
+        kept.append(found[0])
+    if "MAX" in options and found[-1] not in kept:
+        kept.append(found[-1])
+    return kept
+
+
+def esearch_line(
+    tag: str, by_uid: bool, options: set[str], found: list[int], modseq: int | None = None
+) -> bytes | None:
+    """`* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set [MODSEQ m]` for an ascending
+    result; None when SAVE is the only option (no ESEARCH response then)."""
+    if not options - {"SAVE"}:
+        return None
+    parts = [f'* ESEARCH (TAG "{tag}")']
+    if by_uid:
+        parts.append("UID")
+    if found and "MIN" in options:
+        parts.append(f"MIN {found[0]}")
+    if found and "MAX" in options:
+        parts.append(f"MAX {found[-1]}")
+    if "COUNT" in options:
+        parts.append(f"COUNT {len(found)}")
+    if found and "ALL" in options:
+        parts.append(f"ALL {format_sequence_set(found)}")
+    if found and modseq is not None:
+        parts.append(f"MODSEQ {modseq}")
+    return (" ".join(parts) + "\r\n").encode()

@@ -46,7 +46,11 @@ MAX_LINE = 65536  # Dovecot's imap_max_line_length; RFC 7162 asks for at least 8
 MAX_LITERAL_BEFORE_LOGIN = 4096
 BAD_BEFORE_LOGIN = 3
 BAD_AFTER_LOGIN = 20
-NO_EXPUNGE_COMMANDS = frozenset({"FETCH", "STORE", "SEARCH", "UID"})
+# MULTIAPPEND (RFC 3502): one APPEND holds at most this many messages, together at most
+# APPEND_TOTAL_FACTOR times the one-message limit (they are held in memory until stored).
+MAX_APPEND_MESSAGES = 1000
+APPEND_TOTAL_FACTOR = 2
+NO_EXPUNGE_COMMANDS = frozenset({"FETCH", "STORE", "SEARCH", "SORT", "THREAD", "UID"})
 
 ANY_STATE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "ID"})
 NOT_AUTHENTICATED = frozenset({"STARTTLS", "LOGIN", "AUTHENTICATE"})
@@ -68,10 +72,24 @@ AUTHENTICATED = frozenset(
         "IDLE",
         "GETQUOTA",
         "GETQUOTAROOT",
+        "COMPRESS",
     }
 )
 SELECTED = frozenset(
-    {"CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE", "UID"}
+    {
+        "CHECK",
+        "CLOSE",
+        "UNSELECT",
+        "EXPUNGE",
+        "SEARCH",
+        "SORT",
+        "THREAD",
+        "FETCH",
+        "STORE",
+        "COPY",
+        "MOVE",
+        "UID",
+    }
 )
 
 
@@ -108,6 +126,10 @@ class ImapSession(Commands, streams.StreamSession):
         self.current: str = ""
         # RFC 7162: set by the first CONDSTORE enabling command, for the rest of the session.
         self.condstore = False
+        # RFC 5182: the UIDs of the last SEARCH RETURN (SAVE), for `$`.
+        self.saved_result: frozenset[int] = frozenset()
+        # RFC 6855: after ENABLE UTF8=ACCEPT mailbox names travel as UTF-8, not modified UTF-7.
+        self.utf8 = False
         # True while a response is partly written (a chunked write, a FETCH streaming its
         # literals): nothing else may go out in between, not even a BYE.
         self.mid_response = False
@@ -248,14 +270,23 @@ class ImapSession(Commands, streams.StreamSession):
         is_append = (
             self.user is not None and len(head) > 1 and head[1].upper().rstrip(b"\r\n") == b"APPEND"
         )
+        literals = 0
         while (literal := trailing_literal(line)) is not None:
             size, non_sync = literal
+            literals += 1
             if is_append:
+                refusal = None
                 if size > self.append_limit:
+                    refusal = "[TOOBIG] Message too large"
+                elif total + size > self.append_limit * APPEND_TOTAL_FACTOR:
+                    refusal = "[TOOBIG] Messages of one APPEND too large together"
+                elif literals > MAX_APPEND_MESSAGES:
+                    refusal = f"[LIMIT] At most {MAX_APPEND_MESSAGES} messages in one APPEND"
+                if refusal is not None:
                     if non_sync:
-                        await self.bye("[TOOBIG] Message too large")
+                        await self.bye(refusal)
                         raise Disconnect
-                    await self.send(f"{tag} NO [TOOBIG] Message too large\r\n")
+                    await self.send(f"{tag} NO {refusal}\r\n")
                     return None
             elif total + size > MAX_LINE or (self.user is None and size > MAX_LITERAL_BEFORE_LOGIN):
                 await self.bye("[TOOBIG] Literal too large")
@@ -431,7 +462,7 @@ class ImapSession(Commands, streams.StreamSession):
             if not self.tls_active and not self.implicit_tls:
                 words.append("STARTTLS")
             if self.plaintext_allowed:
-                words.append("AUTH=PLAIN")
+                words += ["AUTH=PLAIN", "AUTH=LOGIN"]
             else:
                 words.append("LOGINDISABLED")
         else:
@@ -443,8 +474,19 @@ class ImapSession(Commands, streams.StreamSession):
                 "CHILDREN",
                 "SPECIAL-USE",
                 "LIST-EXTENDED",
+                "LIST-STATUS",
+                "STATUS=SIZE",
+                "UTF8=ACCEPT",
+                "MULTIAPPEND",
+                "SORT",
+                "ESORT",
+                "THREAD=ORDEREDSUBJECT",
+                "THREAD=REFERENCES",
+                "COMPRESS=DEFLATE",
                 "QUOTA",
                 "CONDSTORE",
+                "ESEARCH",
+                "SEARCHRES",
                 f"APPENDLIMIT={self.append_limit}",
             ]
         return " ".join(words)
@@ -483,29 +525,59 @@ class ImapSession(Commands, streams.StreamSession):
         return await self.authenticate(user, password)
 
     async def do_authenticate(self, command: Command) -> str | None:
-        if not command.args or as_text(command.args[0]).upper() != "PLAIN":
+        mechanism = as_text(command.args[0]).upper() if command.args else ""
+        if mechanism not in ("PLAIN", "LOGIN"):
             return "NO [CANNOT] Unsupported authentication mechanism"
         if not self.plaintext_allowed:
             return "NO [PRIVACYREQUIRED] Plaintext authentication is not allowed without TLS"
-        if len(command.args) > 1:
-            response = as_text(command.args[1]).encode()
-        else:
-            await self.send(b"+ \r\n")
+        if len(command.args) > 2:
+            raise ProtocolError("AUTHENTICATE takes a mechanism and an initial response")
+        initial = as_text(command.args[1]).encode() if len(command.args) > 1 else None
+        if mechanism == "LOGIN":
+            return await self._authenticate_login(command.tag, initial)
+        decoded = await self._sasl_step(command.tag, b"", initial)
+        if decoded is None:
+            return None
+        try:
+            authzid, user, password = decoded.decode("utf-8").split("\0")
+        except ValueError:
+            raise ProtocolError("Invalid SASL PLAIN response") from None
+        if authzid and authzid.lower() != user.lower():
+            return "NO [AUTHORIZATIONFAILED] Authorization failed"
+        return await self.authenticate(user, password)
+
+    async def _authenticate_login(self, tag: str, initial: bytes | None) -> str | None:
+        """SASL LOGIN (draft-murchison-sasl-login; Outlook's mechanism): the user name, then
+        the password, each base64 after its challenge; SASL-IR may carry the user name."""
+        user = await self._sasl_step(tag, b"Username:", initial)
+        if user is None:
+            return None
+        password = await self._sasl_step(tag, b"Password:", None)
+        if password is None:
+            return None
+        try:
+            return await self.authenticate(user.decode("utf-8"), password.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ProtocolError("Invalid SASL LOGIN response") from None
+
+    async def _sasl_step(self, tag: str, challenge: bytes, given: bytes | None) -> bytes | None:
+        """One SASL client response (RFC 3501 §6.2.2), base64-decoded: `given` (an initial
+        response, `=` for empty) or read after `+ challenge`; None when the client cancelled
+        with `*` or the line was too long (BAD sent)."""
+        response = given
+        if response is None:
+            await self.send(b"+ " + base64.b64encode(challenge) + b"\r\n")
             line = await self.read_line()
             if line is None:
                 return None  # read_line has answered BAD
             response = line.rstrip(b"\r\n")
         if response == b"*":
-            await self.bad(command.tag, "Authentication cancelled")
+            await self.bad(tag, "Authentication cancelled")
             return None
         try:
-            decoded = base64.b64decode(response, validate=True) if response != b"=" else b""
-            authzid, user, password = decoded.decode("utf-8").split("\0")
+            return base64.b64decode(response, validate=True) if response != b"=" else b""
         except (binascii.Error, ValueError):
-            raise ProtocolError("Invalid SASL PLAIN response") from None
-        if authzid and authzid.lower() != user.lower():
-            return "NO [AUTHORIZATIONFAILED] Authorization failed"
-        return await self.authenticate(user, password)
+            raise ProtocolError("Invalid base64 in the SASL response") from None
 
     async def authenticate(self, user: str, password: str) -> str:
         async with self.guards.logins.turn(self.peer):
@@ -534,6 +606,10 @@ class ImapSession(Commands, streams.StreamSession):
         return f"OK [CAPABILITY {self.capabilities()}] Logged in"
 
     def _check_credentials(self, user: str, password: str) -> tuple[str, int]:
+        if "\0" in user:
+            # No address holds NUL, and PostgreSQL cannot even compare text with one: look up
+            # a name that matches nothing, so the answer and the work are an unknown user's.
+            user = ""
         mailbox = mail_access.login(db.session, user, password, "imap")
         return mailbox.address, mailbox.id
 

@@ -9,6 +9,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response
 
+from provider.models import Mailbox
 from provider.web.account.sessions import current_mailbox
 
 bp = Blueprint("account", __name__, url_prefix="/account")
@@ -33,9 +34,20 @@ def require_login() -> Response | None:
     return None
 
 
+# Pages only a mailbox that uses IMAP has (POP3 mail leaves the server: nothing to back up).
+IMAP_ONLY_ITEMS = frozenset({"account.backups"})
+
+
+def nav_items(mailbox: Mailbox | None) -> list[tuple[str, str]]:
+    """The menu for this mailbox: no Backups for a POP3-only one."""
+    imap = mailbox is not None and mailbox.imap_enabled
+    return [item for item in NAV_ITEMS if imap or item[0] not in IMAP_ONLY_ITEMS]
+
+
 @bp.context_processor
 def account_context() -> dict[str, Any]:
-    return {"account_mailbox": current_mailbox(), "account_nav": NAV_ITEMS}
+    mailbox = current_mailbox()
+    return {"account_mailbox": mailbox, "account_nav": nav_items(mailbox)}
 
 
 @bp.errorhandler(CSRFError)

@@ -48,3 +48,8 @@ def backup_eml(snapshot_id: str, uid: int) -> Response:
 @bp.post("/backups/<snapshot_id>/restore")
 def backup_restore(snapshot_id: str) -> Response | str:
     return timemachine.restore_action(_tm(), snapshot_id)
+
+
+@bp.post("/backups/snapshot")
+def backup_take() -> Response:
+    return timemachine.snapshot_action(_tm())

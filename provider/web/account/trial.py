@@ -6,15 +6,14 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provider.models import AuditEvent, Mailbox, MailboxStatus, Plan
-from provider.services import audit, trials
+from provider.models import Mailbox, MailboxStatus, Plan, UpgradeRequest, UpgradeStatus
+from provider.services import trials, upgrades
 from provider.services.audit import Actor
 from provider.services.clock import now
 
-UPGRADE_REQUESTED = "trial.upgrade_requested"
+UPGRADE_REQUESTED = upgrades.UPGRADE_REQUESTED
 DAY_SECONDS = 86400
 
 
@@ -27,32 +26,21 @@ class TrialState:
     expired: bool
     grace_ends_at: datetime
     upgrade_requested_at: datetime | None
-
-
-def _period_start(session: Session, mailbox: Mailbox) -> datetime:
-    """Since when an upgrade request counts: this trial period of this very mailbox (an address
-    deleted and signed up again must not inherit the old mailbox's request)."""
-    start = mailbox.created_at
-    trial = trials.current_trial(session, mailbox)
-    if trial is not None and trial.started_at > start:
-        start = trial.started_at
-    return start
+    declined: UpgradeRequest | None
 
 
 def upgrade_requested_at(session: Session, mailbox: Mailbox) -> datetime | None:
-    """When the owner last asked for an upgrade in the current trial period (None: never)."""
-    if mailbox.plan != Plan.TRIAL.value:
+    """When the owner asked for the upgrade still waiting for an admin (None: none waiting)."""
+    request = upgrades.pending_request(session, mailbox)
+    return request.requested_at if request is not None else None
+
+
+def declined_request(session: Session, mailbox: Mailbox) -> UpgradeRequest | None:
+    """The owner's latest request when an admin declined it (its message is shown)."""
+    request = upgrades.latest_request(session, mailbox)
+    if request is None or request.status != UpgradeStatus.DECLINED.value:
         return None
-    return session.scalar(
-        select(AuditEvent.occurred_at)
-        .where(
-            AuditEvent.action == UPGRADE_REQUESTED,
-            AuditEvent.target == mailbox.address,
-            AuditEvent.occurred_at >= _period_start(session, mailbox),
-        )
-        .order_by(AuditEvent.occurred_at.desc(), AuditEvent.id.desc())
-        .limit(1)
-    )
+    return request
 
 
 def trial_state(session: Session, mailbox: Mailbox) -> TrialState | None:
@@ -70,26 +58,11 @@ def trial_state(session: Session, mailbox: Mailbox) -> TrialState | None:
         expired=expired,
         grace_ends_at=expires + trials.grace_period(),
         upgrade_requested_at=upgrade_requested_at(session, mailbox),
+        declined=declined_request(session, mailbox),
     )
 
 
 def request_upgrade(session: Session, mailbox: Mailbox, actor: Actor) -> bool:
-    """Record the owner's wish to keep the mailbox (an admin converts it; nothing changes here).
-    False when it is not a trial or was already requested in this trial period."""
-    if mailbox.plan != Plan.TRIAL.value or upgrade_requested_at(session, mailbox) is not None:
-        return False
-    audit.record(
-        session,
-        actor,
-        UPGRADE_REQUESTED,
-        mailbox.address,
-        domain=mailbox.domain.name,
-        after={
-            "status": mailbox.status,
-            "trial_expires_at": (
-                mailbox.trial_expires_at.isoformat() if mailbox.trial_expires_at else None
-            ),
-            "contact_email": mailbox.contact_email,
-        },
-    )
-    return True
+    """Record the owner's wish to keep the mailbox and tell the admins (services/upgrades);
+    False when it is not a trial or a request is already waiting."""
+    return upgrades.request_upgrade(session, mailbox, actor) is not None

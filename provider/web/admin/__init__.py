@@ -59,6 +59,7 @@ from provider.web.admin import (  # noqa: E402  (views register on bp)
     queue,
     rules,
     sending,
+    upgrades,
 )
 
 __all__ = [
@@ -77,4 +78,5 @@ __all__ = [
     "queue",
     "rules",
     "sending",
+    "upgrades",
 ]

@@ -1,13 +1,37 @@
-"""A mailbox's time machine in the admin panel: snapshots, browse, search, view, .eml, restore."""
+"""The time machine in the admin panel: find a mailbox, then its snapshots, browse, search,
+view, .eml, restore, and take a snapshot now."""
 
 from __future__ import annotations
 
+from flask import current_app, render_template, request
 from werkzeug.wrappers import Response
 
+from provider.extensions import db
+from provider.services import backups, reports
 from provider.web import timemachine
 from provider.web.admin import bp
-from provider.web.admin.access import actor, get_mailbox_or_404
+from provider.web.admin.access import actor, get_mailbox_or_404, page_arg, scope
 from provider.web.errors import UID_ROUTE_ARGUMENT as UID
+
+
+@bp.get("/backups")
+def time_machine() -> str:
+    """The navigation's way in: search a mailbox, see how many snapshots it has, open them."""
+    search = request.args.get("q", "").strip()
+    page = reports.list_mailboxes(
+        db.session,
+        search=search,
+        domain_ids=scope(),
+        page=page_arg(),
+        per_page=int(current_app.config["PAGE_SIZE"]),
+    )
+    return render_template(
+        "admin/backups/finder.html",
+        page=page,
+        search=search,
+        summaries=backups.snapshot_summaries(db.session, [m.id for m in page.items]),
+        retention_days=backups.retention_days(),
+    )
 
 
 def _tm(mailbox_id: int) -> timemachine.TimeMachine:
@@ -45,3 +69,8 @@ def mailbox_backup_eml(mailbox_id: int, snapshot_id: str, uid: int) -> Response:
 @bp.post("/mailboxes/<int:mailbox_id>/backups/<snapshot_id>/restore")
 def mailbox_backup_restore(mailbox_id: int, snapshot_id: str) -> Response | str:
     return timemachine.restore_action(_tm(mailbox_id), snapshot_id)
+
+
+@bp.post("/mailboxes/<int:mailbox_id>/backups/snapshot")
+def mailbox_backup_take(mailbox_id: int) -> Response:
+    return timemachine.snapshot_action(_tm(mailbox_id))

@@ -3,7 +3,7 @@ the DNS records to publish and their check, DKIM keys, delete when empty."""
 
 from __future__ import annotations
 
-from flask import flash, redirect, render_template, request, url_for
+from flask import abort, flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
 from provider.errors import ProviderError
@@ -55,13 +55,24 @@ def create_domain() -> Response | str:
     return _render_list(form)
 
 
-@bp.post("/domains/<int:domain_id>/signup")
-def toggle_domain_signup(domain_id: int) -> Response:
+@bp.route("/domains/<int:domain_id>/signup", methods=["GET", "POST"])
+def toggle_domain_signup(domain_id: int) -> Response | str:
+    """GET: ask before opening or closing public signup. POST: set the state the confirmation
+    names (`signup` = open|closed, so a repeated post changes nothing more); without it, flip."""
     domain = get_domain_or_404(domain_id)
     form = ConfirmForm()
+    if request.method == "GET":
+        return render_template(
+            "admin/domains/signup.html", domain=domain, form=form, open=not domain.signup_enabled
+        )
     if form.validate_on_submit():
-        provisioning.set_domain_signup(db.session, domain, not domain.signup_enabled, actor=actor())
-        db.session.commit()
+        wanted = request.form.get("signup")
+        if wanted not in ("open", "closed", None):
+            abort(400)
+        enable = not domain.signup_enabled if wanted is None else wanted == "open"
+        if enable != domain.signup_enabled:
+            provisioning.set_domain_signup(db.session, domain, enable, actor=actor())
+            db.session.commit()
         state = "open" if domain.signup_enabled else "closed"
         flash(f"Public trial signup for {domain.name} is now {state}.", "success")
     return redirect(url_for("admin.domains"))

@@ -8,25 +8,16 @@ from typing import Any
 
 from flask import request, url_for
 
-from provider.services.quota import GIB, format_gb
+from provider.services.quota import GIB, format_gb, format_size
 from provider.services.reports import changed_fields, protocol_policy
 from provider.web.admin import bp
 from provider.web.admin.forms import PROTOCOL_LABELS
 
-UNITS = ("bytes", "KB", "MB", "GB", "TB", "PB")
-
 
 @bp.app_template_filter("size")
 def human_size(nbytes: int | Decimal | None) -> str:
-    """`0 bytes`, `12.5 MB`, `8 GB`, `1.25 TB` (1 KB = 1024 bytes, as quotas count)."""
-    amount = Decimal(nbytes or 0)
-    unit = 0
-    while abs(amount) >= 1024 and unit < len(UNITS) - 1:
-        amount /= 1024
-        unit += 1
-    if unit == 0:
-        return f"{int(amount)} bytes"
-    return f"{format_gb(round(amount, 2))} {UNITS[unit]}"
+    """`0 bytes`, `12.5 MB`, `8 GB` (quota.format_size: the CLI writes sizes the same way)."""
+    return format_size(nbytes)
 
 
 @bp.app_template_filter("gb")

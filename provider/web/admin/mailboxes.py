@@ -8,9 +8,8 @@ from werkzeug.wrappers import Response
 from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import Mailbox, MailboxStatus
-from provider.services import provisioning, reports, trials
+from provider.services import provisioning, reports, trials, upgrades
 from provider.services.quota import current_bounds, format_gb
-from provider.web.account.trial import upgrade_requested_at
 from provider.web.admin import bp
 from provider.web.admin.access import (
     actor,
@@ -71,6 +70,7 @@ def mailboxes() -> str:
         descending=descending,
         domain_filter=domain_filter,
         domains=reports.list_domains(db.session, visible),
+        upgrade_pending=upgrades.pending_mailbox_ids(db.session, [m.id for m in page.items]),
     )
 
 
@@ -151,7 +151,7 @@ def render_mailbox_page(
         protocol_help=PROTOCOL_HELP,
         pop3_action_help=POP3_ACTION_HELP,
         pop3_action_labels=POP3_ACTION_LABELS,
-        upgrade_requested_at=upgrade_requested_at(db.session, mailbox),
+        upgrade_request=upgrades.pending_request(db.session, mailbox),
     )
 
 

@@ -25,7 +25,7 @@ from provider.models import Mailbox
 from provider.services import backups
 from provider.services.audit import Actor
 from provider.services.reports import Page
-from provider.web.timemachine.forms import RestoreForm, SearchForm
+from provider.web.timemachine.forms import RestoreForm, SearchForm, SnapshotNowForm
 from provider.web.timemachine.message import render_message
 
 INBOX = "INBOX"
@@ -60,14 +60,17 @@ class TimeMachine:
 
 @dataclass(frozen=True)
 class MessageRow:
-    """A manifest entry with its internal date as a datetime (UTC) for the templates."""
+    """A manifest entry with its internal date as a datetime (UTC) for the templates, and
+    whether the live mailbox has lost it (no message with the same content anywhere now)."""
 
     entry: ManifestMessage
     received: datetime
+    gone: bool = False
 
     @classmethod
-    def of(cls, entry: ManifestMessage) -> MessageRow:
-        return cls(entry, datetime.fromtimestamp(entry.internal_date, UTC))
+    def of(cls, entry: ManifestMessage, present: set[str] | None = None) -> MessageRow:
+        gone = present is not None and entry.sha256 not in present
+        return cls(entry, datetime.fromtimestamp(entry.internal_date, UTC), gone)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class FolderRow:
     special_use: str | None
     messages: int
     bytes: int
+    gone: int = 0
 
 
 # --- reading a snapshot ---------------------------------------------------------------------
@@ -97,14 +101,19 @@ def load_manifest(tm: TimeMachine, snapshot_id: str) -> Manifest:
         _fail(tm, error)
 
 
-def folder_rows(manifest: Manifest) -> list[FolderRow]:
-    """The snapshot's folders, INBOX first, with their message counts and sizes."""
+def folder_rows(manifest: Manifest, present: set[str] | None = None) -> list[FolderRow]:
+    """The snapshot's folders, INBOX first, with their message counts, sizes and how many of
+    their messages are gone from the mailbox now."""
     counts: dict[str, list[int]] = {}
     for entry in manifest.messages:
-        totals = counts.setdefault(entry.folder, [0, 0])
+        totals = counts.setdefault(entry.folder, [0, 0, 0])
         totals[0] += 1
         totals[1] += entry.size
-    rows = [FolderRow(f.name, f.special_use, *counts.get(f.name, [0, 0])) for f in manifest.folders]
+        if present is not None and entry.sha256 not in present:
+            totals[2] += 1
+    rows = [
+        FolderRow(f.name, f.special_use, *counts.get(f.name, [0, 0, 0])) for f in manifest.folders
+    ]
     return sorted(rows, key=lambda row: (row.name != INBOX, row.name.casefold()))
 
 
@@ -123,9 +132,13 @@ def search_messages(
     sender: str = "",
     since: date | None = None,
     until: date | None = None,
+    present: set[str] | None = None,
+    only_gone: bool = False,
 ) -> list[MessageRow]:
     """Messages of one folder (or all) whose subject and sender contain the given text
-    (case-insensitive) and whose internal date (UTC day) is within [since, until]; newest first."""
+    (case-insensitive) and whose internal date (UTC day) is within [since, until]; newest first.
+    With `present` (the mailbox's digests now) rows say whether they are gone; `only_gone`
+    keeps those alone."""
     subject, sender = subject.strip().casefold(), sender.strip().casefold()
     found = []
     for entry in messages:
@@ -135,9 +148,11 @@ def search_messages(
             continue
         if sender and sender not in entry.sender.casefold():
             continue
-        row = MessageRow.of(entry)
+        row = MessageRow.of(entry, present)
         day = row.received.date()
         if (since and day < since) or (until and day > until):
+            continue
+        if only_gone and not row.gone:
             continue
         found.append(row)
     found.sort(key=lambda row: (row.entry.internal_date, row.entry.uid), reverse=True)
@@ -164,15 +179,56 @@ def _entry_or_404(manifest: Manifest, folder: str, uid: int) -> ManifestMessage:
 
 
 def snapshots_page(tm: TimeMachine) -> str:
-    """The snapshot list and the restore history (or the POP3-only note)."""
+    """The snapshot list with "take a snapshot now", and the restore history (or the POP3-only
+    note)."""
     address = tm.mailbox.address
+    per_hour = backups.owner_snapshots_per_hour()
+    left = backups.owner_snapshots_left(db.session, address, tm.actor) if tm.for_owner else None
     return tm.render(
         "snapshots",
         snapshots=backups.list_snapshots(db.session, address),
         history=backups.restore_history(db.session, address),
         backed_up=tm.mailbox.imap_enabled,
         retention_days=backups.retention_days(),
+        snapshot_form=SnapshotNowForm(formdata=None),
+        can_snapshot=tm.mailbox.imap_enabled and (not tm.for_owner or per_hour > 0),
+        owner_per_hour=per_hour,
+        owner_left=left,
+        nightly_at=_nightly_backup_time(),
     )
+
+
+def _nightly_backup_time() -> datetime | None:
+    """When the scheduled backup job runs next (None when it is not scheduled)."""
+    from jobs.scheduler import get_job, next_run
+    from provider.services import clock
+
+    job = get_job("backup")
+    if job is None:
+        return None
+    try:
+        return next_run(job.cron(current_app._get_current_object()), clock.now())  # type: ignore[attr-defined]
+    except ValueError:
+        return None
+
+
+def snapshot_action(tm: TimeMachine) -> Response:
+    """POST: take a snapshot now (owners within their hourly allowance), audited."""
+    if not SnapshotNowForm().validate_on_submit():
+        flash("The form expired: reload the page and try again.", "error")
+        return redirect(tm.url("backups"))
+    try:
+        run = backups.snapshot_now(
+            db.session, tm.mailbox.address, actor=tm.actor, rate_limited=tm.for_owner
+        )
+    except ProviderError as error:
+        db.session.rollback()
+        flash(error.message, "error")
+        return redirect(tm.url("backups"))
+    plural = "message" if run.messages == 1 else "messages"
+    flash(f"Snapshot taken: {run.messages} {plural}.", "success")
+    assert run.snapshot is not None
+    return redirect(tm.url("backup_snapshot", snapshot_id=run.snapshot))
 
 
 def snapshot_page(
@@ -187,6 +243,8 @@ def snapshot_page(
     if folder is None and wanted != ALL_FOLDERS:
         abort(404)
     search = SearchForm(request.args)
+    present = backups.present_digests(db.session, tm.mailbox.address, manifest)
+    only_gone = bool(search.gone.data)
     rows: list[MessageRow] = []
     if search.validate():
         rows = search_messages(
@@ -196,18 +254,23 @@ def snapshot_page(
             sender=search.sender.data or "",
             since=search.since.data,
             until=search.until.data,
+            present=present,
+            only_gone=only_gone,
         )
     searching = any(request.args.get(name) for name in ("q", "sender", "since", "until"))
+    gone_total = sum(1 for entry in manifest.messages if entry.sha256 not in present)
     if restore_form is None:
         restore_form = RestoreForm(formdata=None, data={"folder": folder or ""})
     return tm.render(
         "snapshot",
         snapshot=manifest,
-        folders=folder_rows(manifest),
+        folders=folder_rows(manifest, present),
         folder=folder,
         all_folders=ALL_FOLDERS,
         search=search,
         searching=searching,
+        only_gone=only_gone,
+        gone_total=gone_total,
         page=_page_of(rows),
         restore_form=restore_form,
     )
@@ -221,10 +284,11 @@ def message_page(tm: TimeMachine, snapshot_id: str, uid: int) -> str:
         data = backups.read_message(db.session, tm.mailbox.address, snapshot_id, entry.folder, uid)
     except ProviderError as error:
         _fail(tm, error)
+    present = backups.present_digests(db.session, tm.mailbox.address, manifest)
     return tm.render(
         "message",
         snapshot=manifest,
-        message=MessageRow.of(entry),
+        message=MessageRow.of(entry, present),
         view=render_message(data),
         restore_form=RestoreForm(formdata=None, data={"folder": entry.folder}),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import (
+    BooleanField,
     DateField,
     Form,
     HiddenField,
@@ -26,6 +27,11 @@ class SearchForm(Form):
     sender = SearchField("From", validators=[Optional(), Length(max=200)])
     since = DateField("Received from", validators=[Optional(), DateWithin()])
     until = DateField("Received until", validators=[Optional(), DateWithin()])
+    gone = BooleanField("Only what is gone from the mailbox")
+
+
+class SnapshotNowForm(FlaskForm):
+    """The Take a snapshot now button: nothing but the CSRF token."""
 
 
 class RestoreForm(FlaskForm):

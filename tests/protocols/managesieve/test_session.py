@@ -29,8 +29,8 @@ def test_greeting_lists_capabilities_and_starttls(sieve_server, app):
         sieve = next(line for line in client.greeting if line.startswith(b'"SIEVE"'))
         words = sieve.split(b'"')[3].split()
         assert b"fileinto" in words and b"vacation" in words and b"regex" in words
-        assert b"comparator-i;ascii-numeric" in words
-        assert b"include" not in words and b"comparator-i;octet" not in words
+        assert b"comparator-i;ascii-numeric" in words and b"duplicate" in words
+        assert b"include" in words and b"comparator-i;octet" not in words
         assert not any(line.startswith(b'"NOTIFY"') for line in client.greeting)
         assert client.greeting[-1].startswith(b"OK")
         assert client.command("CAPABILITY") == [
@@ -122,9 +122,39 @@ def test_errors_carry_line_and_column(sieve_server, mailbox):
         checked = client.command(b"CHECKSCRIPT {%d+}\r\n" % len(broken) + broken)[-1]
         assert checked == refused
         assert client.command(b"CHECKSCRIPT {%d+}\r\n" % len(RULES) + RULES)[-1].startswith(b"OK")
-        unknown = b'require ["include"];\n'
-        assert b"include" in client.command(put("x", unknown))[-1]
+        unknown = b'require ["nonesuch"];\n'
+        assert b"nonesuch" in client.command(put("x", unknown))[-1]
         assert client.command("LISTSCRIPTS") == [b'OK "Listscripts completed"\r\n']
+
+
+MAIN = b'require ["include"];\ninclude "lists";\n'
+LISTS = b'require "fileinto";\nfileinto "Lists";\n'
+
+
+def test_include_of_a_script_not_there_yet_warns_at_upload_and_blocks_activation(
+    sieve_server, mailbox
+):
+    """Pigeonhole's rule: an uploaded script may include one that does not exist yet (OK
+    with WARNINGS); it cannot be made active until it does."""
+    with Client(sieve_server) as client:
+        client.login()
+        stored = client.command(put("main", MAIN))[-1]
+        assert stored.startswith(b'OK (WARNINGS) "line 2: warning: included personal script'), (
+            stored
+        )
+        checked = client.command(b"CHECKSCRIPT {%d+}\r\n" % len(MAIN) + MAIN)[-1]
+        assert checked.startswith(b"OK (WARNINGS)") and b"'lists'" in checked
+        refused = client.command('SETACTIVE "main"')[-1]
+        assert refused.startswith(b"NO") and b"'lists' does not exist" in refused
+        assert not os.path.lexists(home() / ".dovecot.sieve")
+        assert client.command(put("lists", LISTS)) == [b'OK "Putscript completed"\r\n']
+        assert client.command('SETACTIVE "main"')[-1].startswith(b"OK")
+        # An included script with an error is the including script's error, at its line.
+        broken = b'require "include";\n\ninclude "bad";\n'
+        assert client.command(put("bad", b"if {"))[-1].startswith(b"NO")
+        (home() / "sieve" / "bad.sieve").write_bytes(b"if {")  # edited by hand, broken
+        refused = client.command(put("top", broken))[-1]
+        assert refused.startswith(b'NO "line 3, column 1: error: in included personal script')
 
 
 def test_havespace_and_quota_codes(sieve_server, app, mailbox):
@@ -161,6 +191,12 @@ def test_pop3_only_mailbox_may_not_store_sorting_rules(sieve_server, session):
         refused = client.command(put("rules", RULES))[-1]
         assert refused.startswith(b"NO") and b"need IMAP" in refused
         assert client.command(put("forward", b'redirect "a@b.test";\n'))[-1].startswith(b"OK")
+        # Sorting brought in through include is sorting too.
+        assert client.command(put("lists", LISTS))[-1].startswith(b"NO")
+        (home() / "sieve").mkdir(exist_ok=True)
+        (home() / "sieve" / "lists.sieve").write_bytes(LISTS)
+        refused = client.command(put("main", MAIN))[-1]
+        assert refused.startswith(b"NO") and b"need IMAP" in refused
 
 
 def test_logins_per_user_and_address_are_limited_by_the_shared_guards(app, mailbox, sieve_server):
