@@ -27,6 +27,8 @@ DELETED = ["Lunch on Friday", "Invoice 42", "Team photo"]
 @pytest.fixture
 def imap(app: Flask) -> Iterator[tuple[str, int]]:
     """The real IMAP server on a free port, over the same store as the web app."""
+    # Port 0 for both listeners: the SQLite and PostgreSQL runs of CI run side by side.
+    app.config.update(IMAP_PORT=0, IMAPS_PORT=0)
     runner = ProtocolRunner(app, ["imap"])
     bound = {b.name: (b.host, b.port) for b in runner.start()}
     try:

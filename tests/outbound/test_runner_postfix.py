@@ -183,6 +183,7 @@ def test_a_sieve_redirect_reaches_a_remote_address_at_postfix(
 
     make_mailbox(session, "alice@example.test")
     put(runner, 'redirect "dave@example.net";\n', address="alice@example.test")
+    app.config["LMTP_PORT"] = 0  # a free port: CI's SQLite and PostgreSQL runs share the host
     lmtp_runner = ProtocolRunner(app, ["lmtp"])
     [bound] = lmtp_runner.start()
     try:
