@@ -36,19 +36,26 @@ def admin_page_url(mailbox_id: int) -> str:
     return f"{base.rstrip('/')}/admin/mailboxes/{mailbox_id}"
 
 
+def admin_notice(mailbox: Mailbox, subject: str) -> EmailMessage:
+    """The headers of a notice to a domain's admins about one of its mailboxes, from its
+    postmaster; the admins are in the envelope only (alert_recipients)."""
+    domain = mailbox.domain.name
+    notice = EmailMessage(policy=SMTP)
+    notice["From"] = f"Mail System <postmaster@{domain}>"
+    notice["To"] = "undisclosed-recipients:;"
+    notice["Subject"] = subject
+    notice["Date"] = email.utils.format_datetime(now())
+    notice["Message-ID"] = email.utils.make_msgid(domain=domain)
+    notice["Auto-Submitted"] = "auto-generated"
+    return notice
+
+
 def alert_message(mailbox: Mailbox, reason: str) -> bytes:
     """The alert. The admins are in the envelope only: a domain admin is not shown the
     superadmins' addresses, and an admin address that is not plain ASCII (admin e-mails are
     checked loosely) cannot break the header."""
-    domain = mailbox.domain.name
     suspended_at = mailbox.sending_suspended_at or now()
-    notice = EmailMessage(policy=SMTP)
-    notice["From"] = f"Mail System <postmaster@{domain}>"
-    notice["To"] = "undisclosed-recipients:;"
-    notice["Subject"] = f"Sending suspended for {mailbox.address}"
-    notice["Date"] = email.utils.format_datetime(now())
-    notice["Message-ID"] = email.utils.make_msgid(domain=domain)
-    notice["Auto-Submitted"] = "auto-generated"
+    notice = admin_notice(mailbox, f"Sending suspended for {mailbox.address}")
     notice.set_content(
         f"Sending from the mailbox {mailbox.address} was suspended on\n"
         f"{suspended_at.strftime('%Y-%m-%d at %H:%M UTC')}.\n\n"

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import email.utils
 import logging
-from email.message import EmailMessage
-from email.policy import SMTP
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -15,7 +12,7 @@ from provider.models import Mailbox, Plan, UpgradeRequest, UpgradeStatus
 from provider.services import audit, outbound, trials
 from provider.services.audit import Actor
 from provider.services.clock import now
-from provider.services.sending_alerts import admin_page_url, alert_recipients
+from provider.services.sending_alerts import admin_notice, admin_page_url, alert_recipients
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +73,7 @@ def pending_mailbox_ids(session: Session, mailbox_ids: list[int]) -> set[int]:
 
 def request_message(mailbox: Mailbox, request: UpgradeRequest) -> bytes:
     """The e-mail to the domain's admins (in the envelope only, as the sending alert does)."""
-    domain = mailbox.domain.name
-    notice = EmailMessage(policy=SMTP)
-    notice["From"] = f"Mail System <postmaster@{domain}>"
-    notice["To"] = "undisclosed-recipients:;"
-    notice["Subject"] = f"Upgrade requested for {mailbox.address}"
-    notice["Date"] = email.utils.format_datetime(now())
-    notice["Message-ID"] = email.utils.make_msgid(domain=domain)
-    notice["Auto-Submitted"] = "auto-generated"
+    notice = admin_notice(mailbox, f"Upgrade requested for {mailbox.address}")
     ends = (
         mailbox.trial_expires_at.strftime("%Y-%m-%d at %H:%M UTC")
         if mailbox.trial_expires_at
