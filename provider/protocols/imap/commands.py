@@ -1250,16 +1250,10 @@ class Commands:
         if len(args) < 3:
             raise ProtocolError("SORT takes sort criteria, a charset and search keys")
         criteria = parse_sort_criteria(args[0])
-        refusal = sort_charset(args[1])
-        if refusal is not None:
-            return refusal
-        used: set[str] = set()
-        predicate = parse_search(args[2:], used)
-        with_modseq = "MODSEQ" in used
-        if with_modseq:
-            await self.enable_condstore()
-        view = self.selected
-        assert view is not None
+        keys = await self._charset_and_keys(args[1:])
+        if isinstance(keys, str):
+            return keys
+        predicate, with_modseq, view = keys
 
         def sorted_messages() -> list[SortMessage]:
             found = self._sort_messages(
@@ -1300,16 +1294,10 @@ class Commands:
         algorithm = args[0].upper()
         if algorithm not in THREAD_ALGORITHMS:
             raise ProtocolError(f"unknown threading algorithm {args[0]}")
-        refusal = sort_charset(args[1])
-        if refusal is not None:
-            return refusal
-        used: set[str] = set()
-        predicate = parse_search(args[2:], used)
-        with_modseq = "MODSEQ" in used
-        if with_modseq:
-            await self.enable_condstore()
-        view = self.selected
-        assert view is not None
+        keys = await self._charset_and_keys(args[1:])
+        if isinstance(keys, str):
+            return keys
+        predicate, with_modseq, view = keys
 
         def threads() -> str:
             references = algorithm == "REFERENCES"
@@ -1320,6 +1308,24 @@ class Commands:
         data = await self.blocking(threads)
         await self.send(f"* THREAD{' ' if data else ''}{data}\r\n".encode())
         return f"OK {'UID ' if by_uid else ''}THREAD completed"
+
+    async def _charset_and_keys(
+        self: ImapSession, args: list[Value]
+    ) -> str | tuple[Predicate, bool, SelectedView]:
+        """SORT's and THREAD's shared tail, a charset then search keys: the predicate, whether
+        it asks for MODSEQ (CONDSTORE turned on then) and the selected view; or the tagged NO
+        for a charset we do not support."""
+        refusal = sort_charset(args[0])
+        if refusal is not None:
+            return refusal
+        used: set[str] = set()
+        predicate = parse_search(args[1:], used)
+        with_modseq = "MODSEQ" in used
+        if with_modseq:
+            await self.enable_condstore()
+        view = self.selected
+        assert view is not None
+        return predicate, with_modseq, view
 
     def _sort_messages(
         self: ImapSession,
