@@ -335,10 +335,16 @@ def saved_part(options: set[str], found: list[int]) -> list[int]:
 
 
 def esearch_line(
-    tag: str, by_uid: bool, options: set[str], found: list[int], modseq: int | None = None
+    tag: str,
+    by_uid: bool,
+    options: set[str],
+    found: list[int],
+    modseq: int | None = None,
+    all_text: Callable[[list[int]], str] = format_sequence_set,
 ) -> bytes | None:
-    """`* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set [MODSEQ m]` for an ascending
-    result; None when SAVE is the only option (no ESEARCH response then)."""
+    """`* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set [MODSEQ m]`; None when SAVE is
+    the only option (no ESEARCH response then). MIN and MAX are the first and last of `found`
+    (ascending for SEARCH, in sort order for ESORT, RFC 5267 §3.2); `all_text` writes ALL."""
     if not options - {"SAVE"}:
         return None
     parts = [f'* ESEARCH (TAG "{tag}")']
@@ -351,7 +357,7 @@ def esearch_line(
     if "COUNT" in options:
         parts.append(f"COUNT {len(found)}")
     if found and "ALL" in options:
-        parts.append(f"ALL {format_sequence_set(found)}")
+        parts.append(f"ALL {all_text(found)}")
     if found and modseq is not None:
         parts.append(f"MODSEQ {modseq}")
     return (" ".join(parts) + "\r\n").encode()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from provider.mailstore import MessageInfo
 from provider.mailstore.message import Address, ParsedMessage
 from provider.protocols.imap.parser import Atom, ProtocolError, Value
+from provider.protocols.imap.search import esearch_line
 
 SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
 # The keys answered from the file name alone: no message needs to be opened for them.
@@ -228,21 +229,5 @@ def ordered_sequence_set(numbers: list[int]) -> str:
 def esort_line(
     tag: str, by_uid: bool, options: set[str], ordered: list[int], modseq: int | None
 ) -> bytes | None:
-    """`* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set` for a sorted result (RFC 5267
-    §3.2: MIN and MAX are the first and last in sort order); None for SAVE alone."""
-    if not options - {"SAVE"}:
-        return None
-    parts = [f'* ESEARCH (TAG "{tag}")']
-    if by_uid:
-        parts.append("UID")
-    if ordered and "MIN" in options:
-        parts.append(f"MIN {ordered[0]}")
-    if ordered and "MAX" in options:
-        parts.append(f"MAX {ordered[-1]}")
-    if "COUNT" in options:
-        parts.append(f"COUNT {len(ordered)}")
-    if ordered and "ALL" in options:
-        parts.append(f"ALL {ordered_sequence_set(ordered)}")
-    if ordered and modseq is not None:
-        parts.append(f"MODSEQ {modseq}")
-    return (" ".join(parts) + "\r\n").encode()
+    """ESEARCH for a sorted result: as for SEARCH, with ALL keeping the sort order."""
+    return esearch_line(tag, by_uid, options, ordered, modseq, ordered_sequence_set)
