@@ -151,6 +151,10 @@ def _update_domain(session: Session, domain: Domain, actor: Actor, **changes: ob
 
 
 def set_domain_signup(session: Session, domain: Domain, enabled: bool, *, actor: Actor) -> Domain:
+    """Open or close public signup; asking for the state it is in already changes (and
+    audits) nothing, so a repeated request is harmless."""
+    if domain.signup_enabled == enabled:
+        return domain
     return _update_domain(session, domain, actor, signup_enabled=enabled)
 
 

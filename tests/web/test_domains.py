@@ -92,6 +92,12 @@ def test_closing_signup_asks_first_and_a_repeated_post_changes_nothing(
         assert response.status_code == 302
         session.expire_all()
         assert session.get(Domain, domain_id).signup_enabled is False
+    closed = session.scalars(
+        select(AuditEvent).where(
+            AuditEvent.action == "domain.update", AuditEvent.target == "open.test"
+        )
+    ).all()
+    assert [event.after["signup_enabled"] for event in closed] == [False]  # the repeat: nothing
     assert (
         logged_in.post(f"/admin/domains/{domain_id}/signup", data={"signup": "x"}).status_code
         == 400

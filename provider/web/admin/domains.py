@@ -70,9 +70,8 @@ def toggle_domain_signup(domain_id: int) -> Response | str:
         if wanted not in ("open", "closed", None):
             abort(400)
         enable = not domain.signup_enabled if wanted is None else wanted == "open"
-        if enable != domain.signup_enabled:
-            provisioning.set_domain_signup(db.session, domain, enable, actor=actor())
-            db.session.commit()
+        provisioning.set_domain_signup(db.session, domain, enable, actor=actor())
+        db.session.commit()
         state = "open" if domain.signup_enabled else "closed"
         flash(f"Public trial signup for {domain.name} is now {state}.", "success")
     return redirect(url_for("admin.domains"))
