@@ -45,7 +45,10 @@ class _Counter:
             key = (day, metric)
             self.pending[key] = self.pending.get(key, 0) + amount
             total = sum(self.pending.values())
-            return total >= FLUSH_PENDING or time.monotonic() - self.last_flush >= FLUSH_SECONDS
+            due = total >= FLUSH_PENDING or time.monotonic() - self.last_flush >= FLUSH_SECONDS
+            if due:
+                self.last_flush = time.monotonic()  # this caller starts the flush; no other
+            return due
 
     def take(self) -> dict[tuple[date, str], int]:
         with self.lock:
@@ -73,8 +76,11 @@ def count(metric: str, amount: int = 1) -> None:
         due = _counter.add(metric, amount)
         if has_app_context() and _counter.app is None:
             _counter.app = current_app._get_current_object()  # type: ignore[attr-defined]
-        if due and has_app_context():
-            flush()
+        app = _counter.app
+        if due and app is not None:
+            # On a thread of its own: the caller (a delivery, a login) may hold a write
+            # transaction of its own, which an SQLite write from the same thread would wait on.
+            threading.Thread(target=_flush_in, args=(app,), daemon=True).start()
     except Exception:
         log.exception("could not count %s", metric)
 
@@ -101,6 +107,14 @@ def flush() -> None:
         log.exception("could not write the daily counts; kept for the next try")
 
 
+def _flush_in(app: Flask) -> None:
+    try:
+        with app.app_context():
+            flush()
+    except Exception:
+        log.exception("could not write the daily counts")
+
+
 def discard_pending() -> None:
     """Forget this process's unwritten counts (a new app, e.g. the next test's database)."""
     _counter.take()
@@ -112,11 +126,7 @@ def _flush_at_exit() -> None:
     app = _counter.app
     if app is None or not _counter.pending:
         return
-    try:
-        with app.app_context():
-            flush()
-    except Exception:  # the database may be gone at exit
-        log.exception("could not write the daily counts at exit")
+    _flush_in(app)
 
 
 @dataclass(frozen=True)
