@@ -123,6 +123,9 @@ def test_bad_input_is_one_line_and_exit_1(runner, session):
     assert_one_line_error(
         runner.invoke(args=["token", "revoke", "99999"]), "no token with id 99999"
     )
+    assert_one_line_error(
+        runner.invoke(args=[*base, "root@example.com", "--name", "bill\x00ing"]), "control"
+    )
     assert runner.invoke(args=[*base, "root@example.com", "--scope", "admin"]).exit_code == 2
     assert session.scalars(select(ApiToken)).all() == []
     assert admins.get_admin(session, "dom@example.test").id == domain_admin.id
