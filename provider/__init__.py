@@ -15,6 +15,17 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
+def _engine_options(database_url: str) -> dict[str, Any]:
+    """Pool options; on SQLite, write transactions take turns on a file lock
+    (provider/sqlite_writes.py) instead of sleeping in SQLite's busy back-off."""
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if database_url.startswith("sqlite"):
+        from provider.sqlite_writes import TurnTakingConnection
+
+        options["connect_args"] = {"factory": TurnTakingConnection}
+    return options
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, extensions, blueprints and CLI. No network, no migrations here."""
     # Imported here, not at the top: `import provider.…` stays cheap for the `provider`
@@ -35,7 +46,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(
         SECRET_KEY=ensure_secret_key(settings),
         SQLALCHEMY_DATABASE_URI=settings["DATABASE_URL"],
-        SQLALCHEMY_ENGINE_OPTIONS={"pool_pre_ping": True},
+        SQLALCHEMY_ENGINE_OPTIONS=_engine_options(str(settings["DATABASE_URL"])),
         # __Host- cookies need Secure and Path=/ and no Domain: not readable by other hosts.
         SESSION_COOKIE_NAME="__Host-session" if secure else "session",
         SESSION_COOKIE_SECURE=secure,
