@@ -3,10 +3,12 @@ reservations in flight that start-up settles after a crash."""
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import ColumnElement, Row, case, delete, insert, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from provider.errors import QuotaOutOfRange
@@ -279,6 +282,17 @@ class QuotaHold:
         )
         self.session.commit()
 
+    def confirm_with_warning_level(self) -> None:
+        """confirm(), moving the warning level as update_warning_level() does. When the level
+        stays (nearly always), no commit of its own: the journal row goes with this process's
+        next reservation, or within CONFIRM_FLUSH_SECONDS (see _ConfirmedRows)."""
+        level = threshold_reached(self.usage.used_bytes, self.usage.quota_bytes, warning_percents())
+        if level != self.usage.warned_percent:
+            update_warning_level(self.session, self.mailbox_id, self.usage)
+            self.confirm()
+            return
+        _confirmed.add(self.reservation_id, self.session.get_bind())  # type: ignore[arg-type]
+
     def cancel(self) -> None:
         """Nothing was written: give the bytes back and drop the journal row, in one commit."""
         self.session.rollback()
@@ -314,8 +328,102 @@ def hold(
         )
         .returning(QuotaReservation.id)
     ).scalar_one()
-    session.commit()
+    engine = session.get_bind()
+    confirmed = _confirmed.take(engine)  # type: ignore[arg-type]
+    try:
+        if confirmed:
+            _delete_rows(session, confirmed)
+        session.commit()
+    except BaseException:
+        _confirmed.put_back(engine, confirmed)  # type: ignore[arg-type]
+        raise
     return QuotaHold(session, reservation_id, mailbox_id, nbytes, usage)
+
+
+CONFIRM_FLUSH_SECONDS = 1.0
+"""How long a confirmed reservation's journal row may wait for a commit to ride on."""
+
+
+def _delete_rows(session: Session, ids: list[int]) -> None:
+    session.execute(
+        delete(QuotaReservation)
+        .where(QuotaReservation.id.in_(ids))
+        .execution_options(synchronize_session=False)
+    )
+
+
+class _ConfirmedRows:
+    """Journal rows of this process's writes that are on disk, not yet deleted (per database).
+
+    Deleting the row of a finished write needs no commit of its own: while this process lives,
+    settling leaves its rows alone; if it dies first, settling sets the usage from the disk,
+    where the message already is, so the count comes out right either way. The rows go with
+    the next reservation's commit (one commit per APPEND instead of two), or from a timer
+    within CONFIRM_FLUSH_SECONDS when no write follows, and at exit.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: dict[str, list[int]] = {}
+        self._engines: dict[str, Engine] = {}
+        self._pid = os.getpid()
+        self._timer: threading.Timer | None = None
+
+    @staticmethod
+    def _key(engine: Engine) -> str:
+        return engine.url.render_as_string(hide_password=False)
+
+    def _mine(self) -> None:
+        if self._pid != os.getpid():  # a forked child: the parent's rows are the parent's
+            self._ids, self._engines, self._pid, self._timer = {}, {}, os.getpid(), None
+
+    def add(self, reservation_id: int, engine: Engine) -> None:
+        key = self._key(engine)
+        with self._lock:
+            self._mine()
+            self._ids.setdefault(key, []).append(reservation_id)
+            self._engines[key] = engine
+            if self._timer is None:
+                self._timer = threading.Timer(CONFIRM_FLUSH_SECONDS, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def take(self, engine: Engine) -> list[int]:
+        with self._lock:
+            self._mine()
+            return self._ids.pop(self._key(engine), [])
+
+    def put_back(self, engine: Engine, ids: list[int]) -> None:
+        if ids:
+            with self._lock:
+                self._ids.setdefault(self._key(engine), [])[:0] = ids
+
+    def pending(self, engine: Engine) -> list[int]:
+        with self._lock:
+            self._mine()
+            return list(self._ids.get(self._key(engine), []))
+
+    def flush(self) -> None:
+        """Delete the waiting rows in a commit of their own (timer thread, exit, tests)."""
+        with self._lock:
+            self._mine()
+            self._timer = None
+            engines = list(self._engines.values())
+        for engine in engines:
+            ids = self.take(engine)
+            if not ids:
+                continue
+            try:
+                with Session(engine) as session:
+                    _delete_rows(session, ids)
+                    session.commit()
+            except Exception:
+                self.put_back(engine, ids)
+                log.exception("could not delete %d confirmed quota journal row(s)", len(ids))
+
+
+_confirmed = _ConfirmedRows()
+atexit.register(_confirmed.flush)
 
 
 def settle_interrupted_reservations(session: Session, store: MailStore) -> int:

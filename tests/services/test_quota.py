@@ -161,6 +161,56 @@ def test_a_hold_is_journaled_until_confirmed_or_cancelled(session):
     assert reservations(session) == [] and used(session, mailbox.id) == 1000
 
 
+def test_a_confirmed_write_needs_no_commit_of_its_own(session):
+    """The journal row of a write on disk goes with the next reservation's commit (one commit
+    per APPEND), or with the timer when no write follows."""
+    mailbox = make_mailbox(session, quota_gb=8)
+    engine = session.get_bind()
+    first = quota.hold(session, mailbox.id, 1000)
+    assert first is not None
+    first.confirm_with_warning_level()
+    assert quota._confirmed.pending(engine) == [first.reservation_id]
+    assert [row.id for row in reservations(session)] == [first.reservation_id]
+    second = quota.hold(session, mailbox.id, 500)  # its commit takes the first row along
+    assert second is not None
+    assert [row.id for row in reservations(session)] == [second.reservation_id]
+    second.confirm_with_warning_level()
+    assert wait_until(lambda: reservations(session) == [])  # the timer's own commit
+    assert quota._confirmed.pending(engine) == []
+    assert used(session, mailbox.id) == 1500
+
+
+def test_a_confirmed_write_that_crosses_a_warning_level_commits_at_once(session):
+    mailbox = make_mailbox(session, quota_gb=8)
+    held = quota.hold(session, mailbox.id, int(8 * GIB * 0.85))
+    assert held is not None
+    held.confirm_with_warning_level()
+    assert reservations(session) == []
+    session.expire_all()
+    assert session.get(Mailbox, mailbox.id).quota_warned_percent == 80
+
+
+def test_a_failed_reservation_keeps_the_confirmed_rows_for_the_next(session, monkeypatch):
+    mailbox = make_mailbox(session, quota_gb=8)
+    engine = session.get_bind()
+    held = quota.hold(session, mailbox.id, 100)
+    assert held is not None
+    held.confirm_with_warning_level()
+    real_commit = Session.commit
+
+    def failing_commit(self: Session) -> None:
+        raise RuntimeError("disk gone")
+
+    monkeypatch.setattr(Session, "commit", failing_commit)
+    with pytest.raises(RuntimeError):
+        quota.hold(session, mailbox.id, 100)
+    monkeypatch.setattr(Session, "commit", real_commit)
+    session.rollback()
+    assert quota._confirmed.pending(engine) == [held.reservation_id]
+    quota._confirmed.flush()
+    assert reservations(session) == []
+
+
 def test_a_hold_that_does_not_fit_changes_nothing(session):
     mailbox = make_mailbox(session, quota_gb=8)
     assert quota.hold(session, mailbox.id, 8 * GIB + 1) is None

@@ -466,8 +466,7 @@ class Commands:
         except BaseException:
             held.cancel()
             raise
-        quota.update_warning_level(db.session, self.mailbox_id, held.usage)
-        held.confirm()  # one commit: the journal row goes, the warning level is kept
+        held.confirm_with_warning_level()
         return stored
 
     def _release(self: ImapSession, removed: list[MessageInfo]) -> None:
