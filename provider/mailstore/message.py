@@ -137,6 +137,96 @@ class ParsedMessage:
         moment = _parse_date(self.envelope.date)
         return None if moment is None else moment.date()
 
+    def addresses(self, name: str) -> list[Address]:
+        """The envelope's addresses of one field: "from", "sender", "reply-to", "to"…"""
+        return _envelope_addresses(self.envelope, name)
+
+
+def _envelope_addresses(envelope: Envelope, name: str) -> list[Address]:
+    attribute = {"from": "from_", "reply-to": "reply_to"}.get(name, name)
+    return getattr(envelope, attribute)  # type: ignore[no-any-return]
+
+
+class MessageHeader:
+    """A message's header block and what SEARCH asks of it, without the body: the fields as
+    ParsedMessage.headers gives them and, only when a key needs them, the envelope's values.
+
+    A SEARCH on FROM or SUBJECT over a folder no process has parsed yet reads a few KB per
+    message instead of the whole file, and neither parses MIME nor writes the cache.
+    """
+
+    __slots__ = ("_envelope", "_fields", "block", "headers")
+
+    def __init__(
+        self,
+        block: bytes,
+        headers: list[tuple[str, int, int]] | None = None,
+        envelope: Envelope | None = None,
+    ) -> None:
+        self.block = block
+        self.headers = _split_fields(block, 0, len(block)) if headers is None else headers
+        self._envelope = envelope
+        self._fields: dict[str, list[Address]] | None = None  # addresses parsed one by one
+
+    @property
+    def header_size(self) -> int:
+        return len(self.block)
+
+    @property
+    def envelope(self) -> Envelope:
+        if self._envelope is None:
+            self._envelope = _envelope(_first_values(self.block, self.headers))
+        return self._envelope
+
+    def sent_day(self) -> date | None:
+        """As ParsedMessage.sent_day."""
+        moment = _parse_date(self.envelope.date)
+        return None if moment is None else moment.date()
+
+    def addresses(self, name: str) -> list[Address]:
+        """As ParsedMessage.addresses, parsing only that field (To and Cc may be long) unless
+        the envelope is at hand. Sender and Reply-To default to From as in the envelope."""
+        if self._envelope is not None or name in ("sender", "reply-to"):
+            return _envelope_addresses(self.envelope, name)
+        if self._fields is None:
+            self._fields = {}
+        found = self._fields.get(name)
+        if found is None:
+            found = self._fields[name] = next(
+                (
+                    parse_addresses(_field_value(self.block, start, end))
+                    for field_name, start, end in self.headers
+                    if field_name == name
+                ),
+                [],
+            )
+        return found
+
+
+def header_block_end(data: bytes) -> int | None:
+    """Where a message's header block ends in `data` (after its blank line, as parse_message
+    finds it), or None when `data` holds no blank line (read more, or it is all header)."""
+    if data.startswith(b"\n"):
+        return 1
+    if data.startswith(b"\r\n"):
+        return 2
+    blank = _BLANK_LINE.search(data)
+    return None if blank is None else blank.end()
+
+
+def read_header_block(path: Path, first_read: int = 8192) -> bytes:
+    """The header block of the message file at path, reading no more of it than needed."""
+    with open(path, "rb") as file:
+        data = file.read(first_read)
+        while True:
+            end = header_block_end(data)
+            if end is not None:
+                return data[:end]
+            more = file.read(max(first_read, len(data)))
+            if not more:
+                return data
+            data += more
+
 
 # --- header fields -------------------------------------------------------------------------
 
@@ -501,9 +591,14 @@ class _AddressParser:
 
     def peek(self) -> str:
         """The kind of the next token that is not a comment ("" at the end)."""
-        while self.available() and self.tokens[self.index].kind == "comment":
+        tokens = self.tokens
+        while True:
+            if self.index >= len(tokens) and not self.available():
+                return ""
+            kind = tokens[self.index].kind
+            if kind != "comment":
+                return kind
             self.index += 1
-        return self.tokens[self.index].kind if self.available() else ""
 
     def take(self) -> _Token:
         self.peek()
@@ -1232,7 +1327,7 @@ class _Memory:
         self.header_limit = header_bytes
         self.lock = threading.Lock()
         self.parsed: OrderedDict[tuple[str, str], ParsedMessage] = OrderedDict()
-        self.headers: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self.headers: OrderedDict[tuple[str, str], MessageHeader] = OrderedDict()
         self.header_bytes = 0
 
     def get(self, key: tuple[str, str]) -> ParsedMessage | None:
@@ -1249,30 +1344,30 @@ class _Memory:
             while len(self.parsed) > self.entries:
                 self.parsed.popitem(last=False)
 
-    def header(self, key: tuple[str, str]) -> bytes | None:
+    def header(self, key: tuple[str, str]) -> MessageHeader | None:
         with self.lock:
-            block = self.headers.get(key)
-            if block is not None:
+            header = self.headers.get(key)
+            if header is not None:
                 self.headers.move_to_end(key)
-            return block
+            return header
 
-    def put_header(self, key: tuple[str, str], block: bytes) -> None:
+    def put_header(self, key: tuple[str, str], header: MessageHeader) -> None:
         with self.lock:
             old = self.headers.pop(key, None)
             if old is not None:
-                self.header_bytes -= len(old)
-            self.headers[key] = block
-            self.header_bytes += len(block)
+                self.header_bytes -= len(old.block)
+            self.headers[key] = header
+            self.header_bytes += len(header.block)
             while self.header_bytes > self.header_limit and self.headers:
-                self.header_bytes -= len(self.headers.popitem(last=False)[1])
+                self.header_bytes -= len(self.headers.popitem(last=False)[1].block)
 
     def forget(self, keys: Iterable[tuple[str, str]]) -> None:
         with self.lock:
             for key in keys:
                 self.parsed.pop(key, None)
-                block = self.headers.pop(key, None)
-                if block is not None:
-                    self.header_bytes -= len(block)
+                header = self.headers.pop(key, None)
+                if header is not None:
+                    self.header_bytes -= len(header.block)
 
     def clear(self) -> None:
         with self.lock:
@@ -1373,24 +1468,39 @@ class MessageCache:
             memory.put(key, parsed)
         return parsed
 
-    def header(self, basename: str, path: Path) -> tuple[bytes, ParsedMessage]:
-        """The message's header block (its first `header_size` octets, which hold every
-        header field `ParsedMessage.headers` points at) and the parsed message: what a SEARCH
-        on header fields needs, without reading the whole file (kept in memory too)."""
-        parsed = self.get(basename, path)
+    def header(self, basename: str, path: Path) -> MessageHeader:
+        """The message's header block and its fields: what a SEARCH on header fields needs.
+
+        From this process's memory, else read from the head of the file (using the parsed
+        message's fields and envelope when this process has them). Never parses the body nor
+        touches the cache file. Raises OSError when the file cannot be read.
+        """
         key = (self.folder, basename)
-        block = self.memory.header(key) if self.memory is not None else None
-        if block is None:
-            try:
+        memory = self.memory
+        if memory is not None:
+            known = memory.header(key)
+            if known is not None:
+                return known
+        parsed = memory.get(key) if memory is not None else None
+        try:
+            if parsed is not None:
                 with open(path, "rb") as file:
                     block = file.read(parsed.header_size)
-            except FileNotFoundError:
-                block = _read_renamed(Path(path), basename)[: parsed.header_size]
+            else:
+                block = read_header_block(Path(path))
+        except FileNotFoundError:
+            data = _read_renamed(Path(path), basename)
+            end = parsed.header_size if parsed is not None else header_block_end(data)
+            block = data if end is None else data[:end]
+        if parsed is not None:
             if len(block) < parsed.header_size:
                 raise OSError(f"message file {path} is shorter than its cache entry")
-            if self.memory is not None:
-                self.memory.put_header(key, block)
-        return block, parsed
+            header = MessageHeader(block, parsed.headers, parsed.envelope)
+        else:
+            header = MessageHeader(block)
+        if memory is not None:
+            memory.put_header(key, header)
+        return header
 
     def forget(self, basenames: Iterable[str]) -> None:
         """Drop the entries of expunged messages (nothing to do if there is no cache file)."""

@@ -1497,10 +1497,15 @@ def test_header_block_is_the_header_and_comes_from_memory_once_read(
 ) -> None:
     path = store_message(tmp_path, PLAIN)
     cache = message.shared_cache(tmp_path)
-    block, parsed = cache.header(basename(path), path)
-    assert block == PLAIN[: parsed.header_size] and block == PLAIN_HEADER
+    header = cache.header(basename(path), path)
+    parsed = parse_message(PLAIN)
+    assert header.block == PLAIN[: parsed.header_size] and header.block == PLAIN_HEADER
+    assert header.headers == parsed.headers and header.envelope == parsed.envelope
+    assert header.sent_day() == parsed.sent_day()
+    # Read from the head of the file only: nothing parsed the body, nothing wrote the cache.
+    assert not (tmp_path / CACHE_FILE_NAME).exists()
     path.unlink()  # renamed away or expunged: the block is remembered
-    assert cache.header(basename(path), path) == (block, parsed)
+    assert cache.header(basename(path), path) is header
 
 
 def test_header_block_of_a_message_renamed_by_a_flag_change(
@@ -1508,9 +1513,46 @@ def test_header_block_of_a_message_renamed_by_a_flag_change(
 ) -> None:
     path = store_message(tmp_path, PLAIN)
     cache = message.shared_cache(tmp_path)
-    cache.get(basename(path), path)
+    parsed = cache.get(basename(path), path)
     path.rename(path.with_name(path.name.replace(":2,S", ":2,FS")))
-    assert cache.header(basename(path), path)[0] == PLAIN_HEADER
+    header = cache.header(basename(path), path)
+    assert header.block == PLAIN_HEADER and header.envelope is parsed.envelope
+
+
+def test_header_block_of_a_renamed_message_never_parsed(tmp_path: Path, fresh_shared: None) -> None:
+    path = store_message(tmp_path, PLAIN)
+    path.rename(path.with_name(path.name.replace(":2,S", ":2,FS")))
+    assert message.shared_cache(tmp_path).header(basename(path), path).block == PLAIN_HEADER
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"Subject: bare LF\nFrom: a@example.test\n\nbody\n",
+        b"Subject: no body at all\r\nFrom: a@example.test\r\n",
+        b"\r\nbody without a header\r\n",
+        b"\nbody without a header, bare LF\n",
+        b"",
+        b"X-Long: " + b"x" * 20_000 + b"\r\n\tfolded\r\nSubject: after 20 KB\r\n\r\nbody\r\n",
+        # The first 8 KB read ends in "\r\n\r": the blank line's last "\n" comes with the next.
+        b"Subject: blank line across the first read\r\n" + b"X: " + b"y" * 8143 + b"\r\n\r\nb",
+        b"From: =?utf-8?q?J=C3=B6rg?= <j@example.test>\r\nDate: 1 Feb 2024 10:00 +0100\r\n\r\n",
+        b"To: a@x.test, (c) B <b@y.test>, g: c@z.test;\r\nFrom: one@x.test\r\n"
+        b"From: two@x.test\r\nCc: \r\nReply-To: r@x.test\r\n\r\n",
+    ],
+)
+def test_the_header_read_alone_agrees_with_the_whole_parse(
+    tmp_path: Path, fresh_shared: None, data: bytes
+) -> None:
+    path = store_message(tmp_path, data)
+    header = message.shared_cache(tmp_path).header(basename(path), path)
+    parsed = parse_message(data)
+    for name in ("from", "sender", "reply-to", "to", "cc", "bcc"):  # each parsed alone
+        assert header.addresses(name) == parsed.addresses(name), name
+    assert header.block == data[: parsed.header_size]
+    assert header.headers == parsed.headers
+    assert header.envelope == parsed.envelope
+    assert header.sent_day() == parsed.sent_day()
 
 
 def test_a_plain_message_cache_keeps_nothing_in_memory(tmp_path: Path) -> None:

@@ -32,7 +32,12 @@ from provider.mailstore import (
 )
 from provider.mailstore.keywords import MAX_KEYWORD_LENGTH, MAX_KEYWORDS, check_keyword
 from provider.mailstore.maildir import InvalidDate, check_internal_date
-from provider.mailstore.message import ParsedMessage, section_bytes, shared_cache
+from provider.mailstore.message import (
+    MessageHeader,
+    ParsedMessage,
+    section_bytes,
+    shared_cache,
+)
 from provider.mailstore.names import decode_mutf7
 from provider.models import Mailbox
 from provider.protocols.imap import fetch as fetching
@@ -1377,13 +1382,14 @@ class Commands:
             if info is None or uid in view.gone:
                 continue
 
-            def load(info: MessageInfo = info) -> tuple[bytes, ParsedMessage]:
+            def load(info: MessageInfo = info) -> tuple[bytes, ParsedMessage | MessageHeader]:
                 if whole:
                     return view.folder.read(info.uid), cache.get(info.basename, info.path)
                 try:
-                    return cache.header(info.basename, info.path)
+                    header = cache.header(info.basename, info.path)
                 except FileNotFoundError:
                     raise KeyError(info.uid) from None  # expunged meanwhile: left out
+                return header.block, header
 
             candidate = Candidate(
                 seq, info, uid in view.recent, len(view.uids), largest_uid, load, saved=saved

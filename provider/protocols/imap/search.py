@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from provider.mailstore import MessageInfo
-from provider.mailstore.message import ParsedMessage
+from provider.mailstore.message import MessageHeader, ParsedMessage
 from provider.protocols.imap.parser import (
     Atom,
     ProtocolError,
@@ -54,14 +54,15 @@ class Candidate:
     recent: bool
     largest_seq: int
     largest_uid: int
-    load: Callable[[], tuple[bytes, ParsedMessage]]
+    # The whole file and its parsed structure, or (no BODY/TEXT key) the header block only.
+    load: Callable[[], tuple[bytes, ParsedMessage | MessageHeader]]
     # RFC 7162: filled in only when the search has a MODSEQ key.
     modseq: int = 0
     # RFC 5182: the UIDs of the saved result, for the `$` key.
     saved: frozenset[int] = frozenset()
-    _loaded: tuple[bytes, ParsedMessage] | None = None
+    _loaded: tuple[bytes, ParsedMessage | MessageHeader] | None = None
 
-    def content(self) -> tuple[bytes, ParsedMessage]:
+    def content(self) -> tuple[bytes, ParsedMessage | MessageHeader]:
         if self._loaded is None:
             self._loaded = self.load()
         return self._loaded
@@ -104,10 +105,8 @@ def _header_values(candidate: Candidate, name: str) -> list[str]:
 def _address_texts(candidate: Candidate, name: str) -> list[str]:
     """The field's addresses as parsed, "Name <local@domain>": a search for an address also
     finds it written with comments or odd spacing (as Dovecot's address search does)."""
-    envelope = candidate.content()[1].envelope
-    addresses = getattr(envelope, "from_" if name == "from" else name)
     texts = []
-    for address in addresses:
+    for address in candidate.content()[1].addresses(name):
         if address.mailbox is None or address.host is None:
             continue  # group markers
         spec = f"{address.mailbox}@{address.host}"
@@ -122,6 +121,7 @@ def _contains(haystack: str, needle: str) -> bool:
 
 def _body_text(candidate: Candidate) -> str:
     data, parsed = candidate.content()
+    assert isinstance(parsed, ParsedMessage), "BODY and TEXT load the whole message"
     return data[parsed.body.body_start : parsed.body.body_end].decode("utf-8", "replace")
 
 
