@@ -90,10 +90,16 @@ def begin_setup(session: Session, admin: AdminUser) -> Setup:
     """The secret being set up (a new one the first time); 2FA stays off until `enable`."""
     if admin.two_factor_enabled:
         raise ProviderError("two-factor login is already on", "code")
-    if admin.totp_secret is None:
-        admin.totp_secret = _encrypt(pyotp.random_base32())
+    secret = None
+    if admin.totp_secret is not None:
+        try:
+            secret = _decrypt(admin.totp_secret)
+        except ProviderError:
+            secret = None  # encrypted under an earlier SECRET_KEY: start with a new one
+    if secret is None:
+        secret = pyotp.random_base32()
+        admin.totp_secret = _encrypt(secret)
         session.flush()
-    secret = _decrypt(admin.totp_secret)
     uri = pyotp.TOTP(secret).provisioning_uri(name=admin.email, issuer_name=ISSUER)
     return Setup(secret, uri)
 

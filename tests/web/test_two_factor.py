@@ -10,13 +10,16 @@ from typing import Any
 
 import pyotp
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import AdminRecoveryCode, AdminUser, AuditEvent
 from provider.services import admins, clock, two_factor
+from provider.settings import SettingsError, load_settings
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, TEST_ACTOR, login
 from tests.web.conftest import DOMAIN_ADMIN_EMAIL, text_of
 
@@ -524,3 +527,40 @@ def test_domain_admin_can_turn_it_on_too(as_domain_admin: FlaskClient, session: 
     enable(as_domain_admin)
     tenant = session.scalar(select(AdminUser).where(AdminUser.email == DOMAIN_ADMIN_EMAIL))
     assert tenant is not None and tenant.two_factor_enabled
+
+
+def test_a_secret_from_an_earlier_secret_key_is_replaced_during_setup_and_named_at_login(
+    app: Flask, session: Session, admin: AdminUser
+):
+    admin.totp_secret = "gAAAAAB-encrypted-under-another-key"
+    session.commit()
+    setup = two_factor.begin_setup(session, admin)
+    assert re.fullmatch(r"[A-Z2-7]{32}", setup.secret)
+    two_factor.enable(session, admin, code_now(setup.secret), actor=TEST_ACTOR)
+    session.commit()
+    admin.totp_secret = "gAAAAAB-encrypted-under-another-key"
+    with pytest.raises(ProviderError, match="reset-2fa"):
+        two_factor.verify(session, admin, "123456")
+    session.rollback()
+
+
+def test_superadmins_see_who_has_two_factor_login(logged_in: FlaskClient, admin: AdminUser):
+    assert ">off<" in text_of(logged_in.get(f"/admin/admins/{admin.id}"))
+    enable(logged_in)
+    assert "on since" in text_of(logged_in.get(f"/admin/admins/{admin.id}"))
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("ADMIN_2FA_REMEMBER_DAYS", "-1"),
+        ("ADMIN_2FA_REMEMBER_DAYS", "366"),
+        ("ADMIN_2FA_REMEMBER_DAYS", "1.5"),
+        ("ADMIN_2FA_STEP_SECONDS", "5"),
+        ("ADMIN_2FA_STEP_SECONDS", "99999999999999999999"),
+        ("ADMIN_2FA_REQUIRED", "maybe"),
+    ],
+)
+def test_two_factor_settings_out_of_range_are_refused_at_start(key: str, value: str):
+    with pytest.raises(SettingsError, match=key):
+        load_settings(environ={f"PROVIDER_{key}": value})
