@@ -71,13 +71,18 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
 
 
-class SecondStepForm(FlaskForm):
-    """The second step of the admin login, and the code that turns two-factor login on."""
+class TwoFactorEnableForm(FlaskForm):
+    """The code that turns two-factor login on."""
 
     code = StringField(
         "Code from your authenticator app, or a recovery code",
         validators=[DataRequired(), Length(max=64)],
     )
+
+
+class SecondStepForm(TwoFactorEnableForm):
+    """The second step of the admin login."""
+
     remember = BooleanField("Remember this browser")
 
 

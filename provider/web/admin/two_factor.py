@@ -29,7 +29,7 @@ from provider.services.audit import Actor
 from provider.services.clock import now
 from provider.web.admin import bp
 from provider.web.admin.access import actor, current_admin, show_error
-from provider.web.admin.forms import SecondStepForm, TwoFactorConfirmForm
+from provider.web.admin.forms import SecondStepForm, TwoFactorConfirmForm, TwoFactorEnableForm
 
 PENDING_KEY = "admin_2fa_pending"
 STEP_EXPIRED = "The login took too long. Enter your e-mail and password again."
@@ -258,7 +258,7 @@ def qr_code_svg(uri: str) -> Markup:
 
 def _render_page(
     *,
-    enable_form: SecondStepForm | None = None,
+    enable_form: TwoFactorEnableForm | None = None,
     confirm_form: TwoFactorConfirmForm | None = None,
     recovery_codes: list[str] | None = None,
 ) -> str:
@@ -272,7 +272,7 @@ def _render_page(
         account=admin,
         setup=setup,
         qr_svg=qr_code_svg(setup.uri) if setup else None,
-        enable_form=enable_form or SecondStepForm(formdata=None),
+        enable_form=enable_form or TwoFactorEnableForm(formdata=None),
         confirm_form=confirm_form or TwoFactorConfirmForm(formdata=None),
         recovery_codes=recovery_codes,
         codes_left=two_factor_service.recovery_codes_left(db.session, admin),
@@ -290,7 +290,7 @@ def two_factor() -> str:
 def two_factor_enable() -> Response | str | tuple[str, int]:
     """Turn it on with a code from the secret shown; show the recovery codes, once."""
     admin = current_admin()
-    form = SecondStepForm()
+    form = TwoFactorEnableForm()
     if form.validate_on_submit():
         if _blocked(admin):
             form.code.errors = [TOO_MANY]
