@@ -564,3 +564,30 @@ def test_superadmins_see_who_has_two_factor_login(logged_in: FlaskClient, admin:
 def test_two_factor_settings_out_of_range_are_refused_at_start(key: str, value: str):
     with pytest.raises(SettingsError, match=key):
         load_settings(environ={f"PROVIDER_{key}": value})
+
+
+def test_a_browser_remembered_for_one_admin_does_not_skip_another_admins_code(
+    remember_days: int, with_two_factor: tuple[FlaskClient, str, list[str]], session: Session
+):
+    client, secret, _ = with_two_factor
+    other = admins.create_admin(
+        session, "other@example.com", ADMIN_PASSWORD, superadmin=True, actor=TEST_ACTOR
+    )
+    setup = two_factor.begin_setup(session, other)
+    two_factor.enable(session, other, code_now(setup.secret), actor=TEST_ACTOR)
+    session.commit()
+    login(client)
+    second_step(client, code_now(secret), remember="y")
+    client.post("/admin/logout")
+    assert login(client, "other@example.com").headers["Location"] == "/admin/login/two-factor"
+
+
+def test_a_reset_during_the_second_step_sends_back_to_the_login(
+    with_two_factor: tuple[FlaskClient, str, list[str]],
+    runner: FlaskCliRunner,
+):
+    client, secret, _ = with_two_factor
+    login(client)
+    assert runner.invoke(args=["admin", "reset-2fa", ADMIN_EMAIL]).exit_code == 0
+    assert second_step(client, code_now(secret)).headers["Location"] == "/admin/login"
+    assert client.get("/admin/").status_code == 302
