@@ -648,6 +648,24 @@ def admin_password(email: str, password_stdin: bool) -> None:
     click.echo(f"password changed for {admin.email}" + (f": {generated}" if generated else ""))
 
 
+@admin_group.command("reset-2fa")
+@click.argument("email")
+def admin_reset_two_factor(email: str) -> None:
+    """Turn off an admin's two-factor login (lost phone); they set it up again (audited)."""
+    from provider.services import two_factor
+
+    with committing():
+        admin = admins.get_admin(db.session, email)
+        changed = two_factor.reset(db.session, admin, actor=CLI_ACTOR)
+    if changed:
+        click.echo(
+            f"two-factor login reset for {admin.email}; they log in with the password, "
+            "then set it up again"
+        )
+    else:
+        click.echo(f"{admin.email} has no two-factor login; nothing to reset")
+
+
 @admin_group.command("list")
 @json_option
 def admin_list(as_json: bool) -> None:

@@ -89,7 +89,24 @@ def _derive(settings: dict[str, Any]) -> dict[str, Any]:
     _check_outbound(settings)
     _check_sieve(settings)
     _check_workers(settings)
+    _check_two_factor(settings)
     return settings
+
+
+TWO_FACTOR_RANGES = {
+    "ADMIN_2FA_REMEMBER_DAYS": (0, 365),
+    "ADMIN_2FA_STEP_SECONDS": (30, 3600),
+}
+
+
+def _check_two_factor(settings: dict[str, Any]) -> None:
+    """Admin two-factor settings: whole numbers within range, refused at start otherwise."""
+    for key, (lowest, highest) in TWO_FACTOR_RANGES.items():
+        value = settings.get(key, lowest)
+        if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
+            raise SettingsError(
+                f"{key} must be a whole number from {lowest} to {highest}, not {value}"
+            )
 
 
 # Beyond this a typo (each worker is a process with its own database pool and caches).

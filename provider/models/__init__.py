@@ -1,6 +1,6 @@
 """The data model: every table and the invariants the database itself enforces."""
 
-from provider.models.admin import AdminUser, admin_domains
+from provider.models.admin import AdminRecoveryCode, AdminUser, admin_domains
 from provider.models.alias import Alias
 from provider.models.audit import AuditEvent
 from provider.models.backup import BackupRestore, BackupSnapshot, SnapshotStatus
@@ -28,6 +28,7 @@ from provider.models.trial import (
 from provider.models.vacation import SieveDuplicate, VacationResponse
 
 __all__ = [
+    "AdminRecoveryCode",
     "AdminUser",
     "Alias",
     "ApiToken",

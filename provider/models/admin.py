@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from flask_login import UserMixin
-from sqlalchemy import CheckConstraint, Column, ForeignKey, String, Table
+from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, String, Table
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from provider.extensions import db
@@ -39,12 +39,21 @@ class AdminUser(UserMixin, db.Model):  # type: ignore[name-defined,misc]
     session_epoch: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Two-factor login (TOTP): the secret, encrypted (services/two_factor.py); set but not
+    # enabled while the admin is setting it up. The last time step accepted refuses replays.
+    totp_secret: Mapped[str | None] = mapped_column(String(255))
+    totp_enabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger())
 
     domains: Mapped[list[Domain]] = relationship(secondary=admin_domains)
 
     @property
     def is_active(self) -> bool:  # type: ignore[override]
         return self.active
+
+    @property
+    def two_factor_enabled(self) -> bool:
+        return self.totp_enabled_at is not None
 
     def get_id(self) -> str:
         return f"{self.id}:{self.session_epoch}"
@@ -59,3 +68,17 @@ class AdminUser(UserMixin, db.Model):  # type: ignore[name-defined,misc]
 
     def __repr__(self) -> str:
         return f"<AdminUser {self.email}>"
+
+
+class AdminRecoveryCode(db.Model):  # type: ignore[name-defined,misc]
+    """One of an admin's one-time recovery codes (their SHA-256; the code is shown once)."""
+
+    __tablename__ = "admin_recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    admin_id: Mapped[int] = mapped_column(
+        ForeignKey("admin_users.id", ondelete="CASCADE"), index=True
+    )
+    code_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=now)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -14,7 +14,7 @@ bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 # Endpoints reachable without logging in; every other admin view needs a session, so a view
 # added later cannot be left open by forgetting a decorator.
-PUBLIC_ENDPOINTS = frozenset({"admin.login"})
+PUBLIC_ENDPOINTS = frozenset({"admin.login", "admin.login_second_step"})
 
 
 @bp.before_request
@@ -59,6 +59,7 @@ from provider.web.admin import (  # noqa: E402  (views register on bp)
     queue,
     rules,
     sending,
+    two_factor,
     upgrades,
 )
 
@@ -78,5 +79,6 @@ __all__ = [
     "queue",
     "rules",
     "sending",
+    "two_factor",
     "upgrades",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from flask import current_app, flash, redirect, render_template, request, session, url_for
-from flask_login import current_user, login_user, logout_user
+from flask_login import current_user, logout_user
 from werkzeug.wrappers import Response
 
 from provider.extensions import db
@@ -15,9 +15,14 @@ from provider.services.ratelimit import FailureLimiter
 from provider.web.admin import bp
 from provider.web.admin.access import current_admin
 from provider.web.admin.forms import LoginForm
+from provider.web.admin.two_factor import (
+    TOO_MANY,
+    finish_login,
+    remembered_device,
+    start_second_step,
+)
 
 GENERIC_FAILURE = "Wrong e-mail or password."
-TOO_MANY = "Too many failed logins. Try again later."
 
 
 def login_limiter() -> FailureLimiter:
@@ -54,14 +59,14 @@ def login() -> Response | str | tuple[str, int]:
             bans.failure(remote)
             db.session.rollback()
             return render_template("admin/login.html", form=form, error=GENERIC_FAILURE), 200
+        next_page = _safe_next(request.args.get("next"))
+        if admin.two_factor_enabled and not remembered_device(admin):
+            # Not logged in yet, and the account's failure count stays: wrong codes after
+            # right passwords must add up (the code page resets it when both are right).
+            db.session.commit()  # a password rehash, if the verification made one
+            return start_second_step(admin, next_page)
         limiter.reset(keys[0])
-        admins.record_login(db.session, admin)
-        db.session.commit()
-        # A fresh session on login: nothing from before login survives (session fixation).
-        session.clear()
-        session.permanent = True
-        login_user(admin)
-        return redirect(_safe_next(request.args.get("next")))
+        return finish_login(admin, next_page)
     return render_template("admin/login.html", form=form, error=None)
 
 

@@ -71,6 +71,36 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired(), Length(max=PASSWORD_MAX)])
 
 
+class TwoFactorEnableForm(FlaskForm):
+    """The code that turns two-factor login on."""
+
+    code = StringField(
+        "Code from your authenticator app, or a recovery code",
+        validators=[DataRequired(), Length(max=64)],
+    )
+
+
+class SecondStepForm(TwoFactorEnableForm):
+    """The second step of the admin login."""
+
+    remember = BooleanField("Remember this browser")
+
+
+class TwoFactorConfirmForm(FlaskForm):
+    """Proof it is the admin (a current code or the password) before changing two-factor login."""
+
+    code = StringField("Code from your app or a recovery code", validators=[Length(max=64)])
+    password = PasswordField("or your password", validators=[Length(max=PASSWORD_MAX)])
+
+    def validate(self, extra_validators: Mapping[str, Any] | None = None) -> bool:
+        if not super().validate(extra_validators):
+            return False
+        if not (self.code.data or "").strip() and not self.password.data:
+            self.form_errors.append("Enter a code from your app, a recovery code or your password.")
+            return False
+        return True
+
+
 class ConfirmForm(FlaskForm):
     """A form with no fields: a button whose POST carries only the CSRF token."""
 
