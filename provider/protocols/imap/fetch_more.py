@@ -33,12 +33,16 @@ def _read(file: BinaryIO, start: int, end: int) -> bytes:
 
 def binary_content(file: BinaryIO, size: int, parsed: ParsedMessage | None, section: str) -> bytes:
     """BINARY[section] before any partial (RFC 3516 §4.2): the part's content with its
-    content-transfer-encoding undone; the whole message for an empty section; b"" for a part
+    content-transfer-encoding undone; the whole message for an empty section (see below);
+    b"" for a part
     that does not exist (as BODY[section] gives). Identity encodings get CRLF line ends, as
     BODY does, except "binary", whose octets are given exactly as stored.
     UnknownTransferEncoding for an encoding that cannot be decoded."""
     if not section:
-        return to_crlf(_read(file, 0, size))
+        whole = _read(file, 0, size)
+        # A message holding NUL is binary content (appended as a literal8): its line ends are
+        # data, given back exactly; any other gets CRLF line ends as BODY[] gives them.
+        return whole if b"\0" in whole else to_crlf(whole)
     assert parsed is not None
     numbers = tuple(int(n) for n in section.split("."))
     part = find_part(parsed.body, numbers)
