@@ -194,7 +194,7 @@ def resolve(maildir: Maildir, target: ImapUrl, url: str) -> bytes:
     """The octets a URL stands for, as FETCH BODY.PEEK[section]<partial> would give them
     (CRLF line ends). BadUrl when the mailbox, UIDVALIDITY or message does not match."""
     folder = _folder(maildir, target.mailbox, url)
-    if target.uidvalidity is not None and folder.uidvalidity() != target.uidvalidity:
+    if target.uidvalidity is not None and folder.uidvalidity != target.uidvalidity:
         raise BadUrl(url, "UIDVALIDITY does not match")
     try:
         info = folder.get(target.uid)
