@@ -295,10 +295,12 @@ def save_date(basename: str) -> float | None:
     match = _DELIVERY_TIME.match(basename)
     if match is None:
         return None
-    moment = int(match.group(1)) + int(match.group(2) or 0) / 1_000_000
-    if not EARLIEST_INTERNAL_DATE < moment <= LATEST_INTERNAL_DATE or len(match.group(1)) > 10:
+    if len(match.group(1)) > 10 or len(match.group(2) or "") > 6:
         return None
-    return moment
+    seconds = int(match.group(1))
+    if not EARLIEST_INTERNAL_DATE < seconds < LATEST_INTERNAL_DATE:
+        return None
+    return seconds + int(match.group(2) or 0) / 1_000_000
 
 
 def virtual_size(data: bytes) -> int:
