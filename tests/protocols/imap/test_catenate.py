@@ -115,6 +115,9 @@ def test_absolute_url_whole_message_partial_and_multiappend(session, imap):
         ("/Drafts/;UID=99999999999", b"UID must be"),
         ("/%FF%FE/;UID={uid}", b"UTF-8"),
         ("/Drafts/;SECTION=1/;UID={uid}", b"unexpected"),
+        ("/..%2F..%2FDrafts/;UID={uid}", b"no such mailbox"),
+        ("/Drafts%00/;UID={uid}", b"no such mailbox"),
+        ("/Drafts/;UID={uid}/;PARTIAL=x", b"bad PARTIAL"),
     ],
 )
 def test_bad_urls_fail_with_badurl_and_store_nothing(session, imap, url, why):
