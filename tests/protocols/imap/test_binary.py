@@ -186,3 +186,35 @@ def test_imapclient_fetches_binary_sections(session, imap):
         fetched = client.fetch([uid], ["BINARY.PEEK[1]", "BINARY.SIZE[4.2]"])[uid]
         assert fetched[b"BINARY[1]"] == "Café au lait=1".encode()
         assert fetched[b"BINARY.SIZE[4.2]"] == len(HTML)
+
+
+def test_fetch_item_parsing_of_the_new_items():
+    from provider.protocols.imap.fetch import FetchItem, parse_fetch_items
+    from provider.protocols.imap.parser import parse_command
+
+    command = parse_command(
+        b"a FETCH 1 (BINARY.PEEK[1.2]<0.10> binary.size[3] BINARY[] PREVIEW (lazy) SAVEDATE "
+        b"PREVIEW)\r\n"
+    )
+    items = parse_fetch_items(command.args[1])
+    assert items == [
+        FetchItem("BINARY", "1.2", (0, 10), peek=True),
+        FetchItem("BINARY.SIZE", "3"),
+        FetchItem("BINARY", ""),
+        FetchItem("PREVIEW", lazy=True),
+        FetchItem("SAVEDATE"),
+        FetchItem("PREVIEW"),
+    ]
+    assert [i.label for i in items[:3]] == ["BINARY[1.2]<0>", "BINARY.SIZE[3]", "BINARY[]"]
+    assert [i.sets_seen for i in items] == [False, False, True, False, False, False]
+
+
+def test_append_with_a_synchronizing_literal8(session, imap):
+    make_mailbox(session)
+    client = logged_in(imap)
+    message = b"Subject: sync\r\n\r\n\x00\r\n"
+    untagged, done = exchange(client, b"APPEND INBOX ~{%d}\r\n" % len(message) + message)
+    client.logout()
+    assert untagged == [b"+ Ready for literal data"] and done.startswith(b"OK"), done
+    folder = mail_store().open("alice@example.test").folder("INBOX")
+    assert [folder.read(info.uid) for info in folder.messages()] == [message]
