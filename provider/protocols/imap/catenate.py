@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from provider.mailstore import Folder, FolderNotFound, Maildir, MessageNotFound
-from provider.mailstore.message import parse_section, section_bytes, shared_cache
+from provider.mailstore.message import parse_message, parse_section, section_bytes, shared_cache
 from provider.mailstore.names import decode_mutf7
 from provider.protocols.imap.fetch import MAX_NUMBER, partial_of, to_crlf
 from provider.protocols.imap.parser import Atom, LiteralArg, ProtocolError, Value, as_text
@@ -67,7 +67,7 @@ class ImapUrl:
     partial: tuple[int, int] | None
 
 
-def parse_catenate(value: Value) -> list[CatenatePart]:
+def parse_catenate(value: Value | None) -> list[CatenatePart]:
     """The parenthesised list after CATENATE (RFC 4469 §5): `TEXT literal` (or literal8) and
     `URL astring`, at least one. ProtocolError (BAD) for anything else."""
     if not isinstance(value, list) or not value:
@@ -81,7 +81,7 @@ def parse_catenate(value: Value) -> list[CatenatePart]:
         name = kind.upper() if isinstance(kind, Atom) else None
         if name == "TEXT" and isinstance(data, LiteralArg):
             parts.append(TextPart(checked_literal(data)))
-        elif name == "URL" and isinstance(data, bytes | Atom) and not isinstance(data, list):
+        elif name == "URL" and isinstance(data, bytes | Atom):
             parts.append(UrlPart(as_text(data)))
         else:
             raise ProtocolError("each CATENATE part is TEXT literal or URL url")
@@ -204,9 +204,7 @@ def resolve(maildir: Maildir, target: ImapUrl, url: str) -> bytes:
     if target.section:
         parsed = shared_cache(folder.path).get(info.basename, info.path)
         if parsed.size != len(data):
-            from provider.mailstore.message import parse_message
-
-            parsed = parse_message(data)
+            parsed = parse_message(data)  # a cache entry that does not fit: trust the file
         data = section_bytes(data, parsed, target.section)
     return partial_of(to_crlf(data), target.partial)
 

@@ -16,8 +16,6 @@ from provider.mailstore.message import ParsedMessage, find_part
 from provider.protocols.imap.fetch import format_internal_date, partial_of, to_crlf
 from provider.protocols.imap.parser import encode_string
 
-# A decoded BINARY section is built in memory; parts are bounded by the message size limit.
-
 
 def binary_literal(data: bytes) -> bytes:
     """A literal for decoded content: literal8 (`~{n}`, RFC 3516 §4.2) when it holds NUL,

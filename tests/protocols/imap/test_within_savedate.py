@@ -58,11 +58,20 @@ def test_within_older_and_younger_by_internal_date(session, imap):
     [esearch], _ = exchange(client, "UID SEARCH RETURN (COUNT) OLDER 3600")
     bad = [
         exchange(client, f"SEARCH {keys}")[1].split(b" ")[0]
-        for keys in ("OLDER", "OLDER 0", "YOUNGER -5", "YOUNGER 4294967296", "OLDER 1e3")
+        for keys in (
+            "OLDER",
+            "OLDER 0",
+            "YOUNGER -5",
+            "YOUNGER 4294967296",
+            "OLDER 1e3",
+            "SAVEDON 32-Jan-2020",
+            "SAVEDBEFORE",
+            "SAVEDSINCE (1-Jan-2020)",
+        )
     ]
     client.logout()
     assert esearch.endswith(b"COUNT 2")
-    assert bad == [b"BAD"] * 5
+    assert bad == [b"BAD"] * 8
 
 
 def test_save_date_is_when_the_file_was_written_in_this_folder(session, imap):
