@@ -286,6 +286,23 @@ def zone_minutes(basename: str) -> int:
     return -minutes if match.group(1) == "-" else minutes
 
 
+def save_date(basename: str) -> float | None:
+    """When the message was saved in its folder (RFC 8514 save date): the time at the start of
+    its file name, which `unique_basename` writes when the file is created in this folder's
+    tmp/ (APPEND, COPY, MOVE and delivery each write a new file; a flag change renames it but
+    keeps the basename). Dovecot and other Maildir writers name files the same way. None for a
+    name that does not start with a time, or one outside the range an internal date can have."""
+    match = _DELIVERY_TIME.match(basename)
+    if match is None:
+        return None
+    if len(match.group(1)) > 10 or len(match.group(2) or "") > 6:
+        return None
+    seconds = int(match.group(1))
+    if not EARLIEST_INTERNAL_DATE < seconds < LATEST_INTERNAL_DATE:
+        return None
+    return seconds + int(match.group(2) or 0) / 1_000_000
+
+
 def virtual_size(data: bytes) -> int:
     """Size with every bare LF counted as CRLF (Dovecot's W=, the IMAP RFC822.SIZE)."""
     return len(data) + data.count(b"\n") - data.count(b"\r\n")

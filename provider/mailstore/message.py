@@ -1329,6 +1329,7 @@ class _Memory:
         self.parsed: OrderedDict[tuple[str, str], ParsedMessage] = OrderedDict()
         self.headers: OrderedDict[tuple[str, str], MessageHeader] = OrderedDict()
         self.header_bytes = 0
+        self.previews: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     def get(self, key: tuple[str, str]) -> ParsedMessage | None:
         with self.lock:
@@ -1361,10 +1362,25 @@ class _Memory:
             while self.header_bytes > self.header_limit and self.headers:
                 self.header_bytes -= len(self.headers.popitem(last=False)[1].block)
 
+    def preview(self, key: tuple[str, str]) -> str | None:
+        with self.lock:
+            text = self.previews.get(key)
+            if text is not None:
+                self.previews.move_to_end(key)
+            return text
+
+    def put_preview(self, key: tuple[str, str], text: str) -> None:
+        with self.lock:
+            self.previews[key] = text
+            self.previews.move_to_end(key)
+            while len(self.previews) > self.entries:
+                self.previews.popitem(last=False)
+
     def forget(self, keys: Iterable[tuple[str, str]]) -> None:
         with self.lock:
             for key in keys:
                 self.parsed.pop(key, None)
+                self.previews.pop(key, None)
                 header = self.headers.pop(key, None)
                 if header is not None:
                     self.header_bytes -= len(header.block)
@@ -1373,6 +1389,7 @@ class _Memory:
         with self.lock:
             self.parsed.clear()
             self.headers.clear()
+            self.previews.clear()
             self.header_bytes = 0
 
 
@@ -1502,6 +1519,37 @@ class MessageCache:
             memory.put_header(key, header)
         return header
 
+    def preview(self, basename: str) -> str | None:
+        """The message's PREVIEW text (RFC 8970) if it was made before, else None."""
+        key = (self.folder, basename)
+        if self.memory is not None:
+            remembered = self.memory.preview(key)
+            if remembered is not None:
+                return remembered
+        row = self._use(
+            lambda connection: connection.execute(
+                "SELECT text FROM preview WHERE basename = ?", (basename,)
+            ).fetchone(),
+            create=False,
+        )
+        if row is None or not isinstance(row[0], str):
+            return None
+        if self.memory is not None:
+            self.memory.put_preview(key, row[0])
+        return row[0]
+
+    def put_preview(self, basename: str, text: str) -> None:
+        """Keep a message's PREVIEW text (made once, on the first FETCH PREVIEW that needs it:
+        message files never change, so neither does their preview)."""
+        if self.memory is not None:
+            self.memory.put_preview((self.folder, basename), text)
+        self._use(
+            lambda connection: connection.execute(
+                "INSERT OR REPLACE INTO preview (basename, text) VALUES (?, ?)", (basename, text)
+            ),
+            create=True,
+        )
+
     def forget(self, basenames: Iterable[str]) -> None:
         """Drop the entries of expunged messages (nothing to do if there is no cache file)."""
         keys = [(basename,) for basename in basenames]
@@ -1546,6 +1594,7 @@ class MessageCache:
         connection.execute("BEGIN IMMEDIATE")
         try:
             connection.executemany("DELETE FROM parsed WHERE basename = ?", keys)
+            connection.executemany("DELETE FROM preview WHERE basename = ?", keys)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:
@@ -1600,6 +1649,9 @@ class MessageCache:
         connection.execute("PRAGMA synchronous=NORMAL")
         connection.execute(
             "CREATE TABLE IF NOT EXISTS parsed (basename TEXT PRIMARY KEY, data BLOB NOT NULL)"
+        )
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS preview (basename TEXT PRIMARY KEY, text TEXT NOT NULL)"
         )
         return connection
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import functools
 import logging
 import os
@@ -30,6 +31,7 @@ from provider.mailstore import (
     StoredMessage,
     TooManyKeywords,
 )
+from provider.mailstore.content import UnknownTransferEncoding
 from provider.mailstore.keywords import MAX_KEYWORD_LENGTH, MAX_KEYWORDS, check_keyword
 from provider.mailstore.maildir import InvalidDate, check_internal_date
 from provider.mailstore.message import (
@@ -40,7 +42,9 @@ from provider.mailstore.message import (
 )
 from provider.mailstore.names import decode_mutf7
 from provider.models import Mailbox
+from provider.protocols.imap import catenate as catenating
 from provider.protocols.imap import fetch as fetching
+from provider.protocols.imap import fetch_more
 from provider.protocols.imap.compress import deflate_active, start_deflate
 from provider.protocols.imap.parser import (
     Atom,
@@ -474,6 +478,40 @@ class Commands:
         held.confirm_with_warning_level()
         return stored
 
+    def own_hosts(self: ImapSession) -> list[str]:
+        """The host names an absolute CATENATE URL may name for this server: the configured
+        HOSTNAME, the address the client connected to, and localhost."""
+        hosts = ["localhost"]
+        configured = self.app.config.get("HOSTNAME")
+        if configured:
+            hosts.append(str(configured))
+        local = self.writer.get_extra_info("sockname")
+        if isinstance(local, tuple) and local:
+            hosts.append(str(local[0]))
+        return hosts
+
+    def _append_catenated(
+        self: ImapSession,
+        target: str,
+        messages: list[tuple[bytes | list[catenating.CatenatePart], IncomingMessage]],
+    ) -> list[StoredMessage] | str:
+        """APPEND's messages, CATENATE ones joined first (RFC 4469): then stored all or
+        nothing as _store_new does; a NO text if a URL cannot be used or a message is too big."""
+        incoming = []
+        for content, message in messages:
+            if not isinstance(content, bytes):
+                assert self.user is not None
+                try:
+                    content = catenating.join_parts(
+                        self._maildir(), content, self.user, self.own_hosts(), self.append_limit
+                    )
+                except catenating.BadUrl as error:
+                    return error.response()
+                except catenating.TooBig:
+                    return "NO [TOOBIG] The joined message is larger than APPENDLIMIT"
+            incoming.append(dataclasses.replace(message, data=content))
+        return self._store_new(target, incoming)
+
     def _release(self: ImapSession, removed: list[MessageInfo]) -> None:
         total = sum(info.size for info in removed)
         if total and self.mailbox_id is not None:
@@ -678,12 +716,12 @@ class Commands:
         name = wire_name(args.pop(0), utf8=self.utf8)
         incoming = []
         for flags, when, message in append_groups(args):
-            if len(message) > self.append_limit:
+            if isinstance(message, bytes) and len(message) > self.append_limit:
                 return "NO [TOOBIG] Message too large"
             system, keywords = split_flags(flags)
             internal_date, zone = parse_internal_date(when) if when is not None else (None, None)
-            incoming.append(IncomingMessage(message, system, keywords, internal_date, zone))
-        result = await self.blocking(self._store_new, name, incoming)
+            incoming.append((message, IncomingMessage(b"", system, keywords, internal_date, zone)))
+        result = await self.blocking(self._append_catenated, name, incoming)
         if isinstance(result, str):
             return result
         await self.send_lines(dropped_keywords_notice(result))
@@ -874,9 +912,9 @@ class Commands:
             raise ProtocolError("FETCH takes a sequence set and items")
         view = self.selected
         assert view is not None
-        items = fetching.parse_fetch_items(command.args[1])
+        items = fetching.parse_fetch_items(fetching.lone_preview_lazy(command.args))
         changed_since = None
-        if len(command.args) == 3:
+        if len(command.args) == 3 and not fetching.is_lone_preview_lazy(command.args):
             changed_since = modifiers(command.args[2], ("CHANGEDSINCE",), "FETCH")["CHANGEDSINCE"]
         if by_uid and not any(item.name == "UID" for item in items):
             items.insert(0, fetching.FetchItem("UID"))
@@ -909,6 +947,9 @@ class Commands:
             run.close()
         if run.broken:
             return "NO [SERVERBUG] Some messages could not be read; the others were fetched"
+        if run.unknown_cte:
+            # RFC 3516 §4.3: a section whose encoding cannot be undone fails the request.
+            return "NO [UNKNOWN-CTE] Cannot decode a section's content-transfer-encoding"
         # A message another session expunged (and this one was not told of yet) cannot be
         # fetched: say so rather than answer OK without it (RFC 2180 §4.1.2, RFC 5530).
         if run.missing or (not by_uid and len(uids) < len(wanted)):
@@ -1032,6 +1073,11 @@ class Commands:
                 response.add(view.flags_part(uid))
                 if view.condstore and not run.wants_modseq:
                     response.add(view.modseq_part(uid))
+        except UnknownTransferEncoding:
+            response.close()
+            content.close()
+            run.unknown_cte += 1
+            return None
         except BaseException:
             response.close()
             content.close()
@@ -1060,6 +1106,12 @@ class Commands:
         if name == "INTERNALDATE":
             moment = fetching.format_internal_date(info.internal_date, info.zone_minutes)
             return f'INTERNALDATE "{moment}"'.encode()
+        if name == "SAVEDATE":
+            return fetch_more.save_date_item(info)
+        if name == "PREVIEW":
+            # Made before (kept in the folder's cache), else LAZY answers NIL at once.
+            text = shared_cache(view.folder.path).preview(info.basename)
+            return fetch_more.preview_item(text) if text is not None or item.lazy else None
         return None
 
     def _fetch_item(
@@ -1074,7 +1126,14 @@ class Commands:
             response.add(plain)
             return
         name = item.name
-        if item.section is not None:
+        if name == "BINARY":
+            decoded = content.binary(item.section or "")
+            response.add(fetch_more.binary_item(item.label, decoded, item.partial))
+        elif name == "BINARY.SIZE":
+            response.add(b"%s %d" % (item.label.encode(), len(content.binary(item.section or ""))))
+        elif name == "PREVIEW":
+            response.add(fetch_more.preview_item(content.preview()))
+        elif item.section is not None:
             response.add_literal(item.label.encode(), content.literal(item.section, item.partial))
         elif name in LITERAL_SECTIONS:
             response.add_literal(name.encode(), content.literal(LITERAL_SECTIONS[name], None))
@@ -1532,11 +1591,14 @@ def header_reader(
     return value
 
 
-def append_groups(args: list[Value]) -> list[tuple[list[str], str | None, bytes]]:
+AppendGroup = tuple[list[str], str | None, bytes | list[catenating.CatenatePart]]
+
+
+def append_groups(args: list[Value]) -> list[AppendGroup]:
     """APPEND's messages after the mailbox (RFC 3502 MULTIAPPEND): each `[flags] [date-time]
-    message`, the message a literal or `UTF8 (literal8)` (RFC 6855 §4); BAD for anything else
-    or for no message at all."""
-    groups: list[tuple[list[str], str | None, bytes]] = []
+    message`, the message a literal, a literal8 (RFC 3516 §4.4), `UTF8 (literal8)` (RFC 6855
+    §4) or `CATENATE (parts)` (RFC 4469 §5); BAD for anything else or for no message at all."""
+    groups: list[AppendGroup] = []
     position = 0
     while position < len(args):
         flags: list[str] = []
@@ -1558,9 +1620,14 @@ def append_groups(args: list[Value]) -> list[tuple[list[str], str | None, bytes]
             if not isinstance(inner, list) or len(inner) != 1 or not isinstance(inner[0], Literal8):
                 raise ProtocolError("UTF8 takes a parenthesised literal8: UTF8 (~{n}…)")
             data = inner[0]
-        elif not isinstance(data, LiteralArg) or isinstance(data, Literal8):
+        elif isinstance(data, Atom) and data.upper() == "CATENATE":
+            parts = catenating.parse_catenate(args[position] if position < len(args) else None)
+            position += 1
+            groups.append((flags, when, parts))
+            continue
+        elif not isinstance(data, LiteralArg):
             raise ProtocolError("the message must be a literal")
-        groups.append((flags, when, bytes(data)))
+        groups.append((flags, when, catenating.checked_literal(data)))
     if not groups:
         raise ProtocolError("APPEND needs a message literal")
     return groups
@@ -1613,12 +1680,21 @@ class FetchRun:
         self.broken = 0
         self.sets_seen = not view.readonly and any(i.sets_seen for i in items)
         self.seen_now: set[int] = set()
+        self.unknown_cte = 0
         # BODY[] (the whole message) needs only the file; any other section its structure.
+        # PREVIEW needs both only when it was not made before (MessageContent.preview).
         self.needs_parse = any(
-            (i.name in _PARSED_ITEMS and i.section is None) or i.section not in (None, "")
+            (i.name in _PARSED_ITEMS and i.section is None)
+            or i.section not in (None, "")
+            or (i.name == "PREVIEW" and not i.lazy)
             for i in items
         )
-        self.needs_file = any(i.section is not None or i.name in LITERAL_SECTIONS for i in items)
+        self.needs_file = any(
+            i.section is not None
+            or i.name in LITERAL_SECTIONS
+            or (i.name == "PREVIEW" and not i.lazy)
+            for i in items
+        )
         self.needs_content = self.needs_file or self.needs_parse
         self.wants_size = any(i.name == "RFC822.SIZE" for i in items)
         self.wants_flags = any(i.name == "FLAGS" for i in items)
@@ -1641,6 +1717,7 @@ class MessageContent:
         self.size = 0
         self._data: bytes | None = None
         self._parsed: ParsedMessage | None = None
+        self._binary: dict[str, bytes] = {}
 
     def prepare(self) -> None:
         """Open the file (it may have been renamed since the listing: looked up again) and
@@ -1709,6 +1786,24 @@ class MessageContent:
                 octets = section_bytes(octets, self.parsed(), section)
             return encode_literal(fetching.partial_of(fetching.to_crlf(octets), partial))
         return fetching.FileLiteral(self.file, start, end, partial, crlf=self.pure_crlf)
+
+    def binary(self, section: str) -> bytes:
+        """BINARY[section] decoded (RFC 3516), kept for a BINARY.SIZE of the same section."""
+        if section not in self._binary:
+            assert self.file is not None
+            parsed = self.parsed() if section else None
+            self._binary[section] = fetch_more.binary_content(self.file, self.size, parsed, section)
+        return self._binary[section]
+
+    def preview(self) -> str:
+        """The PREVIEW text (RFC 8970), made from the file once and kept in the folder's cache."""
+        cache = self.run.cache
+        assert cache is not None and self.file is not None
+        text = cache.preview(self.info.basename)
+        if text is None:
+            text = fetch_more.compute_preview(self.file, self.parsed())
+            cache.put_preview(self.info.basename, text)
+        return text
 
     def close(self) -> None:
         if self.file is not None:

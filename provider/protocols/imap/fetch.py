@@ -42,9 +42,17 @@ SIMPLE = frozenset(
         "RFC822.HEADER",
         "RFC822.TEXT",
         "MODSEQ",
+        "SAVEDATE",
+        "PREVIEW",
     }
 )
 _SECTION_ITEM = re.compile(r"(BODY(?:\.PEEK)?)\[([^\]]*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.I)
+# RFC 3516 §4: BINARY[section-binary]<partial>, BINARY.SIZE[section-binary]; the section is
+# part numbers only (no HEADER, TEXT or MIME: those have no content-transfer-encoding).
+_BINARY_ITEM = re.compile(
+    r"(BINARY(?:\.PEEK|\.SIZE)?)\[([0-9.]*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.I
+)
+_BINARY_PART = re.compile(r"[1-9][0-9]{0,8}(?:\.[1-9][0-9]{0,8})*")
 _WIDTH = re.compile(r",W=([0-9]+)")
 MAX_NUMBER = 2**32 - 1  # RFC 3501 §9 `number`: an unsigned 32-bit integer
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -52,23 +60,30 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 
 @dataclass(frozen=True)
 class FetchItem:
-    """One fetch-att: a simple name, or BODY[section]<partial> (peek: no implicit \\Seen)."""
+    """One fetch-att: a simple name, BODY[section]<partial> (peek: no implicit \\Seen),
+    BINARY[part]<partial> or BINARY.SIZE[part] (RFC 3516; `section` is then the part numbers),
+    or PREVIEW (`lazy`: RFC 8970's LAZY modifier)."""
 
     name: str
     section: str | None = None
     partial: tuple[int, int] | None = None
     peek: bool = False
+    lazy: bool = False
 
     @property
     def label(self) -> str:
         """The name the response uses (BODY.PEEK is answered as BODY, partial by its start)."""
         if self.section is None:
             return self.name
+        if self.name == "BINARY.SIZE":
+            return f"BINARY.SIZE[{self.section}]"
         start = f"<{self.partial[0]}>" if self.partial else ""
-        return f"BODY[{self.section}]{start}"
+        return f"{self.name}[{self.section}]{start}"
 
     @property
     def sets_seen(self) -> bool:
+        if self.name == "BINARY.SIZE":
+            return False
         return (self.section is not None and not self.peek) or self.name in (
             "RFC822",
             "RFC822.TEXT",
@@ -84,28 +99,80 @@ def parse_fetch_items(value: Value) -> list[FetchItem]:
     if not items:
         raise ProtocolError("empty fetch list")
     parsed: list[FetchItem] = []
-    for item in items:
+    position = 0
+    while position < len(items):
+        item = items[position]
+        position += 1
         if not isinstance(item, Atom):
             raise ProtocolError("bad fetch item")
         upper = item.upper()
+        if upper == "PREVIEW" and position < len(items) and isinstance(items[position], list):
+            # RFC 8970 §3.1: PREVIEW (LAZY); the only modifier there is.
+            modifiers = items[position]
+            position += 1
+            if [m.upper() if isinstance(m, Atom) else m for m in modifiers] != ["LAZY"]:
+                raise ProtocolError("PREVIEW takes only the modifier LAZY")
+            parsed.append(FetchItem("PREVIEW", lazy=True))
+            continue
         if upper in SIMPLE:
             parsed.append(FetchItem(upper))
+            continue
+        binary = _BINARY_ITEM.match(item)
+        if binary is not None:
+            parsed.append(_binary_item(binary))
             continue
         match = _SECTION_ITEM.match(item)
         if match is None:
             raise ProtocolError(f"unknown fetch item {item!r}")
         peek = match.group(1).upper() == "BODY.PEEK"
         section = _canonical_section(match.group(2))
-        partial = None
-        if match.group(3) is not None:
-            start, count = int(match.group(3)), int(match.group(4))
-            if count == 0:
-                raise ProtocolError("partial count must be positive")
-            if start > MAX_NUMBER or count > MAX_NUMBER:
-                raise ProtocolError("partial range out of range (RFC 3501 number: 32 bits)")
-            partial = (start, count)
-        parsed.append(FetchItem("BODY", section, partial, peek))
+        parsed.append(FetchItem("BODY", section, _partial(match), peek))
     return parsed
+
+
+def is_lone_preview_lazy(args: list[Value]) -> bool:
+    """FETCH seq PREVIEW (LAZY): the one fetch-att form whose modifier list stands where
+    FETCH's own modifiers (CHANGEDSINCE) would (RFC 8970 §3.1)."""
+    return (
+        len(args) == 3
+        and isinstance(args[1], Atom)
+        and args[1].upper() == "PREVIEW"
+        and isinstance(args[2], list)
+        and len(args[2]) == 1
+        and isinstance(args[2][0], Atom)
+        and args[2][0].upper() == "LAZY"
+    )
+
+
+def lone_preview_lazy(args: list[Value]) -> Value:
+    """The fetch-att argument of FETCH, with PREVIEW (LAZY) joined back into one list."""
+    return [args[1], args[2]] if is_lone_preview_lazy(args) else args[1]
+
+
+def _partial(match: re.Match[str]) -> tuple[int, int] | None:
+    """The <start.count> of a section item, checked (RFC 3501 §9: count non-zero, 32 bits)."""
+    if match.group(3) is None:
+        return None
+    start, count = int(match.group(3)), int(match.group(4))
+    if count == 0:
+        raise ProtocolError("partial count must be positive")
+    if start > MAX_NUMBER or count > MAX_NUMBER:
+        raise ProtocolError("partial range out of range (RFC 3501 number: 32 bits)")
+    return start, count
+
+
+def _binary_item(match: re.Match[str]) -> FetchItem:
+    """BINARY[.PEEK][part]<partial> or BINARY.SIZE[part] (RFC 3516 §6 grammar)."""
+    name = match.group(1).upper()
+    section = match.group(2)
+    if section and not _BINARY_PART.fullmatch(section):
+        raise ProtocolError(f"bad binary section {section!r}")
+    partial = _partial(match)
+    if name == "BINARY.SIZE":
+        if partial is not None:
+            raise ProtocolError("BINARY.SIZE takes no partial")
+        return FetchItem("BINARY.SIZE", section)
+    return FetchItem("BINARY", section, partial, peek=name == "BINARY.PEEK")
 
 
 def _canonical_section(section: str) -> str:

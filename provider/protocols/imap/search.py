@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import email.header
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 from provider.mailstore import MessageInfo
+from provider.mailstore.maildir import save_date
 from provider.mailstore.message import MessageHeader, ParsedMessage
 from provider.protocols.imap.parser import (
     Atom,
@@ -24,6 +26,9 @@ MAX_DEPTH = 64
 """How deeply NOT, OR and parenthesised keys may nest. The keys are parsed and evaluated by
 recursion, so an unbounded program (`NOT NOT ... ALL` five thousand times) would exhaust the
 stack; real clients nest a few levels."""
+
+MAX_INTERVAL = 2**32 - 1
+"""RFC 5032 interval: an nz-number, 32 bits (RFC 3501 §9)."""
 
 _MONTHS = {
     m: i + 1
@@ -196,6 +201,31 @@ def _key(args: list[Value], position: int, used: set[str], depth: int) -> tuple[
             return _compare(key, moment, day)
 
         return internal, position + 1
+    if key in ("OLDER", "YOUNGER"):
+        # RFC 5032 WITHIN: the internal date against now minus n seconds (now: when the
+        # search was parsed, the same instant for every message).
+        text = as_text(_take(args, position))
+        if not text.isascii() or not text.isdigit() or not 0 < int(text) <= MAX_INTERVAL:
+            raise ProtocolError(f"{key} takes a number of seconds from 1 to {MAX_INTERVAL}")
+        boundary = time.time() - int(text)
+        if key == "OLDER":
+            return (lambda c: c.info.internal_date <= boundary), position + 1
+        return (lambda c: c.info.internal_date > boundary), position + 1
+    if key in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE"):
+        # RFC 8514 §4: the save date's day in UTC (the zone FETCH SAVEDATE shows it in); a
+        # message whose save date is unknown is compared by its internal date instead.
+        day = parse_date(_take(args, position))
+
+        def saved(c: Candidate, key: str = key[5:]) -> bool:
+            moment = save_date(c.info.basename)
+            if moment is None:
+                moment = c.info.internal_date
+            return _compare(key, datetime.fromtimestamp(moment, UTC).date(), day)
+
+        return saved, position + 1
+    if key == "SAVEDATESUPPORTED":
+        # RFC 8514 §4: every folder of this store keeps save dates.
+        return (lambda c: True), position
     if key in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         day = parse_date(_take(args, position))
 

@@ -487,6 +487,11 @@ class ImapSession(Commands, streams.StreamSession):
                 "CONDSTORE",
                 "ESEARCH",
                 "SEARCHRES",
+                "BINARY",
+                "CATENATE",
+                "WITHIN",
+                "SAVEDATE",
+                "PREVIEW",
                 f"APPENDLIMIT={self.append_limit}",
             ]
         return " ".join(words)

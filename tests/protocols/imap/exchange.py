@@ -5,7 +5,7 @@ from __future__ import annotations
 import imaplib
 import re
 
-_LITERAL = re.compile(rb"\{(\d+)\}\r\n\Z")
+_LITERAL = re.compile(rb"~?\{(\d+)\}\r\n\Z")  # literal8 too (RFC 3516)
 
 
 def read_response_line(client: imaplib.IMAP4) -> bytes:

@@ -144,7 +144,6 @@ def test_utf8_append_forms(session, imap):
         b"APPEND INBOX UTF8 (~{%d+}\r\n" % len(message) + message + b" ~{1+}\r\nx)",
         b"APPEND INBOX UTF8 ()",
         b"APPEND INBOX UTF8",
-        b"APPEND INBOX ~{%d+}\r\n" % len(message) + message,  # literal8 without UTF8
     ]
     answers = [exchange(client, command)[1].split(b" ")[0] for command in bad]
     flags_and_date = (
