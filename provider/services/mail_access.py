@@ -78,7 +78,10 @@ def login(session: Session, address: str, password: str, protocol: str) -> Mailb
     if mailbox is None:
         session.rollback()
         raise AuthenticationFailed(AUTHENTICATION_FAILED)
-    session.commit()
+    # Only a rehashed password has anything to commit; a commit regardless would expire the
+    # mailbox and make check_policy and the caller load it again (a SELECT per login).
+    if session.dirty:
+        session.commit()
     check_policy(mailbox, protocol)
     return mailbox
 

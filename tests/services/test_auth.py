@@ -127,6 +127,35 @@ def test_login_rehashes_a_weak_stored_hash(session):
     assert stored.startswith("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$")
 
 
+def test_mail_login_commits_a_rehash_and_reloads_nothing_otherwise(session):
+    from sqlalchemy import event
+
+    from provider.services import mail_access
+
+    mailbox = make_mailbox(session)
+    mailbox.password_hash = auth.hash_password(MAILBOX_PASSWORD, HashParams(8192, 1, 1))
+    session.commit()
+    mail_access.login(session, mailbox.address, MAILBOX_PASSWORD, "imap")
+    session.expire_all()
+    stored = session.scalar(select(Mailbox.password_hash).where(Mailbox.id == mailbox.id))
+    assert stored.startswith("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$")
+    session.rollback()
+
+    address, mailbox_id = mailbox.address, mailbox.id
+    statements: list[str] = []
+    engine = session.get_bind()
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        found = mail_access.login(session, address, MAILBOX_PASSWORD, "imap")
+        assert (found.address, found.id) == (address, mailbox_id)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    # The lookup only: no commit expired the mailbox, so the policy check and the caller's
+    # reads of address and id load nothing again.
+    assert len(statements) == 1, statements
+
+
 def test_unknown_user_costs_as_much_as_a_wrong_password(session):
     """Timing must not reveal whether a mailbox exists (RELIABILITY A3): medians within 25 %."""
     make_mailbox(session)
