@@ -479,6 +479,7 @@ class ImapSession(Commands, streams.StreamSession):
                 "UTF8=ACCEPT",
                 "MULTIAPPEND",
                 "SORT",
+                "SORT=DISPLAY",
                 "ESORT",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",

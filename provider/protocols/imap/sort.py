@@ -14,7 +14,9 @@ from provider.mailstore.message import Address, ParsedMessage
 from provider.protocols.imap.parser import Atom, ProtocolError, Value
 from provider.protocols.imap.search import esearch_line
 
-SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO"})
+SORT_KEYS = frozenset(
+    {"ARRIVAL", "CC", "DATE", "DISPLAYFROM", "DISPLAYTO", "FROM", "SIZE", "SUBJECT", "TO"}
+)
 # The keys answered from the file name alone: no message needs to be opened for them.
 _CHEAP_KEYS = frozenset({"ARRIVAL", "SIZE"})
 MAX_REFERENCES = 100
@@ -122,6 +124,21 @@ def _first_mailbox(addresses: list[Address]) -> str:
     return ""
 
 
+def display_value(addresses: list[Address]) -> str:
+    """The display sort value of a field's first address (RFC 5957 §3), as a collation key:
+    its display name decoded, else mailbox@host, else the mailbox (a group's name: the first
+    address of a group field is its start marker), else ""."""
+    if not addresses:
+        return ""
+    first = addresses[0]
+    name = decode_subject(first.name) if first.name else ""
+    if name:
+        return collation_key(name)
+    if first.mailbox is not None and first.host is not None:
+        return collation_key(f"{first.mailbox}@{first.host}")
+    return collation_key(first.mailbox or "")
+
+
 # --- message ids (RFC 5256 §3, REFERENCES) ----------------------------------------------------
 
 _MSG_ID = re.compile(r"<([^<>]*)>")
@@ -153,6 +170,8 @@ class SortMessage:
     from_: str = ""
     to: str = ""
     cc: str = ""
+    display_from: str = ""
+    display_to: str = ""
     message_id: str | None = None
     references: list[str] = field(default_factory=list)
     modseq: int = 0
@@ -179,6 +198,8 @@ def sort_message(
     message.from_ = _first_mailbox(envelope.from_)
     message.to = _first_mailbox(envelope.to)
     message.cc = _first_mailbox(envelope.cc)
+    message.display_from = display_value(envelope.from_)
+    message.display_to = display_value(envelope.to)
     ids = normalized_ids(envelope.message_id)
     message.message_id = ids[0] if ids else None
     if header is not None:
@@ -194,6 +215,8 @@ def _key(name: str) -> Callable[[SortMessage], object]:
         "ARRIVAL": lambda m: m.arrival,
         "CC": lambda m: m.cc,
         "DATE": lambda m: m.sent,
+        "DISPLAYFROM": lambda m: m.display_from,
+        "DISPLAYTO": lambda m: m.display_to,
         "FROM": lambda m: m.from_,
         "SIZE": lambda m: m.size,
         "SUBJECT": lambda m: m.subject,

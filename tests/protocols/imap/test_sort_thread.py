@@ -96,6 +96,9 @@ SORTS = {
     "(FROM)": "2 3 4 1 5",  # alice, bob, BOB (case-insensitive: by sequence), carol, eve
     "(TO)": "3 4 1 2 5",  # 3 has no To: the empty string sorts first
     "(CC)": "1 3 4 5 2",
+    # RFC 5957: the display name where there is one ("Bob" of 4 before bob@b.test of 3).
+    "(DISPLAYFROM)": "2 4 3 1 5",
+    "(REVERSE DISPLAYTO)": "5 2 1 4 3",
     "(SIZE)": "5 4 2 3 1",
     "(REVERSE SIZE)": "1 3 2 4 5",
 }
@@ -103,7 +106,13 @@ SORTS = {
 
 def test_capabilities(client):
     caps = client.capability()[1][0].split()
-    for name in (b"SORT", b"ESORT", b"THREAD=ORDEREDSUBJECT", b"THREAD=REFERENCES"):
+    for name in (
+        b"SORT",
+        b"SORT=DISPLAY",
+        b"ESORT",
+        b"THREAD=ORDEREDSUBJECT",
+        b"THREAD=REFERENCES",
+    ):
         assert name in caps
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
 
 from provider.mailstore import MessageInfo
-from provider.mailstore.message import Envelope, ParsedMessage
+from provider.mailstore.message import Envelope, ParsedMessage, parse_addresses
+from provider.protocols.imap import sort
 from provider.protocols.imap.parser import Atom, ProtocolError
 from provider.protocols.imap.sort import (
     SortMessage,
@@ -214,3 +216,19 @@ def test_ordered_subject():
     ]
     assert seqs(ordered_subject_threads(messages)) == "(1 (2)(4))(3)(5 6)"
     assert seqs(ordered_subject_threads([])) == ""
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        ("Bob <bob@b.test>, alice@a.test", "bob"),
+        ("=?UTF-8?Q?=C3=84rne?= <a@x.test>", unicodedata.normalize("NFKD", "ärne")),
+        ('"" <Empty@Name.test>', "empty@name.test"),
+        ("team: x@y.test, z@y.test;", "team"),  # the group's start marker comes first
+        ("", ""),
+        ("undisclosed-recipients:;", "undisclosed-recipients"),
+    ],
+)
+def test_display_sort_value(field: str, expected: str) -> None:
+    """RFC 5957 §3: display name, else mailbox@host, else mailbox, else empty."""
+    assert sort.display_value(parse_addresses(field)) == expected
