@@ -490,6 +490,7 @@ class ImapSession(Commands, streams.StreamSession):
                 "SEARCHRES",
                 "BINARY",
                 "CATENATE",
+                "URL-PARTIAL",
                 "WITHIN",
                 "SAVEDATE",
                 "PREVIEW",

@@ -76,6 +76,8 @@ def test_apple_mail_like_draft_replaces_text_and_keeps_attachment(session, imap)
 def test_absolute_url_whole_message_partial_and_multiappend(session, imap):
     make_mailbox(session)
     client = logged_in(imap)
+    # RFC 5550: ;PARTIAL in the URLs CATENATE takes is what URL-PARTIAL announces.
+    assert b"URL-PARTIAL" in client.capability()[1][0].split()
     validity, uid = saved_draft(client)
     host, port = imap["imap"]
     absolute = f"imap://alice%40example.test@{host}:{port}/Drafts;UIDVALIDITY={validity}/;UID={uid}"
