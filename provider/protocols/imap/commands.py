@@ -548,7 +548,9 @@ class Commands:
         expunged = snapshot.expunged
         assert expunged is not None
         floor = qr.seq_match_floor(resync.seq_match, view.uids)
-        vanished = qr.vanished_earlier(known, view.uids, expunged.uids, expunged.complete, floor)
+        vanished = qr.vanished_earlier(
+            known, view.uids, expunged.uids, expunged.complete, floor, view.uidnext
+        )
         lines = []
         if vanished:
             lines.append(b"* VANISHED (EARLIER) %s\r\n" % qr.format_ranges(vanished).encode())
@@ -980,7 +982,9 @@ class Commands:
                 for a, b in [(largest if low is None else low, largest if high is None else high)]
             )
         expunged = await self.blocking(view.folder.expunged_since, since)
-        vanished = qr.vanished_earlier(asked, view.uids, expunged.uids, expunged.complete)
+        vanished = qr.vanished_earlier(
+            asked, view.uids, expunged.uids, expunged.complete, uidnext=view.uidnext
+        )
         if not vanished:
             return []
         return [b"* VANISHED (EARLIER) %s\r\n" % qr.format_ranges(vanished).encode()]

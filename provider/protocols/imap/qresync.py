@@ -217,6 +217,11 @@ def without(ranges: Ranges, present: list[int]) -> Ranges:
     return out
 
 
+def up_to(ranges: Ranges, ceiling: int) -> Ranges:
+    """The part of the ranges at or below `ceiling`."""
+    return [(low, min(high, ceiling)) for low, high in ranges if low <= ceiling]
+
+
 def above(ranges: Ranges, floor: int) -> Ranges:
     """The part of the ranges above `floor`."""
     return [(max(low, floor + 1), high) for low, high in ranges if high > floor]
@@ -232,11 +237,14 @@ def vanished_earlier(
     expunged: list[int],
     complete: bool,
     floor: int = 0,
+    uidnext: int = MAX_SEQUENCE_NUMBER + 1,
 ) -> Ranges:
     """The UIDs a VANISHED (EARLIER) reports: of the `asked` ones, those expunged since the
     client's modseq (`expunged`) or, when that history is not `complete`, every one not
-    `present` (the superset RFC 7162 §3.2.6 requires then) — never a present one, and none at
-    or below `floor` (what seq-match-data proved the client knows, §3.2.5.2)."""
+    `present` (the superset RFC 7162 §3.2.6 requires then) — never a present one, none never
+    given out (from `uidnext` up), and none at or below `floor` (what seq-match-data proved
+    the client knows, §3.2.5.2)."""
+    asked = up_to(asked, uidnext - 1)
     if complete:
         chosen = merge((uid, uid) for uid in expunged if uid > floor and contains(asked, uid))
         return without(chosen, present)

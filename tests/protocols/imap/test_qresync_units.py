@@ -108,8 +108,13 @@ def test_range_arithmetic():
     assert qr.without([(1, 10)], [1, 4, 5, 10, 11]) == [(2, 3), (6, 9)]
     assert qr.without([(1, 2**32 - 1)], []) == [(1, 2**32 - 1)]
     assert qr.above([(1, 3), (5, 9)], 6) == [(7, 9)]
+    assert qr.up_to([(1, 3), (5, 9), (12, 20)], 6) == [(1, 3), (5, 6)]
     assert qr.contains([(1, 3), (7, 7)], 7) and not qr.contains([(1, 3), (7, 7)], 4)
     assert qr.format_ranges([(1, 3), (7, 7)]) == "1:3,7"
+
+
+def test_vanished_never_names_a_uid_not_given_out_yet():
+    assert qr.vanished_earlier([(1, 2**32 - 1)], [2], [], False, uidnext=5) == [(1, 1), (3, 4)]
 
 
 def test_vanished_with_complete_history_is_the_expunged_known_uids_only():
