@@ -1556,6 +1556,7 @@ class Commands:
 
         removed = await self.blocking(remove)
         await self.send_lines(view.remove(set(removed)))
+        view.highest_due = view.highest_due or bool(removed and view.condstore)
         return "OK MOVE completed"
 
 

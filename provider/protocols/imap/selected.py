@@ -54,8 +54,9 @@ class SelectedView:
     # QRESYNC (RFC 7162 §3.2): expunges are reported as `* VANISHED uids`, and every FETCH
     # this session did not ask for carries UID as well as MODSEQ (§3.2.4).
     qresync: bool = False
-    # Set when a VANISHED went out, for the command's tagged OK [HIGHESTMODSEQ] (§3.2.7).
-    vanished_sent: bool = False
+    # Set when the command's tagged OK must carry [HIGHESTMODSEQ]: a VANISHED went out
+    # (RFC 7162 §3.2.7), or a MOVE moved something with CONDSTORE on (RFC 6851 §4.4).
+    highest_due: bool = False
     # While expunges this session may not report yet wait in `gone`: the highest modseq from
     # before they were numbered, to be told instead of any higher one (§3.2, example in §6).
     delayed_highest: int | None = None
@@ -189,7 +190,7 @@ class SelectedView:
             kept.reverse()
             self.uids = kept
             if self.qresync:
-                self.vanished_sent = True
+                self.highest_due = True
                 out = [b"* VANISHED %s\r\n" % format_sequence_set(removed).encode()]
         if not self.gone:
             self.delayed_highest = None

@@ -421,12 +421,13 @@ class ImapSession(Commands, streams.StreamSession):
     async def highest_modseq_for_qresync(self, result: str) -> str:
         """RFC 7162 §3.2 and §6: while expunges wait unreported, tell the modseq from before
         them (a client keeping the highest MODSEQ it saw would skip them after a disconnect);
-        once a VANISHED went out, the tagged OK carries the new HIGHESTMODSEQ (§3.2.7)."""
+        once a VANISHED went out (§3.2.7) or a MOVE moved messages (RFC 6851 §4.4), the
+        tagged OK carries the new HIGHESTMODSEQ."""
         view = self.selected
-        if view is None or not view.qresync:
+        if view is None or not view.condstore:
             return result
-        sent, view.vanished_sent = view.vanished_sent, False
-        if view.gone and view.delayed_highest is not None:
+        sent, view.highest_due = view.highest_due, False
+        if view.qresync and view.gone and view.delayed_highest is not None:
             await self.send(
                 f"* OK [HIGHESTMODSEQ {view.delayed_highest}] Expunges not yet reported\r\n"
             )

@@ -339,6 +339,19 @@ def test_expunge_uid_expunge_and_move_answer_vanished_with_the_new_highest_modse
     assert b"* 1 EXISTS" in lines and b"* OK [CLOSED] Previous mailbox closed" not in lines
 
 
+def test_move_with_condstore_only_answers_expunge_and_the_new_highest_modseq(folder, imap_now):
+    """RFC 6851 §4.4: a MOVE that moved something sends HIGHESTMODSEQ; without QRESYNC the
+    expunges stay EXPUNGE responses."""
+    client = session_of(imap_now())
+    _, lines = run(client, "SELECT INBOX (CONDSTORE)")
+    before = highest(lines)
+    status, lines = run(client, "MOVE 2 Trash")
+    assert lines[-1] == b"* 2 EXPUNGE"
+    assert int(re.match(rb"OK \[HIGHESTMODSEQ (\d+)\] MOVE completed", status).group(1)) > before
+    status, lines = run(client, "EXPUNGE")
+    assert status == b"OK EXPUNGE completed"
+
+
 def test_closed_whenever_select_replaces_a_selected_mailbox(folder, imap_now):
     """RFC 7162 §3.2.11: also for a CONDSTORE server whose client enabled nothing."""
     client = session_of(imap_now())
