@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sqlite3
+from contextlib import closing
 
 import pytest
 
@@ -77,7 +79,7 @@ def test_history_is_bounded_and_a_client_from_before_the_cut_is_told_it_is_incom
     for uid in uids[:5]:
         delete(inbox, uid)
         marks.append(inbox.modseqs().highest)
-    with sqlite3.connect(inbox.path / MODSEQ_NAME) as connection:
+    with closing(sqlite3.connect(inbox.path / MODSEQ_NAME)) as connection, connection:
         assert connection.execute("SELECT count(*) FROM expunged").fetchone()[0] == 3
     assert not inbox.expunged_since(marks[0]).complete
     assert not inbox.expunged_since(marks[1]).complete
@@ -107,7 +109,7 @@ def test_a_file_from_before_qresync_is_complete_only_from_its_highest(inbox):
     delete(inbox, uids[0])
     highest = inbox.modseqs().highest
     forget_cached_state()
-    with sqlite3.connect(inbox.path / MODSEQ_NAME) as connection:
+    with closing(sqlite3.connect(inbox.path / MODSEQ_NAME)) as connection, connection:
         connection.execute("DROP TABLE expunged")
         connection.execute("DELETE FROM meta WHERE name = 'complete_after'")
     folder = MailStore(inbox.path.parents[2]).open("alice@example.com").folder("INBOX")
@@ -123,7 +125,7 @@ def test_expunges_of_an_older_uidvalidity_are_not_reported(inbox):
     before = inbox.modseqs().highest
     delete(inbox, uid)
     inbox.modseqs()
-    with sqlite3.connect(inbox.path / MODSEQ_NAME) as connection:
+    with closing(sqlite3.connect(inbox.path / MODSEQ_NAME)) as connection, connection:
         connection.execute("UPDATE expunged SET uidvalidity = uidvalidity - 1")
     forget_cached_state()
     folder = MailStore(inbox.path.parents[2]).open("alice@example.com").folder("INBOX")
@@ -141,3 +143,36 @@ def test_the_history_lives_in_our_own_file_only(inbox):
     added = set(os.listdir(inbox.path)) - before
     assert {name.removesuffix("-wal").removesuffix("-shm") for name in added} <= {MODSEQ_NAME}
     assert (inbox.path / "dovecot-uidlist").read_text().splitlines()[0].startswith("3 V")
+
+
+def _look_in_a_fork(root: str, since: int, start, results) -> None:
+    """A process of its own (no state shared): wait for the start, then number the expunge."""
+    forget_cached_state()
+    folder = MailStore(root).open("alice@example.com").folder("INBOX")
+    start.wait(10)
+    gone = folder.expunged_since(since)
+    results.put((gone.uids, folder.modseqs().highest))
+
+
+def test_processes_racing_to_number_one_expunge_agree(inbox):
+    uids = [inbox.deliver(sample_message(str(n))).uid for n in range(4)]
+    before = inbox.modseqs().highest
+    delete(inbox, uids[1])
+    fork = multiprocessing.get_context("fork")
+    start, results = fork.Event(), fork.Queue()
+    root = str(inbox.path.parents[2])
+    processes = [
+        fork.Process(target=_look_in_a_fork, args=(root, before, start, results)) for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    start.set()
+    answers = [results.get(timeout=30) for _ in processes]
+    for process in processes:
+        process.join(10)
+        assert process.exitcode == 0
+    results.close()
+    assert answers == [([uids[1]], answers[0][1])] * 4
+    with closing(sqlite3.connect(inbox.path / MODSEQ_NAME)) as connection, connection:
+        rows = connection.execute("SELECT uid, modseq FROM expunged").fetchall()
+    assert rows == [(uids[1], answers[0][1])]

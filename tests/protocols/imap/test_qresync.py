@@ -6,6 +6,7 @@ import imaplib
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
+from contextlib import closing
 
 import pytest
 from imapclient import IMAPClient
@@ -440,7 +441,7 @@ def test_history_bound_is_honoured_over_the_wire(folder, imap_now, monkeypatch):
     folder.modseqs()  # a CONDSTORE session looking in between numbers each expunge
     change_elsewhere(imap_now(), expunge=[2], flag=3)
     folder.modseqs()
-    with sqlite3.connect(folder.path / MODSEQ_NAME) as connection:
+    with closing(sqlite3.connect(folder.path / MODSEQ_NAME)) as connection, connection:
         assert connection.execute("SELECT count(*) FROM expunged").fetchone()[0] == 1
     client = enabled(imap_now())
     _, lines = run(client, f"SELECT INBOX (QRESYNC ({valid} {modseq} 1:6))")
