@@ -75,6 +75,10 @@ RECENT_NAME = "provider-recent"
 MODSEQ_NAME = "provider-modseq.sqlite"
 """Per-folder mod-sequences (RFC 7162): the letters each message had when it got its modseq."""
 MODSEQ_BUSY_SECONDS = 10.0
+# QRESYNC (RFC 7162 §3.2): the expunged UIDs remembered per folder, with the modseq each went
+# at. Past this the oldest are forgotten, and a client asking from before them is told of every
+# UID of its set that is not here any more (the superset RFC 7162 §3.2.6 allows).
+MAX_EXPUNGED_REMEMBERED = 50_000
 
 READ_LOCK_WAIT = 0.5
 """How long a reader waits for the lock to give UIDs to new files before leaving them for later."""
@@ -234,6 +238,16 @@ class Modseqs:
 
 
 @dataclass(frozen=True)
+class ExpungedSince:
+    """UIDs expunged after a modseq (RFC 7162 §3.2), as the folder remembers them. `complete`
+    is False when expunges after that modseq may have been forgotten (pruned history, a
+    rebuilt modseq file): the caller must then treat every missing UID as expunged."""
+
+    uids: list[int]
+    complete: bool
+
+
+@dataclass(frozen=True)
 class FolderSnapshot:
     version: int
     messages: list[MessageInfo] | None
@@ -243,6 +257,8 @@ class FolderSnapshot:
     modseqs: Modseqs | None = None
     # The keywords the folder names (in letter order), as of the same sync.
     keywords: tuple[str, ...] = ()
+    # Only when asked for (QRESYNC): the UIDs expunged after a modseq, as of the same sync.
+    expunged: ExpungedSince | None = None
 
 
 @dataclass(frozen=True)
@@ -404,13 +420,19 @@ def _next_modseq(last: int) -> int:
 
 class _ModseqFile:
     """provider-modseq.sqlite: for each message (by basename) the info letters and UID it had
-    when it last got a modseq, and the folder's highest modseq.
+    when it last got a modseq, the folder's highest modseq, and (QRESYNC) the UIDs of messages
+    that went, with the modseq their going was given.
 
     A message whose letters differ from the recorded ones (a flag change by anyone, Dovecot
     included), or that has no record (a delivery), gets a fresh modseq; records of messages that
     are gone are dropped and raise the highest modseq. All of it in one write transaction, so
     processes sharing the folder agree: the first to notice a change numbers it, the others find
     the letters recorded and take that value. Caller holds the folder state's thread lock.
+
+    Expunge history: `complete_after` (meta) is the modseq from which every expunge is in the
+    `expunged` table; a file created now starts it at its first value (clients holding older
+    values learnt them from a lost file), a file from before QRESYNC at its highest, and
+    pruning past MAX_EXPUNGED_REMEMBERED raises it to the newest modseq forgotten.
     """
 
     def __init__(self, path: Path) -> None:
@@ -420,12 +442,14 @@ class _ModseqFile:
         self.data_version: int | None = None
         self.records: dict[str, tuple[str, int, int]] = {}
         self.highest = 0
+        self.complete_after: int | None = None
         # The highest value this process saw in any incarnation of the file.
         self.floor = 0
 
     def close(self) -> None:
         connection, self.connection, self.identity = self.connection, None, None
         self.data_version, self.records, self.highest = None, {}, 0
+        self.complete_after = None
         if connection is not None:
             connection.close()
 
@@ -458,6 +482,11 @@ class _ModseqFile:
             connection.execute(
                 "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
             )
+            connection.execute(
+                "CREATE TABLE IF NOT EXISTS expunged (uidvalidity INTEGER NOT NULL,"
+                " uid INTEGER NOT NULL, modseq INTEGER NOT NULL, PRIMARY KEY (uidvalidity, uid))"
+            )
+            connection.execute("CREATE INDEX IF NOT EXISTS expunged_by_modseq ON expunged (modseq)")
             st = os.stat(self.path)
         except BaseException:
             connection.close()
@@ -475,6 +504,8 @@ class _ModseqFile:
         row = connection.execute("SELECT value FROM meta WHERE name = 'highest'").fetchone()
         self.highest = int(row[0]) if row else 0
         self.floor = max(self.floor, self.highest)
+        row = connection.execute("SELECT value FROM meta WHERE name = 'complete_after'").fetchone()
+        self.complete_after = int(row[0]) if row else None
 
     def _differences(
         self, current: dict[str, tuple[str, int]], next_uid: int
@@ -491,6 +522,7 @@ class _ModseqFile:
         current_of: Callable[[], dict[str, tuple[str, int]]],
         next_uid: int,
         known: bool,
+        uidvalidity: int = 0,
     ) -> bool:
         """Bring the file up to date with the folder's messages, `current_of()` (basename →
         (letters, UID)); `known` says they are what the last call saw, so that nothing needs
@@ -505,7 +537,7 @@ class _ModseqFile:
             return False
         current = current_of()
         stale, gone = self._differences(current, next_uid)
-        if self.highest and not stale and not gone:
+        if self.highest and self.complete_after is not None and not stale and not gone:
             return changed
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -532,6 +564,22 @@ class _ModseqFile:
                 connection.executemany(
                     "DELETE FROM message WHERE basename = ?", [(b,) for b in gone]
                 )
+                connection.executemany(
+                    "INSERT OR REPLACE INTO expunged (uidvalidity, uid, modseq) VALUES (?, ?, ?)",
+                    [(uidvalidity, self.records[b][1], last) for b in gone],
+                )
+            complete_after = self.complete_after
+            if complete_after is None:
+                # A new file: values before its first are another file's, whose expunges are
+                # lost. A file from before QRESYNC: its expunges up to now were not kept.
+                complete_after = self.highest or last
+            if gone:
+                complete_after = max(complete_after, self._prune(connection))
+            if complete_after != self.complete_after:
+                connection.execute(
+                    "INSERT OR REPLACE INTO meta (name, value) VALUES ('complete_after', ?)",
+                    (complete_after,),
+                )
             if last != self.highest:
                 connection.execute(
                     "INSERT OR REPLACE INTO meta (name, value) VALUES ('highest', ?)", (last,)
@@ -546,8 +594,35 @@ class _ModseqFile:
         for basename in gone:
             del self.records[basename]
         self.highest = last
+        self.complete_after = complete_after
         self.floor = max(self.floor, last)
         return True
+
+    @staticmethod
+    def _prune(connection: sqlite3.Connection) -> int:
+        """Forget the oldest expunges beyond MAX_EXPUNGED_REMEMBERED (all those sharing the
+        cut's modseq too); the newest modseq forgotten, 0 when none was."""
+        row = connection.execute(
+            "SELECT modseq FROM expunged ORDER BY modseq DESC LIMIT 1 OFFSET ?",
+            (MAX_EXPUNGED_REMEMBERED,),
+        ).fetchone()
+        if row is None:
+            return 0
+        connection.execute("DELETE FROM expunged WHERE modseq <= ?", (row[0],))
+        return int(row[0])
+
+    def expunged_since(self, uidvalidity: int, modseq: int) -> ExpungedSince:
+        """The UIDs (of this UIDVALIDITY) expunged after `modseq`, as last reconciled."""
+        connection = self._connect()
+        uids = [
+            int(uid)
+            for (uid,) in connection.execute(
+                "SELECT uid FROM expunged WHERE uidvalidity = ? AND modseq > ? ORDER BY uid",
+                (uidvalidity, modseq),
+            )
+        ]
+        complete_after = self.complete_after
+        return ExpungedSince(uids, complete_after is not None and modseq >= complete_after)
 
 
 # --- per-folder cache shared by every Folder object on the same directory in this process --------
@@ -680,22 +755,32 @@ class Folder:
             return list(self._state.infos)
 
     def snapshot(
-        self, known_version: int | None = None, *, modseqs: bool = False
+        self,
+        known_version: int | None = None,
+        *,
+        modseqs: bool = False,
+        expunged_since: int | None = None,
     ) -> FolderSnapshot:
         """The folder after a sync, in one step: its messages (None when they are still those
-        of `known_version`: nothing to compare), UIDVALIDITY and UIDNEXT, and with `modseqs`
-        the mod-sequences of those very messages."""
+        of `known_version`: nothing to compare), UIDVALIDITY and UIDNEXT, with `modseqs` the
+        mod-sequences of those very messages, and with `expunged_since` the UIDs expunged
+        after that modseq (QRESYNC; implies `modseqs`)."""
         with self._state.lock:
             self._sync()
             state = self._state
             messages = None if known_version == state.version else list(state.infos)
+            numbered = self._modseqs() if modseqs or expunged_since is not None else None
+            expunged = None
+            if expunged_since is not None:
+                expunged = self._expunged_since(expunged_since)
             return FolderSnapshot(
                 state.version,
                 messages,
                 state.uidlist.uidvalidity,
                 state.uidlist.next_uid,
-                self._modseqs() if modseqs else None,
+                numbered,
                 state.keywords.ordered_names(),
+                expunged,
             )
 
     # --- mod-sequences (RFC 7162): worked out when asked for, never on the plain paths
@@ -707,6 +792,21 @@ class Folder:
         with self._state.lock:
             self._sync()
             return self._modseqs()
+
+    def expunged_since(self, modseq: int) -> ExpungedSince:
+        """The UIDs expunged after `modseq` (RFC 7162 §3.2), after a sync and a reconcile (so an
+        expunge by anyone, Dovecot included, is numbered now if nobody had looked yet)."""
+        with self._state.lock:
+            self._sync()
+            self._modseqs()
+            return self._expunged_since(modseq)
+
+    def _expunged_since(self, modseq: int) -> ExpungedSince:
+        """(Caller holds the state lock and has reconciled the modseqs.)"""
+        try:
+            return self._state.modseq_file.expunged_since(self._state.uidlist.uidvalidity, modseq)
+        except sqlite3.Error as error:
+            raise MailstoreBusy(f"{self.path / MODSEQ_NAME}: {error}") from error
 
     def _modseqs(self) -> Modseqs:
         """(Caller holds the state lock and has synced.)"""
@@ -720,7 +820,9 @@ class Folder:
         changed = False
         for attempt in range(2):
             try:
-                changed = modseq_file.reconcile(current, state.uidlist.next_uid, known)
+                changed = modseq_file.reconcile(
+                    current, state.uidlist.next_uid, known, state.uidlist.uidvalidity
+                )
                 break
             except sqlite3.Error as error:
                 code = (getattr(error, "sqlite_errorcode", None) or 0) & 0xFF

@@ -21,6 +21,7 @@ from provider.mailstore import (
     Folder,
     FolderInfo,
     FolderNotFound,
+    FolderSnapshot,
     IncomingMessage,
     MailboxMissing,
     Maildir,
@@ -45,6 +46,7 @@ from provider.models import Mailbox
 from provider.protocols.imap import catenate as catenating
 from provider.protocols.imap import fetch as fetching
 from provider.protocols.imap import fetch_more
+from provider.protocols.imap import qresync as qr
 from provider.protocols.imap.compress import deflate_active, start_deflate
 from provider.protocols.imap.parser import (
     Atom,
@@ -523,30 +525,35 @@ class Commands:
     async def do_select(self: ImapSession, command: Command, readonly: bool = False) -> str:
         if len(command.args) not in (1, 2):
             raise ProtocolError("SELECT takes one mailbox name")
+        parameters = qr.SelectParameters()
         if len(command.args) == 2:
-            # RFC 4466 select parameters: only CONDSTORE (RFC 7162 §3.1.8) is known.
-            params = command.args[1]
-            if not isinstance(params, list) or [as_text(p).upper() for p in params] != [
-                "CONDSTORE"
-            ]:
-                raise ProtocolError("unknown SELECT parameter")
+            # RFC 4466 select parameters: CONDSTORE (RFC 7162 §3.1.8), QRESYNC (§3.2.5).
+            parameters = qr.parse_select_parameters(command.args[1])
+            if parameters.qresync is not None and not self.qresync:
+                raise ProtocolError("QRESYNC needs ENABLE QRESYNC first")
+        name = wire_name(command.args[0], utf8=self.utf8)
+        if parameters.condstore:
             self.condstore = True
+        if self.selected is not None:
+            # RFC 7162 §3.2.11: what came before is the old mailbox's, what follows the new's.
+            await self.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
         self.selected = None
         self.saved_result = frozenset()
-        name = wire_name(command.args[0], utf8=self.utf8)
-        condstore = self.condstore
+        condstore, resync = self.condstore, parameters.qresync
 
-        def open_view() -> SelectedView:
+        def open_view() -> tuple[SelectedView, FolderSnapshot]:
             folder = self._maildir().folder(name)
-            view = SelectedView(folder, readonly, condstore=condstore)
-            snapshot = folder.snapshot(modseqs=condstore)
+            view = SelectedView(folder, readonly, condstore=condstore, qresync=self.qresync)
+            snapshot = folder.snapshot(
+                modseqs=condstore, expunged_since=resync.modseq if resync else None
+            )
             top = snapshot.messages[-1].uid if snapshot.messages else 0
             # A read-write session claims \\Recent; EXAMINE only looks (RFC 3501 §6.3.2).
             recent_from = folder.recent_from() if readonly else folder.claim_recent(top)
             view.load(snapshot, recent_from)
-            return view
+            return view, snapshot
 
-        view = await self.blocking(open_view)
+        view, snapshot = await self.blocking(open_view)
         unseen = view.first_unseen()
         lines = [
             *(line.decode().rstrip("\r\n") for line in view.flags_lines(view.keywords)),
@@ -560,12 +567,42 @@ class Commands:
         if condstore:
             lines.append(f"* OK [HIGHESTMODSEQ {view.highest_modseq}] Highest")
         await self.send("".join(line + "\r\n" for line in lines))
+        if resync is not None and resync.uidvalidity == view.uidvalidity:
+            await self.send_lines(self._resync_lines(view, snapshot, resync))
         self.selected = view
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         return f"OK [{mode}] {'EXAMINE' if readonly else 'SELECT'} completed"
 
     async def do_examine(self: ImapSession, command: Command) -> str:
         return await self.do_select(command, readonly=True)
+
+    @staticmethod
+    def _resync_lines(
+        view: SelectedView, snapshot: FolderSnapshot, resync: qr.QresyncParameter
+    ) -> list[bytes]:
+        """SELECT (QRESYNC ...) with the right UIDVALIDITY (RFC 7162 §3.2.5.1): VANISHED
+        (EARLIER) for the known UIDs expunged since the client's modseq, then FETCH (UID FLAGS
+        MODSEQ) of the known messages changed since — as UID FETCH known-uids (FLAGS)
+        (CHANGEDSINCE modseq VANISHED) would, narrowed by the sequence match data."""
+        known = resync.known_uids
+        if known is None:
+            known = [(1, view.uidnext - 1)] if view.uidnext > 1 else []
+        expunged = snapshot.expunged
+        assert expunged is not None
+        floor = qr.seq_match_floor(resync.seq_match, view.uids)
+        vanished = qr.vanished_earlier(
+            known, view.uids, expunged.uids, expunged.complete, floor, view.uidnext
+        )
+        lines = []
+        if vanished:
+            lines.append(b"* VANISHED (EARLIER) %s\r\n" % qr.format_ranges(vanished).encode())
+        modseqs = view.modseqs
+        lines += [
+            view.fetch_flags_line(uid, with_uid=True)
+            for uid in view.uids
+            if modseqs.get(uid, 0) > resync.modseq and qr.contains(known, uid)
+        ]
+        return lines
 
     @answers_disk_full
     async def do_create(self: ImapSession, command: Command) -> str:
@@ -743,6 +780,13 @@ class Commands:
                 if not self.condstore:
                     enabled.append("CONDSTORE")
                 await self.enable_condstore()
+            elif name == "QRESYNC" and not self.qresync:
+                # RFC 7162 §3.2.3: implies CONDSTORE; VANISHED instead of EXPUNGE from now on.
+                self.qresync = True
+                enabled.append("QRESYNC")
+                await self.enable_condstore()
+                if self.selected is not None:
+                    self.selected.qresync = True
             elif name == "UTF8=ACCEPT" and not self.utf8 and self.selected is None:
                 # RFC 6855 §3: only in the authenticated state; once on, for the session.
                 self.utf8 = True
@@ -913,12 +957,23 @@ class Commands:
         view = self.selected
         assert view is not None
         items = fetching.parse_fetch_items(fetching.lone_preview_lazy(command.args))
-        changed_since = None
+        fetch_modifiers = qr.FetchModifiers()
         if len(command.args) == 3 and not fetching.is_lone_preview_lazy(command.args):
-            changed_since = modifiers(command.args[2], ("CHANGEDSINCE",), "FETCH")["CHANGEDSINCE"]
-        if by_uid and not any(item.name == "UID" for item in items):
+            fetch_modifiers = qr.parse_fetch_modifiers(
+                command.args[2], by_uid=by_uid, qresync=self.qresync
+            )
+        changed_since = fetch_modifiers.changed_since
+        # RFC 7162 §3.2.4: with QRESYNC a FETCH that sets \\Seen answers with the UID too.
+        sets_seen = not view.readonly and any(item.sets_seen for item in items)
+        uid_wanted = by_uid or (view.qresync and sets_seen)
+        if uid_wanted and not any(item.name == "UID" for item in items):
             items.insert(0, fetching.FetchItem("UID"))
         wanted = self._targets(as_text(command.args[0]), by_uid)
+        if fetch_modifiers.vanished:
+            assert changed_since is not None
+            await self.send_lines(
+                await self._vanished_earlier(view, as_text(command.args[0]), changed_since)
+            )
         if changed_since is not None or any(item.name == "MODSEQ" for item in items):
             await self.enable_condstore()
         has_modseq = any(item.name == "MODSEQ" for item in items)
@@ -955,6 +1010,29 @@ class Commands:
         if run.missing or (not by_uid and len(uids) < len(wanted)):
             return "NO [EXPUNGEISSUED] Some messages were expunged; the others were fetched"
         return f"OK {'UID ' if by_uid else ''}FETCH completed"
+
+    async def _vanished_earlier(
+        self: ImapSession, view: SelectedView, text: str, since: int
+    ) -> list[bytes]:
+        """UID FETCH … (CHANGEDSINCE since VANISHED), RFC 7162 §3.2.6: the UIDs of the set
+        (not only those in the mailbox) expunged after `since`, before any FETCH."""
+        if text == "$":
+            asked = qr.merge((uid, uid) for uid in self.saved_result)
+        else:
+            # `*` is the largest UID ever given out, so a just-expunged last message counts.
+            largest = max(view.uidnext - 1, view.uids[-1] if view.uids else 0)
+            asked = qr.merge(
+                (min(a, b), max(a, b))
+                for low, high in parse_sequence_set(text)
+                for a, b in [(largest if low is None else low, largest if high is None else high)]
+            )
+        expunged = await self.blocking(view.folder.expunged_since, since)
+        vanished = qr.vanished_earlier(
+            asked, view.uids, expunged.uids, expunged.complete, uidnext=view.uidnext
+        )
+        if not vanished:
+            return []
+        return [b"* VANISHED (EARLIER) %s\r\n" % qr.format_ranges(vanished).encode()]
 
     async def _send_pieces(self: ImapSession, pieces: list[bytes | fetching.FileLiteral]) -> None:
         """Send responses, literals streamed from their files a chunk at a time; each write
@@ -1542,6 +1620,7 @@ class Commands:
 
         removed = await self.blocking(remove)
         await self.send_lines(view.remove(set(removed)))
+        view.highest_due = view.highest_due or bool(removed and view.condstore)
         return "OK MOVE completed"
 
 

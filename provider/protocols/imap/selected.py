@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from provider.mailstore import Folder, FolderSnapshot, MessageInfo
 from provider.mailstore.keywords import MAX_KEYWORDS
 from provider.mailstore.maildir import Modseqs
+from provider.protocols.imap.parser import format_sequence_set
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
@@ -50,6 +51,15 @@ class SelectedView:
     condstore: bool = False
     modseqs: dict[int, int] = field(default_factory=dict)
     highest_modseq: int = 0
+    # QRESYNC (RFC 7162 §3.2): expunges are reported as `* VANISHED uids`, and every FETCH
+    # this session did not ask for carries UID as well as MODSEQ (§3.2.4).
+    qresync: bool = False
+    # Set when the command's tagged OK must carry [HIGHESTMODSEQ]: a VANISHED went out
+    # (RFC 7162 §3.2.7), or a MOVE moved something with CONDSTORE on (RFC 6851 §4.4).
+    highest_due: bool = False
+    # While expunges this session may not report yet wait in `gone`: the highest modseq from
+    # before they were numbered, to be told instead of any higher one (§3.2, example in §6).
+    delayed_highest: int | None = None
     # The folder's keywords as this session was last told them (FLAGS, PERMANENTFLAGS): no
     # FETCH shows a keyword before the FLAGS response that names it (RFC 3501 §7.2.6).
     keywords: tuple[str, ...] = ()
@@ -142,7 +152,7 @@ class SelectedView:
         without FLAGS only for a .SILENT conditional STORE."""
         seq = self.seq_of(uid) or 0
         parts = [self.flags_part(uid)] if flags else []
-        if with_uid:
+        if with_uid or self.qresync:
             parts.append(b"UID %d" % uid)
         if self.condstore:
             parts.append(self.modseq_part(uid))
@@ -160,13 +170,17 @@ class SelectedView:
 
     def remove(self, uids: set[int]) -> list[bytes]:
         """EXPUNGE responses for these UIDs, highest sequence number first (so each number is
-        right at the moment it is sent), and drop them from the view."""
+        right at the moment it is sent), and drop them from the view. Once QRESYNC is enabled,
+        one `* VANISHED uids` instead (RFC 7162 §3.2.10.2), naming only messages this session
+        knows."""
         out: list[bytes] = []
         kept: list[int] = []
+        removed: list[int] = []
         for index in range(len(self.uids) - 1, -1, -1):
             uid = self.uids[index]
             if uid in uids:
                 out.append(b"* %d EXPUNGE\r\n" % (index + 1))
+                removed.append(uid)
                 self.infos.pop(uid, None)
                 self.recent.discard(uid)
                 self.gone.discard(uid)
@@ -175,6 +189,11 @@ class SelectedView:
         if out:
             kept.reverse()
             self.uids = kept
+            if self.qresync:
+                self.highest_due = True
+                out = [b"* VANISHED %s\r\n" % format_sequence_set(removed).encode()]
+        if not self.gone:
+            self.delayed_highest = None
         return out
 
     def refresh(
@@ -185,13 +204,17 @@ class SelectedView:
         # New keywords are named before any FETCH below can show them (RFC 3501 §7.2.6).
         out: list[bytes] = self.announce_keywords(snapshot.keywords)
         messages = snapshot.messages
+        told = self.highest_modseq
         if snapshot.modseqs is not None:
             self.set_modseqs(snapshot.modseqs)
         if messages is not None:
             self.version = snapshot.version
             self.uidnext = snapshot.uidnext
             current = {info.uid: info for info in messages}
+            waiting = bool(self.gone)
             self.gone.update([uid for uid in self.uids if uid not in current])
+            if self.gone and not waiting and not allow_expunge:
+                self.delayed_highest = told
             changed: list[int] = []
             new: list[MessageInfo] = []
             infos = self.infos

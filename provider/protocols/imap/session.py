@@ -126,6 +126,8 @@ class ImapSession(Commands, streams.StreamSession):
         self.current: str = ""
         # RFC 7162: set by the first CONDSTORE enabling command, for the rest of the session.
         self.condstore = False
+        # RFC 7162 §3.2.3: set by ENABLE QRESYNC, for the rest of the session.
+        self.qresync = False
         # RFC 5182: the UIDs of the last SEARCH RETURN (SAVE), for `$`.
         self.saved_result: frozenset[int] = frozenset()
         # RFC 6855: after ENABLE UTF8=ACCEPT mailbox names travel as UTF-8, not modified UTF-7.
@@ -392,6 +394,7 @@ class ImapSession(Commands, streams.StreamSession):
             return
         if self.selected is not None and name not in ("SELECT", "EXAMINE"):
             await self.sync_selected(allow_expunge=name not in NO_EXPUNGE_COMMANDS)
+            result = await self.highest_modseq_for_qresync(result)
         await self.send(f"{command.tag} {result}\r\n")
         if self.bad_commands and result.startswith("OK"):
             pass
@@ -414,6 +417,23 @@ class ImapSession(Commands, streams.StreamSession):
             await self.bye("Mailbox no longer exists")
             raise Disconnect from None
         await self.send_lines(view.refresh(snapshot, allow_expunge, recent_from))
+
+    async def highest_modseq_for_qresync(self, result: str) -> str:
+        """RFC 7162 §3.2 and §6: while expunges wait unreported, tell the modseq from before
+        them (a client keeping the highest MODSEQ it saw would skip them after a disconnect);
+        once a VANISHED went out (§3.2.7) or a MOVE moved messages (RFC 6851 §4.4), the
+        tagged OK carries the new HIGHESTMODSEQ."""
+        view = self.selected
+        if view is None or not view.condstore:
+            return result
+        sent, view.highest_due = view.highest_due, False
+        if view.qresync and view.gone and view.delayed_highest is not None:
+            await self.send(
+                f"* OK [HIGHESTMODSEQ {view.delayed_highest}] Expunges not yet reported\r\n"
+            )
+        elif sent and result.startswith("OK ") and not result.startswith("OK ["):
+            return f"OK [HIGHESTMODSEQ {view.highest_modseq}] {result[3:]}"
+        return result
 
     @staticmethod
     def _look_again(view: SelectedView) -> tuple[FolderSnapshot, int]:
@@ -486,6 +506,7 @@ class ImapSession(Commands, streams.StreamSession):
                 "COMPRESS=DEFLATE",
                 "QUOTA",
                 "CONDSTORE",
+                "QRESYNC",
                 "ESEARCH",
                 "SEARCHRES",
                 "BINARY",
