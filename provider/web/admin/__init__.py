@@ -60,6 +60,7 @@ from provider.web.admin import (  # noqa: E402  (views register on bp)
     rules,
     sending,
     upgrades,
+    webhooks,
 )
 
 __all__ = [
@@ -79,4 +80,5 @@ __all__ = [
     "rules",
     "sending",
     "upgrades",
+    "webhooks",
 ]
