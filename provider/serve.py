@@ -409,7 +409,7 @@ def serve_outbound(app: Flask, context: ChildContext) -> None:
     while not stop.wait(1.0):
         if runner.thread is not None and not runner.thread.is_alive():
             raise RuntimeError("the queue runner stopped unexpectedly")
-        if deliverer.thread is not None and not deliverer.thread.is_alive():
+        if deliverer.died():
             raise RuntimeError("the webhook deliverer stopped unexpectedly")
     deliverer.stop()
     runner.stop()

@@ -139,6 +139,8 @@ OUTBOUND_RANGES = {
     "WEBHOOK_RETRY_BASE_SECONDS": (0.01, 86400),
     "WEBHOOK_RETRY_MAX_SECONDS": (0.01, 7 * 86400),
     "WEBHOOK_POLL_SECONDS": (0.01, 3600),
+    "WEBHOOK_CONCURRENCY": (1, 64),
+    "WEBHOOK_KEEP_DAYS": (1, 3650),
 }
 RELAY_TLS_MODES = ("opportunistic", "starttls", "required", "tls", "none")
 

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, has_app_context
-from sqlalchemy import exists, or_, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased, selectinload
 
 from provider.errors import InvalidInput, NotFound
@@ -604,7 +604,9 @@ class DeliveryPass:
         return {"delivered": self.delivered, "retrying": self.retrying, "failed": self.failed}
 
 
-def _due_ids(session: Session, moment: datetime, limit: int) -> list[int]:
+def _due_ids(
+    session: Session, moment: datetime, limit: int, skip_endpoints: set[int] | None = None
+) -> list[int]:
     earlier = aliased(WebhookDelivery)
     pending = DeliveryState.PENDING.value
     blocked = exists().where(
@@ -626,6 +628,8 @@ def _due_ids(session: Session, moment: datetime, limit: int) -> list[int]:
         .order_by(WebhookDelivery.id)
         .limit(limit)
     )
+    if skip_endpoints:
+        query = query.where(WebhookDelivery.endpoint_id.not_in(skip_endpoints))
     return list(session.scalars(query))
 
 
@@ -653,16 +657,23 @@ def deliver_due(session: Session, *, worker: str | None = None, limit: int = 50)
     timeout = float(_setting("WEBHOOK_TIMEOUT_SECONDS", 5))
     allow_private = bool(_setting("WEBHOOK_ALLOW_PRIVATE_TARGETS", False))
     report = DeliveryPass()
+    # An endpoint that did not answer 2xx is left alone for the rest of the pass: its other
+    # objects' deliveries would most likely fail too, and each could cost a whole timeout.
+    resting: set[int] = set()
     # Rounds: delivering an object's first event makes its next one due in the same pass.
     for _round in range(limit):
         moment = now()
-        candidates = _due_ids(session, moment, limit)
+        candidates = _due_ids(session, moment, limit, resting)
         session.rollback()
         claimed_any = False
         for delivery_id in candidates:
             if claim(session, delivery_id, worker, moment, timeout * 2 + 30):
                 claimed_any = True
-                _attempt(session, delivery_id, worker, timeout, allow_private, report)
+                endpoint_id, delivered = _attempt(
+                    session, delivery_id, worker, timeout, allow_private, report
+                )
+                if not delivered:
+                    resting.add(endpoint_id)
                 if len(report.delivery_ids) >= limit:
                     return report
                 # Re-read: what this attempt delivered may unblock the next of its object.
@@ -679,10 +690,12 @@ def _attempt(
     timeout: float,
     allow_private: bool,
     report: DeliveryPass,
-) -> None:
+) -> tuple[int, bool]:
+    """Post one claimed delivery and record the attempt; (its endpoint id, delivered?)."""
     delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
     assert delivery is not None
     event, endpoint = delivery.event, delivery.endpoint
+    endpoint_id = endpoint.id
     body = request_body(event)
     timestamp = int(now().timestamp())
     headers = {
@@ -748,6 +761,40 @@ def _attempt(
         log.warning("webhook delivery %d to %s failed for good: %s", delivery_id, url, result.error)
     else:
         report.retrying += 1
+    return endpoint_id, result.delivered
+
+
+PRUNE_BATCH = 500
+
+
+def prune_finished(session: Session, keep_days: float) -> int:
+    """Delete deliveries delivered or failed more than `keep_days` ago, with their attempts,
+    then events no delivery refers to any more; pending ones stay, however old. Batches of
+    PRUNE_BATCH, each its own transaction. Returns how many deliveries went."""
+    cutoff = now() - timedelta(days=keep_days)
+    removed = 0
+    while True:
+        ids = list(
+            session.scalars(
+                select(WebhookDelivery.id)
+                .where(
+                    WebhookDelivery.state != DeliveryState.PENDING.value,
+                    WebhookDelivery.finished_at < cutoff,
+                )
+                .order_by(WebhookDelivery.id)
+                .limit(PRUNE_BATCH)
+            )
+        )
+        if not ids:
+            break
+        session.execute(delete(WebhookAttempt).where(WebhookAttempt.delivery_id.in_(ids)))
+        session.execute(delete(WebhookDelivery).where(WebhookDelivery.id.in_(ids)))
+        session.commit()
+        removed += len(ids)
+    orphaned = ~exists().where(WebhookDelivery.event_id == WebhookEvent.id)
+    session.execute(delete(WebhookEvent).where(WebhookEvent.created_at < cutoff, orphaned))
+    session.commit()
+    return removed
 
 
 def deliver_pending(app: Flask) -> dict[str, Any]:
@@ -762,23 +809,34 @@ def deliver_pending(app: Flask) -> dict[str, Any]:
 
 
 class WebhookDeliverer:
-    """The thread that posts due deliveries every WEBHOOK_POLL_SECONDS (in the outbound
-    process, next to the queue runner: both are "things leaving the installation" and need a
-    loop of seconds, finer than the scheduler's minutes)."""
+    """Threads that post due deliveries every WEBHOOK_POLL_SECONDS (in the outbound process,
+    next to the queue runner: both are "things leaving the installation" and need a loop of
+    seconds, finer than the scheduler's minutes). WEBHOOK_CONCURRENCY threads share the work
+    through the claims, so one receiver that hangs holds up one thread, not every endpoint."""
 
     def __init__(self, app: Flask) -> None:
         self.app = app
         self.stopping = threading.Event()
-        self.thread: threading.Thread | None = None
+        self.threads: list[threading.Thread] = []
+
+    def died(self) -> bool:
+        """Whether a thread ended although no one asked it to stop."""
+        return not self.stopping.is_set() and any(not t.is_alive() for t in self.threads)
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._loop, name="webhook-deliverer", daemon=True)
-        self.thread.start()
+        count = int(self.app.config.get("WEBHOOK_CONCURRENCY", 4))
+        for number in range(max(1, count)):
+            thread = threading.Thread(
+                target=self._loop, name=f"webhook-deliverer-{number}", daemon=True
+            )
+            thread.start()
+            self.threads.append(thread)
 
     def stop(self, timeout: float = 30.0) -> None:
         self.stopping.set()
-        if self.thread is not None:
-            self.thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _loop(self) -> None:
         interval = float(self.app.config.get("WEBHOOK_POLL_SECONDS", 2))

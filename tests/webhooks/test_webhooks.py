@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from provider.errors import InvalidInput
 from provider.models import WebhookAttempt, WebhookDelivery, WebhookEvent
 from provider.services import clock, provisioning, quota, sending, webhooks
-from tests.conftest import TEST_ACTOR, make_admin, make_domain, make_mailbox
+from tests.conftest import TEST_ACTOR, make_admin, make_domain, make_mailbox, wait_until
 from tests.webhooks.receiver import Receiver
 
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -178,12 +178,18 @@ def test_every_event_arrives_once_in_order_per_object_after_the_receiver_was_dow
     )
     assert len(expected) == 7  # 2 created, 3 updated, 1 suspended, 1 deleted
 
-    for _ in range(3):  # failing: each object's first event is tried, the later ones wait
+    for _ in range(3):  # failing: only an object's first event is tried, the later ones wait
         webhooks.deliver_due(session)
         clock.set_now(clock.now() + timedelta(minutes=11))
-    assert receiver.accepted == []
-    tried = session.scalars(select(WebhookAttempt.delivery_id).distinct()).all()
-    assert len(tried) == 2  # alice's first and bob's first only: order per object holds
+    assert receiver.accepted == [] and receiver.requests == 3  # one try per pass while down
+    firsts = {
+        session.scalar(
+            select(func.min(WebhookDelivery.id)).where(WebhookDelivery.object_key == key)
+        )
+        for key in ("mailbox:alice@example.test", "mailbox:bob@example.test")
+    }
+    tried = set(session.scalars(select(WebhookAttempt.delivery_id)))
+    assert tried and tried <= firsts  # order per object holds
 
     receiver.stop()  # down harder: the port refuses connections
     webhooks.deliver_due(session)
@@ -418,3 +424,65 @@ def test_claim_is_exclusive(session: Session) -> None:
     assert not webhooks.claim(session, delivery_id, "two", moment, 60)
     # A claim that ran out (its deliverer died) can be taken.
     assert webhooks.claim(session, delivery_id, "two", moment + timedelta(seconds=61), 60)
+
+
+def test_an_endpoint_that_fails_is_rested_for_the_rest_of_the_pass(
+    session: Session, receiver: Receiver, frozen: None
+) -> None:
+    make_domain(session, "example.test")
+    add_endpoint(session, receiver, ["mailbox.created"])
+    receiver.mode = "error"
+    for n in range(5):
+        make_mailbox(session, f"user{n}@example.test")
+    report = webhooks.deliver_due(session)
+    # Five objects, each first in its line: one try, then the endpoint rests until next pass.
+    assert receiver.requests == 1 and report.retrying == 1
+
+
+def test_a_hanging_receiver_holds_one_deliverer_thread_not_every_endpoint(
+    app: Any, session: Session, receiver: Receiver
+) -> None:
+    make_domain(session, "example.test")
+    add_endpoint(session, receiver, ["mailbox.created"])
+    healthy = Receiver().start()
+    try:
+        healthy.secret = webhooks.create_endpoint(
+            session, url=healthy.url, events=["mailbox.deleted"], admin=None, actor=TEST_ACTOR
+        ).secret
+        session.commit()
+        receiver.mode = "hang"
+        app.config.update(WEBHOOK_POLL_SECONDS=0.05, WEBHOOK_CONCURRENCY=2)
+        deliverer = webhooks.WebhookDeliverer(app)
+        deliverer.start()
+        try:
+            bob = make_mailbox(session, "bob@example.test")
+            assert receiver.hanging.wait(10)
+            provisioning.delete_mailbox(session, bob, actor=TEST_ACTOR)
+            session.commit()
+            assert wait_until(lambda: len(healthy.accepted) == 1)
+            assert not receiver.release.is_set() and not deliverer.died()
+        finally:
+            receiver.release.set()
+            deliverer.stop()
+    finally:
+        healthy.stop()
+
+
+def test_finished_deliveries_are_pruned_after_the_keep_days(
+    session: Session, receiver: Receiver, frozen: None
+) -> None:
+    make_domain(session, "example.test")
+    add_endpoint(session, receiver, ["mailbox.created"])
+    make_mailbox(session, "old@example.test")
+    drain(session)
+    receiver.mode = "error"
+    clock.set_now(START + timedelta(days=10))
+    make_mailbox(session, "waiting@example.test")
+    webhooks.deliver_due(session)
+    assert webhooks.prune_finished(session, 30) == 0
+    clock.set_now(START + timedelta(days=31))
+    assert webhooks.prune_finished(session, 30) == 1
+    left = session.scalars(select(WebhookDelivery)).all()
+    assert [d.object_key for d in left] == ["mailbox:waiting@example.test"]  # pending stays
+    assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 1
+    assert session.scalar(select(func.count()).select_from(WebhookAttempt)) == 1
