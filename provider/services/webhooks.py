@@ -76,6 +76,7 @@ USER_AGENT = "mail-provider-webhooks/1"
 RESPONSE_READ_MAX = 4096
 EXCERPT_MAX = 500
 ERROR_MAX = 500
+ROW_ID_MAX = 2**31 - 1
 
 
 def _setting(name: str, default: Any) -> Any:
@@ -132,6 +133,10 @@ def parse_events(values: Iterable[str] | str) -> list[str]:
 
 def _check_description(value: str) -> str:
     text = " ".join(str(value).split())
+    if any(ord(character) < 32 or ord(character) == 127 for character in text):
+        raise InvalidInput(
+            "the description may not contain control characters (NUL, …)", "description"
+        )
     if len(text) > DESCRIPTION_MAX:
         raise InvalidInput(
             f"the description may have at most {DESCRIPTION_MAX} characters", "description"
@@ -241,10 +246,16 @@ def get_endpoint(
     session: Session, endpoint_id: int, viewer: AdminUser | None = None
 ) -> WebhookEndpoint:
     """The endpoint, if `viewer` (None: the operator) may see it; NotFound otherwise."""
-    endpoint = session.get(WebhookEndpoint, endpoint_id)
+    endpoint = session.get(WebhookEndpoint, endpoint_id) if _row_id(endpoint_id) else None
     if endpoint is None or not can_see(viewer, endpoint):
         raise NotFound(f"no webhook endpoint with id {endpoint_id}", "id")
     return endpoint
+
+
+def _row_id(value: int) -> bool:
+    """Whether a number can be a row id at all (PostgreSQL refuses to compare an integer
+    column with a number beyond its range, so a huge id must not reach the query)."""
+    return 0 < value <= ROW_ID_MAX
 
 
 def can_see(viewer: AdminUser | None, endpoint: WebhookEndpoint) -> bool:
@@ -392,7 +403,7 @@ def redeliver(session: Session, delivery: WebhookDelivery, *, actor: Actor) -> W
 def get_delivery(
     session: Session, delivery_id: int, viewer: AdminUser | None = None
 ) -> WebhookDelivery:
-    delivery = session.get(WebhookDelivery, delivery_id)
+    delivery = session.get(WebhookDelivery, delivery_id) if _row_id(delivery_id) else None
     if delivery is None or not can_see(viewer, delivery.endpoint):
         raise NotFound(f"no webhook delivery with id {delivery_id}", "id")
     return delivery
@@ -468,6 +479,14 @@ def request_body(event: WebhookEvent) -> bytes:
 
 
 # --- posting ---------------------------------------------------------------------------------
+
+
+def _clean(text: str, limit: int) -> str:
+    """A receiver's text (answer, Location, error) as storable, readable text: control
+    characters (NUL first: PostgreSQL refuses it in text) become U+FFFD, cut to `limit`."""
+    return "".join(
+        "\ufffd" if (ord(c) < 32 and c not in "\n\t") or ord(c) == 127 else c for c in text[:limit]
+    )
 
 
 @dataclass(frozen=True)
@@ -565,17 +584,17 @@ def post(
         status = response.status
         error = None
         if 300 <= status < 400:
-            location = (response.getheader("Location") or "")[:200]
+            location = _clean(response.getheader("Location") or "", 200)
             error = f"redirect to {location or '(no Location)'} not followed"
         elif not 200 <= status < 300:
             error = f"HTTP {status}"
-        excerpt = data.decode("utf-8", "replace")[:EXCERPT_MAX] or None
+        excerpt = _clean(data.decode("utf-8", "replace"), EXCERPT_MAX) or None
         return PostResult(status, error, excerpt, time.monotonic() - started)
     except TargetRefused as exc:
-        return PostResult(None, str(exc)[:ERROR_MAX], None, time.monotonic() - started)
+        return PostResult(None, _clean(str(exc), ERROR_MAX), None, time.monotonic() - started)
     except (OSError, http.client.HTTPException, ValueError) as exc:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
-        return PostResult(None, text[:ERROR_MAX], None, time.monotonic() - started)
+        return PostResult(None, _clean(text, ERROR_MAX), None, time.monotonic() - started)
     finally:
         if connection is not None:
             connection.close()
@@ -740,16 +759,20 @@ def _attempt(
         .values(**values)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]
-    session.add(
-        WebhookAttempt(
-            delivery_id=delivery_id,
-            started_at=started,
-            duration_ms=round(result.seconds * 1000),
-            status_code=result.status,
-            error=result.error,
-            response_excerpt=result.excerpt,
+    # The attempt is kept even when the claim was lost (it did happen), unless the delivery
+    # itself is gone: its endpoint was deleted while the POST was on its way.
+    still_there = recorded or session.get(WebhookDelivery, delivery_id) is not None
+    if still_there:
+        session.add(
+            WebhookAttempt(
+                delivery_id=delivery_id,
+                started_at=started,
+                duration_ms=round(result.seconds * 1000),
+                status_code=result.status,
+                error=result.error,
+                response_excerpt=result.excerpt,
+            )
         )
-    )
     session.commit()
     report.delivery_ids.append(delivery_id)
     if not recorded:

@@ -108,3 +108,6 @@ def test_bad_input_is_one_line_and_writes_nothing(
 def test_remove_or_redeliver_what_does_not_exist(runner: Any) -> None:
     one_line_error(runner.invoke(args=["webhook", "remove", "42"]), "no webhook endpoint")
     one_line_error(runner.invoke(args=["webhook", "redeliver", "42"]), "no webhook delivery")
+    huge = str(10**30)
+    one_line_error(runner.invoke(args=["webhook", "remove", huge]), "no webhook endpoint")
+    one_line_error(runner.invoke(args=["webhook", "redeliver", huge]), "no webhook delivery")

@@ -25,7 +25,7 @@ class Received:
 @dataclass
 class Receiver:
     """Modes: "ok" (204), "error" (500), "hang" (blocks until `release` is set), "redirect"
-    (302 to `redirect_to`), "big" (200 with a 10 MB body)."""
+    (302 to `redirect_to`), "big" (200 with a 10 MB body), "nul" (500 with NUL in the body)."""
 
     secret: str = ""
     mode: str = "ok"
@@ -62,6 +62,12 @@ class Receiver:
                 if mode == "error":
                     self.send_response(500)
                     self.end_headers()
+                    return
+                if mode == "nul":  # an answer PostgreSQL could not store as it is
+                    self.send_response(500)
+                    self.send_header("Content-Length", "10")
+                    self.end_headers()
+                    self.wfile.write(b"bad\x00body\x01!")
                     return
                 if mode == "redirect":
                     self.send_response(302)

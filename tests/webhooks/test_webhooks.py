@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from provider.errors import InvalidInput
+from provider.errors import InvalidInput, NotFound
 from provider.models import WebhookAttempt, WebhookDelivery, WebhookEvent
 from provider.services import clock, provisioning, quota, sending, webhooks
 from tests.conftest import TEST_ACTOR, make_admin, make_domain, make_mailbox, wait_until
@@ -486,3 +486,62 @@ def test_finished_deliveries_are_pruned_after_the_keep_days(
     assert [d.object_key for d in left] == ["mailbox:waiting@example.test"]  # pending stays
     assert session.scalar(select(func.count()).select_from(WebhookEvent)) == 1
     assert session.scalar(select(func.count()).select_from(WebhookAttempt)) == 1
+
+
+def test_an_answer_with_nul_and_control_bytes_is_stored_readably(
+    session: Session, receiver: Receiver
+) -> None:
+    make_domain(session, "example.test")
+    add_endpoint(session, receiver, ["mailbox.created"])
+    receiver.mode = "nul"
+    make_mailbox(session, "bob@example.test")
+    webhooks.deliver_due(session)
+    attempt = session.scalars(select(WebhookAttempt)).one()
+    assert attempt.status_code == 500 and attempt.response_excerpt == "bad\ufffdbody\ufffd!"
+    assert session.scalars(select(WebhookDelivery.state)).one() == "pending"
+
+
+def test_an_endpoint_deleted_while_its_post_waits_leaves_nothing_behind(
+    app: Any, session: Session, receiver: Receiver
+) -> None:
+    make_domain(session, "example.test")
+    endpoint_id = add_endpoint(session, receiver, ["mailbox.created"])
+    receiver.mode = "hang"
+    make_mailbox(session, "bob@example.test")
+    errors: list[BaseException] = []
+
+    def deliver() -> None:
+        try:
+            webhooks.deliver_pending(app)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=deliver)
+    thread.start()
+    assert receiver.hanging.wait(10)
+    endpoint = webhooks.get_endpoint(session, endpoint_id)
+    webhooks.delete_endpoint(session, endpoint, actor=TEST_ACTOR)
+    session.commit()
+    receiver.release.set()
+    thread.join(30)
+    assert errors == []
+    assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
+    assert session.scalar(select(func.count()).select_from(WebhookAttempt)) == 0
+
+
+def test_descriptions_with_control_characters_and_huge_ids_are_refused(session: Session) -> None:
+    with pytest.raises(InvalidInput, match="control characters") as caught:
+        webhooks.create_endpoint(
+            session,
+            url="https://hooks.example.net/",
+            events=["mailbox.created"],
+            admin=None,
+            description="billing\x00",
+            actor=TEST_ACTOR,
+        )
+    assert caught.value.field == "description"
+    for huge in (2**31, 10**30, -1, 0):
+        with pytest.raises(NotFound):
+            webhooks.get_endpoint(session, huge)
+        with pytest.raises(NotFound):
+            webhooks.get_delivery(session, huge)
