@@ -11,6 +11,7 @@ is still pending, so receivers see one object's events in order.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -554,6 +555,13 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
+def _shut(sock: socket.socket | None, fired: threading.Event) -> None:
+    fired.set()
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 def post(
     url: str,
     body: bytes,
@@ -571,18 +579,29 @@ def post(
     port = parts.port or (443 if secure else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     connection: http.client.HTTPConnection | None = None
+    watchdog: threading.Timer | None = None
+    fired = threading.Event()
     try:
         address = _resolve(host, port, allow_private)
         kind = _PinnedHTTPSConnection if secure else _PinnedHTTPConnection
         connection = kind(host, port, address, timeout)
+        connection.connect()
+        # A receiver that trickles its answer a byte at a time would restart every read's
+        # timeout; at the deadline the socket is shut down, which ends any read at once.
+        watchdog = threading.Timer(
+            max(0.0, timeout - (time.monotonic() - started)), _shut, [connection.sock, fired]
+        )
+        watchdog.daemon = True
+        watchdog.start()
         connection.request("POST", target, body=body, headers=headers)
-        if connection.sock is not None:
-            # Bound the wait for the answer by what is left of the whole timeout.
-            connection.sock.settimeout(max(0.1, timeout - (time.monotonic() - started)))
         response = connection.getresponse()
         data = response.read(RESPONSE_READ_MAX)
         status = response.status
         error = None
+        if fired.is_set():
+            # Cut off mid-answer: what was read may look whole (headers end at EOF), but the
+            # receiver did not finish answering in time, so it is not a delivery.
+            raise TimeoutError
         if 300 <= status < 400:
             location = _clean(response.getheader("Location") or "", 200)
             error = f"redirect to {location or '(no Location)'} not followed"
@@ -592,10 +611,17 @@ def post(
         return PostResult(status, error, excerpt, time.monotonic() - started)
     except TargetRefused as exc:
         return PostResult(None, _clean(str(exc), ERROR_MAX), None, time.monotonic() - started)
-    except (OSError, http.client.HTTPException, ValueError) as exc:
-        text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # whatever went wrong, it is a failed attempt, told in one line
+        if fired.is_set():
+            text = f"no complete answer within {timeout:g} s"
+        elif str(exc):
+            text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        else:
+            text = type(exc).__name__
         return PostResult(None, _clean(text, ERROR_MAX), None, time.monotonic() - started)
     finally:
+        if watchdog is not None:
+            watchdog.cancel()
         if connection is not None:
             connection.close()
 
@@ -712,7 +738,9 @@ def _attempt(
 ) -> tuple[int, bool]:
     """Post one claimed delivery and record the attempt; (its endpoint id, delivered?)."""
     delivery = session.get(WebhookDelivery, delivery_id, populate_existing=True)
-    assert delivery is not None
+    if delivery is None:  # its endpoint was deleted since the claim
+        session.rollback()
+        return 0, False
     event, endpoint = delivery.event, delivery.endpoint
     endpoint_id = endpoint.id
     body = request_body(event)
@@ -724,7 +752,7 @@ def _attempt(
         TIMESTAMP_HEADER: str(timestamp),
         SIGNATURE_HEADER: signature_header(endpoint.secret, timestamp, body),
     }
-    url, attempts = endpoint.url, delivery.attempts + 1
+    url, attempts, give_up = endpoint.url, delivery.attempts + 1, delivery.give_up_at
     session.rollback()  # nothing held open while the receiver takes its time
     started = now()
     result = post(url, body, headers, timeout=timeout, allow_private=allow_private)
@@ -739,9 +767,6 @@ def _attempt(
     if result.delivered:
         values |= {"state": DeliveryState.DELIVERED.value, "finished_at": moment}
     else:
-        delivery = session.get(WebhookDelivery, delivery_id)
-        assert delivery is not None
-        give_up = delivery.give_up_at
         if moment >= give_up:
             values |= {"state": DeliveryState.FAILED.value, "finished_at": moment}
         else:

@@ -25,7 +25,8 @@ class Received:
 @dataclass
 class Receiver:
     """Modes: "ok" (204), "error" (500), "hang" (blocks until `release` is set), "redirect"
-    (302 to `redirect_to`), "big" (200 with a 10 MB body), "nul" (500 with NUL in the body)."""
+    (302 to `redirect_to`), "big" (200 with a 10 MB body), "nul" (500 with NUL in the body),
+    "trickle" (an answer that never ends, a byte every 50 ms)."""
 
     secret: str = ""
     mode: str = "ok"
@@ -62,6 +63,15 @@ class Receiver:
                 if mode == "error":
                     self.send_response(500)
                     self.end_headers()
+                    return
+                if mode == "trickle":  # a status line, then a header a byte at a time
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    try:
+                        while not receiver.release.wait(0.05):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                    except OSError:
+                        pass  # the sender gave up, as it should
                     return
                 if mode == "nul":  # an answer PostgreSQL could not store as it is
                     self.send_response(500)

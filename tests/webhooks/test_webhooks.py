@@ -545,3 +545,20 @@ def test_descriptions_with_control_characters_and_huge_ids_are_refused(session: 
             webhooks.get_endpoint(session, huge)
         with pytest.raises(NotFound):
             webhooks.get_delivery(session, huge)
+
+
+def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(
+    session: Session, receiver: Receiver
+) -> None:
+    make_domain(session, "example.test")
+    add_endpoint(session, receiver, ["mailbox.created"])
+    receiver.mode = "trickle"  # every read gets a byte in time; the whole never ends
+    make_mailbox(session, "bob@example.test")
+    started = time.monotonic()
+    webhooks.deliver_due(session)
+    elapsed = time.monotonic() - started
+    receiver.release.set()
+    assert elapsed < 4, elapsed  # WEBHOOK_TIMEOUT_SECONDS is 2
+    attempt = session.scalars(select(WebhookAttempt)).one()
+    assert attempt.error == "no complete answer within 2 s" and attempt.status_code is None
+    assert session.scalars(select(WebhookDelivery.state)).one() == "pending"
