@@ -562,3 +562,52 @@ def test_a_receiver_that_trickles_its_answer_is_cut_off_at_the_timeout(
     attempt = session.scalars(select(WebhookAttempt)).one()
     assert attempt.error == "no complete answer within 2 s" and attempt.status_code is None
     assert session.scalars(select(WebhookDelivery.state)).one() == "pending"
+
+
+def test_the_trial_lifecycle_announces_reminders_expiry_and_deletion_in_order(
+    app: Any, session: Session, receiver: Receiver, frozen: None
+) -> None:
+    from jobs.trial import trial_lifecycle
+
+    make_domain(session, "example.test")
+    add_endpoint(session, receiver)
+    make_mailbox(session, "trial@example.test", plan="trial")
+    expires = START + timedelta(days=30)
+    for moment in (
+        expires - timedelta(days=7),
+        expires - timedelta(days=3),
+        expires + timedelta(hours=1),
+        expires + timedelta(days=31),
+    ):
+        clock.set_now(moment)
+        trial_lifecycle(app)
+    drain(session)
+    assert [r.type for r in receiver.accepted] == [
+        "mailbox.created",
+        "trial.reminder",
+        "trial.reminder",
+        "trial.expired",
+        "mailbox.deleted",
+        "trial.deleted",
+    ]
+    assert [r.data.get("days_before") for r in receiver.accepted[1:3]] == [7, 3]
+
+
+def test_a_failed_backup_is_announced(
+    session: Session, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from provider.services import backups
+
+    make_domain(session, "example.test")
+    add_endpoint(session, receiver, ["backup.failed"])
+    make_mailbox(session, "bob@example.test")
+
+    def disk_full(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("provider.services.backups.take_snapshot", disk_full)
+    summary = backups.run_backups(session, ["bob@example.test"])
+    assert len(summary.failed) == 1
+    drain(session)
+    assert [r.type for r in receiver.accepted] == ["backup.failed"]
+    assert "No space left on device" in receiver.accepted[0].data["error"]
