@@ -20,6 +20,7 @@ SUMMARIES = {
     "queue": "The outbound queue: messages not yet delivered to every recipient.",
     "sieve": "Sieve filtering scripts of a mailbox (stored as Dovecot's Pigeonhole keeps them).",
     "token": "API tokens: bearer secrets for programs (billing systems) acting as an admin.",
+    "webhook": "Webhooks: signed POSTs of events (mailboxes, quotas, trials) to chosen URLs.",
 }
 
 

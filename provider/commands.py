@@ -1360,6 +1360,126 @@ def token_revoke(token_id: int) -> None:
     click.echo(f"revoked token {token.id} ({token.name})")
 
 
+# --- webhooks --------------------------------------------------------------------------------
+
+
+@click.group("webhook")
+def webhook_group() -> None:
+    """Webhooks: signed POSTs of events (mailboxes, quotas, trials) to chosen URLs."""
+
+
+def _endpoint_text(record: dict[str, Any]) -> str:
+    state = "active" if record["active"] else "paused"
+    owner = record["admin"] or "all domains"
+    return f"{record['id']}  {record['url']}  {state}  {owner}  {','.join(record['events'])}"
+
+
+def _delivery_text(record: dict[str, Any]) -> str:
+    line = (
+        f"{record['id']}  {record['type']}  {record['object']}  {record['state']}  "
+        f"attempts {record['attempts']}  endpoint {record['endpoint_id']}"
+    )
+    if record["state"] == "pending":
+        line += f"  next {record['next_attempt_at']}"
+    if record["last_error"]:
+        line += f"  last: {record['last_error']}"
+    return line
+
+
+@webhook_group.command("add")
+@click.argument("url")
+@click.option(
+    "--event",
+    "events",
+    multiple=True,
+    required=True,
+    help="An event to send (repeat, or separate with commas), e.g. mailbox.created.",
+)
+@click.option(
+    "--admin",
+    "admin_email",
+    default=None,
+    help="The admin it belongs to (a domain admin's gets their domains' events only); "
+    "default: the operator's, for every domain.",
+)
+@click.option("--description", default="", help="What receives it (e.g. billing).")
+@json_option
+def webhook_add(
+    url: str, events: tuple[str, ...], admin_email: str | None, description: str, as_json: bool
+) -> None:
+    """Register URL for events; its signing secret is printed this once."""
+    from provider.services import webhooks
+
+    with committing():
+        admin = admins.get_admin(db.session, admin_email) if admin_email else None
+        made = webhooks.create_endpoint(
+            db.session,
+            url=url,
+            events=",".join(events),
+            admin=admin,
+            description=description,
+            actor=CLI_ACTOR,
+        )
+    record = {**made.endpoint.to_dict(), "secret": made.secret}
+    emit(
+        record,
+        as_json,
+        lambda r: f"{r['secret']}\n(signing secret, shown once: store it now) {_endpoint_text(r)}",
+    )
+
+
+@webhook_group.command("list")
+@json_option
+def webhook_list(as_json: bool) -> None:
+    """List webhook endpoints (never their secrets)."""
+    from provider.services import webhooks
+
+    records = [endpoint.to_dict() for endpoint in webhooks.list_endpoints(db.session)]
+    emit(records, as_json, lambda rs: "\n".join(map(_endpoint_text, rs)) or "no webhooks")
+
+
+@webhook_group.command("remove")
+@click.argument("endpoint_id", type=int)
+def webhook_remove(endpoint_id: int) -> None:
+    """Remove endpoint ID with its deliveries."""
+    from provider.services import webhooks
+
+    with committing():
+        endpoint = webhooks.get_endpoint(db.session, endpoint_id)
+        url = endpoint.url
+        webhooks.delete_endpoint(db.session, endpoint, actor=CLI_ACTOR)
+    click.echo(f"removed webhook {endpoint_id} ({url})")
+
+
+@webhook_group.command("deliveries")
+@click.option("--endpoint", "endpoint_id", type=int, default=None, help="Only this endpoint's.")
+@click.option("--state", type=click.Choice(["pending", "delivered", "failed"]), default=None)
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@json_option
+def webhook_deliveries(
+    endpoint_id: int | None, state: str | None, limit: int, as_json: bool
+) -> None:
+    """Deliveries newest first, with their attempts (--json)."""
+    from provider.services import webhooks
+
+    found = webhooks.list_deliveries(db.session, endpoint_id=endpoint_id, state=state, limit=limit)
+    records = [{**d.to_dict(), "attempt_log": [a.to_dict() for a in d.attempt_log]} for d in found]
+    emit(records, as_json, lambda rs: "\n".join(map(_delivery_text, rs)) or "no deliveries")
+
+
+@webhook_group.command("redeliver")
+@click.argument("delivery_id", type=int)
+def webhook_redeliver(delivery_id: int) -> None:
+    """Send delivery ID's event to its endpoint again."""
+    from provider.services import webhooks
+
+    with committing():
+        again = webhooks.redeliver(
+            db.session, webhooks.get_delivery(db.session, delivery_id), actor=CLI_ACTOR
+        )
+    click.echo(f"queued again as delivery {again.id}")
+
+
 COMMANDS = [
     init_command,
     serve_command,
@@ -1373,6 +1493,7 @@ COMMANDS = [
     queue_group,
     sieve_group,
     token_group,
+    webhook_group,
 ]
 
 

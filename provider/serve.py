@@ -392,18 +392,26 @@ def serve_mail(
 
 def serve_outbound(app: Flask, context: ChildContext) -> None:
     """The outbound process: the queue runner delivering queued mail (its deliveries run in
-    threads; a runner killed mid-delivery leaves claims the next one takes back)."""
+    threads; a runner killed mid-delivery leaves claims the next one takes back), and the
+    webhook deliverer posting due webhook deliveries (claims with a lease, likewise)."""
     from provider.protocols.outbound.runner import QueueRunner, describe
+    from provider.services.webhooks import WebhookDeliverer
 
     log_to_stderr("outbound")
     stop = stop_on_signals()
     runner = QueueRunner(app)
     runner.start()
+    # Webhook deliveries leave from here too: a loop of seconds, like the queue's.
+    deliverer = WebhookDeliverer(app)
+    deliverer.start()
     context.ready([describe(app)])
     settle_after_a_crash(app, context)
     while not stop.wait(1.0):
         if runner.thread is not None and not runner.thread.is_alive():
             raise RuntimeError("the queue runner stopped unexpectedly")
+        if deliverer.died():
+            raise RuntimeError("the webhook deliverer stopped unexpectedly")
+    deliverer.stop()
     runner.stop()
 
 

@@ -2,7 +2,7 @@
 and the one-time recovery codes
 
 Revision ID: 0017_admin_two_factor
-Revises: 0015_upgrade_requests
+Revises: 0016_webhooks
 Create Date: 2026-12-07 02:40:00
 
 """
@@ -13,7 +13,7 @@ from alembic import op
 import provider.models.types
 
 revision = "0017_admin_two_factor"
-down_revision = "0015_upgrade_requests"
+down_revision = "0016_webhooks"
 branch_labels = None
 depends_on = None
 

@@ -26,6 +26,13 @@ from provider.models.trial import (
     UpgradeStatus,
 )
 from provider.models.vacation import SieveDuplicate, VacationResponse
+from provider.models.webhook import (
+    DeliveryState,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookEndpoint,
+    WebhookEvent,
+)
 
 __all__ = [
     "AdminRecoveryCode",
@@ -36,6 +43,7 @@ __all__ = [
     "BackupRestore",
     "BackupSnapshot",
     "DailyStat",
+    "DeliveryState",
     "DkimKey",
     "Domain",
     "Identity",
@@ -59,5 +67,9 @@ __all__ = [
     "UpgradeRequest",
     "UpgradeStatus",
     "VacationResponse",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
+    "WebhookEvent",
     "admin_domains",
 ]

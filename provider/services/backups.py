@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -28,7 +29,7 @@ from provider.errors import InvalidInput, NotFound, ProviderError, RateLimited
 from provider.mailstore import InvalidFolderName, Maildir, MailstoreError
 from provider.mailstore import names as folder_names
 from provider.models import AuditEvent, BackupRestore, BackupSnapshot, Mailbox, SnapshotStatus
-from provider.services import quota
+from provider.services import quota, webhooks
 from provider.services.audit import Actor, record
 from provider.services.clock import now
 from provider.services.provisioning import get_mailbox
@@ -43,6 +44,8 @@ class NotBackedUp(InvalidInput):
 
 
 # --- where things are ----------------------------------------------------------------------
+
+log = logging.getLogger(__name__)
 
 
 def retention_days() -> int:
@@ -205,8 +208,26 @@ def snapshot_mailbox(
     except (OSError, MailstoreError, BackupStoreError) as error:
         session.rollback()
         run.error = f"{type(error).__name__}: {error}"
+        _announce_failure(session, run)
     run.seconds = round(time.monotonic() - started, 3)
     return run
+
+
+def _announce_failure(session: Session, run: MailboxRun) -> None:
+    """The `backup.failed` webhook event, committed on its own (the failed snapshot wrote
+    nothing to go with it); a failure to write it is logged, never raised."""
+    try:
+        webhooks.emit(
+            session,
+            "backup.failed",
+            domain=run.address.rpartition("@")[2],
+            object_key=webhooks.mailbox_key(run.address),
+            data={"address": run.address, "error": run.error},
+        )
+        session.commit()
+    except Exception:
+        session.rollback()
+        log.exception("the backup.failed event of %s could not be written", run.address)
 
 
 def run_backups(

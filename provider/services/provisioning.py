@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from provider.errors import AlreadyExists, DomainNotEmpty, InvalidInput, NotFound, ProviderError
 from provider.models import Alias, Domain, Mailbox, MailboxStatus, Plan, Protocol
 from provider.models.mailbox import Pop3Action
-from provider.services import audit, auth, dkim, quota, storage
+from provider.services import audit, auth, dkim, quota, storage, webhooks
 from provider.services.aftercommit import on_commit
 from provider.services.audit import Actor
 from provider.services.clock import now
@@ -299,8 +299,14 @@ def create_mailbox(
     # The Maildir (INBOX and the special folders) exists before the mailbox is committed, so
     # mail can be delivered from its first second; creating it is idempotent.
     storage.mail_store().create(full_address)
-    audit.record(
-        session, actor, "mailbox.create", full_address, domain=domain_name, after=mailbox.to_dict()
+    record = mailbox.to_dict()
+    audit.record(session, actor, "mailbox.create", full_address, domain=domain_name, after=record)
+    webhooks.emit(
+        session,
+        "mailbox.created",
+        domain=domain_name,
+        object_key=webhooks.mailbox_key(full_address),
+        data=record,
     )
     return mailbox
 
@@ -391,6 +397,17 @@ def update_mailbox(
         before=before,
         after=after,
     )
+    key = webhooks.mailbox_key(mailbox.address)
+    changed = {"mailbox": after, "changed": sorted(k for k in after if after[k] != before.get(k))}
+    if "password_hash" in changes:
+        changed["changed"].append("password")
+    webhooks.emit(
+        session, "mailbox.updated", domain=mailbox.domain.name, object_key=key, data=changed
+    )
+    if after["status"] == MailboxStatus.SUSPENDED.value != before["status"]:
+        webhooks.emit(
+            session, "mailbox.suspended", domain=mailbox.domain.name, object_key=key, data=after
+        )
     return mailbox
 
 
@@ -417,6 +434,13 @@ def delete_mailbox(session: Session, mailbox: Mailbox, *, actor: Actor) -> None:
     on_commit(session, lambda: shutil.rmtree(backup_root, ignore_errors=True))
     audit.record(
         session, actor, "mailbox.delete", before["address"], domain=domain_name, before=before
+    )
+    webhooks.emit(
+        session,
+        "mailbox.deleted",
+        domain=domain_name,
+        object_key=webhooks.mailbox_key(address),
+        data=before,
     )
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from provider.errors import QuotaOutOfRange
 from provider.models import Mailbox, QuotaReservation
-from provider.services import audit
+from provider.services import audit, webhooks
 from provider.services.audit import Actor
 from provider.services.clock import now
 
@@ -579,7 +579,10 @@ def update_warning_level(
             .values(quota_warned_percent=level)
             .execution_options(synchronize_session=False)
         )
-        return level if result.rowcount else None  # type: ignore[attr-defined]
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return None
+        _announce_warning(session, mailbox_id, level, usage)
+        return level
     if level < usage.warned_percent:
         session.execute(
             update(Mailbox)
@@ -588,6 +591,26 @@ def update_warning_level(
             .execution_options(synchronize_session=False)
         )
     return None
+
+
+def _announce_warning(session: Session, mailbox_id: int, level: int, usage: Usage) -> None:
+    """The `quota.warning` webhook event, in the transaction that raised the warned level (so
+    it is sent exactly when the owner's warning is, once per crossing)."""
+    address = session.scalar(select(Mailbox.address).where(Mailbox.id == mailbox_id))
+    if address is None:
+        return
+    webhooks.emit(
+        session,
+        "quota.warning",
+        domain=address.rpartition("@")[2],
+        object_key=webhooks.mailbox_key(address),
+        data={
+            "address": address,
+            "percent": level,
+            "used_bytes": usage.used_bytes,
+            "quota_bytes": usage.quota_bytes,
+        },
+    )
 
 
 # --- recount -------------------------------------------------------------------------------

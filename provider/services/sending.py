@@ -18,7 +18,7 @@ from provider.errors import InvalidInput, SendingLimited, SendingSuspended
 from provider.models import Mailbox
 from provider.models.mailbox import Plan
 from provider.models.sending import SendingCount
-from provider.services import audit
+from provider.services import audit, webhooks
 from provider.services.audit import Actor
 from provider.services.clock import now
 
@@ -260,6 +260,13 @@ def _suspend(
         mailbox.address,
         domain=mailbox.domain.name,
         after={"reason": reason[:255], **(details or {})},
+    )
+    webhooks.emit(
+        session,
+        "sending.suspended",
+        domain=mailbox.domain.name,
+        object_key=webhooks.mailbox_key(mailbox.address),
+        data={"address": mailbox.address, "reason": reason[:255], "by": actor.name},
     )
     return True
 

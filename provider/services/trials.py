@@ -31,7 +31,7 @@ from provider.models import (
     UpgradeRequest,
     UpgradeStatus,
 )
-from provider.services import audit, auth, outbound, provisioning
+from provider.services import audit, auth, outbound, provisioning, webhooks
 from provider.services.audit import Actor
 from provider.services.clock import now
 from provider.services.contacts import FIELD, parse_contact_email
@@ -237,6 +237,12 @@ def plan_changed(session: Session, mailbox: Mailbox, old_plan: str, actor: Actor
             mailbox.address,
             domain=mailbox.domain.name,
             after={"trial_started_at": trial.started_at.isoformat()},
+        )
+        _announce(
+            session,
+            "trial.converted",
+            mailbox.address,
+            {"trial_started_at": trial.started_at.isoformat()},
         )
     elif old_plan == Plan.PAID.value and mailbox.plan == Plan.TRIAL.value:
         session.add(
@@ -448,6 +454,12 @@ def _advance(
                 before=before,
                 after=mailbox.to_dict(),
             )
+            _announce(
+                session,
+                "trial.expired",
+                mailbox.address,
+                {"expired_at": moment.isoformat(), "grace_days": grace_period().days},
+            )
             report.expired.append(mailbox.address)
         elif trial.expired_at is None:
             trial.expired_at = moment  # a suspended trial keeps its status; the date is noted
@@ -505,6 +517,12 @@ def _remind(
         mailbox.address,
         domain=mailbox.domain.name,
         after={"days_before": urgent, "expires_at": mailbox.trial_expires_at.isoformat()},  # type: ignore[union-attr]
+    )
+    _announce(
+        session,
+        "trial.reminder",
+        mailbox.address,
+        {"days_before": urgent, "expires_at": mailbox.trial_expires_at.isoformat()},  # type: ignore[union-attr]
     )
     session.commit()
     if mailbox.contact_email:
@@ -577,7 +595,19 @@ def _delete_lapsed(session: Session, mailbox: Mailbox, trial: Trial, actor: Acto
     }
     provisioning.delete_mailbox(session, mailbox, actor=actor)  # with its mail and backups
     audit.record(session, actor, "trial.delete", address, domain=domain, before=summary)
+    _announce(session, "trial.deleted", address, summary)
     session.commit()
+
+
+def _announce(session: Session, event_type: str, address: str, details: dict[str, Any]) -> None:
+    """A trial webhook event, in the transaction of the change it tells about."""
+    webhooks.emit(
+        session,
+        event_type,
+        domain=address.rpartition("@")[2],
+        object_key=webhooks.mailbox_key(address),
+        data={"address": address, **details},
+    )
 
 
 # --- conversion and reports --------------------------------------------------------------------

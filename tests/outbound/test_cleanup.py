@@ -240,6 +240,7 @@ def test_the_job_runs_from_the_cli_and_its_record_counts_each_part(
         "spool_files_removed": 2,
         "vacation_responses_deleted": 0,
         "sieve_duplicates_deleted": 1,
+        "webhook_deliveries_deleted": 0,
         "keep_days": 30,
     }
     assert queue_ids(session) == {kept, leftover}

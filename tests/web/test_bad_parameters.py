@@ -12,11 +12,13 @@ import pytest
 import wtforms
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.routing import Rule
 
-from provider.models import Mailbox
-from tests.conftest import MAILBOX_PASSWORD, login, make_admin, make_mailbox
+from provider.models import Mailbox, WebhookDelivery
+from provider.services import webhooks
+from tests.conftest import MAILBOX_PASSWORD, TEST_ACTOR, login, make_admin, make_mailbox
 from tests.web.timemachine_helpers import deliver, mail, snapshot
 
 HUGE = "99999999999999999999999"
@@ -64,6 +66,14 @@ def world(app: Flask, session: Session) -> dict[str, Any]:
     """Real records for every kind of id in a URL: a domain, a mailbox with a snapshot and an
     alias, and an admin; the superadmin logs in as root@example.com."""
     make_admin(session)
+    endpoint = webhooks.create_endpoint(
+        session,
+        url="https://hooks.example.net/in",
+        events=["mailbox.created"],
+        admin=None,
+        actor=TEST_ACTOR,
+    ).endpoint
+    session.commit()
     mailbox: Mailbox = make_mailbox(session, "alice@example.test", quota_gb=8)
     deliver(session, mailbox, [mail("Hello")])
     snapshot_id = snapshot(session, mailbox)
@@ -81,6 +91,8 @@ def world(app: Flask, session: Session) -> dict[str, Any]:
         "index": 0,  # a rule of the Sieve rule editor
         "name": "quota-recount",  # a scheduled job (Run now)
         "request_id": 1,  # an upgrade request
+        "endpoint_id": endpoint.id,  # a webhook endpoint
+        "delivery_id": session.scalars(select(WebhookDelivery.id)).first(),
     }
 
 

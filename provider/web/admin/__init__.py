@@ -61,6 +61,7 @@ from provider.web.admin import (  # noqa: E402  (views register on bp)
     sending,
     two_factor,
     upgrades,
+    webhooks,
 )
 
 __all__ = [
@@ -81,4 +82,5 @@ __all__ = [
     "sending",
     "two_factor",
     "upgrades",
+    "webhooks",
 ]

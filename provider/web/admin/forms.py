@@ -19,7 +19,7 @@ from wtforms import (
 )
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, Optional
-from wtforms.widgets import NumberInput
+from wtforms.widgets import CheckboxInput, ListWidget, NumberInput
 
 from provider.web.validators import DateWithin
 
@@ -189,3 +189,18 @@ class AuditFilterForm(Form):
     target = StringField("Target", validators=[Optional(), Length(max=320)])
     since = DateField("From", validators=[Optional(), DateWithin()])
     until = DateField("To (inclusive)", validators=[Optional(), DateWithin()])
+
+
+class CheckboxesField(SelectMultipleField):
+    """Several choices as a list of checkboxes (the webhook events)."""
+
+    widget = ListWidget(prefix_label=False)
+    option_widget = CheckboxInput()
+
+
+class WebhookForm(FlaskForm):
+    # No length validator: the service's rule (URL_MAX) gives the message, next to the field.
+    url = StringField("Endpoint URL", validators=[DataRequired()])
+    events = CheckboxesField("Events")
+    description = StringField("Description (optional)", validators=[Optional()])
+    active = BooleanField("Active (deliveries are sent)", default=True)
