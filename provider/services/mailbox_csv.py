@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.orm.attributes import set_committed_value
 
 from provider.errors import InvalidInput, ProviderError
+from provider.mailstore import MailStore
 from provider.models import Domain, Mailbox, Plan
 from provider.models.mailbox import Pop3Action
 from provider.services import audit, auth, provisioning, quota, storage
@@ -502,10 +503,9 @@ def hash_passwords(passwords: Sequence[str], workers: int | None = None) -> list
         )
 
 
-def _make_maildirs(addresses: list[str]) -> list[str]:
+def _make_maildirs(store: MailStore, addresses: list[str]) -> list[str]:
     """Create the Maildirs (threads); on any failure remove those made here and raise. Returns
     the addresses whose Maildir this call created (one that was there already is left be)."""
-    store = storage.mail_store()
     fresh = [address for address in addresses if not store.exists(address)]
     made: list[str] = []
     failure: BaseException | None = None
@@ -519,13 +519,12 @@ def _make_maildirs(addresses: list[str]) -> list[str]:
                 failure = failure or exc
                 made.append(address)  # it may be half made: remove it too
     if failure is not None:
-        _remove_maildirs(made)
+        _remove_maildirs(store, made)
         raise failure
     return made
 
 
-def _remove_maildirs(addresses: list[str]) -> None:
-    store = storage.mail_store()
+def _remove_maildirs(store: MailStore, addresses: list[str]) -> None:
     for address in addresses:
         try:
             store.remove(address)
@@ -556,9 +555,10 @@ def import_mailboxes(
         row.line: secrets.token_urlsafe(12) for row in rows if row.new and row.new.password is None
     }
     addresses = [row.address for row in rows]
+    store = storage.mail_store()
     # The disk waits (Maildirs, in threads) overlap the CPU work (hashing, in processes).
     with ThreadPoolExecutor(max_workers=1) as background:
-        maildirs = background.submit(_make_maildirs, addresses)
+        maildirs = background.submit(_make_maildirs, store, addresses)
         try:
             hashes = hash_passwords(
                 [generated.get(row.line) or row.new.password or "" for row in rows if row.new],
@@ -566,10 +566,10 @@ def import_mailboxes(
             )
         except BaseException:
             made = _wait_quietly(maildirs)
-            _remove_maildirs(made)
+            _remove_maildirs(store, made)
             raise
         made = maildirs.result()
-    on_rollback(session, partial(_remove_maildirs, made))
+    on_rollback(session, partial(_remove_maildirs, store, made))
     try:
         _insert(session, rows, hashes, actor)
     except BaseException:
