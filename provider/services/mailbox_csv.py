@@ -24,6 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from provider.errors import InvalidInput, ProviderError
 from provider.mailstore import MailStore
+from provider.mailstore.uidlist import fsync_deferred
 from provider.models import Domain, Mailbox, Plan
 from provider.models.mailbox import Pop3Action
 from provider.services import audit, auth, provisioning, quota, storage
@@ -510,7 +511,9 @@ def _make_maildirs(store: MailStore, addresses: list[str]) -> list[str]:
     made: list[str] = []
     failure: BaseException | None = None
     with ThreadPoolExecutor(max_workers=MAILDIR_THREADS) as pool:
-        futures: dict[Future[Any], str] = {pool.submit(store.create, a): a for a in fresh}
+        futures: dict[Future[Any], str] = {
+            pool.submit(_create_without_fsync, store, a): a for a in fresh
+        }
         for future, address in futures.items():
             try:
                 future.result()
@@ -518,10 +521,21 @@ def _make_maildirs(store: MailStore, addresses: list[str]) -> list[str]:
             except BaseException as exc:  # kept, re-raised after the clean-up
                 failure = failure or exc
                 made.append(address)  # it may be half made: remove it too
+    if failure is None:
+        try:
+            # One sync(2) for them all instead of ~20 fsyncs each: on disk before the commit.
+            os.sync()
+        except BaseException as exc:
+            failure = exc
     if failure is not None:
         _remove_maildirs(store, made)
         raise failure
     return made
+
+
+def _create_without_fsync(store: MailStore, address: str) -> None:
+    with fsync_deferred():
+        store.create(address)
 
 
 def _remove_maildirs(store: MailStore, addresses: list[str]) -> None:
