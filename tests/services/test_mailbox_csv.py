@@ -354,3 +354,21 @@ def test_maildirs_of_an_import_are_made_durable_by_one_sync_not_an_fsync_each(
     # Outside an import, creating a mailbox fsyncs as before.
     storage.mail_store().create("single@example.test")
     assert calls["fsync"] >= 10 and calls["sync"] == 1
+
+
+@pytest.mark.parametrize(
+    ("cell", "message"),
+    [
+        ("1e999999999", "quota must be between 8 and 100 GB, not 1e999999999 GB"),
+        ("-1e-999999999", "quota must be between 8 and 100 GB, not -1e-999999999 GB"),
+        ("NaN", "quota must be a number of GB, not 'NaN'"),
+        ("9" * 400, "quota must be between 8 and 100 GB, not " + "9" * 32 + " GB"),
+        ("ten", "quota must be a number of GB, not 'ten'"),
+    ],
+)
+def test_huge_and_odd_quota_numbers_get_a_short_answer_at_once(app, session, cell, message):
+    """A quota like 1e999999999 is a valid Decimal: written out in the message it would take a
+    gigabyte (the same refusal the forms and `--quota-gb` give)."""
+    make_domain(session)
+    report = run_import(session, f"a@example.test,{cell},imap,generate\n", dry_run=True)
+    assert report.error_lines() == [f"line 1: quota: {message}"]
