@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 
 from sqlalchemy import event
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 log = logging.getLogger(__name__)
 _KEY = "provider_after_commit"
@@ -44,6 +44,19 @@ def _run_actions(session: Session) -> None:
 @event.listens_for(Session, "after_rollback")
 def _drop_actions(session: Session) -> None:
     session.info.pop(_KEY, None)
+    _undo(session)
+
+
+@event.listens_for(Session, "after_transaction_end")
+def _transaction_ended(session: Session, transaction: SessionTransaction) -> None:
+    # A session closed (or removed at the end of a request) with its transaction still open
+    # discards it without an after_rollback event; the undo actions must run all the same.
+    if transaction.parent is None:
+        session.info.pop(_KEY, None)
+        _undo(session)
+
+
+def _undo(session: Session) -> None:
     for undo in reversed(session.info.pop(_UNDO_KEY, [])):
         try:
             undo()

@@ -372,3 +372,13 @@ def test_huge_and_odd_quota_numbers_get_a_short_answer_at_once(app, session, cel
     make_domain(session)
     report = run_import(session, f"a@example.test,{cell},imap,generate\n", dry_run=True)
     assert report.error_lines() == [f"line 1: quota: {message}"]
+
+
+def test_a_session_closed_without_commit_removes_the_maildirs_too(app, session):
+    """A request that fails after the import and before its commit ends with the session
+    removed, not rolled back: the Maildirs must go all the same."""
+    make_domain(session)
+    report = run_import(session, f"a@example.test,8,imap,{GOOD}\n")
+    assert report.applied and maildirs(app) == ["a@example.test"]
+    session.close()
+    assert mailbox_count(session) == 0 and maildirs(app) == []
