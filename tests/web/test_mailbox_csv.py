@@ -59,7 +59,11 @@ def test_dry_run_preview_then_create_shows_made_up_passwords_once(
     logged_in: FlaskClient, session: Session, app: Flask
 ):
     make_domain(session)
-    data = f"address,quota,protocols,password\na@example.test,8,imap,{GOOD}\nb@example.test,9,pop3,generate\n"
+    data = (
+        "address,quota,protocols,password\n"
+        f"a@example.test,8,imap,{GOOD}\n"
+        "b@example.test,9,pop3,generate\n"
+    )
     preview = upload(logged_in, data.encode())
     html = text_of(preview)
     assert preview.status_code == 200
