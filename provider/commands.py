@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 from flask import Flask, current_app
@@ -22,7 +22,16 @@ from provider.dbcheck import DatabaseUnavailable, check_database
 from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import Domain, Mailbox
-from provider.services import admins, clock, dkim, dns_records, provisioning, reports, sending
+from provider.services import (
+    admins,
+    clock,
+    dkim,
+    dns_records,
+    mailbox_csv,
+    provisioning,
+    reports,
+    sending,
+)
 from provider.services.audit import CLI_ACTOR
 from provider.services.quota import format_gb
 
@@ -548,6 +557,55 @@ def mailbox_delete(address: str) -> None:
         mailbox = provisioning.get_mailbox(db.session, address)
         provisioning.delete_mailbox(db.session, mailbox, actor=CLI_ACTOR)
     click.echo(f"deleted mailbox {mailbox.address}")
+
+
+@mailbox_group.command("import")
+@click.argument("file", type=click.File("rb"))
+@click.option("--dry-run", is_flag=True, help="Only check the file: every row's outcome.")
+@json_option
+def mailbox_import(file: IO[bytes], dry_run: bool, as_json: bool) -> None:
+    """Create the mailboxes of a CSV file, all or none; --dry-run only checks it."""
+    data = file.read(mailbox_csv.MAX_IMPORT_BYTES + 1)
+    try:
+        report = mailbox_csv.import_mailboxes(
+            db.session, data, scope=None, actor=CLI_ACTOR, dry_run=dry_run
+        )
+        if report.applied:
+            db.session.commit()
+    except ProviderError as exc:
+        db.session.rollback()
+        raise click.ClickException(exc.message) from None
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    elif not report.ok:
+        for line in report.error_lines():
+            click.echo(f"Error: {line}", err=True)
+    elif dry_run:
+        for row in report.rows:
+            made_up = " (password made up)" if row.to_dict()["generate_password"] else ""
+            click.echo(f"line {row.line}: would create {row.address}{made_up}")
+        click.echo(f"{len(report.rows)} mailbox(es) would be created; nothing was changed")
+    else:
+        # The made-up passwords are the output (a CSV to hand out); the count goes to stderr.
+        click.echo(f"created {len(report.rows)} mailbox(es)", err=True)
+        if report.passwords:
+            click.echo(report.passwords_csv(), nl=False)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+@mailbox_group.command("export")
+@click.argument("file", default="-", type=click.File("w", encoding="utf-8", lazy=True))
+@click.option("--domain", default=None, help="Only this domain.")
+def mailbox_export(file: IO[str], domain: str | None) -> None:
+    """Write the mailboxes as CSV (the import's columns, no passwords) to FILE or stdout."""
+    domain_ids = None
+    if domain:
+        with committing():
+            domain_ids = {provisioning.get_domain(db.session, domain).id}
+    text = mailbox_csv.export_csv(db.session, domain_ids=domain_ids)
+    # Written as one string: the CRLF line ends stay as they are on every platform.
+    file.write(text)
 
 
 # --- aliases -------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ import contextlib
 import logging
 import os
 import uuid
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -396,7 +398,8 @@ class UidlistFile:
         try:
             try:
                 diskio.write_all(fd, payload)
-                os.fsync(fd)
+                if not _FSYNC_DEFERRED.get():
+                    os.fsync(fd)
                 os.rename(temp, self.path)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
@@ -420,8 +423,26 @@ class UidlistFile:
         self._remember()
 
 
+# Set while making many empty mailboxes at once (CSV import): their ~20 fsyncs each are left
+# out, and the caller makes all of it durable with one sync(2) before it relies on it.
+_FSYNC_DEFERRED: ContextVar[bool] = ContextVar("fsync_deferred", default=False)
+
+
+@contextlib.contextmanager
+def fsync_deferred() -> Iterator[None]:
+    """Skip the fsyncs of new folders and uid lists in this thread (and context) until the
+    block ends; the caller must call os.sync() before anything counts on those files."""
+    token = _FSYNC_DEFERRED.set(True)
+    try:
+        yield
+    finally:
+        _FSYNC_DEFERRED.reset(token)
+
+
 def fsync_directory(path: Path) -> None:
-    """Make a rename or new entry in `path` durable."""
+    """Make a rename or new entry in `path` durable (later, within fsync_deferred())."""
+    if _FSYNC_DEFERRED.get():
+        return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -240,11 +240,25 @@ def get_mailbox(session: Session, address: str) -> Mailbox:
 
 
 def _address_taken(session: Session, address: str) -> str | None:
-    if session.scalar(select(Mailbox.id).where(Mailbox.address == address)) is not None:
-        return f"mailbox {address} already exists"
-    if session.scalar(select(Alias.id).where(Alias.address == address)) is not None:
-        return f"{address} is already an alias"
-    return None
+    return taken_addresses(session, [address]).get(address)
+
+
+# Addresses per IN (…) list: far below SQLite's and PostgreSQL's limits on bound parameters.
+TAKEN_CHUNK = 500
+
+
+def taken_addresses(session: Session, addresses: Iterable[str]) -> dict[str, str]:
+    """Which of these (normalized) addresses a mailbox or an alias already has, each with the
+    reason a new mailbox cannot take it; a few queries for any number (CSV import)."""
+    wanted = sorted(set(addresses))
+    taken: dict[str, str] = {}
+    for start in range(0, len(wanted), TAKEN_CHUNK):
+        chunk = wanted[start : start + TAKEN_CHUNK]
+        for address in session.scalars(select(Alias.address).where(Alias.address.in_(chunk))):
+            taken[address] = f"{address} is already an alias"
+        for address in session.scalars(select(Mailbox.address).where(Mailbox.address.in_(chunk))):
+            taken[address] = f"mailbox {address} already exists"
+    return taken
 
 
 def create_mailbox(
@@ -272,28 +286,16 @@ def create_mailbox(
     allowed = parse_protocols(protocols)
     action = parse_pop3_action(pop3_action)
     auth.check_password_policy(password, address=full_address)
-    plan = Plan(plan).value
-    created = now()
-    mailbox = Mailbox(
-        domain=domain,
-        local_part=local_part,
-        address=full_address,
-        password_hash=auth.hash_password(password),
-        quota_bytes=quota_bytes,
-        used_bytes=0,
-        status=MailboxStatus.ACTIVE.value,
-        plan=plan,
+    mailbox = new_mailbox(
+        domain,
+        local_part,
+        auth.hash_password(password),
+        quota_bytes,
+        allowed,
+        plan=Plan(plan).value,
         contact_email=normalize_contact(contact_email),
         pop3_action=action,
-        created_at=created,
-        updated_at=created,
-        trial_expires_at=(
-            created + timedelta(days=int(_setting("TRIAL_DAYS", 30)))
-            if plan == Plan.TRIAL.value
-            else None
-        ),
     )
-    mailbox.protocols = allowed
     session.add(mailbox)
     session.flush()
     # The Maildir (INBOX and the special folders) exists before the mailbox is committed, so
@@ -308,6 +310,43 @@ def create_mailbox(
         object_key=webhooks.mailbox_key(full_address),
         data=record,
     )
+    return mailbox
+
+
+def new_mailbox(
+    domain: Domain,
+    local_part: str,
+    password_hash: str,
+    quota_bytes: int,
+    protocols: set[str],
+    *,
+    plan: str,
+    contact_email: str | None,
+    pop3_action: str,
+) -> Mailbox:
+    """The row of a new mailbox from values already checked (create_mailbox, CSV import): an
+    active mailbox, a trial one expiring TRIAL_DAYS from now."""
+    created = now()
+    mailbox = Mailbox(
+        domain=domain,
+        local_part=local_part,
+        address=f"{local_part}@{domain.name}",
+        password_hash=password_hash,
+        quota_bytes=quota_bytes,
+        used_bytes=0,
+        status=MailboxStatus.ACTIVE.value,
+        plan=plan,
+        contact_email=contact_email,
+        pop3_action=pop3_action,
+        created_at=created,
+        updated_at=created,
+        trial_expires_at=(
+            created + timedelta(days=int(_setting("TRIAL_DAYS", 30)))
+            if plan == Plan.TRIAL.value
+            else None
+        ),
+    )
+    mailbox.protocols = protocols
     return mailbox
 
 

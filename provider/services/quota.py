@@ -107,9 +107,12 @@ def quota_bytes_from_gb(value: object, bounds: QuotaBounds | None = None) -> int
     bounds = bounds or current_bounds()
     amount = parse_gb(value)
     if not bounds.min_gb <= amount <= bounds.max_gb:
+        # `1e999999999` is a valid Decimal whose digits written out would fill a gigabyte:
+        # such an amount is quoted as given, never expanded.
+        shown = format_gb(amount) if -20 <= amount.adjusted() <= 20 else str(value).strip()[:32]
         raise QuotaOutOfRange(
             f"quota must be between {format_gb(bounds.min_gb)} and {format_gb(bounds.max_gb)} GB, "
-            f"not {format_gb(amount)} GB",
+            f"not {shown} GB",
             "quota_gb",
         )
     return int(amount * GIB)

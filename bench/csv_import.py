@@ -1,0 +1,152 @@
+"""Benchmark: import 10,000 mailboxes from CSV (dry run, then apply and commit), phase by phase.
+
+    .venv/bin/python bench/csv_import.py [--rows 10000] [--hash-workers N] [--database-url URL]
+
+Writes a CSV of N rows over 10 domains (half with a password, half `generate`; mixed quotas,
+protocols and plans), then times, through the same service the CLI and the panel call: the dry
+run (read + check every row), and the apply (check again, argon2id hashing in worker processes,
+Maildirs in threads at the same time, inserts and audit rows) with its commit. Prints the load
+average before and after, since the machine may be shared. With --database-url (PostgreSQL) a
+throwaway database is made on that server and dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, func, make_url, select, text
+
+from provider import create_app
+from provider.extensions import db
+from provider.models import Mailbox
+from provider.services import mailbox_csv, provisioning
+from provider.services.audit import Actor
+
+ACTOR = Actor("bench")
+DOMAINS = [f"bench{n}.test" for n in range(10)]
+
+
+def make_csv(rows: int) -> bytes:
+    lines = ["address,quota,protocols,password,plan,contact"]
+    protocols = ("imap", "pop3", "both")
+    for n in range(rows):
+        password = "generate" if n % 2 else f"bench passphrase {n:06d}"
+        plan = "trial" if n % 7 == 0 else "paid"
+        lines.append(
+            f"user{n:05d}@{DOMAINS[n % len(DOMAINS)]},{8 + n % 93},{protocols[n % 3]},"
+            f"{password},{plan},owner{n}@customer.test"
+        )
+    return ("\r\n".join(lines) + "\r\n").encode()
+
+
+@contextmanager
+def database(url: str | None, workdir: str) -> Iterator[str]:
+    if not url:
+        yield f"sqlite:///{workdir}/bench.db"
+        return
+    server = make_url(url)
+    name = f"csv_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def timed(name: str, timings: dict[str, float], function: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            timings[name] = time.perf_counter() - started
+
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--hash-workers", type=int, default=None, help="default: one per core")
+    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument(
+        "--cheap-hash",
+        action="store_true",
+        help="argon2id at m=1024 KiB, t=1 (NOT the product's cost): what all but hashing costs",
+    )
+    options = parser.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    print(f"cores: {cores}; load average before: {' '.join(map(str, os.getloadavg()))}")
+
+    with tempfile.TemporaryDirectory() as workdir, database(options.database_url, workdir) as url:
+        config: dict[str, Any] = {
+            "INSTANCE_DIR": workdir,
+            "SECRET_KEY": "bench",
+            "DATABASE_URL": url,
+        }
+        if options.cheap_hash:
+            config.update(PASSWORD_HASH_MEMORY_KIB=1024, PASSWORD_HASH_TIME_COST=1)
+        app = create_app(config)
+        with app.app_context():
+            upgrade(directory=app.extensions["migrate"].directory)
+            for name in DOMAINS:
+                provisioning.create_domain(db.session, name, actor=ACTOR)
+            db.session.commit()
+            data = make_csv(options.rows)
+            print(f"file: {options.rows:,} rows, {len(data):,} bytes")
+
+            started = time.perf_counter()
+            report = mailbox_csv.check_import(db.session, data, scope=None)
+            dry_run = time.perf_counter() - started
+            assert report.ok, report.error_lines()[:5]
+            db.session.rollback()
+            print(f"dry run (read + check every row):  {dry_run:6.1f} s")
+
+            timings: dict[str, float] = {}
+            mailbox_csv.hash_passwords = timed("hash", timings, mailbox_csv.hash_passwords)
+            mailbox_csv._make_maildirs = timed("maildirs", timings, mailbox_csv._make_maildirs)
+            mailbox_csv._insert = timed("insert", timings, mailbox_csv._insert)
+            started = time.perf_counter()
+            report = mailbox_csv.import_mailboxes(
+                db.session, data, scope=None, actor=ACTOR, hash_workers=options.hash_workers
+            )
+            db.session.commit()
+            total = time.perf_counter() - started
+            assert report.applied
+            created = db.session.scalar(select(func.count()).select_from(Mailbox))
+            assert created == options.rows, created
+            workers = options.hash_workers or cores
+            print(
+                f"  argon2id hashing, {options.rows:,} passwords, {workers} processes: "
+                f"{timings['hash']:6.1f} s  ({timings['hash'] / options.rows * 1000 * workers:.1f}"
+                " ms per hash per process)"
+            )
+            threads = mailbox_csv.MAILDIR_THREADS
+            print(
+                f"  Maildirs, {threads} threads (beside the hashing): {timings['maildirs']:6.1f} s"
+            )
+            print(f"  rows + audit events inserted:  {timings['insert']:6.1f} s")
+            print(f"apply (check, hash, Maildirs, insert, commit): {total:6.1f} s")
+            print(f"made-up passwords returned: {len(report.passwords):,}")
+            db.session.remove()
+    print(f"load average after: {' '.join(map(str, os.getloadavg()))}")
+
+
+if __name__ == "__main__":
+    main()
