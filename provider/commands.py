@@ -7,7 +7,6 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,16 @@ from provider.dbcheck import DatabaseUnavailable, check_database
 from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import Domain, Mailbox
-from provider.services import admins, clock, dkim, dns_records, provisioning, reports, sending
+from provider.services import (
+    admins,
+    clock,
+    dkim,
+    dns_records,
+    provisioning,
+    records,
+    reports,
+    sending,
+)
 from provider.services.audit import CLI_ACTOR
 from provider.services.quota import format_gb
 
@@ -169,11 +177,7 @@ def _domain_text(d: dict[str, Any]) -> str:
 
 
 def _domain_record(domain: Domain) -> dict[str, Any]:
-    record = domain.to_dict()
-    record["mailboxes"] = db.session.scalar(
-        select(func.count()).where(Mailbox.domain_id == domain.id)
-    )
-    return record
+    return records.domain_record(db.session, domain)
 
 
 @click.group("domain")
@@ -220,8 +224,8 @@ def domain_set(name: str, signup: bool | None, postmaster: str | None, as_json: 
 def domain_list(as_json: bool) -> None:
     """List hosted domains."""
     domains = db.session.scalars(select(Domain).order_by(Domain.name)).all()
-    records = [_domain_record(domain) for domain in domains]
-    emit(records, as_json, lambda rs: "\n".join(map(_domain_text, rs)) or "no domains")
+    found = [_domain_record(domain) for domain in domains]
+    emit(found, as_json, lambda rs: "\n".join(map(_domain_text, rs)) or "no domains")
 
 
 @domain_group.command("delete")
@@ -252,11 +256,11 @@ def domain_dns(name: str, check: bool, resolver: str | None, as_json: bool) -> N
     with committing():
         domain = provisioning.get_domain(db.session, name)
         if not check:
-            records = dns_records.expected_records(db.session, domain)
+            expected = dns_records.expected_records(db.session, domain)
             emit(
-                [{**asdict(r), "zone_line": r.zone_line} for r in records],
+                [records.dns_record(r) for r in expected],
                 as_json,
-                lambda _: dns_records.zone_text(records),
+                lambda _: dns_records.zone_text(expected),
             )
             return
         results = dns_records.check(db.session, domain, resolver)
@@ -359,7 +363,7 @@ def _sending_lines(s: dict[str, Any]) -> list[str]:
 
 def _mailbox_record(mailbox: Mailbox) -> dict[str, Any]:
     """What `mailbox show` and `mailbox set` print: the mailbox and its sending."""
-    return {**mailbox.to_dict(), "sending": sending.overview(db.session, mailbox).to_dict()}
+    return records.mailbox_record(db.session, mailbox)
 
 
 POP3_ACTION_TEXT = {
@@ -536,8 +540,8 @@ def mailbox_list(domain: str | None, search: str | None, as_json: bool) -> None:
     query = reports.mailbox_select(search=search, domain_ids=domain_ids).options(
         selectinload(Mailbox.domain), selectinload(Mailbox.aliases)
     )
-    records = [mailbox.to_dict() for mailbox in db.session.scalars(query)]
-    emit(records, as_json, lambda rs: "\n".join(map(_mailbox_line, rs)) or "no mailboxes")
+    found = [records.mailbox_summary(mailbox) for mailbox in db.session.scalars(query)]
+    emit(found, as_json, lambda rs: "\n".join(map(_mailbox_line, rs)) or "no mailboxes")
 
 
 @mailbox_group.command("delete")

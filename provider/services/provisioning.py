@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -100,13 +100,17 @@ def _setting(name: str, default: Any) -> Any:
 # --- domains -------------------------------------------------------------------------------
 
 
-def get_domain(session: Session, name: str) -> Domain:
+def get_domain(
+    session: Session, name: str, *, allowed_domain_ids: Collection[int] | None = None
+) -> Domain:
+    """The domain called `name`; with `allowed_domain_ids` (a domain admin's), one outside them
+    is refused exactly like a missing one, so other tenants' domains stay invisible."""
     try:
         normalized = normalize_domain_name(name)
     except InvalidInput:
         raise NotFound(f"domain {name!r} does not exist", "name") from None
     domain = session.scalar(select(Domain).where(Domain.name == normalized))
-    if domain is None:
+    if domain is None or (allowed_domain_ids is not None and domain.id not in allowed_domain_ids):
         raise NotFound(f"domain {normalized} does not exist", "name")
     return domain
 
@@ -232,9 +236,14 @@ def delete_domain(session: Session, domain: Domain, *, actor: Actor) -> None:
 # --- mailboxes -----------------------------------------------------------------------------
 
 
-def get_mailbox(session: Session, address: str) -> Mailbox:
+def get_mailbox(
+    session: Session, address: str, *, allowed_domain_ids: Collection[int] | None = None
+) -> Mailbox:
+    """The mailbox at `address`; outside `allowed_domain_ids` (when given) it does not exist."""
     mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address.strip().lower()))
-    if mailbox is None:
+    if mailbox is None or (
+        allowed_domain_ids is not None and mailbox.domain_id not in allowed_domain_ids
+    ):
         raise NotFound(f"mailbox {address.strip()} does not exist", "address")
     return mailbox
 
@@ -258,12 +267,14 @@ def create_mailbox(
     plan: str = Plan.PAID.value,
     contact_email: str | None = None,
     pop3_action: str = Pop3Action.KEEP.value,
+    allowed_domain_ids: Collection[int] | None = None,
 ) -> Mailbox:
-    """Create a mailbox; every check runs before anything is written, so failure leaves nothing."""
+    """Create a mailbox; every check runs before anything is written, so failure leaves nothing.
+    A domain outside `allowed_domain_ids` (a domain admin's, when given) is not hosted here."""
     local_part, domain_name = split_address(address)
     full_address = f"{local_part}@{domain_name}"
     domain = session.scalar(select(Domain).where(Domain.name == domain_name))
-    if domain is None:
+    if domain is None or (allowed_domain_ids is not None and domain.id not in allowed_domain_ids):
         raise NotFound(f"domain {domain_name} is not hosted here; add it first", "address")
     taken = _address_taken(session, full_address)
     if taken:

@@ -1,0 +1,241 @@
+"""/api/v1/mailboxes: create, list, show, change (quota, protocols, status, plan, password, POP3
+action), usage and delete — each through services/provisioning like the panel and the CLI."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from marshmallow import Schema, fields, validate
+
+from provider.extensions import db
+from provider.services import provisioning, records, reports
+from provider.services.quota import GIB
+from provider.web.api.core import (
+    PageArgs,
+    PageSchema,
+    actor,
+    page_of,
+    problems,
+    resource,
+    scope,
+)
+
+bp = resource("mailboxes", "Mailboxes: quota, protocols, status, plan, password, usage")
+
+QUOTA_DOC = {
+    "description": "GB (1 GB = 1024³ bytes), a number or a decimal string; the setting's range "
+    "applies (8 to 100 by default)",
+    "oneOf": [{"type": "number"}, {"type": "string"}],
+}
+PROTOCOLS_DOC = {
+    "description": 'imap, pop3 or both: ["imap", "pop3"] or "imap,pop3"',
+    "oneOf": [{"type": "array", "items": {"type": "string"}}, {"type": "string"}],
+}
+
+
+class SendingSchema(Schema):
+    limit_per_hour = fields.Integer(required=True)
+    limit_per_day = fields.Integer(required=True)
+    limit_per_hour_source = fields.String(required=True)
+    limit_per_day_source = fields.String(required=True)
+    sent_last_hour_window = fields.Integer(required=True)
+    sent_last_day_window = fields.Integer(required=True)
+    sent_today = fields.Integer(required=True)
+    last_7_days = fields.List(fields.Dict(), required=True)
+    suspended = fields.Boolean(required=True)
+    suspended_at = fields.String(required=True, allow_none=True)
+    suspended_reason = fields.String(required=True, allow_none=True)
+
+
+class MailboxSummarySchema(Schema):
+    address = fields.String(required=True)
+    domain = fields.String(required=True)
+    quota_bytes = fields.Integer(required=True)
+    used_bytes = fields.Integer(required=True)
+    protocols = fields.List(fields.String(), required=True)
+    status = fields.String(required=True)
+    plan = fields.String(required=True)
+    contact_email = fields.String(required=True, allow_none=True)
+    pop3_action = fields.String(required=True, allow_none=True)
+    created_at = fields.String(required=True, allow_none=True)
+    trial_expires_at = fields.String(required=True, allow_none=True)
+    aliases = fields.List(fields.String(), required=True)
+
+
+class MailboxSchema(MailboxSummarySchema):
+    sending = fields.Nested(SendingSchema, required=True)
+
+
+class NewMailboxSchema(MailboxSchema):
+    password = fields.String(
+        metadata={"description": "The generated password, when none was sent: shown this once"}
+    )
+
+
+class MailboxPageSchema(PageSchema):
+    items = fields.List(fields.Nested(MailboxSummarySchema), required=True)
+
+
+class MailboxListArgs(PageArgs):
+    domain = fields.String(metadata={"description": "Only this domain"})
+    search = fields.String(metadata={"description": "Only addresses containing this text"})
+    status = fields.String(validate=validate.OneOf(["active", "suspended", "expired"]))
+    plan = fields.String(validate=validate.OneOf(["trial", "paid"]))
+    sort = fields.String(
+        load_default="address", validate=validate.OneOf(list(reports.MAILBOX_SORTS))
+    )
+    order = fields.String(load_default="asc", validate=validate.OneOf(["asc", "desc"]))
+
+
+class MailboxCreateSchema(Schema):
+    address = fields.String(required=True, validate=validate.Length(max=320))
+    quota_gb = fields.Raw(required=True, metadata=QUOTA_DOC)
+    protocols = fields.Raw(required=True, metadata=PROTOCOLS_DOC)
+    password = fields.String(
+        validate=validate.Length(max=1024),
+        metadata={"description": "Omit it to have one made up (returned once)"},
+    )
+    plan = fields.String(load_default="paid", validate=validate.OneOf(["trial", "paid"]))
+    contact_email = fields.String(allow_none=True, validate=validate.Length(max=320))
+    pop3_action = fields.String(
+        load_default="keep", validate=validate.OneOf(["keep", "seen", "archive"])
+    )
+
+
+class MailboxUpdateSchema(Schema):
+    quota_gb = fields.Raw(metadata=QUOTA_DOC)
+    protocols = fields.Raw(metadata=PROTOCOLS_DOC)
+    status = fields.String(metadata={"description": "active or suspended"})
+    plan = fields.String(metadata={"description": "trial or paid (paid converts a trial)"})
+    password = fields.String(validate=validate.Length(max=1024))
+    contact_email = fields.String(allow_none=True, validate=validate.Length(max=320))
+    pop3_action = fields.String(metadata={"description": "keep, seen or archive"})
+
+
+class UsageSchema(Schema):
+    address = fields.String(required=True)
+    quota_bytes = fields.Integer(required=True)
+    used_bytes = fields.Integer(required=True)
+    used_percent = fields.Float(required=True)
+    quota_gb = fields.Float(required=True)
+    used_gb = fields.Float(required=True)
+
+
+def _mailbox(address: str) -> Any:
+    return provisioning.get_mailbox(db.session, address, allowed_domain_ids=scope())
+
+
+@bp.get("")
+@bp.arguments(MailboxListArgs, location="query")
+@bp.response(200, MailboxPageSchema)
+@problems(bp, 401, 403, 404, 422, 429)
+def list_mailboxes(args: dict[str, Any]) -> dict[str, Any]:
+    """List mailboxes, filtered by domain, address text, status and plan."""
+    domain_ids = scope()
+    if args.get("domain"):
+        domain = provisioning.get_domain(db.session, args["domain"], allowed_domain_ids=domain_ids)
+        domain_ids = {domain.id}
+    page = reports.list_mailboxes(
+        db.session,
+        search=args.get("search"),
+        domain_ids=domain_ids,
+        sort=args["sort"],
+        descending=args["order"] == "desc",
+        page=args["page"],
+        per_page=args["per_page"],
+        status=args.get("status"),
+        plan=args.get("plan"),
+    )
+    return page_of(page, [records.mailbox_summary(mailbox) for mailbox in page.items])
+
+
+@bp.post("")
+@bp.arguments(MailboxCreateSchema)
+@bp.response(201, NewMailboxSchema)
+@problems(bp, 401, 403, 404, 409, 415, 422, 429)
+def create_mailbox(body: dict[str, Any]) -> dict[str, Any]:
+    """Create a mailbox. Without `password` one is made up and returned this once."""
+    password = body.get("password")
+    generated = None
+    if password is None:
+        password = generated = secrets.token_urlsafe(12)
+    mailbox = provisioning.create_mailbox(
+        db.session,
+        body["address"],
+        password,
+        body["quota_gb"],
+        body["protocols"],
+        actor=actor(),
+        plan=body["plan"],
+        contact_email=body.get("contact_email"),
+        pop3_action=body["pop3_action"],
+        allowed_domain_ids=scope(),
+    )
+    db.session.commit()
+    record = records.mailbox_record(db.session, mailbox)
+    if generated:
+        record["password"] = generated
+    return record
+
+
+@bp.get("/<string:address>")
+@bp.response(200, MailboxSchema)
+@problems(bp, 401, 403, 404, 429)
+def get_mailbox(address: str) -> dict[str, Any]:
+    """One mailbox, with its sending limits and counts."""
+    return records.mailbox_record(db.session, _mailbox(address))
+
+
+@bp.patch("/<string:address>")
+@bp.arguments(MailboxUpdateSchema)
+@bp.response(200, MailboxSchema)
+@problems(bp, 401, 403, 404, 415, 422, 429)
+def update_mailbox(body: dict[str, Any], address: str) -> dict[str, Any]:
+    """Change quota, protocols, status (suspend), plan (convert a trial), password, contact or
+    POP3 download action; every value is checked before any is applied."""
+    mailbox = _mailbox(address)
+    contact = body.get("contact_email")
+    provisioning.update_mailbox(
+        db.session,
+        mailbox,
+        actor=actor(),
+        quota_gb=body.get("quota_gb"),
+        protocols=body.get("protocols"),
+        status=body.get("status"),
+        plan=body.get("plan"),
+        password=body.get("password"),
+        # null clears the contact, as an empty form field does
+        contact_email=("" if contact is None else contact) if "contact_email" in body else None,
+        pop3_action=body.get("pop3_action"),
+    )
+    db.session.commit()
+    return records.mailbox_record(db.session, mailbox)
+
+
+@bp.get("/<string:address>/usage")
+@bp.response(200, UsageSchema)
+@problems(bp, 401, 403, 404, 429)
+def usage(address: str) -> dict[str, Any]:
+    """How much of its quota the mailbox uses."""
+    mailbox = _mailbox(address)
+    return {
+        "address": mailbox.address,
+        "quota_bytes": mailbox.quota_bytes,
+        "used_bytes": mailbox.used_bytes,
+        "used_percent": round(100 * mailbox.used_bytes / mailbox.quota_bytes, 2)
+        if mailbox.quota_bytes
+        else 0.0,
+        "quota_gb": round(mailbox.quota_bytes / GIB, 4),
+        "used_gb": round(mailbox.used_bytes / GIB, 4),
+    }
+
+
+@bp.delete("/<string:address>")
+@bp.response(204)
+@problems(bp, 401, 403, 404, 429)
+def delete_mailbox(address: str) -> None:
+    """Delete the mailbox, its aliases, its mail and its backups."""
+    mailbox = _mailbox(address)
+    provisioning.delete_mailbox(db.session, mailbox, actor=actor())
+    db.session.commit()
