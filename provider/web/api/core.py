@@ -31,6 +31,8 @@ READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 MAX_PER_PAGE = 500
 # The only body type the API reads; anything else (a form post, XML) is refused with 415.
 JSON_TYPES = frozenset({"application/json"})
+MAX_BODY_BYTES = 1024 * 1024
+MAX_DEPTH = 32
 
 
 class ProblemSchema(Schema):
@@ -224,14 +226,50 @@ def _rate_limited(token: ApiToken) -> Response | None:
     )
 
 
-def _wrong_body_type() -> Response | None:
+def _bad_body() -> Response | None:
+    """A body the API will not read: too big (413), not JSON (415), unreadable or nested too
+    deep (400), or a NUL in any string (422: no field takes one, and PostgreSQL cannot store
+    it). Checked before any view parses it."""
     if request.method in READ_METHODS or request.method == "DELETE":
         return None
-    if not request.content_length and request.mimetype == "":
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        return problem(413, f"the body may have at most {MAX_BODY_BYTES} bytes")
+    body = request.get_data(cache=True)
+    if len(body) > MAX_BODY_BYTES:
+        return problem(413, f"the body may have at most {MAX_BODY_BYTES} bytes")
+    if not body and request.mimetype == "":
         return None  # no body at all (e.g. POST …/dkim/rotate)
-    if request.mimetype in JSON_TYPES:
-        return None
-    return problem(415, "send the body as JSON (Content-Type: application/json)")
+    if request.mimetype not in JSON_TYPES:
+        return problem(415, "send the body as JSON (Content-Type: application/json)")
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return problem(400, "the body is not valid JSON", errors={"_body": ["Invalid JSON body."]})
+    found = _nul_or_depth(document)
+    if found is not None:
+        field, message = found
+        return problem(422, f"{field}: {message}", errors={field: [message]})
+    return None
+
+
+def _nul_or_depth(document: Any) -> tuple[str, str] | None:
+    """The first field holding a NUL, or nested deeper than MAX_DEPTH, with what is wrong."""
+    pending: list[tuple[str, Any, int]] = [("_body", document, 0)]
+    while pending:
+        field, value, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            return field, f"nested deeper than {MAX_DEPTH} levels"
+        if isinstance(value, str) and "\x00" in value:
+            return field, "may not contain a NUL character"
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                if "\x00" in key:
+                    return "_body", "a field name may not contain a NUL character"
+                name = key if field == "_body" else f"{field}.{key}"
+                pending.append((name, inner, depth + 1))
+        elif isinstance(value, list):
+            pending.extend((field, inner, depth + 1) for inner in value)
+    return None
 
 
 def before_api_request() -> Response | None:
@@ -251,9 +289,9 @@ def before_api_request() -> Response | None:
         return limited
     if request.method not in READ_METHODS and token.scope != "write":
         return problem(403, "this token may only read (scope read); writing needs scope write")
-    wrong = _wrong_body_type()
-    if wrong is not None:
-        return wrong
+    bad = _bad_body()
+    if bad is not None:
+        return bad
     key = request.headers.get("Idempotency-Key")
     if request.method == "POST" and key is not None:
         idempotency.check_key(key)
