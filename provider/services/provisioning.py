@@ -80,13 +80,22 @@ def parse_pop3_action(value: str) -> str:
 
 def parse_protocols(value: str | Iterable[str]) -> set[str]:
     """Read a protocol policy: 'imap', 'pop3', 'both', 'imap,pop3' or a list of those."""
-    names = value.split(",") if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        names = value.split(",")
+    elif isinstance(value, list | tuple | set | frozenset):
+        # str(): a JSON list may hold numbers or null; they are unknown protocols, not a crash.
+        names = [str(name) for name in value]
+    else:
+        raise InvalidInput("choose at least one protocol: imap, pop3 or both", "protocols")
     chosen: set[str] = set()
     for name in (n.strip().lower() for n in names):
         if not name:
             continue
         if name not in PROTOCOL_CHOICES:
-            raise InvalidInput(f"unknown protocol {name!r}: choose imap, pop3 or both", "protocols")
+            shown = name if len(name) <= 40 else name[:37] + "..."
+            raise InvalidInput(
+                f"unknown protocol {shown!r}: choose imap, pop3 or both", "protocols"
+            )
         chosen |= PROTOCOL_CHOICES[name]
     if not chosen:
         raise InvalidInput("choose at least one protocol: imap, pop3 or both", "protocols")

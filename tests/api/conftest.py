@@ -1,4 +1,4 @@
-"""API fixtures: the app on a real socket (waitress, port 0), tokens, and a `requests` client
+"""API fixtures: the app on a real socket (Werkzeug, port 0), tokens, and a `requests` client
 that checks every response it sees against the app's own OpenAPI document."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import requests
 from flask import Flask
 from jsonschema import Draft202012Validator
 from sqlalchemy.orm import Session
-from waitress.server import create_server
+from werkzeug.serving import make_server
 
 from provider.models import AdminUser
 from provider.services import tokens
@@ -26,18 +26,17 @@ PROBLEM_TYPE = "application/problem+json"
 
 @pytest.fixture
 def api_server(app: Flask) -> Iterator[str]:
-    """The app served by waitress (as `provider serve` runs it) on 127.0.0.1, a free port."""
-    server = create_server(app, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
+    """The app on a real socket: Werkzeug's threaded server on 127.0.0.1, a free port (it
+    stops cleanly: serve_forever returns on shutdown, then the socket closes)."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.effective_port}"
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
-        # Let the handler threads finish their last answer before the sockets go (else a
-        # thread may still poke the closed trigger).
-        server.task_dispatcher.shutdown(timeout=10)
-        server.close()
+        server.shutdown()
         thread.join(timeout=10)
+        server.server_close()
 
 
 class SchemaChecker:
@@ -49,8 +48,7 @@ class SchemaChecker:
         self.routes: list[tuple[re.Pattern[str], str]] = []
         for template in document["paths"]:
             parts = [
-                "[^/]+" if part.startswith("{") else re.escape(part)
-                for part in template.split("/")
+                "[^/]+" if part.startswith("{") else re.escape(part) for part in template.split("/")
             ]
             self.routes.append((re.compile("^" + "/".join(parts) + "$"), template))
         self.seen: set[tuple[str, str, int]] = set()

@@ -339,11 +339,20 @@ def guarded(blueprint: ApiBlueprint) -> ApiBlueprint:
     return blueprint
 
 
+# What any route may answer: a NUL in the URL (400), no or a bad token (401), not allowed
+# (403), too many requests (429).
+COMMON_PROBLEMS = (400, 401, 403, 429)
+# What a route reading a body may answer besides: too big (413), not JSON (415), a bad value
+# (422).
+BODY_PROBLEMS = (413, 415, 422)
+
+
 def problems(blueprint: ApiBlueprint, *codes: int) -> Callable[[Any], Any]:
-    """Document each problem status a route can answer (they all share ProblemSchema)."""
+    """Document each problem status a route can answer, the common ones included (they all
+    share ProblemSchema)."""
 
     def decorate(view: Any) -> Any:
-        for code in codes:
+        for code in sorted(set(COMMON_PROBLEMS) | set(codes)):
             view = blueprint.alt_response(
                 code, schema=ProblemSchema, description="Problem details (RFC 9457)"
             )(view)

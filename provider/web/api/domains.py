@@ -9,6 +9,7 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from provider.extensions import db
 from provider.services import dkim, dns_records, provisioning, records, reports
 from provider.web.api.core import (
+    BODY_PROBLEMS,
     PageArgs,
     PageSchema,
     actor,
@@ -85,7 +86,7 @@ def _domain(name: str) -> Any:
 @bp.get("")
 @bp.arguments(DomainListArgs, location="query")
 @bp.response(200, DomainPageSchema)
-@problems(bp, 401, 403, 422, 429)
+@problems(bp, 422)
 def list_domains(args: dict[str, Any]) -> dict[str, Any]:
     """List the domains the token's admin manages (a superadmin: all)."""
     page = reports.paginate(
@@ -102,7 +103,7 @@ def list_domains(args: dict[str, Any]) -> dict[str, Any]:
 @bp.post("")
 @bp.arguments(DomainCreateSchema)
 @bp.response(201, DomainSchema)
-@problems(bp, 401, 403, 409, 415, 422, 429)
+@problems(bp, 409, *BODY_PROBLEMS)
 def create_domain(body: dict[str, Any]) -> dict[str, Any]:
     """Host a new domain (superadmin tokens only); it gets a DKIM key at once."""
     require_superadmin()
@@ -115,7 +116,7 @@ def create_domain(body: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/<string:name>")
 @bp.response(200, DomainSchema)
-@problems(bp, 401, 403, 404, 429)
+@problems(bp, 404)
 def get_domain(name: str) -> dict[str, Any]:
     """One domain."""
     return records.domain_record(db.session, _domain(name))
@@ -124,7 +125,7 @@ def get_domain(name: str) -> dict[str, Any]:
 @bp.patch("/<string:name>")
 @bp.arguments(DomainUpdateSchema)
 @bp.response(200, DomainSchema)
-@problems(bp, 401, 403, 404, 415, 422, 429)
+@problems(bp, 404, *BODY_PROBLEMS)
 def update_domain(body: dict[str, Any], name: str) -> dict[str, Any]:
     """Open or close public trial signup; choose where postmaster@ mail goes."""
     domain = _domain(name)
@@ -144,7 +145,7 @@ def update_domain(body: dict[str, Any], name: str) -> dict[str, Any]:
 
 @bp.delete("/<string:name>")
 @bp.response(204)
-@problems(bp, 401, 403, 404, 409, 429)
+@problems(bp, 404, 409)
 def delete_domain(name: str) -> None:
     """Delete a domain with no mailboxes or aliases left (superadmin tokens only)."""
     domain = _domain(name)
@@ -155,7 +156,7 @@ def delete_domain(name: str) -> None:
 
 @bp.get("/<string:name>/dkim")
 @bp.response(200, DkimKeySchema(many=True))
-@problems(bp, 401, 403, 404, 429)
+@problems(bp, 404)
 def list_dkim_keys(name: str) -> list[dict[str, Any]]:
     """The domain's DKIM keys: signing, rotated out (still published) and retired."""
     domain = _domain(name)
@@ -164,7 +165,7 @@ def list_dkim_keys(name: str) -> list[dict[str, Any]]:
 
 @bp.post("/<string:name>/dkim/rotate")
 @bp.response(201, DkimKeySchema)
-@problems(bp, 401, 403, 404, 415, 429)
+@problems(bp, 404, *BODY_PROBLEMS)
 def rotate_dkim_key(name: str) -> dict[str, Any]:
     """Make a new signing key; the old one stays published until retired."""
     domain = _domain(name)
@@ -175,7 +176,7 @@ def rotate_dkim_key(name: str) -> dict[str, Any]:
 
 @bp.post("/<string:name>/dkim/<string:selector>/retire")
 @bp.response(200, DkimKeySchema)
-@problems(bp, 401, 403, 404, 415, 422, 429)
+@problems(bp, 404, *BODY_PROBLEMS)
 def retire_dkim_key(name: str, selector: str) -> dict[str, Any]:
     """Unpublish a rotated-out key."""
     domain = _domain(name)
@@ -186,7 +187,7 @@ def retire_dkim_key(name: str, selector: str) -> dict[str, Any]:
 
 @bp.get("/<string:name>/dns")
 @bp.response(200, DnsRecordSchema(many=True))
-@problems(bp, 401, 403, 404, 429)
+@problems(bp, 404)
 def dns(name: str) -> list[dict[str, Any]]:
     """The DNS records to publish for the domain (MX, SPF, DKIM, DMARC, SRV …)."""
     domain = _domain(name)

@@ -12,6 +12,7 @@ from provider.extensions import db
 from provider.services import provisioning, records, reports
 from provider.services.quota import GIB
 from provider.web.api.core import (
+    BODY_PROBLEMS,
     PageArgs,
     PageSchema,
     actor,
@@ -129,7 +130,7 @@ def _mailbox(address: str) -> Any:
 @bp.get("")
 @bp.arguments(MailboxListArgs, location="query")
 @bp.response(200, MailboxPageSchema)
-@problems(bp, 401, 403, 404, 422, 429)
+@problems(bp, 404, 422)
 def list_mailboxes(args: dict[str, Any]) -> dict[str, Any]:
     """List mailboxes, filtered by domain, address text, status and plan."""
     domain_ids = scope()
@@ -153,7 +154,7 @@ def list_mailboxes(args: dict[str, Any]) -> dict[str, Any]:
 @bp.post("")
 @bp.arguments(MailboxCreateSchema)
 @bp.response(201, NewMailboxSchema)
-@problems(bp, 401, 403, 404, 409, 415, 422, 429)
+@problems(bp, 404, 409, *BODY_PROBLEMS)
 def create_mailbox(body: dict[str, Any]) -> dict[str, Any]:
     """Create a mailbox. Without `password` one is made up and returned this once."""
     password = body.get("password")
@@ -181,7 +182,7 @@ def create_mailbox(body: dict[str, Any]) -> dict[str, Any]:
 
 @bp.get("/<string:address>")
 @bp.response(200, MailboxSchema)
-@problems(bp, 401, 403, 404, 429)
+@problems(bp, 404)
 def get_mailbox(address: str) -> dict[str, Any]:
     """One mailbox, with its sending limits and counts."""
     return records.mailbox_record(db.session, _mailbox(address))
@@ -190,7 +191,7 @@ def get_mailbox(address: str) -> dict[str, Any]:
 @bp.patch("/<string:address>")
 @bp.arguments(MailboxUpdateSchema)
 @bp.response(200, MailboxSchema)
-@problems(bp, 401, 403, 404, 415, 422, 429)
+@problems(bp, 404, *BODY_PROBLEMS)
 def update_mailbox(body: dict[str, Any], address: str) -> dict[str, Any]:
     """Change quota, protocols, status (suspend), plan (convert a trial), password, contact or
     POP3 download action; every value is checked before any is applied."""
@@ -215,7 +216,7 @@ def update_mailbox(body: dict[str, Any], address: str) -> dict[str, Any]:
 
 @bp.get("/<string:address>/usage")
 @bp.response(200, UsageSchema)
-@problems(bp, 401, 403, 404, 429)
+@problems(bp, 404)
 def usage(address: str) -> dict[str, Any]:
     """How much of its quota the mailbox uses."""
     mailbox = _mailbox(address)
@@ -233,7 +234,7 @@ def usage(address: str) -> dict[str, Any]:
 
 @bp.delete("/<string:address>")
 @bp.response(204)
-@problems(bp, 401, 403, 404, 429)
+@problems(bp, 404)
 def delete_mailbox(address: str) -> None:
     """Delete the mailbox, its aliases, its mail and its backups."""
     mailbox = _mailbox(address)
