@@ -443,19 +443,32 @@ def delete_mailbox(session: Session, mailbox: Mailbox, *, actor: Actor) -> None:
 # --- aliases -------------------------------------------------------------------------------
 
 
-def get_alias(session: Session, address: str) -> Alias:
+def get_alias(
+    session: Session, address: str, *, allowed_domain_ids: Collection[int] | None = None
+) -> Alias:
+    """The alias at `address`; outside `allowed_domain_ids` (when given) it does not exist."""
     alias = session.scalar(select(Alias).where(Alias.address == address.strip().lower()))
-    if alias is None:
+    if alias is None or (
+        allowed_domain_ids is not None and alias.domain_id not in allowed_domain_ids
+    ):
         raise NotFound(f"alias {address.strip()} does not exist", "address")
     return alias
 
 
-def create_alias(session: Session, address: str, mailbox: Mailbox, *, actor: Actor) -> Alias:
-    """Add an address in a hosted domain that delivers to `mailbox` and that it may send as."""
+def create_alias(
+    session: Session,
+    address: str,
+    mailbox: Mailbox,
+    *,
+    actor: Actor,
+    allowed_domain_ids: Collection[int] | None = None,
+) -> Alias:
+    """Add an address in a hosted domain that delivers to `mailbox` and that it may send as;
+    a domain outside `allowed_domain_ids` (a domain admin's, when given) is not hosted here."""
     local_part, domain_name = split_address(address)
     full_address = f"{local_part}@{domain_name}"
     domain = session.scalar(select(Domain).where(Domain.name == domain_name))
-    if domain is None:
+    if domain is None or (allowed_domain_ids is not None and domain.id not in allowed_domain_ids):
         raise NotFound(f"domain {domain_name} is not hosted here", "address")
     taken = _address_taken(session, full_address)
     if taken:

@@ -9,7 +9,7 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from provider.extensions import db
-from provider.services import provisioning, records, reports
+from provider.services import provisioning, records, reports, trials
 from provider.services.quota import GIB
 from provider.web.api.core import (
     BODY_PROBLEMS,
@@ -210,6 +210,17 @@ def update_mailbox(body: dict[str, Any], address: str) -> dict[str, Any]:
         contact_email=("" if contact is None else contact) if "contact_email" in body else None,
         pop3_action=body.get("pop3_action"),
     )
+    db.session.commit()
+    return records.mailbox_record(db.session, mailbox)
+
+
+@bp.post("/<string:address>/convert")
+@bp.response(200, MailboxSchema)
+@problems(bp, 404, *BODY_PROBLEMS)
+def convert_trial(address: str) -> dict[str, Any]:
+    """End a trial as converted to paid (as the panel's Convert button does)."""
+    mailbox = _mailbox(address)
+    trials.convert_to_paid(db.session, mailbox.address, actor=actor())
     db.session.commit()
     return records.mailbox_record(db.session, mailbox)
 

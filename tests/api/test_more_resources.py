@@ -1,0 +1,85 @@
+"""/api/v1 aliases, trial conversion and audit events through the real server."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask.testing import FlaskCliRunner
+from sqlalchemy.orm import Session
+
+from tests.api.conftest import ApiClient, token_for
+from tests.conftest import ADMIN_EMAIL, make_admin, make_domain, make_mailbox
+
+
+def test_aliases_create_list_get_delete(
+    api: ApiClient, runner: FlaskCliRunner, session: Session
+) -> None:
+    make_mailbox(session, "alice@example.test")
+    made = api.post(
+        "/api/v1/aliases", json={"address": "Sales@example.test", "mailbox": "alice@example.test"}
+    )
+    assert made.status_code == 201, made.text
+    assert made.json() == {"address": "sales@example.test", "mailbox": "alice@example.test"}
+    cli = json.loads(runner.invoke(args=["alias", "list", "--json"]).output)
+    assert api.get("/api/v1/aliases").json()["items"] == cli
+    assert api.get("/api/v1/aliases?search=alice").json()["total"] == 1
+    assert api.get("/api/v1/mailboxes/alice@example.test").json()["aliases"] == [
+        "sales@example.test"
+    ]
+    taken = api.post(
+        "/api/v1/aliases", json={"address": "alice@example.test", "mailbox": "alice@example.test"}
+    )
+    assert taken.status_code == 409
+    assert api.get("/api/v1/aliases/sales@example.test").status_code == 200
+    assert api.delete("/api/v1/aliases/sales@example.test").status_code == 204
+    assert api.get("/api/v1/aliases/sales@example.test").status_code == 404
+
+
+def test_a_domain_admin_cannot_alias_into_another_domain(client_for: Any, session: Session) -> None:
+    mine = make_domain(session, "mine.test")
+    make_mailbox(session, "me@mine.test")
+    make_domain(session, "theirs.test")
+    tenant = make_admin(session, "tenant@example.com", superadmin=False, domains=[mine])
+    client: ApiClient = client_for(token_for(session, tenant))
+    response = client.post(
+        "/api/v1/aliases", json={"address": "x@theirs.test", "mailbox": "me@mine.test"}
+    )
+    assert response.status_code == 404
+    assert response.json()["errors"] == {"address": ["domain theirs.test is not hosted here"]}
+
+
+def test_convert_a_trial(api: ApiClient, session: Session) -> None:
+    make_mailbox(session, "trial@example.test", plan="trial")
+    converted = api.post("/api/v1/mailboxes/trial@example.test/convert")
+    assert converted.status_code == 200, converted.text
+    assert converted.json()["plan"] == "paid" and converted.json()["trial_expires_at"] is None
+    again = api.post("/api/v1/mailboxes/trial@example.test/convert")
+    assert again.status_code == 422 and again.json()["errors"] == {
+        "plan": ["trial@example.test is not a trial"]
+    }
+
+
+def test_audit_events_filtered_and_scoped(
+    api: ApiClient, client_for: Any, session: Session
+) -> None:
+    mine = make_domain(session, "mine.test")
+    make_domain(session, "theirs.test")
+    api.post(
+        "/api/v1/mailboxes", json={"address": "a@mine.test", "quota_gb": 8, "protocols": "imap"}
+    )
+    api.post(
+        "/api/v1/mailboxes", json={"address": "b@theirs.test", "quota_gb": 8, "protocols": "imap"}
+    )
+    events = api.get("/api/v1/audit-events?action=mailbox.create&actor=token:billing").json()
+    assert [e["target"] for e in events["items"]] == ["b@theirs.test", "a@mine.test"]
+    assert events["items"][0]["actor"] == f"token:billing ({ADMIN_EMAIL})"
+    tenant = make_admin(session, "tenant@example.com", superadmin=False, domains=[mine])
+    theirs = (
+        client_for(token_for(session, tenant, scope="read", name="t"))
+        .get("/api/v1/audit-events")
+        .json()
+    )
+    assert {e["domain"] for e in theirs["items"]} == {"mine.test"}
+    bad = api.get("/api/v1/audit-events?since=yesterday")
+    assert bad.status_code == 422 and list(bad.json()["errors"]) == ["since"]
