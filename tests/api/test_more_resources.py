@@ -83,3 +83,44 @@ def test_audit_events_filtered_and_scoped(
     assert {e["domain"] for e in theirs["items"]} == {"mine.test"}
     bad = api.get("/api/v1/audit-events?since=yesterday")
     assert bad.status_code == 422 and list(bad.json()["errors"]) == ["since"]
+
+
+def test_identities_add_list_update_delete(
+    api: ApiClient, runner: FlaskCliRunner, session: Session
+) -> None:
+    make_mailbox(session, "alice@example.test")
+    made = api.post(
+        "/api/v1/mailboxes/alice@example.test/identities",
+        json={"address": "Billing@example.test", "display_name": "Billing team"},
+    )
+    assert made.status_code == 201, made.text
+    assert made.json()["address"] == "billing@example.test" and made.json()["enabled"] is True
+    listed = api.get("/api/v1/mailboxes/alice@example.test/identities").json()
+    cli = runner.invoke(args=["identity", "list", "alice@example.test", "--json"])
+    assert cli.exit_code == 0 and "billing@example.test" in cli.output
+    assert [i["address"] for i in listed] == ["billing@example.test"]
+    again = api.post(
+        "/api/v1/mailboxes/alice@example.test/identities", json={"address": "billing@example.test"}
+    )
+    assert again.status_code == 409
+    off = api.patch(
+        "/api/v1/mailboxes/alice@example.test/identities/billing@example.test",
+        json={"enabled": False},
+    )
+    assert off.status_code == 200 and off.json()["enabled"] is False
+    assert (
+        api.delete(
+            "/api/v1/mailboxes/alice@example.test/identities/billing@example.test"
+        ).status_code
+        == 204
+    )
+    gone = api.delete("/api/v1/mailboxes/alice@example.test/identities/billing@example.test")
+    assert gone.status_code == 404
+
+
+def test_a_pop3_only_mailbox_gets_no_identity(api: ApiClient, session: Session) -> None:
+    make_mailbox(session, "pop@example.test", protocols="pop3")
+    response = api.post(
+        "/api/v1/mailboxes/pop@example.test/identities", json={"address": "x@example.test"}
+    )
+    assert response.status_code == 422 and list(response.json()["errors"]) == ["address"]

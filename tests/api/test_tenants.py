@@ -12,13 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provider.models import AuditEvent, Domain, Mailbox
-from provider.services import dkim, provisioning
+from provider.services import dkim, identities, provisioning
 from tests.api.conftest import ApiClient, token_for
 from tests.conftest import TEST_ACTOR, make_admin, make_domain, make_mailbox
 
 # What a path parameter is filled with: the other tenant's object of that kind (per resource
 # where the same name means different things).
-THEIRS = {"name": "theirs.test", "address": "victim@theirs.test"}
+THEIRS = {"name": "theirs.test", "address": "victim@theirs.test", "identity": "id@theirs.test"}
 THEIRS_BY_RESOURCE = {"/api/v1/aliases/": {"address": "alias@theirs.test"}}
 # Routes without an object in their path, each with a request aimed at the other tenant and
 # the answer it must get. A new route of that kind fails the test until it is listed here.
@@ -44,6 +44,10 @@ COLLECTION_PROBES.update(
         ("GET", "/api/v1/audit-events"): {"query": "target=theirs", "status": 200},
     }
 )
+# A valid body for routes that need one, so the answer is about the object, not the body.
+WRITE_BODIES = {
+    ("POST", "/api/v1/mailboxes/<string:address>/identities"): {"address": "new@theirs.test"},
+}
 UNGUARDED = {"/api/v1/openapi.json"}  # the schema: no data in it
 
 
@@ -65,6 +69,7 @@ def tenants(session: Session) -> dict[str, Any]:
     make_mailbox(session, "me@mine.test")
     victim = make_mailbox(session, "victim@theirs.test")
     provisioning.create_alias(session, "alias@theirs.test", victim, actor=TEST_ACTOR)
+    identities.add_identity(session, victim, "id@theirs.test", "Victim", actor=TEST_ACTOR)
     session.commit()
     theirs = session.scalar(select(Domain).where(Domain.name == "theirs.test"))
     assert theirs is not None
@@ -109,7 +114,7 @@ def test_every_route_hides_other_tenants(
     for method, rule, arguments in routes:
         if arguments:
             path = _path(rule, arguments, tenants["selector"])
-            body = None if method in ("GET", "DELETE") else {}
+            body = None if method in ("GET", "DELETE") else WRITE_BODIES.get((method, rule), {})
             response = client.request(method, path, json=body)
             expected = 404 if method == "GET" or scope == "write" else 403
             assert response.status_code == expected, (method, rule, response.text)

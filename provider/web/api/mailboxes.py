@@ -9,13 +9,14 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from provider.extensions import db
-from provider.services import provisioning, records, reports, trials
+from provider.services import identities, provisioning, records, reports, trials
 from provider.services.quota import GIB
 from provider.web.api.core import (
     BODY_PROBLEMS,
     PageArgs,
     PageSchema,
     actor,
+    current_admin,
     page_of,
     problems,
     resource,
@@ -250,4 +251,81 @@ def delete_mailbox(address: str) -> None:
     """Delete the mailbox, its aliases, its mail and its backups."""
     mailbox = _mailbox(address)
     provisioning.delete_mailbox(db.session, mailbox, actor=actor())
+    db.session.commit()
+
+
+# --- identities: extra addresses an IMAP mailbox may send as -------------------------------
+
+
+class IdentitySchema(Schema):
+    address = fields.String(required=True)
+    display_name = fields.String(required=True)
+    enabled = fields.Boolean(required=True)
+    mailbox = fields.String(required=True, allow_none=True)
+    created_at = fields.String(required=True, allow_none=True)
+
+
+class IdentityCreateSchema(Schema):
+    address = fields.String(required=True, validate=validate.Length(max=320))
+    display_name = fields.String(load_default="", validate=validate.Length(max=1000))
+
+
+class IdentityUpdateSchema(Schema):
+    display_name = fields.String(validate=validate.Length(max=1000))
+    enabled = fields.Boolean()
+
+
+@bp.get("/<string:address>/identities")
+@bp.response(200, IdentitySchema(many=True))
+@problems(bp, 404)
+def list_identities(address: str) -> list[dict[str, Any]]:
+    """The mailbox's extra sender identities (enabled or not)."""
+    mailbox = _mailbox(address)
+    return [identity.to_dict() for identity in identities.list_identities(db.session, mailbox)]
+
+
+@bp.post("/<string:address>/identities")
+@bp.arguments(IdentityCreateSchema)
+@bp.response(201, IdentitySchema)
+@problems(bp, 404, 409, *BODY_PROBLEMS)
+def add_identity(body: dict[str, Any], address: str) -> dict[str, Any]:
+    """Let an IMAP mailbox send as another hosted address (with a display name)."""
+    mailbox = _mailbox(address)
+    identity = identities.add_identity(
+        db.session,
+        mailbox,
+        body["address"],
+        body["display_name"],
+        actor=actor(),
+        admin=current_admin(),
+    )
+    db.session.commit()
+    return identity.to_dict()  # type: ignore[no-any-return]
+
+
+@bp.patch("/<string:address>/identities/<string:identity>")
+@bp.arguments(IdentityUpdateSchema)
+@bp.response(200, IdentitySchema)
+@problems(bp, 404, *BODY_PROBLEMS)
+def update_identity(body: dict[str, Any], address: str, identity: str) -> dict[str, Any]:
+    """Change an identity's display name, or switch it off and on."""
+    found = identities.get_identity(db.session, _mailbox(address), identity)
+    identities.set_identity(
+        db.session,
+        found,
+        actor=actor(),
+        display_name=body.get("display_name"),
+        enabled=body.get("enabled"),
+    )
+    db.session.commit()
+    return found.to_dict()  # type: ignore[no-any-return]
+
+
+@bp.delete("/<string:address>/identities/<string:identity>")
+@bp.response(204)
+@problems(bp, 404)
+def delete_identity(address: str, identity: str) -> None:
+    """Take an identity away from the mailbox."""
+    found = identities.get_identity(db.session, _mailbox(address), identity)
+    identities.delete_identity(db.session, found, actor=actor())
     db.session.commit()
