@@ -124,3 +124,38 @@ def test_a_pop3_only_mailbox_gets_no_identity(api: ApiClient, session: Session) 
         "/api/v1/mailboxes/pop@example.test/identities", json={"address": "x@example.test"}
     )
     assert response.status_code == 422 and list(response.json()["errors"]) == ["address"]
+
+
+def test_snapshots_restore_and_history(
+    api: ApiClient, runner: FlaskCliRunner, session: Session
+) -> None:
+    from tests.web.timemachine_helpers import deliver, expunge, folder_bodies, mail, snapshot
+
+    mailbox = make_mailbox(session, "alice@example.test")
+    uids = deliver(session, mailbox, [mail("One"), mail("Two")])
+    snapshot_id = snapshot(session, mailbox)
+    listed = api.get("/api/v1/mailboxes/alice@example.test/snapshots").json()
+    cli = json.loads(runner.invoke(args=["backup", "list", "alice@example.test", "--json"]).output)
+    assert listed == cli and listed[0]["snapshot"] == snapshot_id and listed[0]["messages"] == 2
+    expunge(session, mailbox, [uids[0]])
+    assert len(folder_bodies(mailbox)) == 1
+    report = api.post(
+        "/api/v1/mailboxes/alice@example.test/restores",
+        json={"snapshot": snapshot_id, "folder": "INBOX"},
+    )
+    assert report.status_code == 200, report.text
+    assert (report.json()["restored"], report.json()["skipped"]) == (1, 1)
+    assert len(folder_bodies(mailbox)) == 2
+    again = api.post(
+        "/api/v1/mailboxes/alice@example.test/restores", json={"snapshot": snapshot_id}
+    )
+    assert again.json()["restored"] == 0  # restore never duplicates
+    history = api.get("/api/v1/mailboxes/alice@example.test/restores").json()
+    assert len(history) == 2 and history[0]["actor"] == f"token:billing ({ADMIN_EMAIL})"
+    unknown = api.post("/api/v1/mailboxes/alice@example.test/restores", json={"snapshot": "nope"})
+    assert unknown.status_code in (404, 422)
+    bad_uid = api.post(
+        "/api/v1/mailboxes/alice@example.test/restores",
+        json={"snapshot": snapshot_id, "folder": "INBOX", "uids": [2**40]},
+    )
+    assert bad_uid.status_code == 422 and "uids.0" in bad_uid.json()["errors"]

@@ -47,6 +47,7 @@ COLLECTION_PROBES.update(
 # A valid body for routes that need one, so the answer is about the object, not the body.
 WRITE_BODIES = {
     ("POST", "/api/v1/mailboxes/<string:address>/identities"): {"address": "new@theirs.test"},
+    ("POST", "/api/v1/mailboxes/<string:address>/restores"): {"snapshot": "20260101T000000Z"},
 }
 UNGUARDED = {"/api/v1/openapi.json"}  # the schema: no data in it
 

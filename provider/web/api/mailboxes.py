@@ -9,7 +9,7 @@ from typing import Any
 from marshmallow import Schema, fields, validate
 
 from provider.extensions import db
-from provider.services import identities, provisioning, records, reports, trials
+from provider.services import backups, identities, provisioning, records, reports, trials
 from provider.services.quota import GIB
 from provider.web.api.core import (
     BODY_PROBLEMS,
@@ -329,3 +329,103 @@ def delete_identity(address: str, identity: str) -> None:
     found = identities.get_identity(db.session, _mailbox(address), identity)
     identities.delete_identity(db.session, found, actor=actor())
     db.session.commit()
+
+
+# --- time machine: snapshots, restores and their history -----------------------------------
+
+
+class SnapshotSchema(Schema):
+    snapshot = fields.String(required=True)
+    created_at = fields.String(required=True)
+    messages = fields.Integer(required=True)
+    folders = fields.Integer(required=True)
+    bytes = fields.Integer(required=True)
+    new_objects = fields.Integer(required=True)
+    status = fields.String(required=True)
+    verified_at = fields.String(required=True, allow_none=True)
+
+
+class RestoreRequestSchema(Schema):
+    snapshot = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    folder = fields.String(validate=validate.Length(max=1000))
+    uids = fields.List(
+        fields.Integer(validate=validate.Range(min=1, max=2**32 - 1)),
+        validate=validate.Length(min=1, max=10_000),
+        metadata={"description": "Only these UIDs of `folder` (needs folder)"},
+    )
+    into = fields.String(
+        validate=validate.Length(max=1000),
+        metadata={"description": "Restore under this folder instead of the originals"},
+    )
+
+
+class RestoreReportSchema(Schema):
+    address = fields.String(required=True)
+    snapshot = fields.String(required=True)
+    scope = fields.String(required=True)
+    folder = fields.String(required=True, allow_none=True)
+    uids = fields.List(fields.Integer(), required=True, allow_none=True)
+    into = fields.String(required=True, allow_none=True)
+    selected = fields.Integer(required=True)
+    restored = fields.Integer(required=True)
+    restored_bytes = fields.Integer(required=True)
+    skipped = fields.Integer(required=True)
+    shortfall = fields.Integer(required=True)
+    shortfall_bytes = fields.Integer(required=True)
+    shortfall_messages = fields.List(fields.Dict(), required=True)
+    unreadable = fields.List(fields.String(), required=True)
+    folders_created = fields.List(fields.String(), required=True)
+
+
+class RestoreRecordSchema(Schema):
+    occurred_at = fields.String(required=True)
+    snapshot = fields.String(required=True)
+    scope = fields.String(required=True)
+    folder = fields.String(required=True, allow_none=True)
+    uids = fields.List(fields.Integer(), required=True, allow_none=True)
+    into = fields.String(required=True, allow_none=True)
+    restored = fields.Integer(required=True)
+    restored_bytes = fields.Integer(required=True)
+    skipped = fields.Integer(required=True)
+    shortfall = fields.Integer(required=True)
+    shortfall_bytes = fields.Integer(required=True)
+    actor = fields.String(required=True)
+
+
+@bp.get("/<string:address>/snapshots")
+@bp.response(200, SnapshotSchema(many=True))
+@problems(bp, 404)
+def list_snapshots(address: str) -> list[dict[str, Any]]:
+    """The mailbox's complete backup snapshots, newest first (IMAP mailboxes only)."""
+    mailbox = _mailbox(address)
+    return [snap.to_dict() for snap in backups.list_snapshots(db.session, mailbox.address)]
+
+
+@bp.post("/<string:address>/restores")
+@bp.arguments(RestoreRequestSchema)
+@bp.response(200, RestoreReportSchema)
+@problems(bp, 404, 507, *BODY_PROBLEMS)
+def restore(body: dict[str, Any], address: str) -> dict[str, Any]:
+    """Bring back from a snapshot what the mailbox no longer has (all, a folder, or UIDs of a
+    folder; into the original folders or under `into`): never deletes or duplicates. The same
+    options as `provider backup restore`."""
+    mailbox = _mailbox(address)
+    report = backups.restore(
+        db.session,
+        mailbox.address,
+        body["snapshot"],
+        body.get("folder"),
+        body.get("uids"),
+        body.get("into"),
+        actor=actor(),
+    )
+    return report.to_dict()
+
+
+@bp.get("/<string:address>/restores")
+@bp.response(200, RestoreRecordSchema(many=True))
+@problems(bp, 404)
+def restore_history(address: str) -> list[dict[str, Any]]:
+    """Every restore of the mailbox, newest first."""
+    mailbox = _mailbox(address)
+    return [run.to_dict() for run in backups.restore_history(db.session, mailbox.address)]
