@@ -1065,26 +1065,7 @@ def jobs_group() -> None:
 @json_option
 def jobs_list(as_json: bool) -> None:
     """The scheduled jobs: cron (UTC), next run and last run."""
-    from jobs.scheduler import JOBS, last_runs, next_run, stored_next_runs
-
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    stored = stored_next_runs(app)
-    latest = last_runs([job.name for job in JOBS])
-    records = []
-    for job in JOBS:
-        cron = job.cron(app)
-        upcoming = stored.get(job.name) if cron else None
-        upcoming = upcoming or next_run(cron, clock.now())
-        last = latest.get(job.name)
-        records.append(
-            {
-                "name": job.name,
-                "cron": cron,
-                "next_run": upcoming.isoformat() if upcoming else None,
-                "last_run": last.to_dict() if last else None,
-                "description": job.description,
-            }
-        )
+    found = records.job_records(current_app._get_current_object())  # type: ignore[attr-defined]
 
     def text(rows: list[dict[str, Any]]) -> str:
         lines = []
@@ -1097,7 +1078,7 @@ def jobs_list(as_json: bool) -> None:
             )
         return "\n".join(lines)
 
-    emit(records, as_json, text)
+    emit(found, as_json, text)
 
 
 @jobs_group.command("run")

@@ -159,3 +159,52 @@ def test_snapshots_restore_and_history(
         json={"snapshot": snapshot_id, "folder": "INBOX", "uids": [2**40]},
     )
     assert bad_uid.status_code == 422 and "uids.0" in bad_uid.json()["errors"]
+
+
+def test_jobs_list_run_and_runs(
+    api: ApiClient, runner: FlaskCliRunner, client_for: Any, session: Session
+) -> None:
+    listed = api.get("/api/v1/jobs").json()
+    cli = json.loads(runner.invoke(args=["jobs", "list", "--json"]).output)
+    assert listed == cli and "quota-recount" in {job["name"] for job in listed}
+    ran = api.post("/api/v1/jobs/quota-recount/run")
+    assert ran.status_code == 200, ran.text
+    assert ran.json()["started_by"] == "admin" and ran.json()["outcome"]
+    runs = api.get("/api/v1/jobs/quota-recount/runs").json()
+    assert runs["total"] == 1 and runs["items"][0]["job"] == "quota-recount"
+    assert api.get("/api/v1/jobs/no-such-job/runs").status_code == 404
+    tenant = make_admin(
+        session, "tenant@example.com", superadmin=False, domains=[make_domain(session)]
+    )
+    assert client_for(token_for(session, tenant, name="t")).get("/api/v1/jobs").status_code == 403
+
+
+def test_queue_list_show_retry_delete(
+    api: ApiClient, runner: FlaskCliRunner, session: Session
+) -> None:
+    from provider.services import outbound
+
+    mailbox = make_mailbox(session, "alice@example.test")
+    queued = outbound.enqueue(
+        session,
+        sender="alice@example.test",
+        recipients=["bob@elsewhere.example", "carol@elsewhere.example"],
+        content=b"Subject: Invoice\r\n\r\nhello\r\n",
+        mailbox_id=mailbox.id,
+    )
+    listed = api.get("/api/v1/queue").json()
+    cli = json.loads(runner.invoke(args=["queue", "list", "--json"]).output)
+    assert listed["items"] == cli and listed["total"] == 1
+    assert api.get("/api/v1/queue?search=carol").json()["total"] == 1
+    assert api.get("/api/v1/queue?search=nobody").json()["total"] == 0
+    shown = api.get(f"/api/v1/queue/{queued.queue_id}").json()
+    assert {r["address"] for r in shown["recipients"]} == {
+        "bob@elsewhere.example",
+        "carol@elsewhere.example",
+    }
+    assert api.post(f"/api/v1/queue/{queued.queue_id}/retry").status_code == 200
+    deleted = api.delete(f"/api/v1/queue/{queued.queue_id}")
+    assert deleted.status_code == 200 and deleted.json() == {"recipients": 2}
+    assert api.get("/api/v1/queue").json()["total"] == 0
+    assert api.get("/api/v1/queue/NOTANID%00").status_code == 400
+    assert api.get("/api/v1/queue/0123456789ABCDEF").status_code == 404

@@ -12,13 +12,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from provider.models import AuditEvent, Domain, Mailbox
-from provider.services import dkim, identities, provisioning
+from provider.services import dkim, identities, outbound, provisioning
 from tests.api.conftest import ApiClient, token_for
 from tests.conftest import TEST_ACTOR, make_admin, make_domain, make_mailbox
 
 # What a path parameter is filled with: the other tenant's object of that kind (per resource
 # where the same name means different things).
 THEIRS = {"name": "theirs.test", "address": "victim@theirs.test", "identity": "id@theirs.test"}
+# Routes only a superadmin's token may use at all: a domain admin's gets 403 whatever it asks.
+SUPERADMIN_ONLY = ("/api/v1/jobs",)
 THEIRS_BY_RESOURCE = {"/api/v1/aliases/": {"address": "alias@theirs.test"}}
 # Routes without an object in their path, each with a request aimed at the other tenant and
 # the answer it must get. A new route of that kind fails the test until it is listed here.
@@ -42,6 +44,7 @@ COLLECTION_PROBES.update(
             "status": 404,
         },
         ("GET", "/api/v1/audit-events"): {"query": "target=theirs", "status": 200},
+        ("GET", "/api/v1/queue"): {"query": "search=victim", "status": 200},
     }
 )
 # A valid body for routes that need one, so the answer is about the object, not the body.
@@ -76,11 +79,18 @@ def tenants(session: Session) -> dict[str, Any]:
     assert theirs is not None
     selector = dkim.list_keys(session, theirs)[0].selector
     tenant = make_admin(session, "tenant@example.com", superadmin=False, domains=[mine])
-    return {"admin": tenant, "selector": selector}
+    queued = outbound.enqueue(
+        session,
+        sender="victim@theirs.test",
+        recipients=["someone@elsewhere.example"],
+        content=b"Subject: hi\r\n\r\nhello\r\n",
+        mailbox_id=victim.id,
+    )
+    return {"admin": tenant, "selector": selector, "queue_id": queued.queue_id}
 
 
-def _path(rule: str, arguments: list[str], selector: str) -> str:
-    values = {**THEIRS, "selector": selector}
+def _path(rule: str, arguments: list[str], selector: str, queue_id: str) -> str:
+    values = {**THEIRS, "selector": selector, "queue_id": queue_id}
     for prefix, overrides in THEIRS_BY_RESOURCE.items():
         if rule.startswith(prefix):
             values.update(overrides)
@@ -114,13 +124,18 @@ def test_every_route_hides_other_tenants(
     assert len(routes) >= 10
     for method, rule, arguments in routes:
         if arguments:
-            path = _path(rule, arguments, tenants["selector"])
+            path = _path(rule, arguments, tenants["selector"], tenants["queue_id"])
             body = None if method in ("GET", "DELETE") else WRITE_BODIES.get((method, rule), {})
             response = client.request(method, path, json=body)
             expected = 404 if method == "GET" or scope == "write" else 403
+            if rule.startswith(SUPERADMIN_ONLY):
+                expected = 403
             assert response.status_code == expected, (method, rule, response.text)
             assert "theirs.test" not in response.text or response.status_code == 404
             assert "victim" not in response.text or "does not exist" in response.text
+            continue
+        if rule.startswith(SUPERADMIN_ONLY):
+            assert client.request(method, rule).status_code == 403, (method, rule)
             continue
         probe = COLLECTION_PROBES.get((method, rule))
         assert probe is not None, f"{method} {rule}: add an other-tenant probe"

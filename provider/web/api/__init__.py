@@ -32,7 +32,7 @@ def spec(app: Flask) -> dict[str, Any]:
 def init_api(app: Flask) -> None:
     """Build the API's spec and register its blueprints (called by create_app)."""
     from provider.extensions import csrf
-    from provider.web.api import aliases, audit, domains, mailboxes
+    from provider.web.api import aliases, audit, domains, jobs, mailboxes, queue
 
     api = ProviderApi(
         spec_kwargs={
@@ -51,7 +51,7 @@ def init_api(app: Flask) -> None:
     # flask-smorest adds a `flask openapi` command; the schema is served here instead.
     app.cli.commands.pop("openapi", None)
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
-    for blueprint in (domains.bp, mailboxes.bp, aliases.bp, audit.bp):
+    for blueprint in (domains.bp, mailboxes.bp, aliases.bp, audit.bp, queue.bp, jobs.bp):
         api.register_blueprint(blueprint)
     csrf.exempt(schema_bp)
     app.register_blueprint(schema_bp)
