@@ -84,6 +84,7 @@ def world(app: Flask, session: Session) -> dict[str, Any]:
         "token_id": 1,  # an API token
         "address": "alice@example.test",  # /api/v1/mailboxes/<address>, /aliases/<address>
         "selector": "s1",  # a DKIM key (/api/v1/domains/<name>/dkim/<selector>/retire)
+        "identity": "me@example.test",  # /api/v1/mailboxes/<address>/identities/<identity>
     }
 
 
