@@ -3,7 +3,8 @@
 Fills a database with N mailboxes across D domains (bench/mailbox_list.fill: bulk insert, one
 shared password hash), makes a superadmin's write token, serves the app with waitress on
 127.0.0.1 (as `provider serve` runs it) and times requests from C client threads, each on its
-own keep-alive connection: list pages (random page of 50, a search, a domain filter) and
+own keep-alive connection: list pages (random page of 50, a search, a domain filter), the same
+depths by cursor (`after=ADDRESS`), and
 mailbox creation (each hashes a new password with the configured argon2id cost). Prints
 requests/s and median / p99 latency in milliseconds.
 
@@ -151,12 +152,19 @@ def main() -> None:
         port = server.effective_port
         pages = max(1, options.mailboxes // 50)
         rng = random.Random(7)
+        cursor_urls = [
+            f"/api/v1/mailboxes?after=user{rng.randrange(0, options.mailboxes):05d}@domain0.test"
+            for _ in range(200)
+        ]
         list_urls = [
             f"/api/v1/mailboxes?page={rng.randrange(1, pages + 1)}" for _ in range(200)
         ] + ["/api/v1/mailboxes?search=user04217", "/api/v1/mailboxes?domain=domain7.test&page=3"]
 
         def list_request(number: int, index: int) -> tuple[str, str, bytes | None]:
             return "GET", list_urls[(number * 31 + index) % len(list_urls)], None
+
+        def cursor_request(number: int, index: int) -> tuple[str, str, bytes | None]:
+            return "GET", cursor_urls[(number * 31 + index) % len(cursor_urls)], None
 
         def create_request(number: int, index: int) -> tuple[str, str, bytes | None]:
             body = {
@@ -177,6 +185,7 @@ def main() -> None:
         )
         for name, make, each in (
             ("list-mailboxes", list_request, options.lists),
+            ("list-mailboxes (cursor)", cursor_request, options.lists),
             ("create-mailbox", create_request, options.creates),
         ):
             elapsed, latencies, failures = run(port, secret, options.clients, each, make)

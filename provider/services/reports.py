@@ -287,6 +287,44 @@ def list_mailboxes(
     return Page(items, total, number, per_page)
 
 
+def mailboxes_after(
+    session: Session,
+    after: str,
+    *,
+    search: str | None = None,
+    domain_ids: Collection[int] | None = None,
+    descending: bool = False,
+    per_page: int = 50,
+    status: str | None = None,
+    plan: str | None = None,
+) -> tuple[list[Mailbox], int, str | None]:
+    """Keyset paging by address: the `per_page` mailboxes after `after` (before it when
+    descending; empty = from the first), how many match in all, and the cursor of the next page
+    (None at the end).
+    One indexed range read whatever the depth, where OFFSET walks every row before the page."""
+    if per_page < 1:
+        raise InvalidInput("per_page must be at least 1", "per_page")
+    query = mailbox_select(
+        search=search, domain_ids=domain_ids, descending=descending, status=status, plan=plan
+    )
+    if domain_ids is not None and not domain_ids:
+        return [], 0, None
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    cursor = after.strip().lower()
+    if cursor:  # empty: from the first one (either way)
+        query = query.where(Mailbox.address < cursor if descending else Mailbox.address > cursor)
+    rows = list(
+        session.scalars(
+            query.limit(per_page + 1).options(
+                selectinload(Mailbox.domain), selectinload(Mailbox.aliases)
+            )
+        )
+    )
+    more = len(rows) > per_page
+    items = rows[:per_page]
+    return items, total, items[-1].address if more else None
+
+
 def alias_select(
     *, search: str | None = None, domain_ids: Collection[int] | None = None
 ) -> Select[tuple[Alias]]:

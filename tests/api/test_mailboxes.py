@@ -209,3 +209,31 @@ def test_a_wrong_password_does_not_verify(session: Session) -> None:
     make_mailbox(session, "alice@example.test")
     assert _verifies(session, "alice@example.test", MAILBOX_PASSWORD)
     assert not _verifies(session, "alice@example.test", MAILBOX_PASSWORD + "x")
+
+
+def test_cursor_paging_walks_every_mailbox_once(api: ApiClient, session: Session) -> None:
+    for index in range(7):
+        make_mailbox(session, f"user{index}@example.test")
+    make_mailbox(session, "other@example.org")
+    for order in ("asc", "desc"):
+        seen: list[str] = []
+        query = f"domain=example.test&per_page=3&order={order}&after="
+        while True:
+            page = api.get(f"/api/v1/mailboxes?{query}").json()
+            assert page["total"] == 7 and page["page"] is None and page["pages"] == 3
+            seen += [m["address"] for m in page["items"]]
+            if page["next_after"] is None:
+                break
+            query = f"domain=example.test&per_page=3&order={order}&after={page['next_after']}"
+        expected = sorted(f"user{index}@example.test" for index in range(7))
+        assert seen == (expected if order == "asc" else expected[::-1])
+    first = api.get("/api/v1/mailboxes?domain=example.test&per_page=3").json()
+    assert first["next_after"] == "user2@example.test"
+    after = api.get("/api/v1/mailboxes?domain=example.test&per_page=3&after=user2@example.test")
+    assert [m["address"] for m in after.json()["items"]] == [
+        "user3@example.test",
+        "user4@example.test",
+        "user5@example.test",
+    ]
+    wrong = api.get("/api/v1/mailboxes?sort=quota&after=user2@example.test")
+    assert wrong.status_code == 422 and list(wrong.json()["errors"]) == ["after"]

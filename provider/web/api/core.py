@@ -72,7 +72,9 @@ class PageArgs(Schema):
 
 class PageSchema(Schema):
     total = fields.Integer(required=True, metadata={"description": "Rows matching, all pages"})
-    page = fields.Integer(required=True)
+    page = fields.Integer(
+        required=True, allow_none=True, metadata={"description": "null when paged by cursor"}
+    )
     per_page = fields.Integer(required=True)
     pages = fields.Integer(required=True)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
+from provider.errors import InvalidInput
 from provider.extensions import db
 from provider.services import backups, identities, provisioning, records, reports, trials
 from provider.services.quota import GIB
@@ -77,6 +78,11 @@ class NewMailboxSchema(MailboxSchema):
 
 class MailboxPageSchema(PageSchema):
     items = fields.List(fields.Nested(MailboxSummarySchema), required=True)
+    next_after = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Cursor of the next page (sort=address): pass it as `after`"},
+    )
 
 
 class MailboxListArgs(PageArgs):
@@ -88,6 +94,13 @@ class MailboxListArgs(PageArgs):
         load_default="address", validate=validate.OneOf(list(reports.MAILBOX_SORTS))
     )
     order = fields.String(load_default="asc", validate=validate.OneOf(["asc", "desc"]))
+    after = fields.String(
+        validate=validate.Length(max=320),
+        metadata={
+            "description": "Keyset paging (sort=address only): the mailboxes after this "
+            "address — the previous answer's next_after; fast at any depth, `page` ignored"
+        },
+    )
 
 
 class MailboxCreateSchema(Schema):
@@ -138,18 +151,31 @@ def list_mailboxes(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("domain"):
         domain = provisioning.get_domain(db.session, args["domain"], allowed_domain_ids=domain_ids)
         domain_ids = {domain.id}
-    page = reports.list_mailboxes(
-        db.session,
-        search=args.get("search"),
-        domain_ids=domain_ids,
-        sort=args["sort"],
-        descending=args["order"] == "desc",
-        page=args["page"],
-        per_page=args["per_page"],
-        status=args.get("status"),
-        plan=args.get("plan"),
-    )
-    return page_of(page, [records.mailbox_summary(mailbox) for mailbox in page.items])
+    filters = {
+        "search": args.get("search"),
+        "domain_ids": domain_ids,
+        "descending": args["order"] == "desc",
+        "per_page": args["per_page"],
+        "status": args.get("status"),
+        "plan": args.get("plan"),
+    }
+    if "after" in args:
+        if args["sort"] != "address":
+            raise InvalidInput("after pages by address: use it with sort=address", "after")
+        items, total, next_after = reports.mailboxes_after(db.session, args["after"], **filters)
+        return {
+            "items": [records.mailbox_summary(mailbox) for mailbox in items],
+            "total": total,
+            "page": None,
+            "per_page": args["per_page"],
+            "pages": max(1, -(-total // args["per_page"])),
+            "next_after": next_after,
+        }
+    page = reports.list_mailboxes(db.session, sort=args["sort"], page=args["page"], **filters)
+    result = page_of(page, [records.mailbox_summary(mailbox) for mailbox in page.items])
+    more = page.has_next and page.items and args["sort"] == "address"
+    result["next_after"] = page.items[-1].address if more else None
+    return result
 
 
 @bp.post("")
