@@ -3,6 +3,7 @@ bytes, NUL, huge numbers, deep nesting, huge bodies) is refused cleanly with not
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -148,3 +149,26 @@ def test_bad_paging_or_sorting_is_422(api: ApiClient, query: str) -> None:
 def test_a_nul_in_the_query_or_path_is_refused(api: ApiClient) -> None:
     assert api.get("/api/v1/mailboxes?search=a%00b").status_code == 400
     assert api.get("/api/v1/mailboxes/a%00b@example.test").status_code == 400
+
+
+@pytest.mark.parametrize("field", ["address", "password", "contact_email"])
+def test_a_lone_surrogate_is_422_naming_the_field(
+    api: ApiClient, session: Session, field: str
+) -> None:
+    make_domain(session, "example.test")
+    body = {
+        "address": "bob@example.test",
+        "quota_gb": 8,
+        "protocols": "imap",
+        "password": "long passphrase ok",
+    }
+    raw = json.dumps(body)[:-1] + f', "{field}": "x\\ud800y"}}'
+    response = api.post("/api/v1/mailboxes", data=raw, headers={"Content-Type": "application/json"})
+    errors = _problem(response, 422)["errors"]
+    assert errors == {field: ["is not valid Unicode text (a lone surrogate)"]}
+    assert session.scalar(select(func.count()).select_from(Mailbox)) == 0
+
+
+def test_long_search_text_is_refused_or_answered(api: ApiClient) -> None:
+    response = api.get("/api/v1/mailboxes?search=" + "a" * 5000)
+    assert response.status_code in (200, 422)

@@ -229,9 +229,9 @@ def _rate_limited(token: ApiToken) -> Response | None:
 
 
 def _bad_body() -> Response | None:
-    """A body the API will not read: too big (413), not JSON (415), unreadable or nested too
-    deep (400), or a NUL in any string (422: no field takes one, and PostgreSQL cannot store
-    it). Checked before any view parses it."""
+    """A body the API will not read: too big (413), not JSON (415), unreadable (400), nested
+    too deep or a NUL or lone surrogate in any string (422: no field takes one, and PostgreSQL
+    cannot store it). Checked before any view parses it."""
     if request.method in READ_METHODS or request.method == "DELETE":
         return None
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
@@ -254,19 +254,34 @@ def _bad_body() -> Response | None:
     return None
 
 
+def _bad_text(text: str) -> str | None:
+    """What no field accepts in a string: a NUL, or a lone surrogate (JSON's "\\ud800"), which
+    is no Unicode character and which neither hashing nor the database can encode."""
+    if "\x00" in text:
+        return "may not contain a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid Unicode text (a lone surrogate)"
+    return None
+
+
 def _nul_or_depth(document: Any) -> tuple[str, str] | None:
-    """The first field holding a NUL, or nested deeper than MAX_DEPTH, with what is wrong."""
+    """The first field holding a NUL or a lone surrogate, or nested deeper than MAX_DEPTH,
+    with what is wrong."""
     pending: list[tuple[str, Any, int]] = [("_body", document, 0)]
     while pending:
         field, value, depth = pending.pop()
         if depth > MAX_DEPTH:
             return field, f"nested deeper than {MAX_DEPTH} levels"
-        if isinstance(value, str) and "\x00" in value:
-            return field, "may not contain a NUL character"
+        if isinstance(value, str):
+            problem_text = _bad_text(value)
+            if problem_text:
+                return field, problem_text
         if isinstance(value, dict):
             for key, inner in value.items():
-                if "\x00" in key:
-                    return "_body", "a field name may not contain a NUL character"
+                if _bad_text(key):
+                    return "_body", f"a field name {_bad_text(key)}"
                 name = key if field == "_body" else f"{field}.{key}"
                 pending.append((name, inner, depth + 1))
         elif isinstance(value, list):
