@@ -7,7 +7,6 @@ import secrets
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +28,7 @@ from provider.services import (
     dns_records,
     mailbox_csv,
     provisioning,
+    records,
     reports,
     sending,
 )
@@ -178,11 +178,7 @@ def _domain_text(d: dict[str, Any]) -> str:
 
 
 def _domain_record(domain: Domain) -> dict[str, Any]:
-    record = domain.to_dict()
-    record["mailboxes"] = db.session.scalar(
-        select(func.count()).where(Mailbox.domain_id == domain.id)
-    )
-    return record
+    return records.domain_record(db.session, domain)
 
 
 @click.group("domain")
@@ -229,8 +225,8 @@ def domain_set(name: str, signup: bool | None, postmaster: str | None, as_json: 
 def domain_list(as_json: bool) -> None:
     """List hosted domains."""
     domains = db.session.scalars(select(Domain).order_by(Domain.name)).all()
-    records = [_domain_record(domain) for domain in domains]
-    emit(records, as_json, lambda rs: "\n".join(map(_domain_text, rs)) or "no domains")
+    found = [_domain_record(domain) for domain in domains]
+    emit(found, as_json, lambda rs: "\n".join(map(_domain_text, rs)) or "no domains")
 
 
 @domain_group.command("delete")
@@ -261,11 +257,11 @@ def domain_dns(name: str, check: bool, resolver: str | None, as_json: bool) -> N
     with committing():
         domain = provisioning.get_domain(db.session, name)
         if not check:
-            records = dns_records.expected_records(db.session, domain)
+            expected = dns_records.expected_records(db.session, domain)
             emit(
-                [{**asdict(r), "zone_line": r.zone_line} for r in records],
+                [records.dns_record(r) for r in expected],
                 as_json,
-                lambda _: dns_records.zone_text(records),
+                lambda _: dns_records.zone_text(expected),
             )
             return
         results = dns_records.check(db.session, domain, resolver)
@@ -368,7 +364,7 @@ def _sending_lines(s: dict[str, Any]) -> list[str]:
 
 def _mailbox_record(mailbox: Mailbox) -> dict[str, Any]:
     """What `mailbox show` and `mailbox set` print: the mailbox and its sending."""
-    return {**mailbox.to_dict(), "sending": sending.overview(db.session, mailbox).to_dict()}
+    return records.mailbox_record(db.session, mailbox)
 
 
 POP3_ACTION_TEXT = {
@@ -545,8 +541,8 @@ def mailbox_list(domain: str | None, search: str | None, as_json: bool) -> None:
     query = reports.mailbox_select(search=search, domain_ids=domain_ids).options(
         selectinload(Mailbox.domain), selectinload(Mailbox.aliases)
     )
-    records = [mailbox.to_dict() for mailbox in db.session.scalars(query)]
-    emit(records, as_json, lambda rs: "\n".join(map(_mailbox_line, rs)) or "no mailboxes")
+    found = [records.mailbox_summary(mailbox) for mailbox in db.session.scalars(query)]
+    emit(found, as_json, lambda rs: "\n".join(map(_mailbox_line, rs)) or "no mailboxes")
 
 
 @mailbox_group.command("delete")
@@ -1137,26 +1133,7 @@ def jobs_group() -> None:
 @json_option
 def jobs_list(as_json: bool) -> None:
     """The scheduled jobs: cron (UTC), next run and last run."""
-    from jobs.scheduler import JOBS, last_runs, next_run, stored_next_runs
-
-    app = current_app._get_current_object()  # type: ignore[attr-defined]
-    stored = stored_next_runs(app)
-    latest = last_runs([job.name for job in JOBS])
-    records = []
-    for job in JOBS:
-        cron = job.cron(app)
-        upcoming = stored.get(job.name) if cron else None
-        upcoming = upcoming or next_run(cron, clock.now())
-        last = latest.get(job.name)
-        records.append(
-            {
-                "name": job.name,
-                "cron": cron,
-                "next_run": upcoming.isoformat() if upcoming else None,
-                "last_run": last.to_dict() if last else None,
-                "description": job.description,
-            }
-        )
+    found = records.job_records(current_app._get_current_object())  # type: ignore[attr-defined]
 
     def text(rows: list[dict[str, Any]]) -> str:
         lines = []
@@ -1169,7 +1146,7 @@ def jobs_list(as_json: bool) -> None:
             )
         return "\n".join(lines)
 
-    emit(records, as_json, text)
+    emit(found, as_json, text)
 
 
 @jobs_group.command("run")

@@ -5,6 +5,7 @@ from provider.models.alias import Alias
 from provider.models.audit import AuditEvent
 from provider.models.backup import BackupRestore, BackupSnapshot, SnapshotStatus
 from provider.models.domain import Domain
+from provider.models.idempotency import ApiIdempotencyKey
 from provider.models.job import JobRun, RunOutcome, SchedulerLease
 from provider.models.mailbox import Mailbox, MailboxStatus, Plan, Protocol
 from provider.models.reservation import QuotaReservation
@@ -38,6 +39,7 @@ __all__ = [
     "AdminRecoveryCode",
     "AdminUser",
     "Alias",
+    "ApiIdempotencyKey",
     "ApiToken",
     "AuditEvent",
     "BackupRestore",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -80,13 +80,22 @@ def parse_pop3_action(value: str) -> str:
 
 def parse_protocols(value: str | Iterable[str]) -> set[str]:
     """Read a protocol policy: 'imap', 'pop3', 'both', 'imap,pop3' or a list of those."""
-    names = value.split(",") if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        names = value.split(",")
+    elif isinstance(value, list | tuple | set | frozenset):
+        # str(): a JSON list may hold numbers or null; they are unknown protocols, not a crash.
+        names = [str(name) for name in value]
+    else:
+        raise InvalidInput("choose at least one protocol: imap, pop3 or both", "protocols")
     chosen: set[str] = set()
     for name in (n.strip().lower() for n in names):
         if not name:
             continue
         if name not in PROTOCOL_CHOICES:
-            raise InvalidInput(f"unknown protocol {name!r}: choose imap, pop3 or both", "protocols")
+            shown = name if len(name) <= 40 else name[:37] + "..."
+            raise InvalidInput(
+                f"unknown protocol {shown!r}: choose imap, pop3 or both", "protocols"
+            )
         chosen |= PROTOCOL_CHOICES[name]
     if not chosen:
         raise InvalidInput("choose at least one protocol: imap, pop3 or both", "protocols")
@@ -100,13 +109,17 @@ def _setting(name: str, default: Any) -> Any:
 # --- domains -------------------------------------------------------------------------------
 
 
-def get_domain(session: Session, name: str) -> Domain:
+def get_domain(
+    session: Session, name: str, *, allowed_domain_ids: Collection[int] | None = None
+) -> Domain:
+    """The domain called `name`; with `allowed_domain_ids` (a domain admin's), one outside them
+    is refused exactly like a missing one, so other tenants' domains stay invisible."""
     try:
         normalized = normalize_domain_name(name)
     except InvalidInput:
         raise NotFound(f"domain {name!r} does not exist", "name") from None
     domain = session.scalar(select(Domain).where(Domain.name == normalized))
-    if domain is None:
+    if domain is None or (allowed_domain_ids is not None and domain.id not in allowed_domain_ids):
         raise NotFound(f"domain {normalized} does not exist", "name")
     return domain
 
@@ -232,9 +245,14 @@ def delete_domain(session: Session, domain: Domain, *, actor: Actor) -> None:
 # --- mailboxes -----------------------------------------------------------------------------
 
 
-def get_mailbox(session: Session, address: str) -> Mailbox:
+def get_mailbox(
+    session: Session, address: str, *, allowed_domain_ids: Collection[int] | None = None
+) -> Mailbox:
+    """The mailbox at `address`; outside `allowed_domain_ids` (when given) it does not exist."""
     mailbox = session.scalar(select(Mailbox).where(Mailbox.address == address.strip().lower()))
-    if mailbox is None:
+    if mailbox is None or (
+        allowed_domain_ids is not None and mailbox.domain_id not in allowed_domain_ids
+    ):
         raise NotFound(f"mailbox {address.strip()} does not exist", "address")
     return mailbox
 
@@ -272,12 +290,14 @@ def create_mailbox(
     plan: str = Plan.PAID.value,
     contact_email: str | None = None,
     pop3_action: str = Pop3Action.KEEP.value,
+    allowed_domain_ids: Collection[int] | None = None,
 ) -> Mailbox:
-    """Create a mailbox; every check runs before anything is written, so failure leaves nothing."""
+    """Create a mailbox; every check runs before anything is written, so failure leaves nothing.
+    A domain outside `allowed_domain_ids` (a domain admin's, when given) is not hosted here."""
     local_part, domain_name = split_address(address)
     full_address = f"{local_part}@{domain_name}"
     domain = session.scalar(select(Domain).where(Domain.name == domain_name))
-    if domain is None:
+    if domain is None or (allowed_domain_ids is not None and domain.id not in allowed_domain_ids):
         raise NotFound(f"domain {domain_name} is not hosted here; add it first", "address")
     taken = _address_taken(session, full_address)
     if taken:
@@ -486,19 +506,32 @@ def delete_mailbox(session: Session, mailbox: Mailbox, *, actor: Actor) -> None:
 # --- aliases -------------------------------------------------------------------------------
 
 
-def get_alias(session: Session, address: str) -> Alias:
+def get_alias(
+    session: Session, address: str, *, allowed_domain_ids: Collection[int] | None = None
+) -> Alias:
+    """The alias at `address`; outside `allowed_domain_ids` (when given) it does not exist."""
     alias = session.scalar(select(Alias).where(Alias.address == address.strip().lower()))
-    if alias is None:
+    if alias is None or (
+        allowed_domain_ids is not None and alias.domain_id not in allowed_domain_ids
+    ):
         raise NotFound(f"alias {address.strip()} does not exist", "address")
     return alias
 
 
-def create_alias(session: Session, address: str, mailbox: Mailbox, *, actor: Actor) -> Alias:
-    """Add an address in a hosted domain that delivers to `mailbox` and that it may send as."""
+def create_alias(
+    session: Session,
+    address: str,
+    mailbox: Mailbox,
+    *,
+    actor: Actor,
+    allowed_domain_ids: Collection[int] | None = None,
+) -> Alias:
+    """Add an address in a hosted domain that delivers to `mailbox` and that it may send as;
+    a domain outside `allowed_domain_ids` (a domain admin's, when given) is not hosted here."""
     local_part, domain_name = split_address(address)
     full_address = f"{local_part}@{domain_name}"
     domain = session.scalar(select(Domain).where(Domain.name == domain_name))
-    if domain is None:
+    if domain is None or (allowed_domain_ids is not None and domain.id not in allowed_domain_ids):
         raise NotFound(f"domain {domain_name} is not hosted here", "address")
     taken = _address_taken(session, full_address)
     if taken:

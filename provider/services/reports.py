@@ -173,11 +173,24 @@ class DomainSummary:
     aliases: int
 
 
+def domain_select(
+    *,
+    domain_ids: Collection[int] | None = None,
+    search: str | None = None,
+    signup: bool | None = None,
+) -> Select[tuple[Domain]]:
+    """The domains an admin may see, filtered by name text and signup flag, by name."""
+    query = select(Domain).where(*_scope(Domain.id, domain_ids))
+    if search and search.strip():
+        query = query.where(Domain.name.contains(search.strip().lower(), autoescape=True))
+    if signup is not None:
+        query = query.where(Domain.signup_enabled.is_(signup))
+    return query.order_by(Domain.name)
+
+
 def list_domains(session: Session, domain_ids: Collection[int] | None = None) -> list[Domain]:
     """The domains an admin may see, by name (for lists and select boxes)."""
-    return list(
-        session.scalars(select(Domain).where(*_scope(Domain.id, domain_ids)).order_by(Domain.name))
-    )
+    return list(session.scalars(domain_select(domain_ids=domain_ids)))
 
 
 def domain_summaries(
@@ -212,13 +225,20 @@ def mailbox_select(
     domain_ids: Collection[int] | None = None,
     sort: str = "address",
     descending: bool = False,
+    status: str | None = None,
+    plan: str | None = None,
 ) -> Select[tuple[Mailbox]]:
-    """Mailboxes filtered by address text and domains, in a stable order (lists, CLI, API)."""
+    """Mailboxes filtered by address text, domains, status and plan, in a stable order (lists,
+    CLI, API)."""
     if sort not in MAILBOX_SORTS:
         raise InvalidInput(
             f"unknown sort {sort!r}: choose one of {', '.join(MAILBOX_SORTS)}", "sort"
         )
     query = select(Mailbox).where(*_scope(Mailbox.domain_id, domain_ids))
+    if status:
+        query = query.where(Mailbox.status == status)
+    if plan:
+        query = query.where(Mailbox.plan == plan)
     if search and search.strip():
         query = query.where(Mailbox.address.contains(search.strip().lower(), autoescape=True))
     columns = [MAILBOX_SORTS[sort]]
@@ -236,13 +256,23 @@ def list_mailboxes(
     descending: bool = False,
     page: int = 1,
     per_page: int = 50,
+    status: str | None = None,
+    plan: str | None = None,
 ) -> Page[Mailbox]:
-    """One page of mailboxes, filtered by address text and domains, with domain and aliases loaded.
+    """One page of mailboxes, filtered by address text, domains, status and plan, with domain
+    and aliases loaded.
 
     Stays fast on 100,000 mailboxes: a COUNT and one LIMIT/OFFSET select over indexed columns,
     then two small IN queries for the page's domains and aliases.
     """
-    query = mailbox_select(search=search, domain_ids=domain_ids, sort=sort, descending=descending)
+    query = mailbox_select(
+        search=search,
+        domain_ids=domain_ids,
+        sort=sort,
+        descending=descending,
+        status=status,
+        plan=plan,
+    )
     if domain_ids is not None and not domain_ids:
         return Page([], 0, 1, per_page)
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
@@ -255,6 +285,44 @@ def list_mailboxes(
         )
     )
     return Page(items, total, number, per_page)
+
+
+def mailboxes_after(
+    session: Session,
+    after: str,
+    *,
+    search: str | None = None,
+    domain_ids: Collection[int] | None = None,
+    descending: bool = False,
+    per_page: int = 50,
+    status: str | None = None,
+    plan: str | None = None,
+) -> tuple[list[Mailbox], int, str | None]:
+    """Keyset paging by address: the `per_page` mailboxes after `after` (before it when
+    descending; empty = from the first), how many match in all, and the cursor of the next page
+    (None at the end).
+    One indexed range read whatever the depth, where OFFSET walks every row before the page."""
+    if per_page < 1:
+        raise InvalidInput("per_page must be at least 1", "per_page")
+    query = mailbox_select(
+        search=search, domain_ids=domain_ids, descending=descending, status=status, plan=plan
+    )
+    if domain_ids is not None and not domain_ids:
+        return [], 0, None
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    cursor = after.strip().lower()
+    if cursor:  # empty: from the first one (either way)
+        query = query.where(Mailbox.address < cursor if descending else Mailbox.address > cursor)
+    rows = list(
+        session.scalars(
+            query.limit(per_page + 1).options(
+                selectinload(Mailbox.domain), selectinload(Mailbox.aliases)
+            )
+        )
+    )
+    more = len(rows) > per_page
+    items = rows[:per_page]
+    return items, total, items[-1].address if more else None
 
 
 def alias_select(

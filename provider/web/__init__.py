@@ -25,6 +25,7 @@ def load_admin(session_id: str) -> AdminUser | None:
 def register_web(app: Flask) -> None:
     from provider.web.account import bp as account_bp
     from provider.web.admin import bp as admin_bp
+    from provider.web.api import init_api
     from provider.web.autoconfig import bp as autoconfig_bp
     from provider.web.errors import register_error_pages
     from provider.web.signup import init_signup
@@ -38,6 +39,7 @@ def register_web(app: Flask) -> None:
     app.register_blueprint(account_bp)
     app.register_blueprint(autoconfig_bp)
     init_signup(app)
+    init_api(app)
 
     @app.get("/healthz")
     def healthz() -> tuple[str, int, dict[str, str]]:

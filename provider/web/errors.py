@@ -135,6 +135,11 @@ def http_error(
     code = error.code
     if code is None or code < 400:
         return error
+    if has_request_context() and request.path.startswith("/api/v1/") and code < 500:
+        # No route matched under /api/v1 (404, 405): the API's problem, its words, Allow.
+        from provider.web.api.core import http_error as api_http_error
+
+        return api_http_error(error)  # type: ignore[return-value]
     if code >= 500:
         return server_error(error)
     title = TITLES.get(code, error.name)

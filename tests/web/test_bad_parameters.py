@@ -93,6 +93,10 @@ def world(app: Flask, session: Session) -> dict[str, Any]:
         "request_id": 1,  # an upgrade request
         "endpoint_id": endpoint.id,  # a webhook endpoint
         "delivery_id": session.scalars(select(WebhookDelivery.id)).first(),
+        "token_id": 1,  # an API token
+        "address": "alice@example.test",  # /api/v1/mailboxes/<address>, /aliases/<address>
+        "selector": "s1",  # a DKIM key (/api/v1/domains/<name>/dkim/<selector>/retire)
+        "identity": "me@example.test",  # /api/v1/mailboxes/<address>/identities/<identity>
     }
 
 
@@ -121,6 +125,9 @@ def _check(response: Any, what: str) -> None:
     if response.status_code >= 400:
         if response.mimetype == "application/xml":  # autoconfig/autodiscover: XML errors
             assert body.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<error>'), what
+            return
+        if response.mimetype == "application/problem+json":  # /api/v1: RFC 9457 problems
+            assert response.get_json()["status"] == response.status_code, what
             return
         assert OUR_PAGE in body, f"{what}: {response.status_code} without our page\n{body[:500]}"
 

@@ -47,6 +47,7 @@ def http_error(error: HTTPException) -> tuple[str, int]:
 from provider.web.admin import (  # noqa: E402  (views register on bp)
     admins,
     aliases,
+    api,
     audit,
     auth,
     backups,
@@ -68,6 +69,7 @@ from provider.web.admin import (  # noqa: E402  (views register on bp)
 __all__ = [
     "admins",
     "aliases",
+    "api",
     "audit",
     "auth",
     "backups",

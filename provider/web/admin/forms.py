@@ -11,11 +11,13 @@ from wtforms import (
     DateField,
     EmailField,
     Form,
+    IntegerField,
     PasswordField,
     RadioField,
     SelectField,
     SelectMultipleField,
     StringField,
+    TextAreaField,
 )
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, EqualTo, InputRequired, Length, Optional
@@ -204,3 +206,18 @@ class WebhookForm(FlaskForm):
     events = CheckboxesField("Events")
     description = StringField("Description (optional)", validators=[Optional()])
     active = BooleanField("Active (deliveries are sent)", default=True)
+
+
+class ApiTokenForm(FlaskForm):
+    # Shapes only; services/tokens checks the name, expiry range and addresses.
+    name = StringField("Name", validators=[DataRequired(), Length(max=100)])
+    scope = RadioField(
+        "Scope",
+        choices=choices({"read": "Read only", "write": "Read and write"}),
+        default="read",
+        validators=[InputRequired()],
+    )
+    expires_days = IntegerField(
+        "Expires after (days)", validators=[Optional()], widget=NumberInput(min=1, max=3650)
+    )
+    allowed_ips = TextAreaField("Allowed addresses", validators=[Optional(), Length(max=4000)])
