@@ -308,6 +308,7 @@ class ManageSieveSession(streams.StreamSession):
                 await self._refuse_literal(size)
                 return None
             data += stripped + b"\r\n"
+            streams.ack_at_once(self.writer)  # the script often comes in a write of its own
             data += await self._timed(self.reader.readexactly(size))
 
     async def _refuse_literal(self, size: int) -> None:

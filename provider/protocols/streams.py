@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
@@ -194,3 +195,21 @@ def session_factory(
         return protocol
 
     return make
+
+
+def ack_at_once(writer: asyncio.StreamWriter) -> None:
+    """Have the kernel acknowledge what arrives next at once instead of up to 40 ms later.
+
+    A client that sends a literal and then its closing CRLF in two writes (imaplib does, like
+    many) holds the CRLF back under Nagle's rule until the literal is acknowledged, and Linux
+    delays that acknowledgement when nothing goes back: every synchronizing APPEND took 40 ms
+    more (48 ms against Dovecot's 1.7 ms, one client, quiet machine). TCP_QUICKACK is a one-off
+    on Linux (the kernel may leave quick-ack mode again), so it is set each time; elsewhere,
+    or on a socket that is not TCP, nothing happens.
+    """
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    sock = writer.get_extra_info("socket")
+    if quickack is None or sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, quickack, 1)

@@ -295,6 +295,8 @@ class ImapSession(Commands, streams.StreamSession):
                 raise Disconnect
             if not non_sync:
                 await self.send(b"+ Ready for literal data\r\n")
+            # The literal and the line after it often come in separate writes (see ack_at_once).
+            streams.ack_at_once(self.writer)
             parts.append(await self.read_exactly(size))
             total += size
             line = await self.read_line()
