@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from provider.mailstore import MessageInfo
 from provider.mailstore.maildir import save_date
 from provider.mailstore.message import MessageHeader, ParsedMessage
+from provider.protocols.imap import casemap
 from provider.protocols.imap.parser import (
     Atom,
     ProtocolError,
@@ -121,7 +122,7 @@ def _address_texts(candidate: Candidate, name: str) -> list[str]:
 
 
 def _contains(haystack: str, needle: str) -> bool:
-    return needle.casefold() in haystack.casefold()
+    return casemap.contains(haystack, needle)
 
 
 def _body_text(candidate: Candidate) -> str:

@@ -502,6 +502,7 @@ class ImapSession(Commands, streams.StreamSession):
                 "MULTIAPPEND",
                 "SORT",
                 "SORT=DISPLAY",
+                "I18NLEVEL=1",
                 "ESORT",
                 "THREAD=ORDEREDSUBJECT",
                 "THREAD=REFERENCES",

@@ -5,12 +5,12 @@ from __future__ import annotations
 import email.errors
 import email.header
 import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from provider.mailstore import MessageInfo
 from provider.mailstore.message import Address, ParsedMessage
+from provider.protocols.imap.casemap import casemap
 from provider.protocols.imap.parser import Atom, ProtocolError, Value
 from provider.protocols.imap.search import esearch_line
 
@@ -112,8 +112,8 @@ def base_subject(subject: str) -> tuple[str, bool]:
 
 
 def collation_key(text: str) -> str:
-    """i;unicode-casemap (RFC 5051), as near as Python gets: case folded, decomposed."""
-    return unicodedata.normalize("NFKD", text.casefold())
+    """i;unicode-casemap (RFC 5051): simple titlecase, then NFKD (see casemap)."""
+    return casemap(text)
 
 
 def _first_mailbox(addresses: list[Address]) -> str:

@@ -107,6 +107,12 @@ def test_search_charset_utf8_with_non_ascii_literal(session, imap):
         client.literal = "grüße".encode()
         typ, data = client.search("UTF-8", key)
         found[key] = (typ, data[0])
+    # I18NLEVEL=1 (RFC 5255): i;unicode-casemap, so a combining diaeresis and upper case match
+    # the precomposed "ü" of the message, and fullwidth letters their ASCII forms.
+    assert b"I18NLEVEL=1" in client.capability()[1][0].split()
+    for needle in ("GRU\u0308SSE", "gru\u0308ße", "\uff27\uff32\uff35\u0308"):
+        client.literal = needle.encode()
+        found[needle] = client.search("UTF-8", "SUBJECT")[1][0]
     typ, data = client.uid("SEARCH", "CHARSET", "UTF-8", "SUBJECT", '"Lunch"')
     found["UID"] = (typ, data[0])
     typ, data = client.search("KOI8-R", "ALL")
@@ -118,6 +124,9 @@ def test_search_charset_utf8_with_non_ascii_literal(session, imap):
         "TEXT": ("OK", b"2"),
         "UID": ("OK", b"1"),
         "KOI8-R": ("NO", True),
+        "GRU\u0308SSE": b"",  # ß is not SS under simple titlecase
+        "gru\u0308ße": b"2",
+        "\uff27\uff32\uff35\u0308": b"2",  # fullwidth G R U, a combining diaeresis
     }
 
 

@@ -10,6 +10,7 @@ import pytest
 from provider.mailstore import MessageInfo
 from provider.mailstore.message import Envelope, ParsedMessage, parse_addresses
 from provider.protocols.imap import sort
+from provider.protocols.imap.casemap import casemap
 from provider.protocols.imap.parser import Atom, ProtocolError
 from provider.protocols.imap.sort import (
     SortMessage,
@@ -221,14 +222,31 @@ def test_ordered_subject():
 @pytest.mark.parametrize(
     ("field", "expected"),
     [
-        ("Bob <bob@b.test>, alice@a.test", "bob"),
-        ("=?UTF-8?Q?=C3=84rne?= <a@x.test>", unicodedata.normalize("NFKD", "ärne")),
-        ('"" <Empty@Name.test>', "empty@name.test"),
-        ("team: x@y.test, z@y.test;", "team"),  # the group's start marker comes first
+        ("Bob <bob@b.test>, alice@a.test", "BOB"),
+        ("=?UTF-8?Q?=C3=84rne?= <a@x.test>", unicodedata.normalize("NFKD", "ÄRNE")),
+        ('"" <Empty@Name.test>', "EMPTY@NAME.TEST"),
+        ("team: x@y.test, z@y.test;", "TEAM"),  # the group's start marker comes first
         ("", ""),
-        ("undisclosed-recipients:;", "undisclosed-recipients"),
+        ("undisclosed-recipients:;", "UNDISCLOSED-RECIPIENTS"),
     ],
 )
 def test_display_sort_value(field: str, expected: str) -> None:
-    """RFC 5957 §3: display name, else mailbox@host, else mailbox, else empty."""
+    """RFC 5957 §3: display name, else mailbox@host, else mailbox, else empty (casemapped)."""
     assert sort.display_value(parse_addresses(field)) == expected
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ("Grüße", "GRÜSSE", False),  # simple titlecase keeps ß (its full mapping is "Ss")
+        ("grüße", "GRÜßE", True),
+        ("Ä", "a\u0308", True),  # NFKD: precomposed and combining agree
+        ("\u212a", "k", True),  # KELVIN SIGN is K after NFKD
+        ("\uff21\uff22", "ab", True),  # fullwidth letters (compatibility decomposition)
+        ("\u01c6", "\u01c4", True),  # dž and DŽ share the titlecase Dž
+        ("İ", "i", False),
+    ],
+)
+def test_unicode_casemap(one: str, other: str, same: bool) -> None:
+    """RFC 5051 i;unicode-casemap, which SEARCH and SORT use (I18NLEVEL=1)."""
+    assert (casemap(one) == casemap(other)) is same
