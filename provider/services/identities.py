@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from provider.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from provider.errors import AlreadyExists, InvalidInput, NotFound
 from provider.models import AdminUser, Alias, Domain, Identity, Mailbox
 from provider.services import audit, provisioning
 from provider.services.audit import Actor
@@ -129,16 +129,18 @@ def add_identity(
     reason = extras_unavailable_reason(mailbox)
     if reason:
         raise InvalidInput(reason, "address")
+    # Another tenant's mailbox or domain reads as a missing one (404), and a domain admin gets
+    # the same words for a domain that is not hosted at all: nothing about others leaks.
     if admin is not None and not admin.can_manage(mailbox.domain_id):
-        raise PermissionDenied(OUT_OF_SCOPE, "address")
+        raise NotFound(OUT_OF_SCOPE, "address")
     wanted = _normalize_address(address)
     name = normalize_display_name(display_name)
     domain_name = wanted.rpartition("@")[2]
     domain = session.scalar(select(Domain).where(Domain.name == domain_name))
+    if admin is not None and (domain is None or not admin.can_manage(domain.id)):
+        raise NotFound(OUT_OF_SCOPE, "address")
     if domain is None:
         raise NotFound(f"domain {domain_name} is not hosted here", "address")
-    if admin is not None and not admin.can_manage(domain.id):
-        raise PermissionDenied(OUT_OF_SCOPE, "address")
     taken = _who_owns(session, mailbox, wanted)
     if taken:
         raise AlreadyExists(taken, "address")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from provider.errors import AlreadyExists, InvalidInput, NotFound, PermissionDenied
+from provider.errors import AlreadyExists, InvalidInput, NotFound
 from provider.models import AuditEvent, Identity
 from provider.services import identities, provisioning
 from tests.conftest import TEST_ACTOR, make_admin, make_domain, make_mailbox
@@ -71,10 +71,14 @@ def test_domain_admin_is_limited_to_their_domains(session):
     make_domain(session, "other.test")
     tenant = make_admin(session, "tenant@mine.test", superadmin=False, domains=[mine])
     alice = make_mailbox(session, "alice@mine.test")
-    with pytest.raises(PermissionDenied) as caught:
+    with pytest.raises(NotFound) as caught:
         identities.add_identity(session, alice, "ceo@other.test", actor=TEST_ACTOR, admin=tenant)
     assert caught.value.field == "address"
     assert "domains you manage" in caught.value.message
+    # A domain hosted nowhere reads the same to a domain admin: no oracle for other tenants.
+    with pytest.raises(NotFound) as unknown:
+        identities.add_identity(session, alice, "x@nowhere.test", actor=TEST_ACTOR, admin=tenant)
+    assert unknown.value.message == caught.value.message
     # Their own domain is fine.
     add(session, alice, "info@mine.test", admin=tenant)
 
@@ -83,7 +87,7 @@ def test_domain_admin_cannot_touch_a_mailbox_of_another_domain(session):
     mine = make_domain(session, "mine.test")
     tenant = make_admin(session, "tenant@mine.test", superadmin=False, domains=[mine])
     bob = make_mailbox(session, "bob@other.test")
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(NotFound):
         identities.add_identity(session, bob, "info@mine.test", actor=TEST_ACTOR, admin=tenant)
 
 
