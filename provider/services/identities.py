@@ -137,7 +137,8 @@ def add_identity(
     name = normalize_display_name(display_name)
     domain_name = wanted.rpartition("@")[2]
     domain = session.scalar(select(Domain).where(Domain.name == domain_name))
-    if admin is not None and (domain is None or not admin.can_manage(domain.id)):
+    scoped = admin is not None and not admin.is_superadmin
+    if scoped and (domain is None or not admin.can_manage(domain.id)):  # type: ignore[union-attr]
         raise NotFound(OUT_OF_SCOPE, "address")
     if domain is None:
         raise NotFound(f"domain {domain_name} is not hosted here", "address")
