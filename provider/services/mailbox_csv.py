@@ -74,11 +74,14 @@ class RowError:
     column: str | None
     message: str
 
+    @property
+    def where(self) -> str:
+        """`line 3, quota`, `line 3` (the whole row) or `file`."""
+        place = f"line {self.line}" if self.line else "file"
+        return f"{place}, {self.column}" if self.column else place
+
     def __str__(self) -> str:
-        where = f"line {self.line}" if self.line else "file"
-        return (
-            f"{where}, {self.column}: {self.message}" if self.column else f"{where}: {self.message}"
-        )
+        return f"{self.where}: {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"line": self.line, "column": self.column, "message": self.message}
