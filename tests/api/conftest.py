@@ -54,10 +54,14 @@ class SchemaChecker:
         self.seen: set[tuple[str, str, int]] = set()
 
     def operation(self, method: str, path: str) -> tuple[str, dict[str, Any]] | None:
-        for pattern, template in self.routes:
+        """As Werkzeug routes: fixed path parts before parameters (/mailboxes/export is not the
+        mailbox "export"), and a path whose template lacks the method may match another."""
+        by_specificity = sorted(self.routes, key=lambda route: route[1].count("{"))
+        for pattern, template in by_specificity:
             if pattern.match(path):
                 found = self.document["paths"][template].get(method.lower())
-                return (template, found) if found else None
+                if found:
+                    return template, found
         return None
 
     def check(self, response: requests.Response) -> None:

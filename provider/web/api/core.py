@@ -278,8 +278,9 @@ def _bad_body() -> Response | None:
     too_big = problem(413, f"the body may have at most {rule.max_bytes} bytes")
     if request.content_length is not None and request.content_length > rule.max_bytes:
         return too_big
-    # Bounds a body sent without Content-Length (chunked) too: reading stops past the limit.
-    request.max_content_length = rule.max_bytes
+    # A body sent without Content-Length (chunked) is read up to one byte past the bound, no
+    # further (Werkzeug stops there silently), so one too long is told from one that fits.
+    request.max_content_length = rule.max_bytes + 1
     try:
         body = request.get_data(cache=True)
     except RequestEntityTooLarge:
