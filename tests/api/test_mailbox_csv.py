@@ -321,3 +321,22 @@ def test_export_is_the_imports_columns_as_a_csv_download(
     assert [r[0] for r in csv.reader(io.StringIO(one.text))][1:] == ["amy@example.org"]
     missing = api.get("/api/v1/mailboxes/export?domain=nowhere.test")
     assert missing.status_code == 404
+
+
+def test_imported_mailboxes_are_announced_to_webhooks_like_created_ones(
+    api: ApiClient, session: Session
+) -> None:
+    make_domain(session, "example.test")
+    hook = {"url": "https://billing.example/in", "events": ["mailbox.created"]}
+    assert api.post("/api/v1/webhooks", json=hook).status_code == 201
+    bad = FILE + "x@nowhere.test,8,imap,generate,,\r\n"
+    assert api.post(IMPORT, data=bad, headers=CSV).status_code == 422
+    assert api.get("/api/v1/webhook-deliveries").json()["total"] == 0  # nothing made, no event
+    assert api.post(IMPORT, data=FILE, headers=CSV).status_code == 201
+    deliveries = api.get("/api/v1/webhook-deliveries").json()["items"]
+    assert sorted(d["object"] for d in deliveries) == [
+        "mailbox:carol@example.test",
+        "mailbox:dave@example.test",
+        "mailbox:erin@example.test",
+    ]
+    assert {d["type"] for d in deliveries} == {"mailbox.created"}
