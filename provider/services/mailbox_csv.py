@@ -27,7 +27,7 @@ from provider.mailstore import MailStore
 from provider.mailstore.uidlist import fsync_deferred
 from provider.models import Domain, Mailbox, Plan
 from provider.models.mailbox import Pop3Action
-from provider.services import audit, auth, provisioning, quota, storage
+from provider.services import audit, auth, provisioning, quota, storage, webhooks
 from provider.services.aftercommit import on_rollback
 from provider.services.audit import Actor
 
@@ -74,11 +74,14 @@ class RowError:
     column: str | None
     message: str
 
+    @property
+    def where(self) -> str:
+        """`line 3, quota`, `line 3` (the whole row) or `file`."""
+        place = f"line {self.line}" if self.line else "file"
+        return f"{place}, {self.column}" if self.column else place
+
     def __str__(self) -> str:
-        where = f"line {self.line}" if self.line else "file"
-        return (
-            f"{where}, {self.column}: {self.message}" if self.column else f"{where}: {self.message}"
-        )
+        return f"{self.where}: {self.message}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"line": self.line, "column": self.column, "message": self.message}
@@ -620,15 +623,15 @@ def _insert(session: Session, rows: list[RowOutcome], hashes: list[str], actor: 
         mailboxes.append(mailbox)
     session.add_all(mailboxes)
     session.flush()
+    created: list[tuple[str | None, str, dict[str, Any]]] = []
     for mailbox in mailboxes:
+        record = mailbox.to_dict()
         audit.record(
-            session,
-            actor,
-            "mailbox.create",
-            mailbox.address,
-            domain=mailbox.domain.name,
-            after=mailbox.to_dict(),
+            session, actor, "mailbox.create", mailbox.address, domain=record["domain"], after=record
         )
+        created.append((record["domain"], webhooks.mailbox_key(mailbox.address), record))
+    # An imported mailbox is a created one: receivers hear of it as of one made by hand.
+    webhooks.emit_many(session, "mailbox.created", created)
     domains = sorted({mailbox.domain.name for mailbox in mailboxes})
     audit.record(
         session,

@@ -11,8 +11,8 @@ from flask import Flask
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provider.models import AuditEvent, Domain, Mailbox
-from provider.services import dkim, identities, outbound, provisioning
+from provider.models import AuditEvent, Domain, Mailbox, WebhookDelivery, WebhookEndpoint
+from provider.services import dkim, identities, outbound, provisioning, webhooks
 from tests.api.conftest import ApiClient, token_for
 from tests.conftest import TEST_ACTOR, make_admin, make_domain, make_mailbox
 
@@ -45,6 +45,24 @@ COLLECTION_PROBES.update(
         },
         ("GET", "/api/v1/audit-events"): {"query": "target=theirs", "status": 200},
         ("GET", "/api/v1/queue"): {"query": "search=victim", "status": 200},
+        # Webhook endpoints have no domain: the tenant sees none of the other admin's, and
+        # cannot make one in another admin's name (the owner is the token's admin).
+        ("GET", "/api/v1/webhooks"): {"query": "per_page=500", "status": 200},
+        ("POST", "/api/v1/webhooks"): {
+            "json": {
+                "url": "https://theirs.example/in",
+                "events": ["mailbox.created"],
+                "admin": "other@example.com",
+            },
+            "status": 422,
+        },
+        ("GET", "/api/v1/webhook-deliveries"): {"query": "state=pending", "status": 200},
+        ("POST", "/api/v1/mailboxes/import"): {
+            "data": "new@theirs.test,8,imap,generate\r\n",
+            "headers": {"Content-Type": "text/csv"},
+            "status": 422,
+        },
+        ("GET", "/api/v1/mailboxes/export"): {"query": "domain=theirs.test", "status": 404},
     }
 )
 # A valid body for routes that need one, so the answer is about the object, not the body.
@@ -79,6 +97,16 @@ def tenants(session: Session) -> dict[str, Any]:
     assert theirs is not None
     selector = dkim.list_keys(session, theirs)[0].selector
     tenant = make_admin(session, "tenant@example.com", superadmin=False, domains=[mine])
+    other = make_admin(session, "other@example.com", superadmin=False, domains=[theirs])
+    endpoint = webhooks.create_endpoint(
+        session,
+        url="https://theirs.example/in",
+        events=webhooks.EVENT_TYPES,
+        admin=other,
+        actor=TEST_ACTOR,
+    ).endpoint
+    delivery = webhooks.send_test_event(session, endpoint, actor=TEST_ACTOR)
+    session.commit()
     queued = outbound.enqueue(
         session,
         sender="victim@theirs.test",
@@ -86,11 +114,19 @@ def tenants(session: Session) -> dict[str, Any]:
         content=b"Subject: hi\r\n\r\nhello\r\n",
         mailbox_id=victim.id,
     )
-    return {"admin": tenant, "selector": selector, "queue_id": queued.queue_id}
+    return {
+        "admin": tenant,
+        "values": {
+            "selector": selector,
+            "queue_id": queued.queue_id,
+            "webhook_id": str(endpoint.id),
+            "delivery_id": str(delivery.id),
+        },
+    }
 
 
-def _path(rule: str, arguments: list[str], selector: str, queue_id: str) -> str:
-    values = {**THEIRS, "selector": selector, "queue_id": queue_id}
+def _path(rule: str, arguments: list[str], made: dict[str, str]) -> str:
+    values = {**THEIRS, **made}
     for prefix, overrides in THEIRS_BY_RESOURCE.items():
         if rule.startswith(prefix):
             values.update(overrides)
@@ -98,7 +134,8 @@ def _path(rule: str, arguments: list[str], selector: str, queue_id: str) -> str:
     assert not missing, f"{rule}: say which other-tenant value fills {missing} in THEIRS"
     path = rule
     for name in arguments:
-        path = path.replace(f"<string:{name}>", values[name]).replace(f"<{name}>", values[name])
+        for form in (f"<string:{name}>", f"<int:{name}>", f"<{name}>"):
+            path = path.replace(form, values[name])
     assert "<" not in path, f"{rule}: a converter this test does not fill"
     return path
 
@@ -109,9 +146,17 @@ def _snapshot(session: Session) -> str:
     theirs = session.scalar(select(Domain).where(Domain.name == "theirs.test"))
     assert victim is not None and theirs is not None
     keys = [dkim.key_record(key) for key in dkim.list_keys(session, theirs)]
-    return json.dumps(
-        [victim.to_dict(), theirs.to_dict(), keys, victim.password_hash], sort_keys=True
-    )
+    hooks = [
+        {**endpoint.to_dict(), "secret": endpoint.secret}
+        for endpoint in session.scalars(select(WebhookEndpoint).order_by(WebhookEndpoint.id))
+    ]
+    deliveries = [
+        delivery.to_dict()
+        for delivery in session.scalars(select(WebhookDelivery).order_by(WebhookDelivery.id))
+    ]
+    mailboxes = list(session.scalars(select(Mailbox.address).order_by(Mailbox.address)))
+    state = [victim.to_dict(), theirs.to_dict(), keys, victim.password_hash]
+    return json.dumps([*state, hooks, deliveries, mailboxes], sort_keys=True)
 
 
 @pytest.mark.parametrize("scope", ["write", "read"])
@@ -124,7 +169,7 @@ def test_every_route_hides_other_tenants(
     assert len(routes) >= 10
     for method, rule, arguments in routes:
         if arguments:
-            path = _path(rule, arguments, tenants["selector"], tenants["queue_id"])
+            path = _path(rule, arguments, tenants["values"])
             body = None if method in ("GET", "DELETE") else WRITE_BODIES.get((method, rule), {})
             response = client.request(method, path, json=body)
             expected = 404 if method == "GET" or scope == "write" else 403
@@ -140,7 +185,13 @@ def test_every_route_hides_other_tenants(
         probe = COLLECTION_PROBES.get((method, rule))
         assert probe is not None, f"{method} {rule}: add an other-tenant probe"
         query = f"?{probe['query']}" if "query" in probe else ""
-        response = client.request(method, rule + query, json=probe.get("json"))
+        response = client.request(
+            method,
+            rule + query,
+            json=probe.get("json"),
+            data=probe.get("data"),
+            headers=probe.get("headers"),
+        )
         expected = probe["status"] if method == "GET" or scope == "write" else 403
         assert response.status_code == expected, (method, rule, response.text)
         # A 404 may echo the address asked for; nothing else may name the other tenant's.

@@ -32,7 +32,8 @@ def spec(app: Flask) -> dict[str, Any]:
 def init_api(app: Flask) -> None:
     """Build the API's spec and register its blueprints (called by create_app)."""
     from provider.extensions import csrf
-    from provider.web.api import aliases, audit, domains, jobs, mailboxes, queue
+    from provider.web.api import aliases, audit, domains, jobs, mailboxes, queue, webhooks
+    from provider.web.api import mailbox_csv as _csv_routes  # noqa: F401  (on mailboxes.bp)
 
     api = ProviderApi(
         spec_kwargs={
@@ -51,7 +52,8 @@ def init_api(app: Flask) -> None:
     # flask-smorest adds a `flask openapi` command; the schema is served here instead.
     app.cli.commands.pop("openapi", None)
     api.spec.components.security_scheme("bearerAuth", SECURITY_SCHEME)
-    for blueprint in (domains.bp, mailboxes.bp, aliases.bp, audit.bp, queue.bp, jobs.bp):
+    blueprints = (domains.bp, mailboxes.bp, aliases.bp, audit.bp, queue.bp, jobs.bp)
+    for blueprint in (*blueprints, webhooks.bp, webhooks.deliveries_bp):
         api.register_blueprint(blueprint)
     csrf.exempt(schema_bp)
     app.register_blueprint(schema_bp)

@@ -6,8 +6,9 @@ import json
 import math
 import time
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, Response, current_app, g, request
 from flask_smorest import Api
@@ -16,7 +17,7 @@ from limits import parse
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 from marshmallow import EXCLUDE, Schema, fields, validate
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from provider.errors import InvalidInput, ProviderError
 from provider.extensions import csrf, db
@@ -33,6 +34,24 @@ MAX_PER_PAGE = 500
 JSON_TYPES = frozenset({"application/json"})
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DEPTH = 32
+View = TypeVar("View", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class BodyRule:
+    """What a route reads as its body: the media types it takes and how many bytes at most."""
+
+    types: frozenset[str]
+    max_bytes: int
+    # "as JSON (Content-Type: application/json)": the end of the 415 answer's sentence.
+    how: str
+
+    @property
+    def is_json(self) -> bool:
+        return self.types == JSON_TYPES
+
+
+JSON_BODY = BodyRule(JSON_TYPES, MAX_BODY_BYTES, "as JSON (Content-Type: application/json)")
 
 
 class ProblemSchema(Schema):
@@ -98,7 +117,9 @@ def problem(
     *,
     errors: Mapping[str, list[str]] | None = None,
     headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> Response:
+    """An RFC 9457 problem; `extra` adds members of the route's own (its schema names them)."""
     body: dict[str, Any] = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error",
@@ -107,6 +128,7 @@ def problem(
     }
     if errors:
         body["errors"] = dict(errors)
+    body.update(extra or {})
     response = current_app.response_class(
         json.dumps(body), status=status, mimetype=PROBLEM_JSON, headers=dict(headers or {})
     )
@@ -228,21 +250,49 @@ def _rate_limited(token: ApiToken) -> Response | None:
     )
 
 
+def takes_body(rule: BodyRule) -> Callable[[View], View]:
+    """Let a route read another body than JSON of at most MAX_BODY_BYTES (the CSV import:
+    text/csv up to 4 MiB). The rule rides on the view function; flask-smorest's wrappers
+    (functools.wraps) carry it up to the function the URL map calls."""
+
+    def decorate(view: View) -> View:
+        view.api_body_rule = rule  # type: ignore[attr-defined]
+        return view
+
+    return decorate
+
+
+def _body_rule() -> BodyRule:
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(view, "api_body_rule", JSON_BODY)
+
+
 def _bad_body() -> Response | None:
-    """A body the API will not read: too big (413), not JSON (415), unreadable (400), nested
-    too deep or a NUL or lone surrogate in any string (422: no field takes one, and PostgreSQL
-    cannot store it). Checked before any view parses it."""
+    """A body the API will not read: too big (413), not the route's type (415: JSON unless the
+    route says otherwise), unreadable (400), nested too deep or a NUL or lone surrogate in any
+    string (422: no field takes one, and PostgreSQL cannot store it). Checked before any view
+    parses it."""
     if request.method in READ_METHODS or request.method == "DELETE":
         return None
-    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-        return problem(413, f"the body may have at most {MAX_BODY_BYTES} bytes")
-    body = request.get_data(cache=True)
-    if len(body) > MAX_BODY_BYTES:
-        return problem(413, f"the body may have at most {MAX_BODY_BYTES} bytes")
+    rule = _body_rule()
+    too_big = problem(413, f"the body may have at most {rule.max_bytes} bytes")
+    if request.content_length is not None and request.content_length > rule.max_bytes:
+        return too_big
+    # A body sent without Content-Length (chunked) is read up to one byte past the bound, no
+    # further (Werkzeug stops there silently), so one too long is told from one that fits.
+    request.max_content_length = rule.max_bytes + 1
+    try:
+        body = request.get_data(cache=True)
+    except RequestEntityTooLarge:
+        return too_big
+    if len(body) > rule.max_bytes:
+        return too_big
     if not body and request.mimetype == "":
         return None  # no body at all (e.g. POST …/dkim/rotate)
-    if request.mimetype not in JSON_TYPES:
-        return problem(415, "send the body as JSON (Content-Type: application/json)")
+    if request.mimetype not in rule.types:
+        return problem(415, f"send the body {rule.how}")
+    if not rule.is_json:
+        return None  # the view reads it (the CSV import checks every cell itself)
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
