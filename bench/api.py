@@ -23,8 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -32,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flask_migrate import upgrade
 from mailbox_list import fill
-from sqlalchemy import create_engine, make_url, text
+from provider_target import private_database
+from sqlalchemy import text
 from waitress.server import create_server
 
 from provider import create_app
@@ -84,26 +84,6 @@ def run(
     for thread in threads:
         thread.join()
     return time.perf_counter() - started, latencies, failures
-
-
-@contextmanager
-def private_database(url: str | None) -> Iterator[str | None]:
-    """A PostgreSQL URL becomes a fresh database of our own on that server, dropped at the end
-    (never the shared one's tables); None (SQLite in the work directory) stays None."""
-    if not url or not url.startswith("postgresql"):
-        yield url
-        return
-    server = make_url(url)
-    name = f"bench_api_{os.getpid()}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def main() -> None:

@@ -17,7 +17,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,8 +25,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flask_migrate import upgrade
-from sqlalchemy import create_engine, func, make_url, select, text
+from sqlalchemy import func, select
 
+from bench.provider_target import private_database
 from provider import create_app
 from provider.extensions import db
 from provider.models import Mailbox
@@ -53,20 +53,8 @@ def make_csv(rows: int) -> bytes:
 
 @contextmanager
 def database(url: str | None, workdir: str) -> Iterator[str]:
-    if not url:
-        yield f"sqlite:///{workdir}/bench.db"
-        return
-    server = make_url(url)
-    name = f"csv_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(server, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with private_database(url) as private:
+        yield private or f"sqlite:///{workdir}/bench.db"
 
 
 def timed(name: str, timings: dict[str, float], function: Callable[..., Any]) -> Callable[..., Any]:

@@ -110,3 +110,25 @@ def add_mailboxes(
     after = {user: len(store.open(user).folder("INBOX").messages()) for user in users}
     if after != before:
         raise TargetUnavailable(f"provider mailbox add changed the Maildirs: {before} -> {after}")
+
+
+@contextlib.contextmanager
+def private_database(url: str | None) -> Iterator[str | None]:
+    """A PostgreSQL URL becomes a fresh database of our own on that server, dropped at the end
+    (never the shared one's tables); None (SQLite, the caller's file) stays None."""
+    if not url or not url.startswith("postgresql"):
+        yield url
+        return
+    from sqlalchemy import create_engine, make_url, text
+
+    server = make_url(url)
+    name = f"bench_{os.getpid()}_{threading.get_ident() % 100_000}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
