@@ -92,6 +92,7 @@ def world(app: Flask, session: Session) -> dict[str, Any]:
         "name": "quota-recount",  # a scheduled job (Run now)
         "request_id": 1,  # an upgrade request
         "endpoint_id": endpoint.id,  # a webhook endpoint
+        "webhook_id": endpoint.id,  # the same, as /api/v1/webhooks/<webhook_id> names it
         "delivery_id": session.scalars(select(WebhookDelivery.id)).first(),
         "token_id": 1,  # an API token
         "address": "alice@example.test",  # /api/v1/mailboxes/<address>, /aliases/<address>
