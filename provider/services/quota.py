@@ -392,14 +392,18 @@ class _ConfirmedRows:
                 self._timer.start()
 
     def take(self, engine: Engine) -> list[int]:
+        key = self._key(engine)
         with self._lock:
             self._mine()
-            return self._ids.pop(self._key(engine), [])
+            self._engines.pop(key, None)  # no reference kept to an engine with nothing due
+            return self._ids.pop(key, [])
 
     def put_back(self, engine: Engine, ids: list[int]) -> None:
         if ids:
+            key = self._key(engine)
             with self._lock:
-                self._ids.setdefault(self._key(engine), [])[:0] = ids
+                self._ids.setdefault(key, [])[:0] = ids
+                self._engines[key] = engine
 
     def pending(self, engine: Engine) -> list[int]:
         with self._lock:
@@ -407,7 +411,11 @@ class _ConfirmedRows:
             return list(self._ids.get(self._key(engine), []))
 
     def flush(self) -> None:
-        """Delete the waiting rows in a commit of their own (timer thread, exit, tests)."""
+        """Delete the waiting rows in a commit of their own (timer thread, exit, tests).
+
+        On a connection of its own, detached from the engine's pool and closed at the end: the
+        engine may have been disposed meanwhile (a test's app, a stopping process), and a
+        connection left in its pool would then never be closed."""
         with self._lock:
             self._mine()
             self._timer = None
@@ -417,12 +425,16 @@ class _ConfirmedRows:
             if not ids:
                 continue
             try:
-                with Session(engine) as session:
-                    _delete_rows(session, ids)
-                    session.commit()
-            except Exception:
-                self.put_back(engine, ids)
-                log.exception("could not delete %d confirmed quota journal row(s)", len(ids))
+                with engine.connect() as connection:
+                    connection.detach()
+                    connection.execute(delete(QuotaReservation).where(QuotaReservation.id.in_(ids)))
+                    connection.commit()
+            except Exception as error:
+                # Kept for the next reservation's commit on this database (not for the timer:
+                # a database that went away must not be tried again every second).
+                with self._lock:
+                    self._ids.setdefault(self._key(engine), [])[:0] = ids
+                log.warning("confirmed quota journal rows left for later: %s", error)
 
 
 _confirmed = _ConfirmedRows()

@@ -53,7 +53,9 @@ def test_add_list_delete_an_identity(runner, session):
     assert deleted.output == "alice@example.test may no longer send as sales@example.test\n"
     assert not identities.may_send_as(session, alice, "sales@example.test")
     actions = session.scalars(
-        select(AuditEvent.action).where(AuditEvent.action.like("identity.%"))
+        select(AuditEvent.action)
+        .where(AuditEvent.action.like("identity.%"))
+        .order_by(AuditEvent.id)
     ).all()
     assert actions == ["identity.create", "identity.delete"]
     actors = session.scalars(
