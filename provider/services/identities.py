@@ -22,7 +22,6 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 POP3_ONLY_REASON = (
     "POP3-only mailboxes send only as their own address and aliases; identities need IMAP"
 )
-OUT_OF_SCOPE = "you can only use addresses in the domains you manage"
 
 
 @dataclass(frozen=True)
@@ -131,15 +130,14 @@ def add_identity(
         raise InvalidInput(reason, "address")
     # Another tenant's mailbox or domain reads as a missing one (404), and a domain admin gets
     # the same words for a domain that is not hosted at all: nothing about others leaks.
-    if admin is not None and not admin.can_manage(mailbox.domain_id):
-        raise NotFound(OUT_OF_SCOPE, "address")
+    scope = admin.managed_domain_ids() if admin is not None else None
+    if scope is not None and mailbox.domain_id not in scope:
+        raise NotFound(provisioning.OUT_OF_SCOPE, "address")
     wanted = _normalize_address(address)
     name = normalize_display_name(display_name)
     domain_name = wanted.rpartition("@")[2]
+    provisioning.require_domain_in_scope(session, scope, domain_name)
     domain = session.scalar(select(Domain).where(Domain.name == domain_name))
-    scoped = admin is not None and not admin.is_superadmin
-    if scoped and (domain is None or not admin.can_manage(domain.id)):  # type: ignore[union-attr]
-        raise NotFound(OUT_OF_SCOPE, "address")
     if domain is None:
         raise NotFound(f"domain {domain_name} is not hosted here", "address")
     taken = _who_owns(session, mailbox, wanted)

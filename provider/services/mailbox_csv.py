@@ -400,9 +400,7 @@ class _RowChecker:
             domain = None
         elif self.scope is not None and (domain is None or domain.id not in self.scope):
             # A domain admin learns nothing of other tenants: a missing domain reads the same.
-            errors.append(
-                RowError(line, "address", "you can only use addresses in the domains you manage")
-            )
+            errors.append(RowError(line, "address", provisioning.OUT_OF_SCOPE))
             domain = None
         elif domain is None:
             errors.append(

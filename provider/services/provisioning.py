@@ -57,6 +57,21 @@ def normalize_local_part(local_part: str, field: str = "local_part") -> str:
     return cleaned
 
 
+OUT_OF_SCOPE = "you can only use addresses in the domains you manage"
+
+
+def require_domain_in_scope(
+    session: Session, domain_ids: Collection[int] | None, domain_name: str, field: str = "address"
+) -> None:
+    """Refuse a domain outside `domain_ids` (a domain admin's domains; None = every domain).
+    A domain hosted nowhere gets the same words, so nothing is learnt of other tenants."""
+    if domain_ids is None:
+        return
+    domain_id = session.scalar(select(Domain.id).where(Domain.name == domain_name))
+    if domain_id is None or domain_id not in domain_ids:
+        raise NotFound(OUT_OF_SCOPE, field)
+
+
 def split_address(address: str, field: str = "address") -> tuple[str, str]:
     """Split and normalize `local@domain`; raise InvalidInput on anything else."""
     local, at, domain = address.strip().rpartition("@")

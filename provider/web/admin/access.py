@@ -9,9 +9,8 @@ from typing import ParamSpec, TypeVar
 from flask import abort, request
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from sqlalchemy import select
 
-from provider.errors import PermissionDenied, ProviderError
+from provider.errors import ProviderError
 from provider.extensions import db
 from provider.models import AdminUser, Alias, Domain, Mailbox
 from provider.services import provisioning
@@ -91,18 +90,13 @@ def get_admin_or_404(admin_id: int) -> AdminUser:
 
 
 def require_address_in_scope(address: str, field: str = "address") -> None:
-    """Refuse an address in a domain the logged-in admin does not manage.
-
-    The provisioning service knows nothing of who is asking, so the scope check for an address
-    typed into a form (an alias may name any hosted domain) happens here, before the service.
-    """
-    admin = current_admin()
-    if admin.is_superadmin:
+    """Refuse an address in a domain the logged-in admin does not manage (the rule is
+    provisioning.require_domain_in_scope; an alias may name any hosted domain otherwise)."""
+    scope = current_admin().managed_domain_ids()
+    if scope is None:
         return
     _local, domain_name = provisioning.split_address(address, field)
-    domain_id = db.session.scalar(select(Domain.id).where(Domain.name == domain_name))
-    if domain_id is None or not admin.can_manage(domain_id):
-        raise PermissionDenied("you can only use addresses in the domains you manage", field)
+    provisioning.require_domain_in_scope(db.session, scope, domain_name, field)
 
 
 def show_error(
