@@ -392,6 +392,8 @@ class _ConfirmedRows:
                 self._timer.start()
 
     def take(self, engine: Engine) -> list[int]:
+        if not self._ids and self._pid == os.getpid():
+            return []  # the common case on every reservation: nothing waiting, no key to make
         key = self._key(engine)
         with self._lock:
             self._mine()
