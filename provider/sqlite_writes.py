@@ -121,6 +121,30 @@ class TurnTakingConnection(sqlite3.Connection):
         super().__init__(database, *args, **kwargs)
         path = lock_path_for(os.fsdecode(database))
         self._turn = WriterTurn(path) if path else None
+        self._restore_synchronous: int | None = None
+
+    def relax_next_commit(self) -> bool:
+        """Let the transaction about to begin commit without waiting for the disk: WAL with
+        synchronous=NORMAL, so the commit writes the WAL but does not fsync it (the next durable
+        commit, or a checkpoint, syncs it with its own). The connection's level comes back at
+        that transaction's commit or rollback. For bookkeeping that a power cut may take back
+        and a repair puts right (quota counters, see DESIGN-NOTES), never for what a reply
+        promised. False, and nothing changed, when a transaction is already open: SQLite fixes
+        the level for a transaction at its start."""
+        if self.in_transaction:
+            return False
+        if self._restore_synchronous is None:
+            level = super().execute("PRAGMA synchronous").fetchone()[0]
+            if level <= 1:
+                return True  # already NORMAL or OFF: nothing to relax or restore
+            super().execute("PRAGMA synchronous=NORMAL")
+            self._restore_synchronous = int(level)
+        return True
+
+    def _end_relaxed(self) -> None:
+        if self._restore_synchronous is not None and not self.in_transaction:
+            level, self._restore_synchronous = self._restore_synchronous, None
+            super().execute(f"PRAGMA synchronous={level}")
 
     def cursor(self, factory: Any = None) -> Any:  # type: ignore[override]
         return super().cursor(factory or TurnTakingCursor)
@@ -146,12 +170,14 @@ class TurnTakingConnection(sqlite3.Connection):
             super().commit()
         finally:
             self.after()
+            self._end_relaxed()
 
     def rollback(self) -> None:
         try:
             super().rollback()
         finally:
             self.after()
+            self._end_relaxed()
 
     def close(self) -> None:
         try:

@@ -135,3 +135,38 @@ def test_the_app_uses_turn_taking_connections_on_sqlite(tmp_path: Path) -> None:
         finally:
             raw.close()
         db.engine.dispose()
+
+
+def _synchronous(connection: sqlite3.Connection) -> int:
+    return connection.execute("PRAGMA synchronous").fetchone()[0]
+
+
+def test_a_relaxed_commit_is_normal_for_one_transaction_then_full_again(database: Path) -> None:
+    connection = _connect(database)
+    connection.execute("PRAGMA synchronous=FULL")
+    assert connection.relax_next_commit()
+    connection.execute("SELECT count(*) FROM t").fetchone()  # a read ends no transaction
+    connection.execute("INSERT INTO t VALUES (1)")
+    assert _synchronous(connection) == 1, "the transaction commits without an fsync"
+    connection.commit()
+    assert _synchronous(connection) == 2, "the next transaction is durable again"
+    assert connection.relax_next_commit()
+    connection.execute("INSERT INTO t VALUES (2)")
+    connection.rollback()
+    assert _synchronous(connection) == 2
+    connection.close()
+
+
+def test_a_transaction_already_open_is_not_relaxed(database: Path) -> None:
+    connection = _connect(database)
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("INSERT INTO t VALUES (1)")
+    assert not connection.relax_next_commit()
+    assert _synchronous(connection) == 2
+    connection.commit()
+    connection.execute("PRAGMA synchronous=OFF")
+    assert connection.relax_next_commit()  # nothing to relax: OFF stays OFF after the commit
+    connection.execute("INSERT INTO t VALUES (2)")
+    connection.commit()
+    assert _synchronous(connection) == 0
+    connection.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -320,3 +321,45 @@ def test_the_cli_counts_in_words_that_agree() -> None:
 
     assert _count(1, "message") == "1 message"
     assert _count(0, "message") == "0 messages" and _count(2, "message") == "2 messages"
+
+
+def _traced_statements(session: Session) -> list[str] | None:
+    """The SQL the session's SQLite connection runs from now on (None on PostgreSQL)."""
+    dbapi_connection = session.connection().connection.dbapi_connection
+    if not isinstance(dbapi_connection, sqlite3.Connection):
+        return None
+    statements: list[str] = []
+    dbapi_connection.set_trace_callback(statements.append)
+    return statements
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_only_a_non_durable_hold_commits_without_an_fsync_and_leaves_the_connection_full(
+    session, durable
+):
+    """IMAP's APPEND, COPY and EXPUNGE move the counter without waiting for the disk (a power
+    cut may take that back; the nightly recount repairs it); the connection is FULL again for
+    whatever it serves next. Deliveries keep durable holds."""
+    mailbox = make_mailbox(session, quota_gb=8)
+    statements = _traced_statements(session)
+    if statements is None:
+        pytest.skip("SQLite only: PostgreSQL commits are not relaxed")
+    dbapi_connection = session.connection().connection.dbapi_connection
+    held = quota.hold(session, mailbox.id, 1000, durable=durable)
+    assert held is not None
+    held.confirm()
+    levels = [s for s in statements if s.upper().startswith("PRAGMA SYNCHRONOUS")]
+    if durable:
+        assert levels == []
+    else:
+        commit = next(i for i, s in enumerate(statements) if s.upper() == "COMMIT")
+        relaxed = statements.index("PRAGMA synchronous=NORMAL")
+        restored = statements.index("PRAGMA synchronous=2")
+        assert relaxed < commit < restored
+    dbapi_connection.set_trace_callback(None)
+    assert dbapi_connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert used(session, mailbox.id) == 1000 and reservations(session) == []
+    quota.release(session, mailbox.id, 1000, durable=False)
+    session.commit()
+    assert dbapi_connection.execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert used(session, mailbox.id) == 0

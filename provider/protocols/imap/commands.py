@@ -469,7 +469,7 @@ class Commands:
         total = sum(len(m.data) for m in messages)
         assert self.mailbox_id is not None
         # Journaled until the messages are on disk: a kill -9 in between is settled at start.
-        held = quota.hold(db.session, self.mailbox_id, total)
+        held = quota.hold(db.session, self.mailbox_id, total, durable=False)
         if held is None:
             return OVERQUOTA
         try:
@@ -517,7 +517,7 @@ class Commands:
     def _release(self: ImapSession, removed: list[MessageInfo]) -> None:
         total = sum(info.size for info in removed)
         if total and self.mailbox_id is not None:
-            quota.release(db.session, self.mailbox_id, total)
+            quota.release(db.session, self.mailbox_id, total, durable=False)
             db.session.commit()
 
     # --- authenticated state
