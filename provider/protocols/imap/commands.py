@@ -36,6 +36,7 @@ from provider.mailstore.content import UnknownTransferEncoding
 from provider.mailstore.keywords import MAX_KEYWORD_LENGTH, MAX_KEYWORDS, check_keyword
 from provider.mailstore.maildir import InvalidDate, check_internal_date
 from provider.mailstore.message import (
+    Envelope,
     MessageHeader,
     ParsedMessage,
     section_bytes,
@@ -1218,7 +1219,7 @@ class Commands:
         elif name == "RFC822.SIZE":
             response.add(b"RFC822.SIZE %d" % content.rfc822_size())
         elif name == "ENVELOPE":
-            response.add(b"ENVELOPE " + fetching.envelope_bytes(content.parsed().envelope))
+            response.add(b"ENVELOPE " + fetching.envelope_bytes(content.envelope()))
         elif name == "BODYSTRUCTURE":
             structure = fetching.body_structure(content.parsed().body, True)
             response.add(b"BODYSTRUCTURE " + structure)
@@ -1762,23 +1763,34 @@ class FetchRun:
         self.unknown_cte = 0
         # BODY[] (the whole message) needs only the file; any other section its structure.
         # PREVIEW needs both only when it was not made before (MessageContent.preview).
-        self.needs_parse = any(
-            (i.name in _PARSED_ITEMS and i.section is None)
+        parsing = [
+            i
+            for i in items
+            if (i.name in _PARSED_ITEMS and i.section is None)
             or i.section not in (None, "")
             or (i.name == "PREVIEW" and not i.lazy)
-            for i in items
+        ]
+        # ENVELOPE alone (a client's message list) needs only the header block, as Dovecot's
+        # cache keeps the envelope apart from the body structure: no MIME walk of the body.
+        self.envelope_from_header = bool(parsing) and all(
+            i.name == "ENVELOPE" and i.section is None for i in parsing
         )
+        self.needs_parse = bool(parsing) and not self.envelope_from_header
         self.needs_file = any(
             i.section is not None
             or i.name in LITERAL_SECTIONS
             or (i.name == "PREVIEW" and not i.lazy)
             for i in items
         )
-        self.needs_content = self.needs_file or self.needs_parse
+        self.needs_content = self.needs_file or self.needs_parse or self.envelope_from_header
         self.wants_size = any(i.name == "RFC822.SIZE" for i in items)
         self.wants_flags = any(i.name == "FLAGS" for i in items)
         self.wants_modseq = any(i.name == "MODSEQ" for i in items)
-        self.cache = shared_cache(view.folder.path) if self.needs_parse else None
+        self.cache = (
+            shared_cache(view.folder.path)
+            if self.needs_parse or self.envelope_from_header
+            else None
+        )
 
     def close(self) -> None:
         """Nothing to release: the folder's cache stays open for the next command."""
@@ -1796,6 +1808,7 @@ class MessageContent:
         self.size = 0
         self._data: bytes | None = None
         self._parsed: ParsedMessage | None = None
+        self._header: MessageHeader | None = None
         self._binary: dict[str, bytes] = {}
 
     def prepare(self) -> None:
@@ -1809,6 +1822,9 @@ class MessageContent:
             self.size = os.fstat(self.file.fileno()).st_size
         if run.needs_parse:
             self.parsed()
+        elif run.envelope_from_header:
+            assert run.cache is not None
+            self._header = run.cache.header(self.info.basename, self.info.path)
 
     def _open(self) -> BinaryIO:
         try:
@@ -1816,6 +1832,11 @@ class MessageContent:
         except FileNotFoundError:
             self.info = self.view.folder.get(self.info.uid)
             return open(self.info.path, "rb")
+
+    def envelope(self) -> Envelope:
+        if self._parsed is None and self._header is not None:
+            return self._header.envelope
+        return self.parsed().envelope
 
     def parsed(self) -> ParsedMessage:
         if self._parsed is None:

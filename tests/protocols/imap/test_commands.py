@@ -260,3 +260,42 @@ def test_internaldate_keeps_the_zone_it_was_appended_with(session, imap):
     client.select("Other")
     assert b"+0200" in client.fetch("1", "(INTERNALDATE)")[1][0]
     client.logout()
+
+
+MULTIPART = (
+    b"From: =?utf-8?q?J=C3=B6rg?= <j@example.test>\r\nTo: a@x.test, (c) B <b@y.test>\r\n"
+    b"Cc: g: c@z.test;\r\nSubject: parts\r\nDate: 1 Feb 2024 10:00 +0100\r\n"
+    b"Message-ID: <m1@x.test>\r\nMIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+    b"--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+    b"--b\r\nContent-Type: application/pdf\r\n\r\n" + b"x" * 40_000 + b"\r\n--b--\r\n"
+)
+
+
+def test_fetch_envelope_alone_reads_the_header_and_never_parses_the_body(
+    session, imap, monkeypatch
+):
+    """A client's message list (ENVELOPE, FLAGS …) needs the header block only; the answer is
+    the one the full parse gives, which ENVELOPE with BODYSTRUCTURE still uses."""
+    from provider.mailstore import message
+
+    make_mailbox(session, ADDRESS)
+    client = logged_in(imap)
+    client.append("INBOX", None, None, MULTIPART)
+    client.select("INBOX")
+    real_parse = message.parse_message
+
+    def no_parse(data: bytes) -> message.ParsedMessage:
+        raise AssertionError("the whole message was parsed for ENVELOPE")
+
+    monkeypatch.setattr(message, "parse_message", no_parse)
+    status, alone = client.uid("FETCH", "1:*", "(UID FLAGS ENVELOPE)")
+    assert status == "OK"
+    monkeypatch.setattr(message, "parse_message", real_parse)
+    status, with_structure = client.uid("FETCH", "1:*", "(UID FLAGS ENVELOPE BODYSTRUCTURE)")
+    assert status == "OK"
+    envelope = alone[0][alone[0].index(b"ENVELOPE") :]
+    assert envelope.startswith(b'ENVELOPE ("1 Feb 2024 10:00 +0100" "parts" ')
+    assert envelope[:-1] in with_structure[0]
+    assert b'((NIL NIL "g" NIL) (NIL NIL "c" "z.test") (NIL NIL NIL NIL))' in envelope  # group
+    client.logout()
