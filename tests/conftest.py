@@ -31,6 +31,27 @@ MAILBOX_PASSWORD = "mailbox secret phrase"
 
 
 REAL_DKIM_KEYS_MARKER = "real_dkim_keys"
+DATABASE_MARKER = "database"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On PostgreSQL, run only the tests that use the database: a test that never asks for it
+    (parsers, the Maildir, Sieve, `provider serve` on its own SQLite file …) does the very same
+    thing in the SQLite run, so CI runs it once. A test that reaches PostgreSQL another way
+    (through PROVIDER_TEST_DATABASE_URL itself) is marked `database`."""
+    configured = os.environ.get("PROVIDER_TEST_DATABASE_URL", "")
+    if not configured.startswith("postgresql"):
+        return
+    kept, deselected = [], []
+    for item in items:
+        uses_database = "database_url" in getattr(item, "fixturenames", ())
+        if uses_database or item.get_closest_marker(DATABASE_MARKER) is not None:
+            kept.append(item)
+        else:
+            deselected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

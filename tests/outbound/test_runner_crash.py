@@ -24,6 +24,8 @@ from tests.conftest import _private_postgres_database, wait_until
 from tests.outbound.helpers import ScriptedMx
 
 __all__ = ["environment"]  # the fixture, shared with tests/cli
+# Reaches PostgreSQL through PROVIDER_TEST_DATABASE_URL itself (its own `provider serve`).
+pytestmark = pytest.mark.database
 MESSAGES = 200
 ENQUEUE = """
 import sys

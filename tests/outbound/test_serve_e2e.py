@@ -29,6 +29,9 @@ from tests.dnszone import DnsZone
 from tests.outbound.helpers import ScriptedMx
 from tests.protocols.submission.conftest import insecure_context
 
+# Reaches PostgreSQL through PROVIDER_TEST_DATABASE_URL itself (its own `provider serve`).
+pytestmark = pytest.mark.database
+
 __all__ = ["environment"]  # the fixture, shared with tests/cli
 PROJECT = Path(__file__).resolve().parents[2]
 PASSWORD = "a long passphrase"
