@@ -22,8 +22,11 @@ run: $(VENV)/.installed-run
 	$(BIN)/provider init
 	exec $(BIN)/provider serve
 
+# Test processes (pytest-xdist); every test has its own ports, directories and database.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed-test lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
