@@ -277,6 +277,21 @@ class IncomingMessage:
     keywords: Iterable[str] = ()
     internal_date: float | None = None
     zone_minutes: int | None = None
+    source: Path | None = None
+    """A message file of the same Maildir holding exactly `data` (COPY's and MOVE's original):
+    the new file is a hard link to it, as Dovecot's maildir_copy_with_hardlinks, so nothing is
+    written or fsynced but the directory; the bytes are written when linking is not possible
+    (another file system, the original renamed or expunged meanwhile)."""
+
+
+# Why os.link may refuse where writing the bytes works: another file system (a folder on
+# another mount), no hard links at all, or too many links to one file.
+_NO_HARD_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
+
+
+def link_file(source: Path, target: Path) -> None:
+    """os.link, named so tests can make it fail."""
+    os.link(source, target)
 
 
 # --- file names ---------------------------------------------------------------------------------
@@ -999,7 +1014,9 @@ class Folder:
         """Store several messages all or nothing (RFC 3501 §6.3.11 / §6.4.7, RELIABILITY P6);
         they get consecutive ascending UIDs, in order."""
         prepared: list[tuple[bytes, list[str], list[str], float | None, int | None]] = []
+        sources: list[Path | None] = []
         for message in messages:
+            sources.append(message.source)
             if not isinstance(message.data, bytes | bytearray | memoryview):
                 raise TypeError("message data must be bytes")
             check_internal_date(message.internal_date)
@@ -1023,8 +1040,11 @@ class Folder:
         created: list[Path] = []
         try:
             plan: list[tuple[Path, str, str | None, int]] = []
-            for data, flag_letters, names_, internal_date, zone in prepared:
-                temp, base = self._write_temp(data, internal_date)
+            for (data, flag_letters, names_, internal_date, zone), source in zip(
+                prepared, sources, strict=True
+            ):
+                linked = self._link_temp(source, internal_date) if source is not None else None
+                temp, base = linked or self._write_temp(data, internal_date)
                 created.append(temp)
                 letters = None
                 dropped.append(tuple(n for n in names_ if n.casefold() not in letters_by_keyword))
@@ -1195,6 +1215,39 @@ class Folder:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(temp)
+            raise
+        return temp, base
+
+    def _link_temp(self, source: Path, internal_date: float | None) -> tuple[Path, str] | None:
+        """A hard link in tmp/ to `source` (a message file of this Maildir, already on disk);
+        None when the bytes must be written instead."""
+        temp_dir = self.path / "tmp"
+        while True:
+            base = unique_basename()
+            temp = temp_dir / base
+            try:
+                link_file(source, temp)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                if not temp_dir.is_dir():
+                    raise FolderNotFound(f"folder {self.name!r} does not exist") from None
+                return None  # renamed by a flag change, or expunged, since it was read
+            except OSError as error:
+                if error.errno in _NO_HARD_LINK:
+                    return None
+                raise
+            break
+        try:
+            status = os.stat(temp)
+            if internal_date is not None and int(status.st_mtime) != int(internal_date):
+                os.unlink(temp)  # the copy is to have another internal date: write it
+                return None
+            # atime "now", as _write_temp leaves it, so clean_tmp never takes it for debris.
+            os.utime(temp, (time.time(), status.st_mtime))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(temp)

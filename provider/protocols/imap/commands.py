@@ -1555,7 +1555,12 @@ class Commands:
                 continue
             messages.append(
                 IncomingMessage(
-                    data, info.flags, info.keywords, info.internal_date, info.zone_minutes
+                    data,
+                    info.flags,
+                    info.keywords,
+                    info.internal_date,
+                    info.zone_minutes,
+                    source=info.path,
                 )
             )
             sources.append(uid)

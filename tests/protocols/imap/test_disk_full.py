@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import errno
+import os
 
 import pytest
 
-from provider.mailstore import IncomingMessage
+from provider.mailstore import IncomingMessage, maildir
 from provider.services.storage import mail_store
 from tests.conftest import make_mailbox
 from tests.mailstore.diskfull import FailingWrites, leftovers
@@ -91,9 +92,19 @@ def test_append_on_a_full_disk_is_refused_cleanly_at_every_write(
     assert used_bytes(session, mailbox) == len(message)
 
 
+@pytest.fixture
+def no_hard_links(monkeypatch: pytest.MonkeyPatch) -> None:
+    """COPY and MOVE write the bytes, as on a file system without hard links."""
+
+    def refuse(source: object, target: object) -> None:
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(maildir, "link_file", refuse)
+
+
 @pytest.mark.parametrize("move", [False, True])
 def test_copy_and_move_on_a_full_disk_leave_both_folders_as_they_were(
-    session, client, failing, move
+    session, client, failing, no_hard_links, move
 ):
     mailbox, sock, reader = client
     inbox = mail_store().open(ADDRESS).folder("INBOX")
@@ -144,3 +155,44 @@ def test_store_and_create_on_a_full_disk_answer_no_and_change_nothing(session, c
     root = mail_store().open(ADDRESS).root
     assert not [p.name for p in root.iterdir() if p.name.startswith(("CREATING-", ".Projects"))]
     assert command(sock, reader, b"c", b"CREATE Projects/2026")[-1].startswith(b"c OK")
+
+
+@pytest.mark.parametrize("move", [False, True])
+def test_a_hard_linked_copy_writes_only_the_uidlist_line_and_a_full_disk_there_leaves_nothing(
+    session, client, failing, move
+):
+    """COPY and MOVE link the originals (nothing to write but the directory and the uidlist):
+    the disk filling at the uidlist line leaves both folders as they were, links included."""
+    mailbox, sock, reader = client
+    inbox = mail_store().open(ADDRESS).folder("INBOX")
+    inbox.deliver_many([IncomingMessage(big_message(n, 2000), ["\\Seen"]) for n in range(3)])
+    verb = b"MOVE" if move else b"COPY"
+    command(sock, reader, b"s", b"SELECT INBOX")
+    archive = mail_store().open(ADDRESS).folder("Archive")
+    before = (files("INBOX"), files("Archive"), uidlist("Archive"))
+    used = used_bytes(session, mailbox)
+    failing.arm(1)
+    reply = command(sock, reader, b"c", verb + b" 1:3 Archive")
+    failing.disarm()
+    assert reply[-1] == b"c " + DISK_FULL + b"\r\n", reply
+    # The uidlist line failed, and the rewrite that takes it back went through: no message
+    # bytes were written (writing them, the first write would have been the first message).
+    assert (failing.failed, failing.calls) == (1, 2)
+    # The UIDs the failed line named are skipped (the header's next UID moves on), never reused.
+    assert (files("INBOX"), files("Archive")) == before[:2]
+    assert uidlist("Archive").splitlines()[1:] == before[2].splitlines()[1:]
+    assert used_bytes(session, mailbox) == used and leftovers(archive.path) == []
+    originals = [info.path for info in inbox.messages()]
+    assert all(path.stat().st_nlink == 1 for path in originals)
+    reply = command(sock, reader, b"d", verb + b" 1:3 Archive")
+    assert reply[-1].startswith(b"d OK"), reply
+    copies = [info.path for info in archive.messages()]
+    assert [archive.read(i.uid) for i in archive.messages()] == [
+        big_message(n, 2000) for n in range(3)
+    ]
+    if move:
+        assert all(path.stat().st_nlink == 1 for path in copies)
+    else:
+        inodes = {path.stat().st_ino for path in originals}
+        assert {path.stat().st_ino for path in copies} == inodes
+        assert all(path.stat().st_nlink == 2 for path in copies)
