@@ -18,12 +18,14 @@ CONTENT_SECURITY_POLICY = (
 def _engine_options(database_url: str) -> dict[str, Any]:
     """Pool options; on SQLite, write transactions take turns on a file lock
     (provider/sqlite_writes.py) instead of sleeping in SQLite's busy back-off."""
-    options: dict[str, Any] = {"pool_pre_ping": True}
     if database_url.startswith("sqlite"):
         from provider.sqlite_writes import TurnTakingConnection
 
-        options["connect_args"] = {"factory": TurnTakingConnection}
-    return options
+        # No pre-ping: a connection to a file cannot go stale the way one to a server does
+        # (restarted, idle-timed-out), and the ping was a statement per checkout, i.e. per
+        # IMAP command that touches the database.
+        return {"connect_args": {"factory": TurnTakingConnection}}
+    return {"pool_pre_ping": True}
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
