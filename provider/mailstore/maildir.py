@@ -284,6 +284,12 @@ class IncomingMessage:
     (another file system, the original renamed or expunged meanwhile)."""
 
 
+# An expunge leaves its uidlist lines until this many name no file, then rewrites the file
+# without them: as Dovecot, which rewrites dovecot-uidlist only now and then. A line without a
+# file is a message already gone to every reader (a listing decides what exists); rewriting
+# the whole uidlist on every EXPUNGE cost two more listings, a write and two fsyncs.
+_STALE_UIDLIST_LINES = 64
+
 # Why os.link may refuse where writing the bytes works: another file system (a folder on
 # another mount), no hard links at all, or too many links to one file.
 _NO_HARD_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK})
@@ -1178,7 +1184,7 @@ class Folder:
                         break
                 for directory in sorted(directories):
                     fsync_directory(directory)
-                if removed:
+                if removed and self._stale_lines(len(removed)) > _STALE_UIDLIST_LINES:
                     try:
                         self._drop_lines({info.uid for info in removed})
                     except OSError as error:
@@ -1582,6 +1588,12 @@ class Folder:
         if index < len(state.infos) and state.infos[index].uid == info.uid:
             state.infos[index] = info
         state.version = next(_versions)
+
+    def _stale_lines(self, just_removed: int) -> int:
+        """About how many uidlist lines name no file, counting the ones just unlinked (caller
+        holds the lock and synced before unlinking)."""
+        state = self._state
+        return len(state.uidlist.records) - len(state.by_uid) + just_removed
 
     def _drop_lines(self, expunged: set[int]) -> None:
         """Rewrite the uidlist without the expunged UIDs and without lines whose file is gone

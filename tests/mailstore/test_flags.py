@@ -12,7 +12,9 @@ from provider.mailstore import (
     MailStore,
     MessageNotFound,
     TooManyKeywords,
+    forget_cached_state,
 )
+from provider.mailstore import maildir as maildir_module
 from tests.mailstore import files_in, sample_message
 
 
@@ -173,7 +175,8 @@ def test_expunge_returns_only_what_it_removed(inbox):
     assert not stored[0].path.exists() and not stored[2].path.exists()
 
 
-def test_expunge_drops_lines_of_files_deleted_behind_our_back(inbox):
+def test_expunge_drops_lines_of_files_deleted_behind_our_back(inbox, monkeypatch):
+    monkeypatch.setattr(maildir_module, "_STALE_UIDLIST_LINES", 0)  # rewrite at every expunge
     stored = [inbox.deliver(sample_message(f"m{n}")) for n in range(3)]
     stored[1].path.unlink()
     inbox.expunge([stored[0].uid])
@@ -204,3 +207,24 @@ def test_every_flag_change_made_behind_our_back_is_seen_at_once(inbox):
         os.rename(info.path, inbox.path / "cur" / f"{info.basename}:2,{letters}")
         flagged = {i.uid: "\\Flagged" in i.flags for i in inbox.messages()}
         assert flagged[uid] is (letters == "FS"), round_
+
+
+def test_an_expunge_leaves_its_uidlist_lines_until_enough_name_no_file(inbox, maildir, monkeypatch):
+    """The uidlist is rewritten without expunged lines only once more than
+    _STALE_UIDLIST_LINES of them gathered; meanwhile nobody sees those messages and no UID is
+    given twice."""
+    monkeypatch.setattr(maildir_module, "_STALE_UIDLIST_LINES", 3)
+    stored = [inbox.deliver(sample_message(f"m{n}")) for n in range(6)]
+    uidlist = inbox.path / "dovecot-uidlist"
+    before = uidlist.read_bytes()
+    assert [info.uid for info in inbox.expunge([stored[0].uid, stored[1].uid])] == [1, 2]
+    assert uidlist.read_bytes() == before, "two stale lines: no rewrite"
+    forget_cached_state()  # another process: reads the uidlist and lists the directories
+    again = maildir.folder("INBOX")
+    assert [info.uid for info in again.messages()] == [3, 4, 5, 6]
+    assert inbox.deliver(sample_message("new")).uid == 7
+    inbox.expunge([stored[2].uid, stored[3].uid])  # four stale lines: over the limit
+    lines = uidlist.read_text().splitlines()
+    assert [int(line.split(" ", 1)[0]) for line in lines[1:]] == [5, 6, 7]
+    assert " N8 " in lines[0]
+    assert [info.uid for info in inbox.messages()] == [5, 6, 7]
