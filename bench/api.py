@@ -7,7 +7,8 @@ own keep-alive connection: list pages (a random page of 50; the search and the d
 the end of that list are never reached by 4 clients x 100 requests), the same depths by cursor
 (`after=ADDRESS`), a mix of filters (a third of them substring searches, a third a domain, a
 third a status or plan, each on a random page), and mailbox creation (each hashes a new
-password with the configured argon2id cost). Prints requests/s and median / p99 latency in milliseconds.
+password with the configured argon2id cost). Prints requests/s and median / p99 latency in
+milliseconds.
 
     .venv/bin/python bench/api.py [--mailboxes 100000] [--database-url URL] [--clients 4]
 """
