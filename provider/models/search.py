@@ -14,6 +14,10 @@ logger = logging.getLogger("alembic.env")
 # (mailbox address; alias address, whose search also matches its mailbox's; domain name). The
 # columns hold lower-case text only (check constraints) and the searches lower-case the needle,
 # so a plain gin_trgm_ops index on the column serves them: no lower() expression needed.
+# fastupdate is off: rows go into the index as they are written, not into a pending list that
+# every search scans until (auto)vacuum merges it (measured: a search for one of 100,000
+# mailboxes just after a bulk insert took 15 ms with the list, 1 ms without). Few rows change
+# per second in these tables, so the slower insert (~20 trigrams each) costs nothing.
 TRIGRAM_INDEXES: dict[str, tuple[str, str]] = {
     "ix_mailboxes_address_trgm": ("mailboxes", "address"),
     "ix_aliases_address_trgm": ("aliases", "address"),
@@ -60,6 +64,7 @@ def create_trigram_indexes(connection: Connection) -> str | None:
             reason = str(getattr(error, "orig", error)).strip().splitlines()[0]
             statements = "; ".join(
                 f"CREATE INDEX {name} ON {table} USING gin ({column} gin_trgm_ops)"
+                " WITH (fastupdate = off)"
                 for name, (table, column) in TRIGRAM_INDEXES.items()
             )
             message = (
@@ -72,7 +77,7 @@ def create_trigram_indexes(connection: Connection) -> str | None:
         schema = _trigram_schema(connection) or "public"
     operator_class = f'"{schema}".gin_trgm_ops'
     for name, (table, column) in TRIGRAM_INDEXES.items():
-        using = f"gin ({column} {operator_class})"
+        using = f"gin ({column} {operator_class}) WITH (fastupdate = off)"
         connection.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {table} USING {using}"))
     return None
 

@@ -109,9 +109,17 @@ def _rows_of(query: Select[Any]) -> Select[Any]:
     return query.order_by(None).with_only_columns(literal_column("1"), maintain_column_froms=True)
 
 
+def count_query(query: Select[Any], limit: int | None = None) -> Select[tuple[int]]:
+    """The COUNT of the select's rows, reading at most `limit` of them (None: all)."""
+    rows = _rows_of(query)
+    if limit is not None:
+        rows = rows.limit(limit)
+    return select(func.count()).select_from(rows.subquery())
+
+
 def count_all(session: Session, query: Select[Any]) -> int:
     """How many rows the select returns, counted."""
-    return session.scalar(select(func.count()).select_from(_rows_of(query).subquery())) or 0
+    return session.scalar(count_query(query)) or 0
 
 
 def count_matching(
@@ -128,11 +136,10 @@ def count_matching(
     limit = exact_total_max() if exact_up_to is None else exact_up_to
     if limit <= 0 or session.get_bind().dialect.name != "postgresql":
         return count_all(session, query), False
-    rows = _rows_of(query)
-    counted = session.scalar(select(func.count()).select_from(rows.limit(limit + 1).subquery()))
-    if (counted or 0) <= limit:
-        return counted or 0, False
-    return max(limit + 1, planner_rows(session, rows)), True
+    counted = session.scalar(count_query(query, limit + 1)) or 0
+    if counted <= limit:
+        return counted, False
+    return max(limit + 1, planner_rows(session, _rows_of(query))), True
 
 
 def planner_rows(session: Session, query: Select[Any]) -> int:
