@@ -3,10 +3,12 @@
 Fills a database with N mailboxes across D domains (bench/mailbox_list.fill: bulk insert, one
 shared password hash), makes a superadmin's write token, serves the app with waitress on
 127.0.0.1 (as `provider serve` runs it) and times requests from C client threads, each on its
-own keep-alive connection: list pages (random page of 50, a search, a domain filter), the same
-depths by cursor (`after=ADDRESS`), and
-mailbox creation (each hashes a new password with the configured argon2id cost). Prints
-requests/s and median / p99 latency in milliseconds.
+own keep-alive connection: list pages (a random page of 50; the search and the domain filter at
+the end of that list are never reached by 4 clients x 100 requests), the same depths by cursor
+(`after=ADDRESS`), a mix of filters (a third of them substring searches, a third a domain, a
+third a status or plan, each on a random page), and mailbox creation (each hashes a new
+password with the configured argon2id cost). Prints requests/s and median / p99 latency in
+milliseconds.
 
     .venv/bin/python bench/api.py [--mailboxes 100000] [--database-url URL] [--clients 4]
 """
@@ -140,11 +142,35 @@ def main() -> None:
             f"/api/v1/mailboxes?page={rng.randrange(1, pages + 1)}" for _ in range(200)
         ] + ["/api/v1/mailboxes?search=user04217", "/api/v1/mailboxes?domain=domain7.test&page=3"]
 
+        filter_urls = []
+        for _ in range(200):
+            kind = rng.randrange(3)
+            if kind == 0:  # substring searches: 1, ~10, ~100, ~1,000 or ~11,000 hits
+                needle = rng.choice(
+                    (
+                        f"user{rng.randrange(0, options.mailboxes):05d}",
+                        f"ser{rng.randrange(0, options.mailboxes // 10):04d}",
+                        f"{rng.randrange(0, options.mailboxes // 100):03d}",
+                        f"domain{rng.randrange(0, options.domains)}.",
+                        f"r{rng.randrange(0, 10)}",
+                    )
+                )
+                filter_urls.append(f"/api/v1/mailboxes?search={needle}")
+            elif kind == 1:
+                domain = f"domain{rng.randrange(0, options.domains)}.test"
+                filter_urls.append(f"/api/v1/mailboxes?domain={domain}&page={rng.randrange(1, 21)}")
+            else:
+                which = rng.choice(("status=suspended", "plan=trial", "status=active&plan=paid"))
+                filter_urls.append(f"/api/v1/mailboxes?{which}&page={rng.randrange(1, 200)}")
+
         def list_request(number: int, index: int) -> tuple[str, str, bytes | None]:
             return "GET", list_urls[(number * 31 + index) % len(list_urls)], None
 
         def cursor_request(number: int, index: int) -> tuple[str, str, bytes | None]:
             return "GET", cursor_urls[(number * 31 + index) % len(cursor_urls)], None
+
+        def filter_request(number: int, index: int) -> tuple[str, str, bytes | None]:
+            return "GET", filter_urls[(number * 31 + index) % len(filter_urls)], None
 
         def create_request(number: int, index: int) -> tuple[str, str, bytes | None]:
             body = {
@@ -166,6 +192,7 @@ def main() -> None:
         for name, make, each in (
             ("list-mailboxes", list_request, options.lists),
             ("list-mailboxes (cursor)", cursor_request, options.lists),
+            ("list-mailboxes (filters)", filter_request, options.lists),
             ("create-mailbox", create_request, options.creates),
         ):
             elapsed, latencies, failures = run(port, secret, options.clients, each, make)

@@ -35,6 +35,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask, Response, redirect, url_for
 
     from provider.extensions import csrf, db, login_manager, migrate
+    from provider.models import search
     from provider.settings import PROJECT_ROOT, ensure_secret_key, load_settings
 
     settings = load_settings(test_config)
@@ -62,7 +63,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config.update({k: v for k, v in test_config.items() if k.isupper()})
 
     db.init_app(app)
-    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)
+    migrate.init_app(
+        app,
+        db,
+        directory=str(PROJECT_ROOT / "migrations"),
+        render_as_batch=True,
+        include_object=search.include_object,
+    )
     csrf.init_app(app)
     login_manager.init_app(app)
 

@@ -97,11 +97,17 @@ TWO_FACTOR_RANGES = {
     "ADMIN_2FA_REMEMBER_DAYS": (0, 365),
     "ADMIN_2FA_STEP_SECONDS": (30, 3600),
 }
+# Whole-number settings checked the same way (a negative or fractional cap is a typo).
+WHOLE_NUMBER_RANGES = {
+    **TWO_FACTOR_RANGES,
+    "LIST_EXACT_TOTAL_MAX": (0, 100_000_000),
+}
 
 
 def _check_two_factor(settings: dict[str, Any]) -> None:
-    """Admin two-factor settings: whole numbers within range, refused at start otherwise."""
-    for key, (lowest, highest) in TWO_FACTOR_RANGES.items():
+    """Admin two-factor and list-total settings: whole numbers within range, refused at start
+    otherwise."""
+    for key, (lowest, highest) in WHOLE_NUMBER_RANGES.items():
         value = settings.get(key, lowest)
         if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= highest:
             raise SettingsError(

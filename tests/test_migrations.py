@@ -9,11 +9,14 @@ from sqlalchemy import inspect
 
 from provider import create_app
 from provider.extensions import db
+from provider.models import search
 
 
 def test_migrated_schema_matches_the_models(app):
     with db.engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "include_object": search.include_object}
+        )
         assert compare_metadata(context, db.metadata) == []
 
 

@@ -136,3 +136,18 @@ def test_mail_workers_default_to_one_per_core_and_take_a_number(tmp_path: Path):
         environ={"PROVIDER_INSTANCE_DIR": str(tmp_path), "PROVIDER_MAIL_WORKERS": "3"}
     )
     assert mail_workers(App(settings)) == 3  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("raw", ["-1", "2.5", "100000001", "99999999999999999999"])
+def test_a_bad_exact_total_cap_stops_start(tmp_path, raw):
+    with pytest.raises(SettingsError, match="LIST_EXACT_TOTAL_MAX must be a whole number"):
+        load_settings(
+            environ={"PROVIDER_INSTANCE_DIR": str(tmp_path), "PROVIDER_LIST_EXACT_TOTAL_MAX": raw}
+        )
+
+
+def test_the_exact_total_cap_defaults_to_ten_thousand_and_zero_is_allowed(tmp_path):
+    environ = {"PROVIDER_INSTANCE_DIR": str(tmp_path)}
+    assert load_settings(environ=environ)["LIST_EXACT_TOTAL_MAX"] == 10_000
+    environ["PROVIDER_LIST_EXACT_TOTAL_MAX"] = "0"
+    assert load_settings(environ=environ)["LIST_EXACT_TOTAL_MAX"] == 0

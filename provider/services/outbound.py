@@ -28,7 +28,7 @@ from provider.mailstore.diskio import is_disk_full, write_all
 from provider.mailstore.uidlist import fsync_directory
 from provider.models import Domain, Mailbox, OutboundMessage, OutboundRecipient, RecipientState
 from provider.models.sending import FINAL_STATES
-from provider.services import audit, sending
+from provider.services import audit, reports, sending
 from provider.services.aftercommit import on_commit
 from provider.services.audit import Actor
 from provider.services.clock import now
@@ -404,6 +404,16 @@ def list_visible(
 ) -> list[OutboundMessage]:
     """Open messages, oldest first, that an admin limited to `domain_ids` (None: all) sees;
     `search` is a piece of the sender or of a recipient address (case-insensitive)."""
+    query = visible_select(domain_ids=domain_ids, search=search)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def visible_select(
+    *, domain_ids: set[int] | None, search: str | None = None
+) -> Select[tuple[OutboundMessage]]:
+    """The select of list_visible, ordered by (created_at, id), for paging in SQL."""
     open_ids = select(OutboundRecipient.message_id).where(OutboundRecipient.state.in_(OPEN_STATES))
     query = (
         select(OutboundMessage)
@@ -423,9 +433,45 @@ def list_visible(
             | OutboundMessage.id.in_(matching)
             | (OutboundMessage.queue_id == needle.upper())
         )
-    if limit is not None:
-        query = query.limit(limit)
-    return list(session.scalars(query))
+    return query
+
+
+def queue_cursor(message: OutboundMessage) -> str:
+    return reports.time_cursor(message.created_at, message.id)
+
+
+def visible_page(
+    session: Session,
+    *,
+    domain_ids: set[int] | None,
+    search: str | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> reports.Page[OutboundMessage]:
+    """One page of list_visible, paged in SQL (a big queue is never loaded whole)."""
+    query = visible_select(domain_ids=domain_ids, search=search)
+    return reports.paginate(session, query, page, per_page)
+
+
+def visible_after(
+    session: Session,
+    after: str,
+    *,
+    domain_ids: set[int] | None,
+    search: str | None = None,
+    per_page: int = 50,
+) -> reports.KeysetPage[OutboundMessage]:
+    """list_visible by cursor: the messages queued after the one `after` names (queue_cursor;
+    empty = from the oldest)."""
+    return reports.keyset_page(
+        session,
+        visible_select(domain_ids=domain_ids, search=search),
+        key=(OutboundMessage.created_at, OutboundMessage.id),
+        after=reports.parse_time_cursor(after),
+        descending=False,
+        per_page=per_page,
+        cursor_of=queue_cursor,
+    )
 
 
 def clean_search(search: str | None) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from flask import Flask
 from flask.testing import FlaskCliRunner
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -14,6 +15,7 @@ from provider.models import AuditEvent, Mailbox
 from provider.services import auth, quota
 from tests.api.conftest import ApiClient, token_for
 from tests.conftest import MAILBOX_PASSWORD, make_admin, make_domain, make_mailbox
+from tests.services.test_reports import bulk
 
 NEW = {"address": "bob@example.test", "quota_gb": "8.5", "protocols": ["imap", "pop3"]}
 
@@ -237,3 +239,29 @@ def test_cursor_paging_walks_every_mailbox_once(api: ApiClient, session: Session
     ]
     wrong = api.get("/api/v1/mailboxes?sort=quota&after=user2@example.test")
     assert wrong.status_code == 422 and list(wrong.json()["errors"]) == ["after"]
+
+
+def test_totals_past_the_exact_cap_say_they_are_estimates(
+    app: Flask, api: ApiClient, session: Session
+) -> None:
+    """Over LIST_EXACT_TOTAL_MAX matching rows, PostgreSQL answers its estimate, flagged and
+    never below the rows the answer proves exist; a short last page is exact again. SQLite
+    always counts. Page numbers, cursors and filters alike; every answer fits the schema."""
+    app.config["LIST_EXACT_TOTAL_MAX"] = 4
+    bulk(session, make_domain(session, "example.test"), 11)
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    first = api.get("/api/v1/mailboxes?per_page=3").json()
+    assert first["total_is_estimate"] is postgresql
+    assert first["total"] >= 5 if postgresql else first["total"] == 11
+    assert first["next_after"] == "u002@example.test"
+    cursor = api.get("/api/v1/mailboxes?per_page=3&after=u002@example.test").json()
+    assert cursor["total_is_estimate"] is postgresql and cursor["page"] is None
+    last = api.get("/api/v1/mailboxes?per_page=3&page=4").json()
+    assert [m["address"] for m in last["items"]] == ["u009@example.test", "u010@example.test"]
+    assert (last["total"], last["pages"], last["total_is_estimate"]) == (11, 4, False)
+    past = api.get("/api/v1/mailboxes?per_page=3&page=2147483647").json()
+    assert (past["page"], past["total"], past["total_is_estimate"]) == (4, 11, False)
+    few = api.get("/api/v1/mailboxes?search=u01&per_page=3").json()
+    assert (few["total"], few["total_is_estimate"]) == (1, False)
+    events = api.get("/api/v1/audit-events?per_page=1").json()
+    assert events["total_is_estimate"] is False

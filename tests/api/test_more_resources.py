@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from flask.testing import FlaskCliRunner
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.api.conftest import ApiClient, token_for
@@ -208,3 +209,135 @@ def test_queue_list_show_retry_delete(
     assert api.get("/api/v1/queue").json()["total"] == 0
     assert api.get("/api/v1/queue/NOTANID%00").status_code == 400
     assert api.get("/api/v1/queue/0123456789ABCDEF").status_code == 404
+
+
+BAD_CURSORS = (
+    "garbage",
+    "2026-01-01T00:00:00Z",
+    "2026-01-01T00:00:00Z,0",
+    "2026-01-01T00:00:00Z,-3",
+    "2026-01-01T00:00:00,5",  # no time zone
+    "2026-13-01T00:00:00Z,5",
+    "2026-01-01T00:00:00Z,99999999999999999999999",
+    "2026-01-01T00:00:00Z," + "9" * 90,
+    "x" * 101,  # longer than any cursor
+)
+
+
+def walk(api: ApiClient, path: str, per_page: int) -> tuple[list[dict[str, Any]], set[int]]:
+    """Every item of a list by cursor from `after=` (empty) on; and the totals it answered."""
+    seen: list[dict[str, Any]] = []
+    totals: set[int] = set()
+    after = ""
+    for _ in range(100):
+        separator = "&" if "?" in path else "?"
+        response = api.get(f"{path}{separator}per_page={per_page}&after={after}")
+        assert response.status_code == 200, response.text
+        page = response.json()
+        assert page["page"] is None
+        totals.add(page["total"])
+        seen += page["items"]
+        if page["next_after"] is None:
+            return seen, totals
+        after = page["next_after"]
+    raise AssertionError("the cursor walk never ended")
+
+
+def test_audit_events_by_cursor_walk_every_event_once_newest_first(
+    api: ApiClient, client_for: Any, session: Session
+) -> None:
+    from datetime import UTC, datetime
+
+    from provider.services import audit
+    from provider.services.audit import Actor
+
+    mine = make_domain(session, "mine.test")
+    tied = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    for number in range(9):
+        domain = "mine.test" if number % 2 else "theirs.test"
+        event = audit.record(session, Actor("cli"), "x.test", f"t{number}", domain=domain)
+        # Five events in the same microsecond: the id breaks the tie, none is lost.
+        event.occurred_at = tied if number < 5 else datetime(2026, 3, 2, number, tzinfo=UTC)
+    session.commit()
+    by_page = api.get("/api/v1/audit-events?action=x.&per_page=100").json()["items"]
+    assert [e["target"] for e in by_page] == ["t8", "t7", "t6", "t5", "t4", "t3", "t2", "t1", "t0"]
+    for per_page in (1, 2, 4):
+        seen, totals = walk(api, "/api/v1/audit-events?action=x.", per_page)
+        assert seen == by_page and totals == {9}
+    first = api.get("/api/v1/audit-events?action=x.&per_page=4").json()
+    assert first["next_after"] is not None and first["total_is_estimate"] is False
+    resumed = api.get(f"/api/v1/audit-events?action=x.&per_page=4&after={first['next_after']}")
+    assert [e["target"] for e in resumed.json()["items"]] == ["t4", "t3", "t2", "t1"]
+    tenant = make_admin(session, "tenant@example.com", superadmin=False, domains=[mine])
+    theirs, _ = walk(
+        client_for(token_for(session, tenant, scope="read", name="t")),
+        "/api/v1/audit-events?action=x.",
+        2,
+    )
+    assert [e["target"] for e in theirs] == ["t7", "t5", "t3", "t1"]
+    for bad in BAD_CURSORS:
+        response = api.get("/api/v1/audit-events", params={"after": bad})
+        assert response.status_code == 422, bad
+        assert list(response.json()["errors"]) == ["after"]
+    # A NUL anywhere in the URL is refused before any parameter is read, as on every route.
+    assert (
+        api.get("/api/v1/audit-events", params={"after": "2026-01-01T00:00:00Z,5\x00"}).status_code
+        == 400
+    )
+
+
+def test_the_queue_pages_in_sql_by_number_and_by_cursor(
+    api: ApiClient, client_for: Any, session: Session
+) -> None:
+    from datetime import UTC, datetime
+
+    from provider.models import OutboundMessage
+    from provider.services import outbound
+
+    alice = make_mailbox(session, "alice@mine.test")
+    bob = make_mailbox(session, "bob@theirs.test")
+    ids = []
+    for number in range(7):
+        sender = alice if number % 3 else bob
+        queued = outbound.enqueue(
+            session,
+            sender=sender.address,
+            recipients=[f"r{number}@elsewhere.example"],
+            content=b"Subject: x\r\n\r\nhello\r\n",
+            mailbox_id=sender.id,
+        )
+        ids.append(queued.queue_id)
+    # Three queued in the same microsecond: the id orders them.
+    for queue_id in ids[2:5]:
+        message = session.scalars(
+            select(OutboundMessage).where(OutboundMessage.queue_id == queue_id)
+        ).one()
+        message.created_at = datetime(2026, 3, 1, tzinfo=UTC)
+    session.commit()
+    oldest_first = [m.queue_id for m in outbound.list_visible(session, domain_ids=None)]
+    assert sorted(oldest_first) == sorted(ids)
+    page = api.get("/api/v1/queue?per_page=3&page=2").json()
+    assert [m["queue_id"] for m in page["items"]] == oldest_first[3:6]
+    assert (page["total"], page["pages"], page["total_is_estimate"]) == (7, 3, False)
+    assert page["next_after"] is not None
+    last = api.get("/api/v1/queue?per_page=3&page=99").json()
+    assert [m["queue_id"] for m in last["items"]] == oldest_first[6:]
+    assert last["page"] == 3 and last["next_after"] is None
+    for per_page in (1, 2, 3):
+        seen, totals = walk(api, "/api/v1/queue", per_page)
+        assert [m["queue_id"] for m in seen] == oldest_first and totals == {7}
+    searched, _ = walk(api, "/api/v1/queue?search=r1@", 1)
+    assert [m["queue_id"] for m in searched] == [ids[1]]
+    tenant = make_admin(session, "tenant@example.com", superadmin=False, domains=[alice.domain])
+    tenants, totals = walk(
+        client_for(token_for(session, tenant, scope="read", name="t")), "/api/v1/queue", 2
+    )
+    assert [m["sender"] for m in tenants] == ["alice@mine.test"] * 4 and totals == {4}
+    for bad in BAD_CURSORS:
+        response = api.get("/api/v1/queue", params={"after": bad})
+        assert response.status_code == 422, bad
+        assert list(response.json()["errors"]) == ["after"]
+    # A NUL anywhere in the URL is refused before any parameter is read, as on every route.
+    assert (
+        api.get("/api/v1/queue", params={"after": "2026-01-01T00:00:00Z,5\x00"}).status_code == 400
+    )

@@ -212,3 +212,69 @@ def test_changed_fields_lists_only_differing_keys():
     # Empty values are "nothing" whichever form they take.
     assert reports.changed_fields(None, {"aliases": [], "contact": None, "note": ""}) == []
     assert [c.key for c in reports.changed_fields({"n": 0}, {"n": None})] == ["n"]
+
+
+def on_postgresql(session: Session) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+def test_totals_past_the_exact_cap_are_flagged_estimates_never_below_what_is_known(
+    app: Any, session: Session
+):
+    app.config["LIST_EXACT_TOTAL_MAX"] = 5
+    bulk(session, make_domain(session, "one.test"), 23)
+    first = reports.list_mailboxes(session, per_page=4)
+    assert [m.address for m in first.items] == [f"u{n:03d}@one.test" for n in range(4)]
+    if on_postgresql(session):
+        # More than 5 match: the planner's guess, but at least the 5 + 1 the COUNT saw.
+        assert first.total_is_estimate and first.total >= 6 and first.has_next
+    else:  # SQLite has no estimate and counts quickly: always exact
+        assert (first.total, first.total_is_estimate) == (23, False)
+    # Deep enough that the 5 counted say nothing: at least this page and one more row.
+    fifth = reports.list_mailboxes(session, per_page=4, page=5)
+    assert fifth.items[0].address == "u016@one.test"
+    assert fifth.total >= 21 and fifth.has_next
+    # The short last page makes the total exact.
+    last = reports.list_mailboxes(session, per_page=4, page=6)
+    assert [m.address for m in last.items] == ["u020@one.test", "u021@one.test", "u022@one.test"]
+    assert (last.total, last.total_is_estimate, last.pages, last.has_next) == (23, False, 6, False)
+    # A page past the end (a stale link, or an estimate too high) shows the last page, exact.
+    past = reports.list_mailboxes(session, per_page=4, page=1000)
+    assert (past.page, past.total, past.total_is_estimate, len(past.items)) == (6, 23, False, 3)
+    # Up to the cap every total is exact, on either database.
+    three = reports.list_mailboxes(session, search="u02", per_page=2)
+    assert (three.total, three.total_is_estimate, three.pages) == (3, False, 2)
+    app.config["LIST_EXACT_TOTAL_MAX"] = 0  # 0: always exact
+    exact = reports.list_mailboxes(session, per_page=4)
+    assert (exact.total, exact.total_is_estimate) == (23, False)
+
+
+def test_estimated_counts_bind_every_filter_as_a_parameter(session: Session):
+    """The estimate EXPLAINs the list's own select: LIKE text with quotes, backslashes and
+    wildcards, and an IN list of domains, go as parameters (no SQL made from them)."""
+    one = make_domain(session, "one.test")
+    two = make_domain(session, "two.test")
+    weird = "o'b\\%_"
+    for domain in (one, two):
+        bulk(session, domain, 4, address=lambda n, d=domain: f"{weird}{n}@{d.name}")
+    query = reports.mailbox_select(search=weird, domain_ids={one.id, two.id}, status="active")
+    total, estimated = reports.count_matching(session, query, exact_up_to=3)
+    if on_postgresql(session):
+        assert estimated and total >= 4
+    else:
+        assert (total, estimated) == (8, False)
+    assert reports.count_matching(session, query, exact_up_to=8) == (8, False)
+    assert reports.list_mailboxes(session, search=weird).total == 8
+    assert reports.list_mailboxes(session, search="o'b\\%x").total == 0
+
+
+def test_keyset_pages_carry_the_same_total(app: Any, session: Session):
+    app.config["LIST_EXACT_TOTAL_MAX"] = 5
+    bulk(session, make_domain(session, "one.test"), 9)
+    page = reports.mailboxes_after(session, "", per_page=4)
+    assert [m.address for m in page.items][-1] == "u003@one.test"
+    assert page.next_after == "u003@one.test"
+    assert page.total_is_estimate == on_postgresql(session)
+    assert page.total >= 6 if on_postgresql(session) else page.total == 9
+    last = reports.mailboxes_after(session, "u007@one.test", per_page=4)
+    assert ([m.address for m in last.items], last.next_after) == (["u008@one.test"], None)

@@ -455,6 +455,26 @@ def test_list_paginates_fifty_per_page(logged_in: FlaskClient, session: Session)
     assert nonsense.status_code == 200 and "Page 1 of 3" in text_of(nonsense)
 
 
+def test_list_says_about_when_the_total_is_an_estimate(
+    app_config: dict, logged_in: FlaskClient, session: Session
+):
+    """Past LIST_EXACT_TOTAL_MAX matching rows PostgreSQL's estimate is shown, as such; the
+    last page (short) and SQLite are exact."""
+    logged_in.application.config["LIST_EXACT_TOTAL_MAX"] = 60
+    add_mailboxes(session, make_domain(session, "bulk.test"), 120)
+    first = text_of(logged_in.get("/admin/mailboxes"))
+    assert len(addresses_on(first)) == 50
+    if session.get_bind().dialect.name == "postgresql":
+        assert re.search(r"1\u201350 of about \d+ mailboxes", first)
+        assert re.search(r"Page 1 of about \d+", first)
+    else:
+        assert "1\u201350 of 120 mailboxes" in first and "Page 1 of 3" in first
+    last = text_of(logged_in.get("/admin/mailboxes?page=3"))
+    assert "101\u2013120 of 120 mailboxes" in last and "Page 3 of 3" in last
+    few = text_of(logged_in.get("/admin/mailboxes?q=user011"))
+    assert "1\u201310 of 10 mailboxes" in few and "about" not in few
+
+
 @pytest.fixture
 def page_size_7(app_config: dict) -> None:
     """PAGE_SIZE = 7; request it before `logged_in`."""

@@ -24,7 +24,7 @@ from provider.extensions import csrf, db
 from provider.models import AdminUser, ApiToken
 from provider.services import idempotency, ratelimit, tokens
 from provider.services.audit import Actor
-from provider.services.reports import Page
+from provider.services.reports import KeysetPage, Page
 
 PREFIX = "/api/v1"
 PROBLEM_JSON = "application/problem+json"
@@ -96,6 +96,15 @@ class PageSchema(Schema):
     )
     per_page = fields.Integer(required=True)
     pages = fields.Integer(required=True)
+    total_is_estimate = fields.Boolean(
+        required=True,
+        metadata={
+            "description": "true when more rows match than the server counts exactly "
+            "(LIST_EXACT_TOTAL_MAX, PostgreSQL): `total` and `pages` are then the database's "
+            "estimate, never below the rows known to exist; page by `after`/`next_after` or "
+            "until a short page to read them all"
+        },
+    )
 
 
 def page_of(page: Page[Any], items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -105,6 +114,20 @@ def page_of(page: Page[Any], items: list[dict[str, Any]]) -> dict[str, Any]:
         "page": page.page,
         "per_page": page.per_page,
         "pages": page.pages,
+        "total_is_estimate": page.total_is_estimate,
+    }
+
+
+def keyset_page_of(page: KeysetPage[Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A page read by cursor: `page` is null, `next_after` the cursor of the next one."""
+    return {
+        "items": items,
+        "total": page.total,
+        "page": None,
+        "per_page": page.per_page,
+        "pages": page.pages,
+        "total_is_estimate": page.total_is_estimate,
+        "next_after": page.next_after,
     }
 
 

@@ -18,6 +18,7 @@ from provider.web.api.core import (
     PageSchema,
     actor,
     current_admin,
+    keyset_page_of,
     page_of,
     problems,
     resource,
@@ -162,15 +163,10 @@ def list_mailboxes(args: dict[str, Any]) -> dict[str, Any]:
     if "after" in args:
         if args["sort"] != "address":
             raise InvalidInput("after pages by address: use it with sort=address", "after")
-        items, total, next_after = reports.mailboxes_after(db.session, args["after"], **filters)
-        return {
-            "items": [records.mailbox_summary(mailbox) for mailbox in items],
-            "total": total,
-            "page": None,
-            "per_page": args["per_page"],
-            "pages": max(1, -(-total // args["per_page"])),
-            "next_after": next_after,
-        }
+        keyset = reports.mailboxes_after(db.session, args["after"], **filters)
+        return keyset_page_of(
+            keyset, [records.mailbox_summary(mailbox) for mailbox in keyset.items]
+        )
     page = reports.list_mailboxes(db.session, sort=args["sort"], page=args["page"], **filters)
     result = page_of(page, [records.mailbox_summary(mailbox) for mailbox in page.items])
     more = page.has_next and page.items and args["sort"] == "address"

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, fields
+from marshmallow import Schema, fields, validate
 
 from provider.errors import NotFound
 from provider.extensions import db
 from provider.services import outbound
-from provider.services.reports import Page
 from provider.web.api.core import (
     BODY_PROBLEMS,
     PageArgs,
     PageSchema,
     actor,
+    keyset_page_of,
     page_of,
     problems,
     resource,
@@ -45,10 +45,22 @@ class QueuedMessageSchema(Schema):
 
 class QueuePageSchema(PageSchema):
     items = fields.List(fields.Nested(QueuedMessageSchema), required=True)
+    next_after = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={"description": "Cursor of the next page: pass it as `after`"},
+    )
 
 
 class QueueListArgs(PageArgs):
     search = fields.String(metadata={"description": "Sender, recipient or queue id"})
+    after = fields.String(
+        validate=validate.Length(max=100),
+        metadata={
+            "description": "Cursor paging: the messages after this one — the previous "
+            "answer's next_after (empty: from the oldest); fast at any depth, `page` ignored"
+        },
+    )
 
 
 class CountSchema(Schema):
@@ -69,13 +81,16 @@ def _message(queue_id: str) -> Any:
 @problems(bp, 422)
 def list_queue(args: dict[str, Any]) -> dict[str, Any]:
     """Messages with recipients still to deliver, oldest first."""
-    found = outbound.list_visible(db.session, domain_ids=scope(), search=args.get("search"))
-    per_page = args["per_page"]
-    pages = max(1, -(-len(found) // per_page))
-    number = min(args["page"], pages)
-    shown = found[(number - 1) * per_page : number * per_page]
-    page = Page(shown, len(found), number, per_page)
-    return page_of(page, [outbound.message_record(message) for message in shown])
+    filters = {"domain_ids": scope(), "search": args.get("search"), "per_page": args["per_page"]}
+    if "after" in args:
+        keyset = outbound.visible_after(db.session, args["after"], **filters)
+        return keyset_page_of(keyset, [outbound.message_record(m) for m in keyset.items])
+    page = outbound.visible_page(db.session, page=args["page"], **filters)
+    result = page_of(page, [outbound.message_record(message) for message in page.items])
+    result["next_after"] = (
+        outbound.queue_cursor(page.items[-1]) if page.has_next and page.items else None
+    )
+    return result
 
 
 @bp.get("/<string:queue_id>")
