@@ -3,10 +3,15 @@ answer again instead of doing the work twice; the same key with another request 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import timedelta
 
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from flask import current_app
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -17,6 +22,9 @@ from provider.services.clock import now
 
 KEEP_FOR = timedelta(hours=24)
 KEY_MAX = 255
+ENCRYPTED = "fernet:"
+"""Prefix of a stored answer encrypted at rest: an answer may carry a made-up password (a
+created mailbox, an import), and a database dump alone must not give it away."""
 
 
 class KeyReused(InvalidInput):
@@ -39,6 +47,29 @@ def check_key(key: str) -> str:
             "Idempotency-Key",
         )
     return key
+
+
+def _fernet() -> Fernet:
+    """The key of stored answers, derived from SECRET_KEY (as the two-factor secrets')."""
+    secret_key = str(current_app.config["SECRET_KEY"]).encode()
+    key = HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"provider api idempotent answer"
+    ).derive(secret_key)
+    return Fernet(base64.urlsafe_b64encode(key))
+
+
+def _seal(body: str) -> str:
+    return ENCRYPTED + _fernet().encrypt(body.encode()).decode()
+
+
+def _open(stored: str) -> str | None:
+    """The answer as first given; None when it cannot be read (SECRET_KEY changed)."""
+    if not stored.startswith(ENCRYPTED):
+        return stored  # kept before answers were encrypted
+    try:
+        return _fernet().decrypt(stored[len(ENCRYPTED) :].encode()).decode()
+    except InvalidToken:
+        return None
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
@@ -67,7 +98,12 @@ def find(session: Session, token_id: int, key: str, print_: str) -> StoredRespon
             "use a new key for a new request",
             "Idempotency-Key",
         )
-    return StoredResponse(row.status_code, row.response_body)
+    body = _open(row.response_body)
+    if body is None:
+        # Sealed under an earlier SECRET_KEY: the request runs again, and a create that
+        # already happened then fails on the taken name rather than happening twice.
+        return None
+    return StoredResponse(row.status_code, body)
 
 
 def remember(
@@ -85,7 +121,7 @@ def remember(
             key=key,
             fingerprint=print_,
             status_code=status_code,
-            response_body=body,
+            response_body=_seal(body),
             created_at=moment,
         )
     )

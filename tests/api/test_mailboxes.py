@@ -173,6 +173,27 @@ def test_idempotency_key_replays_the_first_answer(api: ApiClient, session: Sessi
     assert fresh.status_code == 201
 
 
+def test_a_kept_answer_is_encrypted_at_rest(api: ApiClient, session: Session, app: Any) -> None:
+    """The answer kept for retries holds the made-up password: a database dump alone must not
+    show it. Under another SECRET_KEY it cannot be read, and the request runs again (finding
+    the address taken) instead of answering with something else."""
+    from provider.models import ApiIdempotencyKey
+
+    make_domain(session, "example.test")
+    headers = {"Idempotency-Key": "order-4713"}
+    first = api.post("/api/v1/mailboxes", json=NEW, headers=headers)
+    assert first.status_code == 201
+    password = first.json()["password"]
+    session.expire_all()
+    [stored] = session.scalars(select(ApiIdempotencyKey)).all()
+    assert stored.response_body.startswith("fernet:")
+    assert password not in stored.response_body and "bob@example.test" not in stored.response_body
+    assert api.post("/api/v1/mailboxes", json=NEW, headers=headers).json() == first.json()
+    app.config["SECRET_KEY"] = "another-secret-key"
+    again = api.post("/api/v1/mailboxes", json=NEW, headers=headers)
+    assert again.status_code == 409 and "Idempotent-Replayed" not in again.headers
+
+
 def test_idempotency_keys_belong_to_one_token_and_expire_after_a_day(
     api: ApiClient, client_for: Any, session: Session
 ) -> None:
