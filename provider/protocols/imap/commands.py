@@ -49,6 +49,12 @@ from provider.protocols.imap import fetch as fetching
 from provider.protocols.imap import fetch_more
 from provider.protocols.imap import qresync as qr
 from provider.protocols.imap.compress import deflate_active, start_deflate
+from provider.protocols.imap.contexts import (
+    MAX_CONTEXTS,
+    SearchContext,
+    noupdate_line,
+    update_line,
+)
 from provider.protocols.imap.parser import (
     Atom,
     Command,
@@ -1332,7 +1338,7 @@ class Commands:
         return result
 
     async def _search(self: ImapSession, tag: str, args: list[Value], by_uid: bool) -> str:
-        options, args = return_options(args)
+        options, partial, args = return_options(args)
         args, charset_refusal = search_charset(args, self.utf8)
         if charset_refusal is not None:
             return charset_refusal
@@ -1360,9 +1366,11 @@ class Commands:
             return done
         returned = saved_part(options, numbers)
         modseq = max((modseq_of[n] for n in returned), default=0) if with_modseq else None
-        line = esearch_line(tag, by_uid, options, numbers, modseq)
+        line = esearch_line(tag, by_uid, options, numbers, modseq, partial=partial)
         if line is not None:
             await self.send(line)
+        if "UPDATE" in options:
+            await self._keep_context(tag, by_uid, predicate, with_modseq, whole, matches)
         if "SAVE" in options:
             kept = set(returned)
             self.saved_result = frozenset(
@@ -1370,6 +1378,78 @@ class Commands:
             )
             return done + ", result saved"
         return done
+
+    async def _keep_context(
+        self: ImapSession,
+        tag: str,
+        by_uid: bool,
+        predicate: Predicate,
+        with_modseq: bool,
+        whole: bool,
+        matches: list[tuple[int, int, int]],
+    ) -> None:
+        """RETURN (UPDATE): keep the search live (RFC 5267 §4.3), or say NOUPDATE past the
+        limit. A tag used again replaces its earlier search."""
+        view = self.selected
+        assert view is not None
+        if tag not in view.contexts and len(view.contexts) >= MAX_CONTEXTS:
+            await self.send(noupdate_line(tag))
+            return
+        view.contexts[tag] = SearchContext(
+            tag,
+            by_uid,
+            predicate,
+            with_modseq,
+            whole,
+            {uid for _, uid, _ in matches},
+            view.changes,
+        )
+
+    async def do_cancelupdate(self: ImapSession, command: Command) -> str:
+        """CANCELUPDATE "tag" … (RFC 5267 §4.3.5): those searches are no longer kept."""
+        if not command.args:
+            raise ProtocolError("CANCELUPDATE takes the tags of the searches to stop")
+        view = self.selected
+        assert view is not None
+        tags = [as_text(arg) for arg in command.args]
+        unknown = [tag for tag in tags if tag not in view.contexts]
+        for tag in tags:
+            view.contexts.pop(tag, None)
+        if unknown:
+            return f"NO No live search with the tag {unknown[0]}"
+        return "OK Updates cancelled"
+
+    async def update_search_contexts(self: ImapSession) -> None:
+        """ADDTO and REMOVEFROM for every live search whose result the folder's changes may
+        have moved (evaluated again whole, in a thread). Messages expunged but not yet reported
+        stay in a result until their EXPUNGE, which removes them (SelectedView.remove)."""
+        view = self.selected
+        if view is None or not view.contexts:
+            return
+        stale = [c for c in view.contexts.values() if c.seen != view.changes]
+        if not stale:
+            return
+        changes = view.changes
+
+        def evaluate() -> list[bytes]:
+            out = []
+            for context in stale:
+                found = {
+                    uid
+                    for _, uid, _ in self.search_matches(
+                        view, context.predicate, context.with_modseq, context.whole
+                    )
+                }
+                found |= context.matched & view.gone
+                left = context.matched - found
+                joined = found - context.matched
+                if left or joined:
+                    numbers = functools.partial(view.numbers, by_uid=context.by_uid)
+                    out.append(update_line(context, numbers(left), numbers(joined)))
+                context.matched, context.seen = found, changes
+            return out
+
+        await self.send_lines(await self.blocking(evaluate))
 
     async def do_sort(self: ImapSession, command: Command, by_uid: bool = False) -> str:
         """SORT (RFC 5256) and, with RETURN, ESORT (RFC 5267 §3.2; SAVE as RFC 5182)."""
@@ -1388,7 +1468,10 @@ class Commands:
         return result
 
     async def _sort(self: ImapSession, tag: str, args: list[Value], by_uid: bool) -> str:
-        options, args = return_options(args)
+        options, partial, args = return_options(args)
+        if options is not None and "UPDATE" in options:
+            # Live sorted results are CONTEXT=SORT, which is not offered.
+            raise ProtocolError("SORT cannot RETURN (UPDATE): only searches stay live")
         if len(args) < 3:
             raise ProtocolError("SORT takes sort criteria, a charset and search keys")
         criteria = parse_sort_criteria(args[0])
@@ -1420,7 +1503,7 @@ class Commands:
             if "MAX" in options and found[-1] is not found[0]:
                 kept.append(found[-1])
         modseq = max((m.modseq for m in kept), default=0) if with_modseq else None
-        line = esort_line(tag, by_uid, options, numbers, modseq)
+        line = esort_line(tag, by_uid, options, numbers, modseq, partial)
         if line is not None:
             await self.send(line)
         if "SAVE" in options:

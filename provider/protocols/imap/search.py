@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.header
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -323,22 +324,47 @@ def search_charset(args: list[Value], utf8: bool = False) -> tuple[list[Value], 
     return args, None
 
 
-RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+# UPDATE and CONTEXT: RFC 5267 §4 (CONTEXT=SEARCH); PARTIAL, with its range: §4.4.
+RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE", "CONTEXT", "PARTIAL"})
+PARTIAL_RANGE = re.compile(r"([1-9][0-9]{0,9}):([1-9][0-9]{0,9})")
 
 
-def return_options(args: list[Value]) -> tuple[set[str] | None, list[Value]]:
-    """A leading `RETURN (options)` (RFC 4466 search-return-opts): the options (`()` means ALL)
-    and the rest of the arguments; None when the command has no RETURN (a plain SEARCH)."""
+def return_options(
+    args: list[Value],
+) -> tuple[set[str] | None, tuple[int, int] | None, list[Value]]:
+    """A leading `RETURN (options)` (RFC 4466 search-return-opts): the options, PARTIAL's
+    range (RFC 5267 §4.4, lowest first) and the rest of the arguments; options None when the
+    command has no RETURN (a plain SEARCH). `()` means ALL, and so does CONTEXT alone (a hint
+    only, as in Dovecot); UPDATE alone returns no result now, only changes later."""
     if not args or not isinstance(args[0], Atom) or args[0].upper() != "RETURN":
-        return None, args
+        return None, None, args
     if len(args) < 2 or not isinstance(args[1], list):
         raise ProtocolError("RETURN takes a parenthesised list of options")
     options = set()
-    for option in args[1]:
+    partial = None
+    listed = iter(args[1])
+    for option in listed:
         if not isinstance(option, Atom) or option.upper() not in RETURN_OPTIONS:
             raise ProtocolError("unknown SEARCH return option")
-        options.add(option.upper())
-    return options or {"ALL"}, args[2:]
+        name = option.upper()
+        if name == "PARTIAL":
+            partial = partial_range(next(listed, None))
+        options.add(name)
+    options.discard("CONTEXT")
+    if "PARTIAL" in options and "UPDATE" in options:
+        raise ProtocolError("PARTIAL cannot be combined with UPDATE")
+    return options or {"ALL"}, partial, args[2:]
+
+
+def partial_range(value: Value | None) -> tuple[int, int]:
+    """PARTIAL's `first:last` (1-based positions in the result, 32-bit), lowest first."""
+    match = PARTIAL_RANGE.fullmatch(value) if isinstance(value, Atom) else None
+    if match is None:
+        raise ProtocolError("PARTIAL takes a range of result positions, such as 1:100")
+    first, last = int(match[1]), int(match[2])
+    if max(first, last) > 0xFFFFFFFF:
+        raise ProtocolError("PARTIAL positions are 32-bit numbers")
+    return min(first, last), max(first, last)
 
 
 def saves_result(args: list[Value]) -> bool:
@@ -372,10 +398,12 @@ def esearch_line(
     found: list[int],
     modseq: int | None = None,
     all_text: Callable[[list[int]], str] = format_sequence_set,
+    partial: tuple[int, int] | None = None,
 ) -> bytes | None:
-    """`* ESEARCH (TAG "t") [UID] MIN a MAX b COUNT n ALL set [MODSEQ m]`; None when SAVE is
-    the only option (no ESEARCH response then). MIN and MAX are the first and last of `found`
-    (ascending for SEARCH, in sort order for ESORT, RFC 5267 §3.2); `all_text` writes ALL."""
+    """`* ESEARCH (TAG "t") [UID] MIN a MAX b ALL set PARTIAL (r set) COUNT n [MODSEQ m]`;
+    None when SAVE is the only option (no ESEARCH response then). MIN and MAX are the first
+    and last of `found` (ascending for SEARCH, in sort order for ESORT, RFC 5267 §3.2);
+    `all_text` writes ALL and PARTIAL's slice of `found` (NIL when it is empty)."""
     if not options - {"SAVE"}:
         return None
     parts = [f'* ESEARCH (TAG "{tag}")']
@@ -385,10 +413,15 @@ def esearch_line(
         parts.append(f"MIN {found[0]}")
     if found and "MAX" in options:
         parts.append(f"MAX {found[-1]}")
-    if "COUNT" in options:
-        parts.append(f"COUNT {len(found)}")
+    # In Dovecot's order (any order is valid): a client written against it sees no change.
     if found and "ALL" in options:
         parts.append(f"ALL {all_text(found)}")
+    if partial is not None:
+        first, last = partial
+        window = found[first - 1 : last]
+        parts.append(f"PARTIAL ({first}:{last} {all_text(window) if window else 'NIL'})")
+    if "COUNT" in options:
+        parts.append(f"COUNT {len(found)}")
     if found and modseq is not None:
         parts.append(f"MODSEQ {modseq}")
     return (" ".join(parts) + "\r\n").encode()

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from provider.mailstore import Folder, FolderSnapshot, MessageInfo
 from provider.mailstore.keywords import MAX_KEYWORDS
 from provider.mailstore.maildir import Modseqs
+from provider.protocols.imap.contexts import SearchContext, update_line
 from provider.protocols.imap.parser import format_sequence_set
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
@@ -63,6 +64,10 @@ class SelectedView:
     # The folder's keywords as this session was last told them (FLAGS, PERMANENTFLAGS): no
     # FETCH shows a keyword before the FLAGS response that names it (RFC 3501 §7.2.6).
     keywords: tuple[str, ...] = ()
+    # CONTEXT=SEARCH (contexts.py): live searches by tag, and a count that moves whenever a
+    # message's flags, a new message or an expunge changes what a search could match.
+    contexts: dict[str, SearchContext] = field(default_factory=dict)
+    changes: int = 0
 
     def load(self, snapshot: FolderSnapshot, recent_from: int) -> None:
         """Start from a snapshot; messages from UID `recent_from` up are \\Recent here."""
@@ -126,6 +131,10 @@ class SelectedView:
             return index + 1
         return None
 
+    def numbers(self, uids: set[int], by_uid: bool) -> list[int]:
+        """These messages as UIDs, or as their sequence numbers now."""
+        return list(uids) if by_uid else [self.seq_of(uid) or 0 for uid in uids]
+
     def first_unseen(self) -> int | None:
         for seq, uid in enumerate(self.uids, 1):
             if "\\Seen" not in self.infos[uid].flags:
@@ -167,33 +176,46 @@ class SelectedView:
             if unknown:
                 info = dataclasses.replace(info, keywords=info.keywords - unknown)
             self.infos[info.uid] = info
+            self.changes += 1
 
     def remove(self, uids: set[int]) -> list[bytes]:
         """EXPUNGE responses for these UIDs, highest sequence number first (so each number is
         right at the moment it is sent), and drop them from the view. Once QRESYNC is enabled,
         one `* VANISHED uids` instead (RFC 7162 §3.2.10.2), naming only messages this session
         knows."""
-        out: list[bytes] = []
+        # Live searches first lose what goes, numbered as it still stands (as Dovecot does).
+        out: list[bytes] = self._context_removals(uids)
+        expunges: list[bytes] = []
         kept: list[int] = []
         removed: list[int] = []
         for index in range(len(self.uids) - 1, -1, -1):
             uid = self.uids[index]
             if uid in uids:
-                out.append(b"* %d EXPUNGE\r\n" % (index + 1))
+                expunges.append(b"* %d EXPUNGE\r\n" % (index + 1))
                 removed.append(uid)
                 self.infos.pop(uid, None)
                 self.recent.discard(uid)
                 self.gone.discard(uid)
             else:
                 kept.append(uid)
-        if out:
+        if expunges:
             kept.reverse()
             self.uids = kept
+            self.changes += 1
             if self.qresync:
                 self.highest_due = True
-                out = [b"* VANISHED %s\r\n" % format_sequence_set(removed).encode()]
+                expunges = [b"* VANISHED %s\r\n" % format_sequence_set(removed).encode()]
         if not self.gone:
             self.delayed_highest = None
+        return out + expunges
+
+    def _context_removals(self, uids: set[int]) -> list[bytes]:
+        out = []
+        for context in self.contexts.values():
+            going = context.matched & uids
+            if going:
+                out.append(update_line(context, self.numbers(going, context.by_uid), []))
+                context.matched -= going
         return out
 
     def refresh(
@@ -231,6 +253,8 @@ class SelectedView:
                     changed.append(info.uid)
             if allow_expunge and self.gone:
                 out += self.remove(set(self.gone))
+            if new or changed:
+                self.changes += 1
             if new:
                 for info in new:
                     self.uids.append(info.uid)

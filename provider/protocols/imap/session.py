@@ -89,6 +89,7 @@ SELECTED = frozenset(
         "COPY",
         "MOVE",
         "UID",
+        "CANCELUPDATE",
     }
 )
 
@@ -419,6 +420,7 @@ class ImapSession(Commands, streams.StreamSession):
             await self.bye("Mailbox no longer exists")
             raise Disconnect from None
         await self.send_lines(view.refresh(snapshot, allow_expunge, recent_from))
+        await self.update_search_contexts()
 
     async def highest_modseq_for_qresync(self, result: str) -> str:
         """RFC 7162 §3.2 and §6: while expunges wait unreported, tell the modseq from before
@@ -512,6 +514,7 @@ class ImapSession(Commands, streams.StreamSession):
                 "QRESYNC",
                 "ESEARCH",
                 "SEARCHRES",
+                "CONTEXT=SEARCH",
                 "BINARY",
                 "CATENATE",
                 "URL-PARTIAL",

@@ -250,7 +250,13 @@ def ordered_sequence_set(numbers: list[int]) -> str:
 
 
 def esort_line(
-    tag: str, by_uid: bool, options: set[str], ordered: list[int], modseq: int | None
+    tag: str,
+    by_uid: bool,
+    options: set[str],
+    ordered: list[int],
+    modseq: int | None,
+    partial: tuple[int, int] | None = None,
 ) -> bytes | None:
-    """ESEARCH for a sorted result: as for SEARCH, with ALL keeping the sort order."""
-    return esearch_line(tag, by_uid, options, ordered, modseq, ordered_sequence_set)
+    """ESEARCH for a sorted result: as for SEARCH, with ALL (and PARTIAL's slice) keeping the
+    sort order."""
+    return esearch_line(tag, by_uid, options, ordered, modseq, ordered_sequence_set, partial)

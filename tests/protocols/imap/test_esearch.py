@@ -73,7 +73,7 @@ def test_return_options_as_rfc_4731_shows_them(client):
         "SEARCH RETURN () FLAGGED": "ALL 2,5:7",
         "SEARCH RETURN (MIN) UNFLAGGED": "MIN 1",
         "SEARCH RETURN (COUNT) DELETED": "COUNT 1",
-        "SEARCH RETURN (MAX ALL COUNT MIN) ALL": "MIN 1 MAX 8 COUNT 8 ALL 1:8",
+        "SEARCH RETURN (MAX ALL COUNT MIN) ALL": "MIN 1 MAX 8 ALL 1:8 COUNT 8",
         "UID SEARCH RETURN (MIN MAX) 1:5000": "UID MIN 1 MAX 8",
         "UID SEARCH RETURN (ALL) LARGER 1000": "UID ALL 8",
     }
@@ -191,7 +191,7 @@ def test_bad_return_options_and_dollar_misuse_are_bad(client):
         "SEARCH RETURN ALL",
         "SEARCH RETURN",
         "SEARCH RETURN (BOGUS) ALL",
-        "SEARCH RETURN (CONTEXT) ALL",
+        "SEARCH RETURN (PARTIAL) ALL",
         "SEARCH RETURN ((MIN)) ALL",
         'SEARCH RETURN ("MIN") ALL',
         "SEARCH RETURN (MIN)",

@@ -138,7 +138,7 @@ def test_uid_sort_with_search_keys_and_empty_result(client):
 def test_esort_return_options(client):
     untagged, done = exchange(client, "SORT RETURN (MIN MAX COUNT ALL) (DATE) UTF-8 ALL")
     assert done.startswith(b"OK")
-    assert untagged[0].split(b") ", 1)[1] == b"MIN 5 MAX 4 COUNT 5 ALL 5,3,1:2,4"
+    assert untagged[0].split(b") ", 1)[1] == b"MIN 5 MAX 4 ALL 5,3,1:2,4 COUNT 5"
     untagged, _ = exchange(client, "UID SORT RETURN () (REVERSE ARRIVAL) UTF-8 ALL")
     assert untagged[0].split(b") ", 1)[1] == b"UID ALL 1,4,3,2,5"
     untagged, _ = exchange(client, "SORT RETURN (COUNT) (DATE) UTF-8 SUBJECT nothing")
@@ -169,7 +169,8 @@ def test_bad_sort_and_thread_commands(client):
         "SORT (DATE) UTF-8",
         "SORT (DATE)",
         "SORT (DATE) (UTF-8) ALL",
-        "SORT RETURN (PARTIAL 1:10) (DATE) UTF-8 ALL",
+        "SORT RETURN (PARTIAL 0:10) (DATE) UTF-8 ALL",
+        "SORT RETURN (UPDATE) (DATE) UTF-8 ALL",
         "SORT (DATE) UTF-8 FROBNICATE",
         "UID SORT (DATE) UTF-8 " + "NOT " * 200 + "ALL",
         "THREAD BOGUS UTF-8 ALL",
