@@ -560,7 +560,16 @@ def mailbox_delete(address: str) -> None:
 @click.option("--dry-run", is_flag=True, help="Only check the file: every row's outcome.")
 @json_option
 def mailbox_import(file: IO[bytes], dry_run: bool, as_json: bool) -> None:
-    """Create the mailboxes of a CSV file, all or none; --dry-run only checks it."""
+    """Create the mailboxes of a CSV file, all or none; --dry-run only checks it.
+
+    Columns address,quota,protocols,password and optionally plan,contact,pop3_action. The
+    password cell is a password, `generate` (one is made up and printed once), or, to move
+    mailboxes from another server, its hash in Dovecot's form: {ARGON2ID}, {ARGON2I},
+    {SHA512-CRYPT}, {SHA256-CRYPT}, {BLF-CRYPT}, {MD5-CRYPT}, {CRYPT}, {SSHA512}, {SSHA256},
+    {SSHA}, {SHA512}, {SHA256} or {SHA}, kept as it is and replaced by an argon2id hash at the
+    mailbox's first login. A cell beginning with {WORD} is read as a hash: write {PLAIN} before
+    a password that itself begins so.
+    """
     data = file.read(mailbox_csv.MAX_IMPORT_BYTES + 1)
     try:
         report = mailbox_csv.import_mailboxes(
@@ -578,8 +587,12 @@ def mailbox_import(file: IO[bytes], dry_run: bool, as_json: bool) -> None:
             click.echo(f"Error: {line}", err=True)
     elif dry_run:
         for row in report.rows:
-            made_up = " (password made up)" if row.to_dict()["generate_password"] else ""
-            click.echo(f"line {row.line}: would create {row.address}{made_up}")
+            note = ""
+            if row.new and row.new.makes_up_password:
+                note = " (password made up)"
+            elif row.new and row.new.password_scheme:
+                note = f" (password hash kept: {row.new.password_scheme})"
+            click.echo(f"line {row.line}: would create {row.address}{note}")
         click.echo(f"{len(report.rows)} mailbox(es) would be created; nothing was changed")
     else:
         # The made-up passwords are the output (a CSV to hand out); the count goes to stderr.

@@ -44,7 +44,9 @@ from provider.mailstore.uidlist import (
     UidlistCorrupt,
     UidlistFile,
     UidRecord,
+    format_header,
     fsync_directory,
+    new_guid,
 )
 
 log = logging.getLogger(__name__)
@@ -1871,6 +1873,15 @@ def _split_address(address: str) -> tuple[str, str]:
     return local, domain
 
 
+def _write_new_file(path: str, data: bytes, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        if data:
+            diskio.write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
 class MailStore:
     """Every mailbox under DATA_DIR/mail: <root>/<domain>/<local>/Maildir."""
 
@@ -1903,6 +1914,51 @@ class MailStore:
             with contextlib.suppress(FolderExists):
                 maildir.create_folder(name)
         return maildir
+
+    def create_unsynced(self, address: str) -> None:
+        """create() for a mailbox that is not there yet, for thousands at once (CSV import).
+
+        The same tree as create() (INBOX and the special-use folders, each with its
+        dovecot-uidlist, and the UIDVALIDITY counter files), written straight with a few
+        syscalls per entry: no folder objects, locks or states, which make create() ~5 ms of
+        Python each. Built under a staging name beside the Maildir and renamed into place, so a
+        mailbox is there whole or not at all. Nothing is fsynced: the caller makes the batch
+        durable (one os.sync()) before anything counts on it. Anything already at the place (an
+        old crash's leftover, a mailbox made meanwhile) is completed by create() instead.
+        """
+        path = self.path_for(address)
+        if os.path.lexists(path):
+            self.create(address)
+            return
+        home = os.fspath(path.parent)
+        os.makedirs(home, exist_ok=True)
+        staging = os.path.join(home, f"Maildir.creating-{uuid.uuid4().hex}")
+        folders = ["", *(names.disk_name(name) for name in SPECIAL_USE)]
+        first = int(time.time())
+        try:
+            os.mkdir(staging, 0o700)
+            for offset, disk in enumerate(folders):
+                folder = os.path.join(staging, disk) if disk else staging
+                if disk:
+                    os.mkdir(folder, 0o700)
+                for subdir in ("cur", "new", "tmp"):
+                    os.mkdir(os.path.join(folder, subdir), 0o700)
+                if disk:
+                    _write_new_file(os.path.join(folder, "maildirfolder"), b"", 0o600)
+                header = format_header(first + offset, 1, new_guid())
+                _write_new_file(os.path.join(folder, UIDLIST_NAME), header.encode(), 0o600)
+            # Dovecot's counter (see Maildir._next_uidvalidity): the marker names the last value.
+            last = first + len(folders) - 1
+            _write_new_file(os.path.join(staging, f"{UIDVALIDITY_NAME}.{last:08x}"), b"", 0o444)
+            _write_new_file(os.path.join(staging, UIDVALIDITY_NAME), f"{last:08x}".encode(), 0o600)
+            os.rename(staging, path)
+        except BaseException as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(error, OSError) and error.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                self.create(address)  # someone made it meanwhile: complete theirs
+                return
+            raise
+        _forget_states(path)  # a mailbox of the same address deleted earlier in this process
 
     def open(self, address: str) -> Maildir:
         path = self.path_for(address)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -22,7 +23,7 @@ from flask import current_app, has_app_context
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provider.errors import WeakPassword
+from provider.errors import InvalidInput, WeakPassword
 from provider.models import AdminUser, Mailbox
 from provider.services import daily_stats
 
@@ -148,6 +149,233 @@ def verify_password(stored: str, password: str, params: HashParams | None = None
     if not ok:
         return Verification(False)
     return Verification(True, hash_password(password, params) if weak else None)
+
+
+# --- hashes brought from another system (the CSV import) -------------------------------------
+
+# The Dovecot schemes verify_password checks, as a migration brings them (PostfixAdmin, mailcow,
+# Modoboa, a Dovecot passwd-file): stored as they are, upgraded to argon2id at the first login.
+IMPORTABLE_SCHEMES = (
+    "{ARGON2ID}",
+    "{ARGON2I}",
+    "{SHA512-CRYPT}",
+    "{SHA256-CRYPT}",
+    "{BLF-CRYPT}",
+    "{MD5-CRYPT}",
+    "{CRYPT}",
+    "{SSHA512}",
+    "{SSHA256}",
+    "{SSHA}",
+    "{SHA512}",
+    "{SHA256}",
+    "{SHA}",
+)
+# A password in clear behind a scheme tag: hashed with argon2id like any password, never stored.
+PLAINTEXT_SCHEMES = ("{PLAIN}", "{CLEARTEXT}")
+# What makes a cell a hash rather than a password: `{WORD}` at its start (Dovecot's form).
+SCHEME_TAG = re.compile(r"\{([A-Za-z0-9][A-Za-z0-9._-]*)\}")
+# The highest costs an imported hash may carry. Every login, and every wrong guess, pays its
+# cost until the first good login rehashes it: beyond these one login is about a second of CPU
+# (bcrypt, SHA-crypt) or a quarter of a GiB (argon2: libsodium's MODERATE memory), a cheap
+# lever for whoever guesses passwords.
+MAX_IMPORTED_ARGON2_MEMORY_KIB = 262_144
+MAX_IMPORTED_ARGON2_TIME_COST = 10
+MAX_IMPORTED_ARGON2_PARALLELISM = 16
+MAX_IMPORTED_BCRYPT_COST = 14
+MAX_IMPORTED_SHA_CRYPT_ROUNDS = 1_000_000
+# glibc clamps fewer rounds up to this and then writes another string: such a hash never matches.
+MIN_SHA_CRYPT_ROUNDS = 1000
+
+_B64 = "[A-Za-z0-9+/]"
+_CRYPT64 = "[./0-9A-Za-z]"
+_ARGON2_SHAPE = re.compile(
+    rf"\$(argon2id|argon2i)\$v=19\$m=(\d{{1,10}}),t=(\d{{1,10}}),p=(\d{{1,3}})"
+    rf"\$({_B64}{{11,}})\$({_B64}{{22,}})"
+)
+_CRYPT_SHAPES = {
+    "$1$": re.compile(rf"\$1\${_CRYPT64}{{0,8}}\${_CRYPT64}{{22}}"),
+    "$5$": re.compile(rf"\$5\$(?:rounds=(\d{{1,10}})\$)?{_CRYPT64}{{0,16}}\${_CRYPT64}{{43}}"),
+    "$6$": re.compile(rf"\$6\$(?:rounds=(\d{{1,10}})\$)?{_CRYPT64}{{0,16}}\${_CRYPT64}{{86}}"),
+    "$2": re.compile(rf"\$2[aby]\$(\d\d)\${_CRYPT64}{{53}}"),
+}
+_DES_SHAPE = re.compile(rf"{_CRYPT64}{{13}}")
+# What each crypt scheme's hash looks like, for the error that says it does not.
+_CRYPT_SCHEMES = {
+    "{MD5-CRYPT}": ("$1$", "$1$salt$ and 22 characters"),
+    "{SHA256-CRYPT}": ("$5$", "$5$[rounds=N$]salt$ and 43 characters"),
+    "{SHA512-CRYPT}": ("$6$", "$6$[rounds=N$]salt$ and 86 characters"),
+    "{BLF-CRYPT}": ("$2", "$2y$NN$ and 53 characters"),
+}
+# A setting of each crypt family at its lowest cost, to ask this system's crypt(3) once.
+_CRYPT_PROBES = {
+    "$1$": "$1$probe123",
+    "$5$": "$5$probe123",
+    "$6$": "$6$probe123",
+    "$2": "$2b$04$abcdefghijklmnopqrstuu",
+    "des": "pr",
+}
+
+
+@dataclass(frozen=True)
+class ImportedPassword:
+    """A password cell read: a password to hash, or a hash to store as it is (`scheme` set)."""
+
+    password: str | None = None
+    stored_hash: str | None = None
+    scheme: str | None = None
+
+
+def _b64_length(text: str) -> int | None:
+    """Bytes in unpadded (or padded) base64 text, None if it is not base64."""
+    try:
+        return len(base64.b64decode(text + "=" * (-len(text) % 4), validate=True))
+    except ValueError:
+        return None
+
+
+@cache
+def _crypt_understands(family: str) -> bool:
+    """Whether this system's crypt(3) computes hashes of this family (asked once)."""
+    setting = _CRYPT_PROBES[family]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            import crypt
+        except ImportError:
+            return False
+    result = crypt.crypt("probe", setting)
+    return result is not None and result.startswith(setting) and len(result) > len(setting)
+
+
+def _check_argon2(scheme: str, body: str) -> None:
+    match = _ARGON2_SHAPE.fullmatch(body)
+    expected = "argon2id" if scheme == "{ARGON2ID}" else "argon2i"
+    if match is None or match.group(1) != expected:
+        raise InvalidInput(
+            f"not a valid {scheme} hash: expected ${expected}$v=19$m=…,t=…,p=…$salt$hash",
+            "password",
+        )
+    memory, time_cost, lanes = (int(match.group(n)) for n in (2, 3, 4))
+    salt, digest = _b64_length(match.group(5)), _b64_length(match.group(6))
+    if salt is None or digest is None or salt < 8 or digest < 16:
+        raise InvalidInput(f"not a valid {scheme} hash: its salt or hash is cut short", "password")
+    if not 1 <= lanes <= MAX_IMPORTED_ARGON2_PARALLELISM or time_cost < 1 or memory < 8 * lanes:
+        raise InvalidInput(f"not a valid {scheme} hash: impossible costs", "password")
+    if memory > MAX_IMPORTED_ARGON2_MEMORY_KIB or time_cost > MAX_IMPORTED_ARGON2_TIME_COST:
+        raise InvalidInput(
+            f"{scheme} hash costs too much to check at every login (m={memory}, t={time_cost}; "
+            f"at most m={MAX_IMPORTED_ARGON2_MEMORY_KIB}, t={MAX_IMPORTED_ARGON2_TIME_COST})",
+            "password",
+        )
+
+
+def _crypt_family(body: str) -> tuple[str, re.Match[str]] | None:
+    for family, shape in _CRYPT_SHAPES.items():
+        if body.startswith(family):
+            match = shape.fullmatch(body)
+            return (family, match) if match else None
+    match = _DES_SHAPE.fullmatch(body)
+    return ("des", match) if match else None
+
+
+def _check_crypt(scheme: str, body: str) -> None:
+    found = _crypt_family(body)
+    wanted = _CRYPT_SCHEMES.get(scheme)
+    if found is None or (wanted is not None and found[0] != wanted[0]):
+        shape = wanted[1] if wanted else "a crypt(3) string ($1$, $5$, $6$, $2y$ or 13 characters)"
+        raise InvalidInput(f"not a valid {scheme} hash: expected {shape}", "password")
+    family, match = found
+    if family in ("$5$", "$6$") and match.group(1) is not None:
+        rounds = match.group(1)
+        if rounds.startswith("0") or int(rounds) < MIN_SHA_CRYPT_ROUNDS:
+            raise InvalidInput(
+                f"not a valid {scheme} hash: rounds={rounds} "
+                f"(crypt(3) takes {MIN_SHA_CRYPT_ROUNDS} or more, without leading zeros)",
+                "password",
+            )
+        if int(rounds) > MAX_IMPORTED_SHA_CRYPT_ROUNDS:
+            raise InvalidInput(
+                f"{scheme} hash costs too much to check at every login (rounds={rounds}; "
+                f"at most {MAX_IMPORTED_SHA_CRYPT_ROUNDS})",
+                "password",
+            )
+    if family == "$2":
+        cost = int(match.group(1))
+        if not 4 <= cost <= MAX_IMPORTED_BCRYPT_COST:
+            raise InvalidInput(
+                f"{scheme} hash cost {cost:02d} is outside 04 to {MAX_IMPORTED_BCRYPT_COST} "
+                "(a higher one costs too much to check at every login)",
+                "password",
+            )
+    if not _crypt_understands(family):
+        raise InvalidInput(
+            f"this server's crypt(3) cannot check {scheme} hashes of this kind", "password"
+        )
+
+
+def _check_digest(scheme: str, body: str) -> None:
+    if scheme in _SALTED:
+        size = _SALTED[scheme][1]
+        length = _b64_length(body) if len(body) % 4 == 0 else None
+        if length is None or length < size:
+            raise InvalidInput(
+                f"not a valid {scheme} hash: expected base64 of the {size}-byte digest "
+                "and its salt",
+                "password",
+            )
+        return
+    size = hashlib.new(_PLAIN_DIGESTS[scheme]).digest_size
+    if len(body) % 4 or _b64_length(body) != size:
+        raise InvalidInput(
+            f"not a valid {scheme} hash: expected base64 of a {size}-byte digest", "password"
+        )
+
+
+def _looks_like_untagged_hash(value: str) -> bool:
+    if not value.startswith("$"):
+        return False
+    return _ARGON2_SHAPE.fullmatch(value) is not None or any(
+        shape.fullmatch(value) for shape in _CRYPT_SHAPES.values()
+    )
+
+
+def read_imported_password(value: str) -> ImportedPassword:
+    """Read a password given for a new mailbox in bulk (the CSV import): a password in clear,
+    or a hash from another system in Dovecot's `{SCHEME}hash` form.
+
+    A value starting with `{WORD}` is a hash: of one of IMPORTABLE_SCHEMES (the scheme
+    upper-cased, the rest as given), checked to have that scheme's shape and a cost a login can
+    afford, or an error naming the column. `{PLAIN}`/`{CLEARTEXT}` give a password in clear
+    (the way to import a password that itself begins with `{WORD}`). A bare crypt or argon2
+    string is refused: stored as a password, its owner could never log in with theirs.
+    """
+    tag = SCHEME_TAG.match(value)
+    if tag is None:
+        if _looks_like_untagged_hash(value):
+            raise InvalidInput(
+                "this looks like a password hash without its scheme: write it as "
+                "{SHA512-CRYPT}$6$…, {BLF-CRYPT}$2y$…, {ARGON2ID}$argon2id$… (or {PLAIN} "
+                "before a password that really is this text)",
+                "password",
+            )
+        return ImportedPassword(password=value)
+    scheme = "{" + tag.group(1).upper() + "}"
+    body = value[tag.end() :]
+    if scheme in PLAINTEXT_SCHEMES:
+        return ImportedPassword(password=body)
+    if scheme not in IMPORTABLE_SCHEMES:
+        raise InvalidInput(
+            f"unknown password scheme {scheme}: a hash must be {', '.join(IMPORTABLE_SCHEMES)} "
+            "(write {PLAIN} before a password that begins with {…})",
+            "password",
+        )
+    if scheme in ("{ARGON2ID}", "{ARGON2I}"):
+        _check_argon2(scheme, body)
+    elif scheme in _SALTED or scheme in _PLAIN_DIGESTS:
+        _check_digest(scheme, body)
+    else:
+        _check_crypt(scheme, body)
+    return ImportedPassword(stored_hash=scheme + body, scheme=scheme)
 
 
 @cache

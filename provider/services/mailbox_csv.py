@@ -95,10 +95,17 @@ class NewMailbox:
     local_part: str
     quota_bytes: int
     protocols: frozenset[str]
-    password: str | None  # None: make one up
+    password: str | None  # None: make one up (unless password_hash)
     plan: str
     contact_email: str | None
     pop3_action: str
+    # A hash brought from another system (`{SHA512-CRYPT}$6$…`), stored as it is.
+    password_hash: str | None = None
+    password_scheme: str | None = None
+
+    @property
+    def makes_up_password(self) -> bool:
+        return self.password is None and self.password_hash is None
 
 
 @dataclass
@@ -119,7 +126,8 @@ class RowOutcome:
             "line": self.line,
             "address": self.address,
             "outcome": self.outcome,
-            "generate_password": bool(self.new and self.new.password is None),
+            "generate_password": bool(self.new and self.new.makes_up_password),
+            "password_scheme": self.new.password_scheme if self.new else None,
             "errors": [error.to_dict() for error in self.errors],
         }
 
@@ -436,9 +444,13 @@ class _RowChecker:
         )
         password_cell = required("password")
         password: str | None = None
+        given: auth.ImportedPassword | None = None
         if password_cell is not None and password_cell.lower() != GENERATE:
-            password = password_cell
-            attempt("password", lambda: auth.check_password_policy(password_cell, address=full))
+            given = attempt("password", lambda: auth.read_imported_password(password_cell))
+            password = given.password if given else None
+            if password is not None:
+                clear = password
+                attempt("password", lambda: auth.check_password_policy(clear, address=full))
         plan = attempt("plan", lambda: _plan(cells.get("plan", "")))
         contact = attempt("contact", lambda: provisioning.normalize_contact(cells.get("contact")))
         action = attempt(
@@ -456,6 +468,8 @@ class _RowChecker:
             plan=plan,
             contact_email=contact,
             pop3_action=action,
+            password_hash=given.stored_hash if given else None,
+            password_scheme=given.scheme if given else None,
         )
 
 
@@ -535,8 +549,8 @@ def _make_maildirs(store: MailStore, addresses: list[str]) -> list[str]:
 
 
 def _create_without_fsync(store: MailStore, address: str) -> None:
-    with fsync_deferred():
-        store.create(address)
+    with fsync_deferred():  # for create(), should an old crash have left part of this one
+        store.create_unsynced(address)
 
 
 def _remove_maildirs(store: MailStore, addresses: list[str]) -> None:
@@ -567,16 +581,18 @@ def import_mailboxes(
         return report
     rows = [row for row in report.rows if row.new is not None]
     generated = {
-        row.line: secrets.token_urlsafe(12) for row in rows if row.new and row.new.password is None
+        row.line: secrets.token_urlsafe(12) for row in rows if row.new and row.new.makes_up_password
     }
+    # A hash brought along is stored as it is: only the other rows cost an argon2id each.
+    to_hash = [row for row in rows if row.new and row.new.password_hash is None]
     addresses = [row.address for row in rows]
     store = storage.mail_store()
     # The disk waits (Maildirs, in threads) overlap the CPU work (hashing, in processes).
     with ThreadPoolExecutor(max_workers=1) as background:
         maildirs = background.submit(_make_maildirs, store, addresses)
         try:
-            hashes = hash_passwords(
-                [generated.get(row.line) or row.new.password or "" for row in rows if row.new],
+            fresh = hash_passwords(
+                [generated.get(row.line) or row.new.password or "" for row in to_hash if row.new],
                 hash_workers,
             )
         except BaseException:
@@ -584,6 +600,11 @@ def import_mailboxes(
             _remove_maildirs(store, made)
             raise
         made = maildirs.result()
+    by_line = dict(zip((row.line for row in to_hash), fresh, strict=True))
+    hashes = [
+        row.new.password_hash if row.new and row.new.password_hash else by_line[row.line]
+        for row in rows
+    ]
     on_rollback(session, partial(_remove_maildirs, store, made))
     try:
         _insert(session, rows, hashes, actor)

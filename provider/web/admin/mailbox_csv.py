@@ -15,7 +15,7 @@ from werkzeug.wrappers import Response
 
 from provider.errors import ProviderError
 from provider.extensions import db
-from provider.services import mailbox_csv
+from provider.services import auth, mailbox_csv
 from provider.services.mailbox_csv import ImportReport
 from provider.web.admin import bp
 from provider.web.admin.access import actor, current_admin, get_domain_or_404, int_arg, scope
@@ -92,6 +92,7 @@ def _render(report: ImportReport | None = None, *, upload: str = "", status: int
             max_rows=mailbox_csv.MAX_IMPORT_ROWS,
             max_bytes=mailbox_csv.MAX_IMPORT_BYTES,
             columns=mailbox_csv.COLUMNS,
+            hash_schemes=auth.IMPORTABLE_SCHEMES,
             domains=current_admin().domains if scope() is not None else None,
         ),
         status,

@@ -12,7 +12,7 @@ from sqlalchemy.orm import selectinload
 
 from provider.extensions import db
 from provider.models import Mailbox
-from provider.services import mailbox_csv, provisioning, records
+from provider.services import auth, mailbox_csv, provisioning, records
 from provider.services.mailbox_csv import ImportReport
 from provider.web.api.core import (
     BodyRule,
@@ -37,7 +37,10 @@ IMPORT_BODY_DOC = {
         f"The CSV file itself (UTF-8, at most {mailbox_csv.MAX_IMPORT_BYTES} bytes and "
         f"{mailbox_csv.MAX_IMPORT_ROWS} rows), columns {', '.join(mailbox_csv.COLUMNS)} "
         "(a header row names them in any order; without one they are read in this order); "
-        "password `generate` makes one up"
+        "password `generate` makes one up; a password hash from another server in Dovecot's "
+        f"form ({', '.join(auth.IMPORTABLE_SCHEMES)}, e.g. `{{SHA512-CRYPT}}$6$…`) is kept "
+        "as it is and replaced by an argon2id hash at the first login; `{PLAIN}` before a "
+        "password that itself begins with `{WORD}`"
     ),
     "content": {"text/csv": {"schema": {"type": "string"}}},
 }
@@ -54,6 +57,14 @@ class RowOutcomeSchema(Schema):
     address = fields.String(required=True)
     outcome = fields.String(required=True, metadata={"description": "create or error"})
     generate_password = fields.Boolean(required=True)
+    password_scheme = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "The scheme of a password hash given in the password cell "
+            "(`{SHA512-CRYPT}`), stored as it is; null for a password or `generate`"
+        },
+    )
     errors = fields.List(fields.Nested(RowErrorSchema), required=True)
 
 
