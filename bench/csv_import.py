@@ -69,6 +69,11 @@ def migrated_hashes(count: int = 24) -> list[str]:
     return made
 
 
+def quoted(cell: str) -> str:
+    """An argon2 hash holds commas (`m=…,t=…,p=…`): quoted, as a spreadsheet writes it."""
+    return '"' + cell.replace('"', '""') + '"' if "," in cell or '"' in cell else cell
+
+
 def make_csv(rows: int, passwords: str = "mixed") -> bytes:
     lines = ["address,quota,protocols,password,plan,contact"]
     protocols = ("imap", "pop3", "both")
@@ -83,7 +88,7 @@ def make_csv(rows: int, passwords: str = "mixed") -> bytes:
         plan = "trial" if n % 7 == 0 else "paid"
         lines.append(
             f"user{n:05d}@{DOMAINS[n % len(DOMAINS)]},{8 + n % 93},{protocols[n % 3]},"
-            f"{password},{plan},owner{n}@customer.test"
+            f"{quoted(password)},{plan},owner{n}@customer.test"
         )
     return ("\r\n".join(lines) + "\r\n").encode()
 

@@ -250,6 +250,12 @@ def _crypt_understands(family: str) -> bool:
 def _check_argon2(scheme: str, body: str) -> None:
     match = _ARGON2_SHAPE.fullmatch(body)
     expected = "argon2id" if scheme == "{ARGON2ID}" else "argon2i"
+    if match is None and re.fullmatch(r"\$argon2i?d?\$v=\d+\$m=\d+", body):
+        raise InvalidInput(
+            f"not a valid {scheme} hash: it ends at m=…; an argon2 hash holds commas "
+            "(m=…,t=…,p=…): put it in double quotes",
+            "password",
+        )
     if match is None or match.group(1) != expected:
         raise InvalidInput(
             f"not a valid {scheme} hash: expected ${expected}$v=19$m=…,t=…,p=…$salt$hash",

@@ -54,6 +54,7 @@ FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 QUOTA_UNIT = re.compile(r"\s*(gib|gb|g)$", re.IGNORECASE)
 PROTOCOL_SEPARATORS = re.compile(r"[\s+/;|]+")
+ARGON2_PREFIX = re.compile(r"\{ARGON2I?D?\}\$argon2", re.IGNORECASE)
 REQUIRED_MESSAGE = "This field is required."
 
 # Maildirs are made by this many threads at once (the work is waiting on the disk).
@@ -279,6 +280,13 @@ def read_records(data: bytes) -> list[CsvRecord]:
     return records
 
 
+def _comma_hint(cells: list[str]) -> str:
+    """What splits a row most often in a migration: an argon2 hash's `m=…,t=…,p=…` unquoted."""
+    if any(ARGON2_PREFIX.match(cell.strip()) for cell in cells):
+        return "; an argon2 hash holds commas (m=…,t=…,p=…): put it in double quotes"
+    return ""
+
+
 def _record(line: int, cells: list[str], names: list[str] | None) -> CsvRecord:
     if names is None:
         if len(cells) > len(COLUMNS):
@@ -286,11 +294,15 @@ def _record(line: int, cells: list[str], names: list[str] | None) -> CsvRecord:
                 line,
                 {},
                 f"{len(cells)} cells, but there are only {len(COLUMNS)} columns "
-                f"({', '.join(COLUMNS)})",
+                f"({', '.join(COLUMNS)}){_comma_hint(cells)}",
             )
         return CsvRecord(line, dict(zip(COLUMNS, cells, strict=False)))
     if len(cells) != len(names):
-        return CsvRecord(line, {}, f"{len(cells)} cells where the header has {len(names)} columns")
+        return CsvRecord(
+            line,
+            {},
+            f"{len(cells)} cells where the header has {len(names)} columns{_comma_hint(cells)}",
+        )
     return CsvRecord(line, dict(zip(names, cells, strict=True)))
 
 
@@ -587,7 +599,9 @@ def import_mailboxes(
     to_hash = [row for row in rows if row.new and row.new.password_hash is None]
     addresses = [row.address for row in rows]
     store = storage.mail_store()
-    # The disk waits (Maildirs, in threads) overlap the CPU work (hashing, in processes).
+    # The Maildirs (in threads: kernel time, mostly) are made while this thread hashes (in
+    # processes) and inserts the rows; the caller's commit comes after both. With hashes
+    # brought from another server there is no hashing, and the inserts are the overlap.
     with ThreadPoolExecutor(max_workers=1) as background:
         maildirs = background.submit(_make_maildirs, store, addresses)
         try:
@@ -595,22 +609,22 @@ def import_mailboxes(
                 [generated.get(row.line) or row.new.password or "" for row in to_hash if row.new],
                 hash_workers,
             )
+            by_line = dict(zip((row.line for row in to_hash), fresh, strict=True))
+            hashes = [
+                row.new.password_hash if row.new and row.new.password_hash else by_line[row.line]
+                for row in rows
+            ]
+            _insert(session, rows, hashes, actor)
         except BaseException:
-            made = _wait_quietly(maildirs)
-            _remove_maildirs(store, made)
+            _remove_maildirs(store, _wait_quietly(maildirs))
+            session.rollback()
             raise
-        made = maildirs.result()
-    by_line = dict(zip((row.line for row in to_hash), fresh, strict=True))
-    hashes = [
-        row.new.password_hash if row.new and row.new.password_hash else by_line[row.line]
-        for row in rows
-    ]
+        try:
+            made = maildirs.result()
+        except BaseException:  # it removed the Maildirs it had made
+            session.rollback()
+            raise
     on_rollback(session, partial(_remove_maildirs, store, made))
-    try:
-        _insert(session, rows, hashes, actor)
-    except BaseException:
-        session.rollback()  # the Maildirs go with it (on_rollback)
-        raise
     report.applied = True
     report.passwords = [(row.address, generated[row.line]) for row in rows if row.line in generated]
     return report

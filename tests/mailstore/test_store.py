@@ -117,3 +117,66 @@ def test_folder_names_cannot_reach_outside_the_mailbox(tmp_path, store):
         with pytest.raises(ValueError):
             maildir.create_folder(name)
     assert snapshot(tmp_path) == before
+
+
+def _tree(path) -> list[tuple[str, int, str | None]]:
+    """Every entry under `path`: name (counter values as X), mode, and a file's text with the
+    values that differ by design (UIDVALIDITY, GUID, the counter) as X."""
+    import re
+
+    entries = []
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            text = None
+            if name in files:
+                with open(full) as file:
+                    text = re.sub(r"V\d+|G[0-9a-f]{32}|^[0-9a-f]{8}$", "X", file.read())
+            relative = re.sub(r"uidvalidity\.[0-9a-f]{8}$", "uidvalidity.X", name)
+            place = os.path.join(os.path.relpath(root, path), relative)
+            entries.append((place, os.lstat(full).st_mode, text))
+    return sorted(entries)
+
+
+def test_create_unsynced_writes_the_tree_create_makes(store):
+    store.create("made@example.com")
+    store.create_unsynced("fast@example.com")
+    made = store.path_for("made@example.com").parent
+    fast = store.path_for("fast@example.com").parent
+    assert _tree(fast) == _tree(made)
+    assert sorted(os.listdir(fast)) == ["Maildir"]  # no staging directory left behind
+    maildir = store.open("fast@example.com")
+    names = [info.name for info in maildir.folders()]
+    assert names == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+    # The UIDVALIDITY counter goes on from the values written: a new folder gets a higher one.
+    highest = max(maildir.folder(name).uidvalidity for name in names)
+    assert maildir.create_folder("Projects").uidvalidity > highest
+    stored = maildir.folder("Sent").deliver(sample_message("sent"))
+    assert [m.uid for m in maildir.folder("Sent").messages()] == [stored.uid] == [1]
+
+
+def test_create_unsynced_completes_what_is_there_and_keeps_mail(store):
+    stored = store.create("alice@example.com").folder("INBOX").deliver(sample_message("kept"))
+    store.create_unsynced("alice@example.com")
+    assert [m.uid for m in store.open("alice@example.com").folder("INBOX").messages()] == [
+        stored.uid
+    ]
+    half = store.path_for("half@example.com")
+    (half / "new").mkdir(parents=True)
+    store.create_unsynced("half@example.com")
+    assert len(store.open("half@example.com").folders()) == 6
+
+
+def test_create_unsynced_that_fails_leaves_nothing(store, monkeypatch):
+    real_mkdir = os.mkdir
+
+    def failing_mkdir(path, *args, **kwargs):
+        if str(path).endswith(os.path.join(".Trash", "tmp")):
+            raise OSError(28, "No space left on device")
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", failing_mkdir)
+    with pytest.raises(OSError, match="No space"):
+        store.create_unsynced("alice@example.com")
+    assert not store.exists("alice@example.com")
+    assert os.listdir(store.path_for("alice@example.com").parent) == []

@@ -8,9 +8,10 @@ import statistics
 import time
 
 import pytest
+from argon2 import PasswordHasher, Type
 from sqlalchemy import select
 
-from provider.errors import WeakPassword
+from provider.errors import InvalidInput, WeakPassword
 from provider.models import Mailbox
 from provider.services import auth
 from provider.services.auth import HashParams
@@ -246,3 +247,123 @@ def test_nul_in_a_login_name_is_nobody_on_every_database(session):
     assert authenticate_mailbox(session, "\0", "x") is None
     assert authenticate_admin(session, "root@example.com\0x", "x") is None
     assert authenticate_mailbox(session, "alice@example.test", MAILBOX_PASSWORD) is not None
+
+
+# --- hashes brought by an import (auth.read_imported_password) -------------------------------
+
+
+def _crypt(password: str, setting: str) -> str:
+    crypt = pytest.importorskip("crypt", reason="no crypt module on this Python")
+    return crypt.crypt(password, setting)
+
+
+def _ssha(scheme: str, algorithm: str, password: str, salt: bytes) -> str:
+    digest = hashlib.new(algorithm, password.encode() + salt).digest()
+    return scheme + base64.b64encode(digest + salt).decode()
+
+
+def _importable_hashes(password: str) -> dict[str, str]:
+    argon2i = PasswordHasher(time_cost=2, memory_cost=8192, parallelism=1, type=Type.I)
+    return {
+        "{ARGON2ID}": auth.hash_password(password, HashParams(8192, 1, 1)),
+        "{ARGON2I}": "{ARGON2I}" + argon2i.hash(password),
+        "{SHA512-CRYPT}": "{SHA512-CRYPT}" + _crypt(password, "$6$rounds=6000$abcdefgh"),
+        "{SHA256-CRYPT}": "{SHA256-CRYPT}" + _crypt(password, "$5$abcdefgh"),
+        "{BLF-CRYPT}": "{BLF-CRYPT}" + _crypt(password, "$2y$05$abcdefghijklmnopqrstuu"),
+        "{MD5-CRYPT}": "{MD5-CRYPT}" + _crypt(password, "$1$abcdefgh"),
+        "{CRYPT}": "{CRYPT}" + _crypt(password, "ab"),
+        "{SSHA512}": _ssha("{SSHA512}", "sha512", password, b"saltsalt"),
+        "{SSHA256}": _ssha("{SSHA256}", "sha256", password, b"saltsalt"),
+        "{SSHA}": _ssha("{SSHA}", "sha1", password, b"saltsalt"),
+        "{SHA512}": "{SHA512}"
+        + base64.b64encode(hashlib.sha512(password.encode()).digest()).decode(),
+        "{SHA256}": "{SHA256}"
+        + base64.b64encode(hashlib.sha256(password.encode()).digest()).decode(),
+        "{SHA}": "{SHA}" + base64.b64encode(hashlib.sha1(password.encode()).digest()).decode(),
+    }
+
+
+def test_every_scheme_verify_password_knows_imports_and_then_verifies_and_rehashes():
+    hashes = _importable_hashes("an old passphrase")
+    assert sorted(hashes) == sorted(auth.IMPORTABLE_SCHEMES)
+    for scheme, stored in hashes.items():
+        read = auth.read_imported_password(stored)
+        assert read == auth.ImportedPassword(stored_hash=stored, scheme=scheme)
+        result = auth.verify_password(stored, "an old passphrase", PARAMS)
+        assert result.ok and result.new_hash and result.new_hash.startswith("{ARGON2ID}"), scheme
+        assert not auth.verify_password(stored, "another passphrase", PARAMS).ok
+
+
+def test_a_scheme_in_lower_case_is_read_and_stored_in_upper_case():
+    stored = _importable_hashes("pw")["{SHA512-CRYPT}"]
+    lower = "{sha512-crypt}" + stored.removeprefix("{SHA512-CRYPT}")
+    assert auth.read_imported_password(lower).stored_hash == stored
+
+
+def test_plain_and_cleartext_give_a_password_in_clear_to_hash():
+    assert auth.read_imported_password("{PLAIN}{braces} first") == auth.ImportedPassword(
+        password="{braces} first"
+    )
+    assert auth.read_imported_password("{CLEARTEXT}x").password == "x"
+    # No tag at its start: a password, braces or not.
+    for value in ("a plain passphrase", "{not a tag} here", "{}empty", "pass{SHA}word"):
+        assert auth.read_imported_password(value) == auth.ImportedPassword(password=value)
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("{MD5}1B2M2Y8AsgTpgAmY7PhCfg==", "unknown password scheme {MD5}"),
+        ("{SHA512.HEX}abcdef", "unknown password scheme {SHA512.HEX}"),
+        ("{PBKDF2}$1$abc$1000$def", "unknown password scheme {PBKDF2}"),
+        ("{abc}defgh123", "write {PLAIN} before a password that begins with {…}"),
+        ("{SHA512-CRYPT}", "not a valid {SHA512-CRYPT} hash"),
+        ("{SHA512-CRYPT}$6$salt$tooshort", "not a valid {SHA512-CRYPT} hash"),
+        ("{SHA512-CRYPT}$5$abcdefgh$" + "a" * 43, "not a valid {SHA512-CRYPT} hash"),
+        ("{SHA512-CRYPT}$6$rounds=999$abc$" + "a" * 86, "rounds=999"),
+        ("{SHA512-CRYPT}$6$rounds=05000$abc$" + "a" * 86, "rounds=05000"),
+        ("{SHA512-CRYPT}$6$rounds=999999999$abc$" + "a" * 86, "costs too much"),
+        ("{SHA256-CRYPT}$5$rounds=1000001$abc$" + "a" * 43, "costs too much"),
+        ("{BLF-CRYPT}$2y$31$" + "a" * 53, "cost 31 is outside 04 to 14"),
+        ("{BLF-CRYPT}$2y$03$" + "a" * 53, "cost 03 is outside 04 to 14"),
+        ("{BLF-CRYPT}$2q$10$" + "a" * 53, "not a valid {BLF-CRYPT} hash"),
+        ("{MD5-CRYPT}$1$abcdefghi$" + "a" * 22, "not a valid {MD5-CRYPT} hash"),
+        ("{CRYPT}abc", "not a valid {CRYPT} hash"),
+        ("{SSHA512}not base64!", "not a valid {SSHA512} hash"),
+        ("{SSHA512}" + base64.b64encode(b"x" * 63).decode(), "not a valid {SSHA512} hash"),
+        ("{SHA256}" + base64.b64encode(b"x" * 31).decode(), "32-byte digest"),
+        ("{SHA256}" + hashlib.sha256(b"x").hexdigest(), "32-byte digest"),
+        ("{ARGON2ID}$argon2i$v=19$m=8192,t=2,p=1$c2FsdHNhbHQ$" + "A" * 43, "expected $argon2id"),
+        ("{ARGON2I}$argon2id$v=19$m=8192,t=2,p=1$c2FsdHNhbHQ$" + "A" * 43, "expected $argon2i$"),
+        ("{ARGON2ID}$argon2id$v=16$m=8192,t=2,p=1$c2FsdHNhbHQ$" + "A" * 43, "not a valid"),
+        ("{ARGON2ID}$argon2id$v=19$m=8192,t=2,p=1$c2FsdA$" + "A" * 43, "not a valid"),
+        ("{ARGON2ID}$argon2id$v=19$m=8192,t=2,p=1$c2FsdHNhbHQ$AAAA", "not a valid"),
+        ("{ARGON2ID}$argon2id$v=19$m=4,t=2,p=1$c2FsdHNhbHQ$" + "A" * 43, "impossible costs"),
+        ("{ARGON2ID}$argon2id$v=19$m=8192,t=0,p=1$c2FsdHNhbHQ$" + "A" * 43, "impossible"),
+        ("{ARGON2ID}$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$" + "A" * 43, "too much"),
+        ("{ARGON2ID}$argon2id$v=19$m=8192,t=4000000000,p=1$c2FsdHNhbHQ$" + "A" * 43, "too much"),
+        ("{ARGON2ID}$argon2id$v=19$m=19456", "put it in double quotes"),
+    ],
+)
+def test_a_malformed_unknown_or_too_costly_hash_is_refused_with_its_reason(value, words):
+    with pytest.raises(InvalidInput) as refused:
+        auth.read_imported_password(value)
+    assert words in refused.value.message and refused.value.field == "password"
+
+
+def test_a_bare_crypt_or_argon2_string_is_refused_rather_than_taken_for_a_password():
+    hashes = _importable_hashes("pw")
+    for scheme in ("{SHA512-CRYPT}", "{BLF-CRYPT}", "{MD5-CRYPT}", "{ARGON2ID}"):
+        with pytest.raises(InvalidInput, match="without its scheme"):
+            auth.read_imported_password(hashes[scheme].removeprefix(scheme))
+    # {PLAIN} takes it as a password after all; a `$` password of another shape is a password.
+    bare = hashes["{SHA512-CRYPT}"].removeprefix("{SHA512-CRYPT}")
+    assert auth.read_imported_password("{PLAIN}" + bare).password == bare
+    assert auth.read_imported_password("$6$ is my password").password == "$6$ is my password"
+
+
+def test_a_hash_the_system_crypt_cannot_compute_is_refused(monkeypatch):
+    monkeypatch.setattr(auth, "_crypt_understands", lambda family: family != "$2")
+    stored = _importable_hashes("pw")["{BLF-CRYPT}"]
+    with pytest.raises(InvalidInput, match="crypt\\(3\\) cannot check"):
+        auth.read_imported_password(stored)

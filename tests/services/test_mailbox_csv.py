@@ -94,6 +94,7 @@ def test_a_clean_dry_run_says_what_would_be_created_and_writes_nothing(app, sess
             "address": "a@example.test",
             "outcome": "create",
             "generate_password": False,
+            "password_scheme": None,
             "errors": [],
         }
     ]
@@ -164,14 +165,14 @@ def test_a_maildir_that_cannot_be_made_leaves_no_row_and_no_other_maildir(
 ):
     make_domain(session)
     store_class = type(storage.mail_store())
-    real_create = store_class.create
+    real_create = store_class.create_unsynced
 
     def failing_create(self, address):
         if address.startswith("c@"):
             raise OSError(28, "No space left on device")
         return real_create(self, address)
 
-    monkeypatch.setattr(store_class, "create", failing_create)
+    monkeypatch.setattr(store_class, "create_unsynced", failing_create)
     text = "".join(f"{name}@example.test,8,imap,generate\n" for name in "abcde")
     with pytest.raises(OSError):
         run_import(session, text)
@@ -382,3 +383,119 @@ def test_a_session_closed_without_commit_removes_the_maildirs_too(app, session):
     assert report.applied and maildirs(app) == ["a@example.test"]
     session.close()
     assert mailbox_count(session) == 0 and maildirs(app) == []
+
+
+# --- hashes brought from another server -------------------------------------------------------
+
+
+def _sha512_crypt(password: str, salt: str = "abcdefgh") -> str:
+    crypt = pytest.importorskip("crypt", reason="no crypt module on this Python")
+    return "{SHA512-CRYPT}" + crypt.crypt(password, f"$6${salt}")
+
+
+def test_a_hash_in_the_password_cell_is_stored_as_it_is_and_never_hashed_again(
+    app, session, monkeypatch
+):
+    make_domain(session)
+    moved = _sha512_crypt("the old passphrase")
+    argon2 = auth.hash_password("kept as well", auth.HashParams(8192, 1, 1))
+    hashed: list[str] = []
+    real_hash_passwords = mailbox_csv.hash_passwords
+
+    def counting(passwords, workers=None):
+        hashed.extend(passwords)
+        return real_hash_passwords(passwords, workers)
+
+    monkeypatch.setattr(mailbox_csv, "hash_passwords", counting)
+    text = (
+        "address,quota,protocols,password\r\n"
+        f"moved@example.test,8,imap,{moved}\r\n"
+        f'argon@example.test,8,imap,"{argon2}"\r\n'
+        f"typed@example.test,8,imap,{GOOD}\r\n"
+        "new@example.test,8,imap,generate\r\n"
+    )
+    dry = run_import(session, text, dry_run=True)
+    assert [row.to_dict()["password_scheme"] for row in dry.rows] == [
+        "{SHA512-CRYPT}",
+        "{ARGON2ID}",
+        None,
+        None,
+    ]
+    assert [row.to_dict()["generate_password"] for row in dry.rows] == [False, False, False, True]
+    report = run_import(session, text, hash_workers=1)
+    session.commit()
+    assert report.applied and [address for address, _ in report.passwords] == ["new@example.test"]
+    # Only the typed password and the made-up one cost an argon2id.
+    assert sorted(hashed) == sorted([GOOD, report.passwords[0][1]])
+    stored = dict(session.execute(select(Mailbox.address, Mailbox.password_hash)).all())
+    assert stored["moved@example.test"] == moved
+    assert stored["argon@example.test"] == argon2
+    assert auth.verify_password(stored["moved@example.test"], "the old passphrase").ok
+    assert auth.verify_password(stored["typed@example.test"], GOOD).ok
+    assert len(maildirs(app)) == 4
+    # Export never writes a hash out: the column says generate, as for every mailbox.
+    exported = list(csv.DictReader(io.StringIO(export_csv(session))))
+    assert {row["password"] for row in exported} == {"generate"}
+
+
+def test_a_malformed_or_unknown_hash_is_an_error_of_its_row_and_column(app, session):
+    make_domain(session)
+    good = _sha512_crypt("pw")
+    bare = good.removeprefix("{SHA512-CRYPT}")
+    text = (
+        "address,quota,protocols,password\r\n"
+        f"ok@example.test,8,imap,{good}\r\n"
+        f"cut@example.test,8,imap,{good[:-5]}\r\n"
+        "md5@example.test,8,imap,{MD5}1B2M2Y8AsgTpgAmY7PhCfg==\r\n"
+        f"bare@example.test,8,imap,{bare}\r\n"
+        "costly@example.test,8,imap,{BLF-CRYPT}$2y$31$" + "a" * 53 + "\r\n"
+        "plain@example.test,8,imap,{PLAIN}short\r\n"
+    )
+    report = run_import(session, text)
+    assert not report.applied and mailbox_count(session) == 0 and maildirs(app) == []
+    errors = errors_by_line(report)
+    assert 2 not in errors
+    assert errors[3] == [
+        (
+            "password",
+            "not a valid {SHA512-CRYPT} hash: expected $6$[rounds=N$]salt$ and 86 characters",
+        )
+    ]
+    assert errors[4][0][0] == "password" and "unknown password scheme {MD5}" in errors[4][0][1]
+    assert errors[5][0][0] == "password" and "without its scheme" in errors[5][0][1]
+    assert errors[6][0][0] == "password" and "cost 31 is outside 04 to 14" in errors[6][0][1]
+    # {PLAIN} is a password in clear: the password policy applies to it.
+    assert errors[7] == [("password", "password must be at least 8 characters")]
+    assert [error.where for error in report.errors][:1] == ["line 3, password"]
+
+
+def test_an_unquoted_argon2_hash_splits_its_row_and_the_error_says_to_quote_it(app, session):
+    make_domain(session)
+    argon2 = auth.hash_password("pw", auth.HashParams(8192, 1, 1))
+    with_header = f"address,quota,protocols,password\r\nx@example.test,8,imap,{argon2}\r\n"
+    report = run_import(session, with_header, dry_run=True)
+    assert report.errors[0].message == (
+        "6 cells where the header has 4 columns; an argon2 hash holds commas (m=…,t=…,p=…): "
+        "put it in double quotes"
+    )
+    # Without a header the pieces fit the optional columns: the password cell says it instead.
+    report = run_import(session, f"x@example.test,8,imap,{argon2}\r\n", dry_run=True)
+    assert (
+        "password",
+        "not a valid {ARGON2ID} hash: it ends at m=…; an argon2 hash holds "
+        "commas (m=…,t=…,p=…): put it in double quotes",
+    ) in errors_by_line(report)[1]
+
+
+def test_a_maildir_left_half_made_by_a_crash_is_completed_not_refused(app, session):
+    """The direct write of the tree leaves a place with anything in it to create()."""
+    make_domain(session)
+    store = storage.mail_store()
+    leftover = store.path_for("half@example.test")
+    (leftover / "tmp").mkdir(parents=True)
+    (leftover / ".Sent" / "cur").mkdir(parents=True)
+    report = run_import(session, f"half@example.test,8,imap,{GOOD}\n", hash_workers=1)
+    session.commit()
+    assert report.applied
+    folders = [info.name for info in store.open("half@example.test").folders()]
+    assert folders == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
