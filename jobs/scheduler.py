@@ -130,13 +130,17 @@ def next_run(cron: str | None, after: datetime) -> datetime | None:
 # --- runs -------------------------------------------------------------------------------------
 
 
-def run_recorded(app: Flask, job: Job, started_by: str) -> tuple[JobRun, object]:
-    """Run `job` once as of the clock's now, recording it in job_runs; its summary, or the
-    exception's one-line text in the record when it fails (the failure is not raised)."""
+def run_recorded(
+    app: Flask, job: Job, started_by: str, actor: Actor | None = None
+) -> tuple[JobRun, object]:
+    """Run `job` once as of the clock's now, recording it in job_runs (with who asked, for a
+    run by hand); its summary, or the exception's one-line text in the record when it fails
+    (the failure is not raised)."""
     with app.app_context():
         record = JobRun(
             job=job.name,
             started_by=started_by,
+            actor=actor.name if actor else None,
             as_of=clock.now(),
             started_at=datetime.now(UTC),
             outcome=RunOutcome.RUNNING.value,
@@ -275,7 +279,7 @@ def lease_info() -> LeaseInfo | None:
 def run_now(app: Flask, job: Job, started_by: str, actor: Actor) -> tuple[JobRun, object]:
     """Run a job once on request (`provider jobs run`, the admin panel's "Run now"): recorded in
     job_runs like a scheduled run, and audited as `job.run` with its outcome."""
-    run, summary = run_recorded(app, job, started_by)
+    run, summary = run_recorded(app, job, started_by, actor)
     with app.app_context():
         try:
             audit.record(

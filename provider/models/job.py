@@ -35,12 +35,18 @@ class JobRun(db.Model):  # type: ignore[name-defined,misc]
     __tablename__ = "job_runs"
     __table_args__ = (
         CheckConstraint("outcome IN ('running', 'ok', 'failed')", name="outcome_known"),
-        CheckConstraint("started_by IN ('scheduler', 'command', 'admin')", name="started_by_known"),
+        CheckConstraint(
+            "started_by IN ('scheduler', 'command', 'admin', 'api')", name="started_by_known"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     job: Mapped[str] = mapped_column(String(64), index=True)
+    # scheduler, command (`provider jobs run`), admin (the panel's "Run now"), api (/api/v1).
     started_by: Mapped[str] = mapped_column(String(16))
+    # Who asked for a run by hand, as the audit names them (`admin:alice@…`, `cli`,
+    # `token:billing (alice@…)`); None for the scheduler's runs and for runs before 0019.
+    actor: Mapped[str | None] = mapped_column(String(320))
     # The job's own time ("now" as the job saw it: --now moves it), and the real start and end.
     as_of: Mapped[datetime] = mapped_column(UTCDateTime())
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
@@ -53,6 +59,7 @@ class JobRun(db.Model):  # type: ignore[name-defined,misc]
         return {
             "job": self.job,
             "started_by": self.started_by,
+            "actor": self.actor,
             "as_of": self.as_of.isoformat(),
             "started_at": self.started_at.isoformat(),
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,

@@ -22,6 +22,14 @@ class Actor:
 
 
 CLI_ACTOR = Actor("cli")
+# The length of audit_events.actor (and job_runs.actor).
+MAX_ACTOR_LENGTH = 320
+
+
+def actor_name(name: str) -> str:
+    """`name` cut to fit the actor columns (a 100-character token name and a 320-character
+    e-mail make a longer one: PostgreSQL would refuse the write it records)."""
+    return name if len(name) <= MAX_ACTOR_LENGTH else name[: MAX_ACTOR_LENGTH - 1] + "…"
 
 
 def record(

@@ -9,6 +9,7 @@ from flask.testing import FlaskCliRunner
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from provider.models import AuditEvent
 from tests.api.conftest import ApiClient, token_for
 from tests.conftest import ADMIN_EMAIL, make_admin, make_domain, make_mailbox
 
@@ -170,9 +171,18 @@ def test_jobs_list_run_and_runs(
     assert listed == cli and "quota-recount" in {job["name"] for job in listed}
     ran = api.post("/api/v1/jobs/quota-recount/run")
     assert ran.status_code == 200, ran.text
-    assert ran.json()["started_by"] == "admin" and ran.json()["outcome"]
+    # Started through the API: recorded as such, with the token that asked (as the audit has it).
+    who = f"token:billing ({ADMIN_EMAIL})"
+    assert ran.json()["started_by"] == "api" and ran.json()["actor"] == who
+    assert ran.json()["outcome"]
     runs = api.get("/api/v1/jobs/quota-recount/runs").json()
     assert runs["total"] == 1 and runs["items"][0]["job"] == "quota-recount"
+    assert (runs["items"][0]["started_by"], runs["items"][0]["actor"]) == ("api", who)
+    [job] = [job for job in api.get("/api/v1/jobs").json() if job["name"] == "quota-recount"]
+    assert job["last_run"]["actor"] == who
+    session.expire_all()
+    [event] = session.scalars(select(AuditEvent).where(AuditEvent.action == "job.run")).all()
+    assert event.actor == who
     assert api.get("/api/v1/jobs/no-such-job/runs").status_code == 404
     tenant = make_admin(
         session, "tenant@example.com", superadmin=False, domains=[make_domain(session)]
@@ -341,3 +351,21 @@ def test_the_queue_pages_in_sql_by_number_and_by_cursor(
     assert (
         api.get("/api/v1/queue", params={"after": "2026-01-01T00:00:00Z,5\x00"}).status_code == 400
     )
+
+
+def test_a_long_token_name_and_admin_address_still_fit_the_audit_and_job_run_records(
+    api_server: str, client_for: Any, session: Session
+) -> None:
+    """`token:NAME (e-mail)` can pass the 320 characters of the actor columns (a 100-character
+    name, a long address): cut to fit, so PostgreSQL does not refuse the write it records."""
+    email = "a" * 64 + "@" + ".".join(["b" * 60] * 3) + ".test"
+    admin = make_admin(session, email)
+    client = client_for(token_for(session, admin, name="n" * 100))
+    ran = client.post("/api/v1/jobs/quota-recount/run")
+    assert ran.status_code == 200, ran.text
+    actor = ran.json()["actor"]
+    assert len(actor) == 320 and actor.startswith("token:" + "n" * 100 + " (a")
+    assert actor.endswith("…")
+    session.expire_all()
+    [event] = session.scalars(select(AuditEvent).where(AuditEvent.action == "job.run")).all()
+    assert event.actor == actor

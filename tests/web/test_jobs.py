@@ -7,7 +7,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.conftest import login, make_admin, make_domain
+from tests.conftest import ADMIN_EMAIL, login, make_admin, make_domain
 
 
 def test_jobs_page_shows_schedule_and_recorded_runs(logged_in: FlaskClient, runner) -> None:
@@ -43,21 +43,25 @@ def test_run_now_runs_the_job_as_the_command_does_records_and_audits_it(
     session.expire_all()
     [run] = session.scalars(select(JobRun)).all()
     assert (run.job, run.started_by, run.outcome) == ("quota-recount", "admin", "ok")
+    assert run.actor == f"admin:{ADMIN_EMAIL}"
     assert isinstance(run.summary, dict)
     [event] = session.scalars(select(AuditEvent).where(AuditEvent.action == "job.run")).all()
     assert event.actor.startswith("admin:") and event.target == "quota-recount"
     assert event.after["run_id"] == run.id and event.after["outcome"] == "ok"
     page = logged_in.get("/admin/jobs").get_data(as_text=True)
     assert "quota-recount ran in" in page
+    assert f'<span class="muted small run-actor">admin:{ADMIN_EMAIL}</span>' in page
     assert logged_in.post("/admin/jobs/no-such-job/run").status_code == 404
 
 
 def test_the_command_is_audited_the_same_way(runner, session: Session) -> None:
-    from provider.models import AuditEvent
+    from provider.models import AuditEvent, JobRun
 
     assert runner.invoke(args=["jobs", "run", "quota-recount"]).exit_code == 0
     [event] = session.scalars(select(AuditEvent).where(AuditEvent.action == "job.run")).all()
     assert event.actor == "cli" and event.target == "quota-recount"
+    [run] = session.scalars(select(JobRun)).all()
+    assert (run.started_by, run.actor) == ("command", "cli")
 
 
 def test_run_now_is_for_superadmins_only(client: FlaskClient, session: Session) -> None:

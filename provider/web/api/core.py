@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from provider.errors import InvalidInput, ProviderError
 from provider.extensions import csrf, db
 from provider.models import AdminUser, ApiToken
-from provider.services import idempotency, ratelimit, tokens
+from provider.services import audit, idempotency, ratelimit, tokens
 from provider.services.audit import Actor
 from provider.services.reports import KeysetPage, Page
 
@@ -226,7 +226,7 @@ def scope() -> set[int] | None:
 def actor() -> Actor:
     """The audit actor of a write through the API: the token's name (and its admin)."""
     token = current_token()
-    return Actor(f"token:{token.name} ({token.admin.email})", request.remote_addr)
+    return Actor(audit.actor_name(f"token:{token.name} ({token.admin.email})"), request.remote_addr)
 
 
 def require_superadmin() -> None:

@@ -29,7 +29,18 @@ bp = resource("jobs", "Scheduled jobs and their runs (superadmin tokens only)")
 
 class JobRunSchema(Schema):
     job = fields.String(required=True)
-    started_by = fields.String(required=True)
+    started_by = fields.String(
+        required=True,
+        metadata={"description": "scheduler, command, admin (the panel) or api (a token)"},
+    )
+    actor = fields.String(
+        required=True,
+        allow_none=True,
+        metadata={
+            "description": "Who asked for the run, as the audit names them: "
+            "`token:NAME (admin e-mail)`, `admin:e-mail`, `cli`; null for the scheduler's"
+        },
+    )
     as_of = fields.String(required=True)
     started_at = fields.String(required=True)
     finished_at = fields.String(required=True, allow_none=True)
@@ -95,5 +106,5 @@ def run_job(name: str) -> dict[str, Any]:
     require_superadmin()
     job = _job(name)
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    run, _ = run_now(app, job, "admin", actor())
+    run, _ = run_now(app, job, "api", actor())
     return run.to_dict()  # type: ignore[no-any-return]
