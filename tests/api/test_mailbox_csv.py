@@ -340,3 +340,35 @@ def test_imported_mailboxes_are_announced_to_webhooks_like_created_ones(
         "mailbox:erin@example.test",
     ]
     assert {d["type"] for d in deliveries} == {"mailbox.created"}
+
+
+def _migrated(password: str) -> str:
+    """A {SSHA512} hash, as a Dovecot passwd-file holds it."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha512(password.encode() + b"saltsalt").digest()
+    return "{SSHA512}" + base64.b64encode(digest + b"saltsalt").decode()
+
+
+def test_hashes_from_another_server_are_kept_and_a_bad_one_is_422_at_its_cell(
+    app: Flask, api: ApiClient, session: Session
+) -> None:
+    make_domain(session, "example.test")
+    argon2 = auth.hash_password("moved too", auth.HashParams(8192, 1, 1))
+    text = (
+        "address,quota,protocols,password\r\n"
+        f"moved@example.test,8,imap,{_migrated('the old passphrase')}\r\n"
+        f'argon@example.test,8,imap,"{argon2}"\r\n'
+    )
+    dry = api.post(IMPORT + "?dry_run=true", data=text, headers=CSV).json()
+    assert [row["password_scheme"] for row in dry["rows"]] == ["{SSHA512}", "{ARGON2ID}"]
+    bad = api.post(IMPORT, data=text + "x@example.test,8,imap,{SHA512-CRYPT}$6$x\r\n", headers=CSV)
+    assert bad.status_code == 422 and list(bad.json()["errors"]) == ["line 4, password"]
+    assert "not a valid {SHA512-CRYPT} hash" in bad.json()["errors"]["line 4, password"][0]
+    applied = api.post(IMPORT, data=text, headers=CSV)
+    assert applied.status_code == 201, applied.text
+    assert applied.json()["passwords"] == []
+    assert _verifies(session, "moved@example.test", "the old passphrase")
+    assert _verifies(session, "argon@example.test", "moved too")
+    assert "{SHA512-CRYPT}" in api.get("/api/v1/openapi.json").text  # the body's description

@@ -141,3 +141,28 @@ def test_the_console_script_imports_with_hashing_in_worker_processes(tmp_path):
     assert exported.stdout.count("@example.test,8,imap,generate,paid,,keep") == 24
     maildirs = list((tmp_path / "instance" / "mail" / "example.test").glob("*/Maildir/cur"))
     assert len(maildirs) == 24
+
+
+def test_hashes_from_another_server_are_kept_and_the_help_says_how(runner, session, tmp_path):
+    import base64
+    import hashlib
+
+    make_domain(session)
+    digest = hashlib.sha512(b"the old passphrase" + b"salt").digest()
+    moved = "{SSHA512}" + base64.b64encode(digest + b"salt").decode()
+    path = write(tmp_path, f"moved@example.test,8,imap,{moved}\nbad@example.test,8,imap,{{X}}y\n")
+    result = runner.invoke(args=["mailbox", "import", path, "--dry-run"])
+    assert result.exit_code == 1
+    assert "Error: line 2: password: unknown password scheme {X}" in result.stderr
+    path = write(tmp_path, f"moved@example.test,8,imap,{moved}\n")
+    result = runner.invoke(args=["mailbox", "import", path, "--dry-run"])
+    assert result.stdout.splitlines()[0] == (
+        "line 1: would create moved@example.test (password hash kept: {SSHA512})"
+    )
+    result = runner.invoke(args=["mailbox", "import", path])
+    assert result.exit_code == 0 and result.stdout == ""  # no password was made up
+    session.expire_all()
+    assert session.scalar(select(Mailbox.password_hash)) == moved
+    assert auth.verify_password(moved, "the old passphrase").ok
+    help_text = runner.invoke(args=["mailbox", "import", "--help"]).output
+    assert "{SHA512-CRYPT}" in help_text and "{PLAIN}" in help_text

@@ -499,3 +499,28 @@ def test_a_maildir_left_half_made_by_a_crash_is_completed_not_refused(app, sessi
     assert report.applied
     folders = [info.name for info in store.open("half@example.test").folders()]
     assert folders == ["INBOX", "Archive", "Drafts", "Junk", "Sent", "Trash"]
+
+
+def test_many_maildirs_are_made_in_worker_processes_and_a_failure_there_undoes_all(
+    app, session, monkeypatch
+):
+    make_domain(session, "example.test")
+    make_domain(session, "blocked.test")
+    monkeypatch.setattr(mailbox_csv, "PARALLEL_MAILDIR_MIN", 2)
+    monkeypatch.setattr(mailbox_csv, "MAILDIR_CHUNK", 2)
+    made_here: list[str] = []
+    monkeypatch.setattr(mailbox_csv, "_make_in_threads", lambda store, a: made_here.extend(a))
+    good = "".join(f"u{n}@example.test,8,imap,{_sha512_crypt('pw')}\n" for n in range(5))
+    report = run_import(session, good, hash_workers=1)
+    session.commit()
+    assert report.applied and made_here == []
+    assert maildirs(app) == [f"u{n}@example.test" for n in range(5)]
+
+    # A domain directory that is a file: the worker process making that Maildir fails.
+    (Path(app.config["DATA_DIR"]) / "mail" / "blocked.test").write_text("in the way")
+    rows = "".join(f"v{n}@example.test,8,imap,generate\n" for n in range(5))
+    with pytest.raises(OSError):
+        run_import(session, rows + "x@blocked.test,8,imap,generate\n", hash_workers=1)
+    session.rollback()
+    assert mailbox_count(session) == 5
+    assert maildirs(app) == [f"u{n}@example.test" for n in range(5)]

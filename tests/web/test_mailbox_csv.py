@@ -228,3 +228,21 @@ def test_import_without_a_csrf_token_is_refused(csrf_app: dict, client: FlaskCli
         "/admin/mailboxes/import/apply", data={"upload": upload_token(text_of(accepted))}
     )
     assert apply.status_code == 400 and count(session, Mailbox) == 0
+
+
+def test_a_hash_from_another_server_is_shown_as_kept_and_a_bad_one_at_its_cell(
+    logged_in: FlaskClient, session: Session
+) -> None:
+    make_domain(session)
+    crypt = pytest.importorskip("crypt", reason="no crypt module on this Python")
+    moved = "{SHA512-CRYPT}" + crypt.crypt("the old passphrase", "$6$abcdefgh")
+    page = upload(logged_in, f"moved@example.test,8,imap,{moved}\n".encode())
+    html = page.get_data(as_text=True)
+    assert "hash kept ({SHA512-CRYPT})" in row_errors(html, 1)
+    assert "{BLF-CRYPT}" in html  # the hint names the schemes
+    logged_in.post("/admin/mailboxes/import/apply", data={"upload": upload_token(html)})
+    session.expire_all()
+    stored = session.scalar(select(Mailbox.password_hash))
+    assert stored == moved
+    bad = upload(logged_in, b"x@example.test,8,imap,{MD5}abc\n").get_data(as_text=True)
+    assert "password: unknown password scheme {MD5}" in row_errors(bad, 1)
