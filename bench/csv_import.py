@@ -174,11 +174,16 @@ def main() -> None:
                 f"  argon2id hashing, {hashed:,} passwords, {workers} processes: "
                 f"{timings['hash']:6.1f} s  ({per_hash:.1f} ms per hash per process)"
             )
-            threads = mailbox_csv.MAILDIR_THREADS
-            print(
-                f"  Maildirs, {threads} threads (beside the hashing): {timings['maildirs']:6.1f} s"
+            makers = (
+                f"{cores} processes"
+                if options.rows >= mailbox_csv.PARALLEL_MAILDIR_MIN and cores > 1
+                else f"{mailbox_csv.MAILDIR_THREADS} threads"
             )
-            print(f"  rows + audit events inserted:  {timings['insert']:6.1f} s")
+            print(
+                f"  Maildirs, {makers} (beside the hashing and inserts): "
+                f"{timings['maildirs']:6.1f} s"
+            )
+            print(f"  rows + audit events inserted (meanwhile): {timings['insert']:6.1f} s")
             print(f"apply (check, hash, Maildirs, insert, commit): {total:6.1f} s")
             print(f"made-up passwords returned: {len(report.passwords):,}")
             db.session.remove()
