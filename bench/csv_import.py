@@ -119,6 +119,12 @@ def main() -> None:
         default="mixed",
         help="the password column: half and half, all passwords, all generate, all hashes",
     )
+    parser.add_argument(
+        "--maildirs",
+        choices=("auto", "threads"),
+        default="auto",
+        help="auto: worker processes from PARALLEL_MAILDIR_MIN on; threads: always threads",
+    )
     parser.add_argument("--hash-workers", type=int, default=None, help="default: one per core")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     parser.add_argument(
@@ -128,6 +134,8 @@ def main() -> None:
     )
     options = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
+    if options.maildirs == "threads":
+        mailbox_csv.PARALLEL_MAILDIR_MIN = 10**9
     print(f"cores: {cores}; load average before: {' '.join(map(str, os.getloadavg()))}")
 
     with tempfile.TemporaryDirectory() as workdir, database(options.database_url, workdir) as url:

@@ -539,9 +539,9 @@ def _make_maildirs(store: MailStore, addresses: list[str], workers: int | None =
     addresses whose Maildir this call created (one that was there already is left be).
 
     Many are made in worker processes (one per core), a few in threads. The work is almost
-    all system calls, and threads beside a busy thread of this process (the inserts, the
-    check) wait for the GIL after each one: 10,000 Maildirs took 50-65 s in threads during
-    an import on the loaded 2-core machine and 20-30 s on their own."""
+    all system calls (37 inodes a mailbox), and meanwhile this process's main thread inserts
+    the rows: threads here would share its GIL, processes do not (on the loaded 2-core machine
+    the difference was within the noise, bench/RESULTS.md; spawning costs a second or two)."""
     fresh = [address for address in addresses if not store.exists(address)]
     workers = workers or len(os.sched_getaffinity(0))
     if workers > 1 and len(fresh) >= PARALLEL_MAILDIR_MIN:
