@@ -45,7 +45,7 @@ class JobRun(db.Model):  # type: ignore[name-defined,misc]
     # scheduler, command (`provider jobs run`), admin (the panel's "Run now"), api (/api/v1).
     started_by: Mapped[str] = mapped_column(String(16))
     # Who asked for a run by hand, as the audit names them (`admin:alice@…`, `cli`,
-    # `token:billing (alice@…)`); None for the scheduler's runs and for runs before 0019.
+    # `token:billing (alice@…)`); None for the scheduler's runs and for runs before 0020.
     actor: Mapped[str | None] = mapped_column(String(320))
     # The job's own time ("now" as the job saw it: --now moves it), and the real start and end.
     as_of: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,7 +1,7 @@
 """Job runs: who asked for a run (the audit actor), and `api` for runs started through /api/v1
 
-Revision ID: 0019_job_run_actor
-Revises: 0018_api_idempotency
+Revision ID: 0020_job_run_actor
+Revises: 0019_search_trigram_indexes
 Create Date: 2026-12-07 06:10:00
 
 """
@@ -9,8 +9,8 @@ Create Date: 2026-12-07 06:10:00
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0019_job_run_actor"
-down_revision = "0018_api_idempotency"
+revision = "0020_job_run_actor"
+down_revision = "0019_search_trigram_indexes"
 branch_labels = None
 depends_on = None
 
