@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -169,4 +172,34 @@ def test_a_transaction_already_open_is_not_relaxed(database: Path) -> None:
     connection.execute("INSERT INTO t VALUES (2)")
     connection.commit()
     assert _synchronous(connection) == 0
+    connection.close()
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_checkpoints_run_after_every_nth_commit_not_inside_one(
+    database: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_writes, "CHECKPOINT_EVERY", 5)
+    monkeypatch.setattr(sqlite_writes, "_commits", itertools.count(1))
+    connection = _connect(database)
+    assert connection.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    size_before = database.stat().st_size
+    for _ in range(4):
+        connection.execute("INSERT INTO t VALUES (randomblob(20000))")
+        connection.commit()
+    assert database.stat().st_size == size_before, "the rows wait in the WAL"
+    connection.execute("INSERT INTO t VALUES (randomblob(20000))")
+    connection.commit()
+    assert _wait_for(lambda: database.stat().st_size > size_before + 80_000), (
+        "the fifth commit started a checkpoint that copied the WAL into the database"
+    )
+    assert _lock_is_free(database), "the checkpoint holds no writer turn"
     connection.close()
