@@ -27,7 +27,7 @@ then p50/p99 per command type over all rounds, and the ratio provider/dovecot.
 
     .venv/bin/python bench/imap_mixed.py [--rounds 3] [--duration 30] [--clients 10]
         [--mailboxes 10] [--messages 300] [--data DIR] [--target both|provider|dovecot]
-        [--auth-cache SECONDS]
+        [--auth-cache SECONDS] [--mail-workers N]
 
 Dovecot needs root (its mail processes run as 'nobody').
 """
@@ -452,6 +452,13 @@ def main() -> int:
         metavar="SECONDS",
         help="our MAILBOX_AUTH_CACHE_SECONDS (default: the setting's default, on)",
     )
+    parser.add_argument(
+        "--mail-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="our MAIL_WORKERS (default: the setting's default, one per core)",
+    )
     parser.add_argument("--seed", type=int, default=1)
     options = parser.parse_args()
 
@@ -470,6 +477,8 @@ def main() -> int:
                 env = provider_env(scratch / "instance", data, "imap")
                 if options.auth_cache is not None:
                     env["PROVIDER_MAILBOX_AUTH_CACHE_SECONDS"] = str(options.auth_cache)
+                if options.mail_workers is not None:
+                    env["PROVIDER_MAIL_WORKERS"] = str(options.mail_workers)
                 run_provider(env, "init")
             print(f"filling {len(users)} x {options.messages} messages", file=sys.stderr)
             fill_store(data / "mail", options.mailboxes, options.messages)
