@@ -1,14 +1,14 @@
 """Benchmark: /api/v1 create-mailbox and list-mailboxes with 100,000 mailboxes, over HTTP.
 
 Fills a database with N mailboxes across D domains (bench/mailbox_list.fill: bulk insert, one
-shared password hash), makes a superadmin's write token, serves the app with waitress on
-127.0.0.1 (as `provider serve` runs it) and times requests from C client threads, each on its
-own keep-alive connection: list pages (a random page of 50; the search and the domain filter at
-the end of that list are never reached by 4 clients x 100 requests), the same depths by cursor
-(`after=ADDRESS`), a mix of filters (a third of them substring searches, a third a domain, a
-third a status or plan, each on a random page), and mailbox creation (each hashes a new
-password with the configured argon2id cost). Prints requests/s and median / p99 latency in
-milliseconds.
+shared password hash), makes a superadmin's write token, starts `provider serve --services web`
+on that database (its own process: waitress with the web's threads, as in production) and times
+requests from C client threads of this process, each on its own keep-alive connection: list
+pages (a random page of 50; the search and the domain filter at the end of that list are never
+reached by 4 clients x 100 requests), the same depths by cursor (`after=ADDRESS`), a mix of
+filters (a third of them substring searches, a third a domain, a third a status or plan, each
+on a random page), and mailbox creation (each hashes a new password with the configured
+argon2id cost). Prints requests/s and median / p99 latency in milliseconds.
 
     .venv/bin/python bench/api.py [--mailboxes 100000] [--database-url URL] [--clients 4]
 """
@@ -33,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flask_migrate import upgrade
 from mailbox_list import fill
-from provider_target import private_database
+from provider_target import private_database, provider_env, provider_process, run_provider
 from sqlalchemy import text
-from waitress.server import create_server
 
 from provider import create_app
 from provider.extensions import db
@@ -109,6 +108,9 @@ def main() -> None:
         }
         if database_url:
             config["DATABASE_URL"] = database_url
+        env = provider_env(Path(workdir), Path(workdir) / "data", "web")
+        env.update({f"PROVIDER_{key}": value for key, value in config.items()})
+        run_provider(env, "init")
         app = create_app(config)
         with app.app_context():
             upgrade(directory=app.extensions["migrate"].directory)
@@ -129,9 +131,10 @@ def main() -> None:
             db.session.commit()
             db.session.remove()
 
-        server = create_server(app, host="127.0.0.1", port=0, threads=max(4, options.clients))
-        threading.Thread(target=server.run, daemon=True).start()
-        port = server.effective_port
+        with app.app_context():
+            db.engine.dispose()
+        serving = provider_process(env, "web")
+        _host, port, _pid = serving.__enter__()
         pages = max(1, options.mailboxes // 50)
         rng = random.Random(7)
         cursor_urls = [
@@ -201,10 +204,7 @@ def main() -> None:
                 f"{statistics.median(latencies):>10.1f} {percentile(latencies, 0.99):>8.1f} "
                 f"{failures:>7}"
             )
-        server.task_dispatcher.shutdown(timeout=10)
-        server.close()
-        with app.app_context():
-            db.engine.dispose()
+        serving.__exit__(None, None, None)
 
 
 if __name__ == "__main__":

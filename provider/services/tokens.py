@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from provider.errors import InvalidInput, NotFound, ProviderError
 from provider.models import AdminUser, ApiToken
@@ -168,7 +168,11 @@ def authenticate(session: Session, secret: str, remote_ip: str | None) -> ApiTok
     if not secret.startswith(PREFIX) or len(secret) > 200:
         raise TokenRefused(REFUSED)
     wanted = hash_secret(secret)
-    token = session.scalar(select(ApiToken).where(ApiToken.secret_hash == wanted))
+    token = session.scalar(
+        select(ApiToken)
+        .where(ApiToken.secret_hash == wanted)
+        .options(joinedload(ApiToken.admin))  # checked below: one query for both
+    )
     moment = now()
     if (
         token is None

@@ -278,3 +278,42 @@ def test_keyset_pages_carry_the_same_total(app: Any, session: Session):
     assert page.total >= 6 if on_postgresql(session) else page.total == 9
     last = reports.mailboxes_after(session, "u007@one.test", per_page=4)
     assert ([m.address for m in last.items], last.next_after) == (["u008@one.test"], None)
+
+
+def test_summary_pages_are_the_records_of_the_orm_pages_in_the_same_order(session: Session):
+    one, two = make_domain(session, "one.test"), make_domain(session, "two.test")
+    bulk(
+        session,
+        one,
+        12,
+        pop3_enabled=lambda n: n % 2 == 0,
+        imap_enabled=lambda n: n % 2 == 1 or n % 3 != 0,
+        plan=lambda n: "trial" if n % 4 == 0 else "paid",
+        trial_expires_at=lambda n: one.created_at if n % 4 == 0 else None,
+        contact_email=lambda n: f"owner{n}@else.test" if n % 5 == 0 else None,
+        used_bytes=lambda n: n * 1000,
+    )
+    bulk(session, two, 3)
+    owner = session.scalars(select(Mailbox).where(Mailbox.address == "u004@one.test")).one()
+    for alias in ("zed@one.test", "abe@one.test"):
+        provisioning.create_alias(session, alias, owner, actor=TEST_ACTOR)
+    session.commit()
+    for options in (
+        {},
+        {"descending": True},
+        {"sort": "used", "descending": True},
+        {"search": "u00"},
+        {"plan": "trial"},
+        {"domain_ids": {two.id}},
+        {"domain_ids": set()},
+    ):
+        for page in (1, 2, 9):
+            orm = reports.list_mailboxes(session, page=page, per_page=5, **options)
+            rows = reports.mailbox_summary_page(session, page=page, per_page=5, **options)
+            assert rows.items == [mailbox.to_dict() for mailbox in orm.items], options
+            assert (rows.total, rows.page) == (orm.total, orm.page)
+    keyset = reports.mailboxes_after(session, "u003@one.test", per_page=4, summaries=True)
+    orm_keyset = reports.mailboxes_after(session, "u003@one.test", per_page=4)
+    assert keyset.items == [mailbox.to_dict() for mailbox in orm_keyset.items]
+    assert keyset.next_after == orm_keyset.next_after == "u007@one.test"
+    assert keyset.items[0]["aliases"] == ["abe@one.test", "zed@one.test"]
