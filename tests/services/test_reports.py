@@ -317,3 +317,22 @@ def test_summary_pages_are_the_records_of_the_orm_pages_in_the_same_order(sessio
     assert keyset.items == [mailbox.to_dict() for mailbox in orm_keyset.items]
     assert keyset.next_after == orm_keyset.next_after == "u007@one.test"
     assert keyset.items[0]["aliases"] == ["abe@one.test", "zed@one.test"]
+
+
+def test_pages_by_address_seek_to_the_same_rows_as_an_offset(session: Session):
+    one = make_domain(session, "one.test")
+    bulk(session, one, 23, status=lambda n: "suspended" if n % 3 == 0 else "active")
+    everyone = sorted(session.scalars(select(Mailbox.address)))
+    suspended = sorted(a for n, a in enumerate(everyone) if n % 3 == 0)
+    for descending in (False, True):
+        for wanted, options in ((everyone, {}), (suspended, {"status": "suspended"})):
+            expected = sorted(wanted, reverse=descending)
+            seen = []
+            for number in range(1, 7):
+                page = reports.list_mailboxes(
+                    session, page=number, per_page=4, descending=descending, **options
+                )
+                if page.page != number:  # past the end: the last page again
+                    break
+                seen += [m.address for m in page.items]
+            assert seen == expected, (descending, options)
