@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from provider import create_app
 from provider.extensions import db
 from provider.models import AdminUser, Domain, Mailbox
-from provider.services import admins, daily_stats, dkim, provisioning
+from provider.services import admins, daily_stats, dkim, provisioning, reports
 from provider.services.audit import Actor
 
 TEST_ACTOR = Actor("test", "127.0.0.1")
@@ -137,8 +137,10 @@ def app_config(database_url: str, tmp_path: Path) -> dict[str, Any]:
 @pytest.fixture
 def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     app = create_app(app_config)
-    # Daily counts wait in this process's memory: none from an earlier test's database.
+    # Daily counts wait in this process's memory: none from an earlier test's database; nor
+    # a list total estimated there (the same select, another test's rows).
     daily_stats.discard_pending()
+    reports.forget_estimates()
 
     # The test holds one app context open and test-client requests reuse it; empty `g` after
     # each request so nothing (Flask-Login's user, the CSRF token) leaks into the next one, as

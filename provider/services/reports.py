@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -141,22 +144,88 @@ def count_matching(
     LIST_EXACT_TOTAL_MAX: the COUNT stops reading there) and, when more match, answers the
     planner's estimate of the row count (from the table statistics ANALYZE and autovacuum
     keep), flagged as such. SQLite has no estimate and counts quickly: always exact there.
+    An estimate is reused for the same select for ESTIMATE_REUSE_SECONDS (see _estimates).
     """
     limit = exact_total_max() if exact_up_to is None else exact_up_to
     if limit <= 0 or session.get_bind().dialect.name != "postgresql":
         return count_all(session, query), False
+    rows = _rows_of(query)
+    compiled = rows.compile(
+        dialect=session.get_bind().dialect, compile_kwargs={"render_postcompile": True}
+    )
+    key = _estimates.key(session, compiled, limit)
+    known = _estimates.get(key)
+    if known is not None:
+        return known, True
     counted = session.scalar(count_query(query, limit + 1)) or 0
     if counted <= limit:
         return counted, False
-    return max(limit + 1, planner_rows(session, _rows_of(query))), True
+    estimate = max(limit + 1, planner_rows(session, rows, compiled))
+    _estimates.put(key, estimate)
+    return estimate, True
 
 
-def planner_rows(session: Session, query: Select[Any]) -> int:
-    """PostgreSQL's estimate of how many rows the select returns (EXPLAIN, not run)."""
+ESTIMATE_REUSE_SECONDS = 30.0
+"""How long a select's estimated total (more rows than LIST_EXACT_TOTAL_MAX) is reused: a page
+of such a list then runs neither the capped COUNT nor the EXPLAIN (two of a list request's six
+queries). The planner's figure is itself only refreshed by ANALYZE/autovacuum, so a reused
+one is no staler in kind; an exact total is never reused."""
+
+
+class _RecentEstimates:
+    """Estimated totals by (database, select, parameters, cap), for ESTIMATE_REUSE_SECONDS, at
+    most MAX entries (the oldest go first); per process, any thread."""
+
+    MAX = 512
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[Any, ...], tuple[float, int]] = OrderedDict()
+
+    @staticmethod
+    def key(session: Session, compiled: Any, limit: int) -> tuple[Any, ...]:
+        url = session.get_bind().url.render_as_string(hide_password=True)
+        parameters = tuple(sorted((name, repr(value)) for name, value in compiled.params.items()))
+        return (url, str(compiled), parameters, limit)
+
+    def get(self, key: tuple[Any, ...]) -> int | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if time.monotonic() - entry[0] > ESTIMATE_REUSE_SECONDS:
+                del self._entries[key]
+                return None
+            return entry[1]
+
+    def put(self, key: tuple[Any, ...], estimate: int) -> None:
+        with self._lock:
+            self._entries[key] = (time.monotonic(), estimate)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.MAX:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+_estimates = _RecentEstimates()
+
+
+def forget_estimates() -> None:
+    """Drop every reused estimate (tests, or after a bulk change an operator wants seen)."""
+    _estimates.clear()
+
+
+def planner_rows(session: Session, query: Select[Any], compiled: Any = None) -> int:
+    """PostgreSQL's estimate of how many rows the select returns (EXPLAIN, not run);
+    `compiled`: the select already compiled with render_postcompile, if at hand."""
     connection = session.connection()
-    compiled = query.compile(
-        dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
-    )
+    if compiled is None:
+        compiled = query.compile(
+            dialect=connection.dialect, compile_kwargs={"render_postcompile": True}
+        )
     plan = connection.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {compiled}", compiled.params).scalar()
     if isinstance(plan, str):
         plan = json.loads(plan)

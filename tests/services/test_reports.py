@@ -336,3 +336,37 @@ def test_pages_by_address_seek_to_the_same_rows_as_an_offset(session: Session):
                     break
                 seen += [m.address for m in page.items]
             assert seen == expected, (descending, options)
+
+
+def test_an_estimated_total_is_reused_for_the_same_select_for_a_while(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+):
+    one = make_domain(session, "one.test")
+    bulk(session, one, 9)
+    statements: list[str] = []
+
+    def count_statement(*args: Any) -> None:
+        statements.append(args[2])
+
+    def counted(query: Any, cap: int) -> tuple[tuple[int, bool], int]:
+        statements.clear()
+        event.listen(db.engine, "before_cursor_execute", count_statement)
+        try:
+            return reports.count_matching(session, query, exact_up_to=cap), len(statements)
+        finally:
+            event.remove(db.engine, "before_cursor_execute", count_statement)
+
+    everyone = reports.mailbox_select()
+    first, queries = counted(everyone, 3)
+    if not on_postgresql(session):  # always an exact COUNT, never reused
+        assert (first, queries) == ((9, False), 1)
+        assert counted(everyone, 3) == ((9, False), 1)
+        return
+    assert first[1] and queries == 2  # the capped COUNT, then the EXPLAIN
+    assert counted(everyone, 3) == (first, 0)
+    # Another select (other parameters), or an exact total: counted, not reused.
+    assert counted(reports.mailbox_select(search="u00"), 3)[1] == 2
+    assert counted(reports.mailbox_select(search="u001"), 3) == ((1, False), 1)
+    assert counted(reports.mailbox_select(search="u001"), 3) == ((1, False), 1)
+    monkeypatch.setattr(reports, "ESTIMATE_REUSE_SECONDS", 0.0)
+    assert counted(everyone, 3)[1] == 2  # too old: asked again
