@@ -101,12 +101,7 @@ class Mailbox(db.Model):  # type: ignore[name-defined,misc]
     @property
     def protocols(self) -> list[str]:
         """The allowed protocols, in a stable order (imap before pop3)."""
-        allowed = []
-        if self.imap_enabled:
-            allowed.append(Protocol.IMAP.value)
-        if self.pop3_enabled:
-            allowed.append(Protocol.POP3.value)
-        return allowed
+        return protocols_of(self.imap_enabled, self.pop3_enabled)
 
     @protocols.setter
     def protocols(self, value: set[str] | list[str]) -> None:
@@ -129,22 +124,65 @@ class Mailbox(db.Model):  # type: ignore[name-defined,misc]
 
     def to_dict(self) -> dict[str, Any]:
         """Everything an admin may see about the mailbox (never the password hash)."""
-        return {
-            "address": self.address,
-            "domain": self.domain.name if self.domain else None,
-            "quota_bytes": self.quota_bytes,
-            "used_bytes": self.used_bytes,
-            "protocols": self.protocols,
-            "status": self.status,
-            "plan": self.plan,
-            "contact_email": self.contact_email,
-            "pop3_action": self.pop3_action,
-            "created_at": self.created_at.isoformat() if self.created_at else None,
-            "trial_expires_at": (
-                self.trial_expires_at.isoformat() if self.trial_expires_at else None
-            ),
-            "aliases": sorted(alias.address for alias in self.aliases),
-        }
+        return summary_record(
+            address=self.address,
+            domain=self.domain.name if self.domain else None,
+            quota_bytes=self.quota_bytes,
+            used_bytes=self.used_bytes,
+            imap_enabled=self.imap_enabled,
+            pop3_enabled=self.pop3_enabled,
+            status=self.status,
+            plan=self.plan,
+            contact_email=self.contact_email,
+            pop3_action=self.pop3_action,
+            created_at=self.created_at,
+            trial_expires_at=self.trial_expires_at,
+            aliases=[alias.address for alias in self.aliases],
+        )
 
     def __repr__(self) -> str:
         return f"<Mailbox {self.address}>"
+
+
+def protocols_of(imap_enabled: bool, pop3_enabled: bool) -> list[str]:
+    """The protocols two flags allow, in a stable order (imap before pop3)."""
+    allowed = []
+    if imap_enabled:
+        allowed.append(Protocol.IMAP.value)
+    if pop3_enabled:
+        allowed.append(Protocol.POP3.value)
+    return allowed
+
+
+def summary_record(
+    *,
+    address: str,
+    domain: str | None,
+    quota_bytes: int,
+    used_bytes: int,
+    imap_enabled: bool,
+    pop3_enabled: bool,
+    status: str,
+    plan: str,
+    contact_email: str | None,
+    pop3_action: str,
+    created_at: datetime | None,
+    trial_expires_at: datetime | None,
+    aliases: list[str],
+) -> dict[str, Any]:
+    """A mailbox's record (Mailbox.to_dict), from its values: also from plain rows
+    (services/reports.mailbox_summaries)."""
+    return {
+        "address": address,
+        "domain": domain,
+        "quota_bytes": quota_bytes,
+        "used_bytes": used_bytes,
+        "protocols": protocols_of(imap_enabled, pop3_enabled),
+        "status": status,
+        "plan": plan,
+        "contact_email": contact_email,
+        "pop3_action": pop3_action,
+        "created_at": created_at.isoformat() if created_at else None,
+        "trial_expires_at": trial_expires_at.isoformat() if trial_expires_at else None,
+        "aliases": sorted(aliases),
+    }

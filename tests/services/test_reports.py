@@ -309,7 +309,7 @@ def test_summary_pages_are_the_records_of_the_orm_pages_in_the_same_order(sessio
     ):
         for page in (1, 2, 9):
             orm = reports.list_mailboxes(session, page=page, per_page=5, **options)
-            rows = reports.mailbox_summary_page(session, page=page, per_page=5, **options)
+            rows = reports.list_mailboxes(session, page=page, per_page=5, summaries=True, **options)
             assert rows.items == [mailbox.to_dict() for mailbox in orm.items], options
             assert (rows.total, rows.page) == (orm.total, orm.page)
     keyset = reports.mailboxes_after(session, "u003@one.test", per_page=4, summaries=True)

@@ -165,7 +165,9 @@ def list_mailboxes(args: dict[str, Any]) -> dict[str, Any]:
             raise InvalidInput("after pages by address: use it with sort=address", "after")
         keyset = reports.mailboxes_after(db.session, args["after"], summaries=True, **filters)
         return keyset_page_of(keyset, keyset.items)
-    page = reports.mailbox_summary_page(db.session, sort=args["sort"], page=args["page"], **filters)
+    page = reports.list_mailboxes(
+        db.session, sort=args["sort"], page=args["page"], summaries=True, **filters
+    )
     result = page_of(page, page.items)
     more = page.has_next and page.items and args["sort"] == "address"
     result["next_after"] = page.items[-1]["address"] if more else None
