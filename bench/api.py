@@ -2,7 +2,8 @@
 
 Fills a database with N mailboxes across D domains (bench/mailbox_list.fill: bulk insert, one
 shared password hash), makes a superadmin's write token, starts `provider serve --services web`
-on that database (its own process: waitress with the web's threads, as in production) and times
+on that database (its own processes: gunicorn with WEB_WORKERS workers of 8 threads, one per
+core unless --web-workers says otherwise, as in production) and times
 requests from C client threads of this process, each on its own keep-alive connection: list
 pages (a random page of 50; the search and the domain filter at the end of that list are never
 reached by 4 clients x 100 requests), the same depths by cursor (`after=ADDRESS`), a mix of
@@ -11,6 +12,7 @@ on a random page), and mailbox creation (each hashes a new password with the con
 argon2id cost). Prints requests/s and median / p99 latency in milliseconds.
 
     .venv/bin/python bench/api.py [--mailboxes 100000] [--database-url URL] [--clients 4]
+        [--web-workers N]
 """
 
 from __future__ import annotations
@@ -95,6 +97,9 @@ def main() -> None:
     parser.add_argument("--lists", type=int, default=100, help="list requests per client")
     parser.add_argument("--creates", type=int, default=25, help="create requests per client")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument(
+        "--web-workers", type=int, default=0, help="WEB_WORKERS (default 0: one per core)"
+    )
     options = parser.parse_args()
 
     with (
@@ -110,6 +115,7 @@ def main() -> None:
             config["DATABASE_URL"] = database_url
         env = provider_env(Path(workdir), Path(workdir) / "data", "web")
         env.update({f"PROVIDER_{key}": value for key, value in config.items()})
+        env["PROVIDER_WEB_WORKERS"] = str(options.web_workers)
         run_provider(env, "init")
         app = create_app(config)
         with app.app_context():

@@ -53,8 +53,9 @@ MAIL_SERVICES = ("imap", "pop3", "lmtp", "smtp", "submission", "managesieve")
 # accepting on the same inherited listening sockets; what must hold for the whole installation
 # is shared through INSTANCE_DIR/run/ (login failure delays and bans in logins.sqlite3, login
 # turns and connection limits as record locks in slots.lock) or the mail store's own files
-# (\Recent, UIDs, flags), docs/DESIGN-NOTES.md "Several mail workers". The web's counters
-# (login and signup limits) live in its process's memory, so it stays one process with threads.
+# (\Recent, UIDs, flags), docs/DESIGN-NOTES.md "Several mail workers". The web is one gunicorn
+# arbiter (one child of ours) with WEB_WORKERS processes of WEB_THREADS threads; its login,
+# signup and API counters are shared in logins.sqlite3 too ("Several web workers").
 WORKERS = {
     "web": 1,
     "mail": 0,  # MAIL_WORKERS
@@ -342,6 +343,12 @@ def mail_workers(app: Flask) -> int:
     return wanted if wanted > 0 else (os.cpu_count() or 1)
 
 
+def web_workers(app: Flask) -> int:
+    """How many web processes gunicorn runs: WEB_WORKERS, or one per core when it is 0."""
+    wanted = int(app.config.get("WEB_WORKERS") or 0)
+    return wanted if wanted > 0 else (os.cpu_count() or 1)
+
+
 # --- what each child process runs --------------------------------------------------------------
 
 
@@ -457,7 +464,7 @@ def serve_web(app: Flask, sockets: list[socket.socket], context: ChildContext) -
 
     options: dict[str, Any] = {
         "bind": [f"fd://{fd}" for fd in descriptors],
-        "workers": 1,
+        "workers": web_workers(app),
         "worker_class": "gthread",
         "threads": WEB_THREADS,
         "graceful_timeout": 10,

@@ -117,16 +117,17 @@ def _check_two_factor(settings: dict[str, Any]) -> None:
 
 # Beyond this a typo (each worker is a process with its own database pool and caches).
 MAX_MAIL_WORKERS = 256
+MAX_WEB_WORKERS = 64
 
 
 def _check_workers(settings: dict[str, Any]) -> None:
-    """MAIL_WORKERS: a whole number from 0 (one per core) to MAX_MAIL_WORKERS."""
-    value = settings.get("MAIL_WORKERS", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_MAIL_WORKERS:
-        raise SettingsError(
-            f"MAIL_WORKERS must be a whole number from 0 (one per core) to {MAX_MAIL_WORKERS}, "
-            f"not {value}"
-        )
+    """MAIL_WORKERS and WEB_WORKERS: whole numbers from 0 (one per core) to their maximum."""
+    for key, highest in (("MAIL_WORKERS", MAX_MAIL_WORKERS), ("WEB_WORKERS", MAX_WEB_WORKERS)):
+        value = settings.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= highest:
+            raise SettingsError(
+                f"{key} must be a whole number from 0 (one per core) to {highest}, not {value}"
+            )
 
 
 SIEVE_RANGES = {

@@ -88,6 +88,11 @@ def test_each_layer_overrides_the_one_before(tmp_path):
         ({"PROVIDER_MAIL_WORKERS": "-1"}, "MAIL_WORKERS must be a whole number from 0"),
         ({"PROVIDER_MAIL_WORKERS": "257"}, "MAIL_WORKERS must be a whole number from 0"),
         ({"PROVIDER_MAIL_WORKERS": "1.5"}, "MAIL_WORKERS must be a whole number"),
+        (
+            {"PROVIDER_WEB_WORKERS": "65"},
+            r"WEB_WORKERS must be a whole number from 0 \(one per core\) to 64",
+        ),
+        ({"PROVIDER_WEB_WORKERS": "2.5"}, "WEB_WORKERS must be a whole number"),
         ({"PROVIDER_MAIL_WORKERS": "1e308"}, "MAIL_WORKERS"),
         ({"PROVIDER_MAIL_WORKERS": "inf"}, "MAIL_WORKERS"),
         ({"PROVIDER_MAIL_WORKERS": "nan"}, "MAIL_WORKERS"),

@@ -1,4 +1,5 @@
-"""Login failure counts, bans and failure penalties in one SQLite file shared by every process."""
+"""Login failure counts, bans, failure penalties and the web's throttles in one SQLite file
+shared by every process of an installation."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from flask import Flask
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,17 @@ CREATE TABLE IF NOT EXISTS penalties (
     expires REAL NOT NULL, touched REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS penalties_touched ON penalties (touched);
 CREATE INDEX IF NOT EXISTS penalties_expires ON penalties (expires);
+CREATE TABLE IF NOT EXISTS throttles (
+    key TEXT PRIMARY KEY, times BLOB NOT NULL, blocked INTEGER NOT NULL,
+    expires REAL NOT NULL, touched REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS throttles_touched ON throttles (blocked, touched);
+CREATE INDEX IF NOT EXISTS throttles_expires ON throttles (expires);
+CREATE TABLE IF NOT EXISTS windows (
+    key TEXT PRIMARY KEY, hits INTEGER NOT NULL, expires REAL NOT NULL, touched REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS windows_touched ON windows (hits > 1, touched);
+CREATE INDEX IF NOT EXISTS windows_expires ON windows (expires);
 """
+TABLES = ("counting", "bans", "penalties", "throttles", "windows")
 
 
 # Connections a forked child inherited: never closed (nor used) in the child.
@@ -184,10 +197,16 @@ class LoginStore:
         connection.execute("DELETE FROM counting WHERE expires <= ?", (moment,))
         connection.execute("DELETE FROM penalties WHERE expires <= ?", (moment,))
         connection.execute("DELETE FROM bans WHERE until <= ?", (moment,))
+        connection.execute("DELETE FROM throttles WHERE expires <= ?", (moment,))
+        connection.execute("DELETE FROM windows WHERE expires <= ?", (moment,))
         for table, order in (
             ("counting", "touched"),
             ("penalties", "touched"),
             ("bans", "until"),  # past the cap, the ban that would end first goes first
+            # Past the cap, keys still counting go before blocked ones, and window counters
+            # hit once (what a flood of new keys is made of) before those hit more.
+            ("throttles", "blocked, touched"),
+            ("windows", "hits > 1, touched"),
         ):
             (count,) = connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
             if count > self.max_keys:
@@ -207,7 +226,7 @@ class LoginStore:
         def count(connection: sqlite3.Connection) -> dict[str, int]:
             return {
                 table: connection.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-                for table in ("counting", "bans", "penalties")
+                for table in TABLES
             }
 
         return self._run(count, write=False)
@@ -319,3 +338,129 @@ class LoginStore:
                 ),
                 write=True,
             )
+
+    # --- the web's login throttles (ratelimit.FailureLimiter)
+
+    def throttle_failed(
+        self, keys: tuple[str, ...], moment: float, limit: int, window: float
+    ) -> None:
+        """Count a failure of each of `keys`, keeping the times within `window` (at most
+        `limit` of them); a key with `limit` of them is blocked."""
+
+        def count(connection: sqlite3.Connection) -> None:
+            for key in keys:
+                row = connection.execute(
+                    "SELECT times FROM throttles WHERE key = ?", (key,)
+                ).fetchone()
+                recent = _recent_times(row[0] if row else b"", moment, window)
+                recent.append(moment)
+                recent = recent[max(len(recent) - limit, 0) :]
+                connection.execute(
+                    "INSERT OR REPLACE INTO throttles (key, times, blocked, expires, touched) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (key, recent.tobytes(), int(len(recent) >= limit), moment + window, moment),
+                )
+            self._maybe_prune(connection, moment)
+
+        self._run(count, write=True)
+
+    def throttle_blocked(
+        self, keys: tuple[str, ...], moment: float, limit: int, window: float
+    ) -> bool:
+        """Whether any of `keys` has `limit` failures within `window` (a read: never waits)."""
+
+        def read(connection: sqlite3.Connection) -> bool:
+            for key in keys:
+                row = connection.execute(
+                    "SELECT times FROM throttles WHERE key = ? AND blocked AND expires > ?",
+                    (key, moment),
+                ).fetchone()
+                if row is not None and len(_recent_times(row[0], moment, window)) >= limit:
+                    return True
+            return False
+
+        return self._run(read, write=False)
+
+    def throttle_reset(self, keys: tuple[str, ...]) -> None:
+        def held(connection: sqlite3.Connection) -> list[str]:
+            return [
+                key
+                for key in keys
+                if connection.execute("SELECT 1 FROM throttles WHERE key = ?", (key,)).fetchone()
+            ]
+
+        # A successful login usually has nothing to forget: a read needs no write lock.
+        found = self._run(held, write=False)
+        if found:
+            self._run(
+                lambda connection: connection.executemany(
+                    "DELETE FROM throttles WHERE key = ?", [(key,) for key in found]
+                ),
+                write=True,
+            )
+
+    # --- fixed-window hit counters (ratelimit.SharedWindowStorage: signups, API tokens)
+
+    def window_hit(self, key: str, moment: float, expiry: float, amount: int) -> tuple[int, float]:
+        """Add `amount` to `key`'s counter (a new window of `expiry` seconds when it has none
+        or it ended); its count and the end of its window."""
+
+        def hit(connection: sqlite3.Connection) -> tuple[int, float]:
+            row = connection.execute(
+                "SELECT hits, expires FROM windows WHERE key = ? AND expires > ?", (key, moment)
+            ).fetchone()
+            if row is None:
+                hits, expires = amount, moment + expiry
+            else:
+                hits, expires = int(row[0]) + amount, float(row[1])
+            connection.execute(
+                "INSERT OR REPLACE INTO windows (key, hits, expires, touched) VALUES (?, ?, ?, ?)",
+                (key, hits, expires, moment),
+            )
+            self._maybe_prune(connection, moment)
+            return hits, expires
+
+        return self._run(hit, write=True)
+
+    def window_count(self, key: str, moment: float) -> tuple[int, float]:
+        """`key`'s count and the end of its window ((0, moment) when it has none)."""
+
+        def read(connection: sqlite3.Connection) -> tuple[int, float]:
+            row = connection.execute(
+                "SELECT hits, expires FROM windows WHERE key = ? AND expires > ?", (key, moment)
+            ).fetchone()
+            return (int(row[0]), float(row[1])) if row else (0, moment)
+
+        return self._run(read, write=False)
+
+    def window_clear(self, key: str | None = None) -> int:
+        """Forget `key`'s counter, or every counter; how many were forgotten."""
+
+        def clear(connection: sqlite3.Connection) -> int:
+            if key is None:
+                return connection.execute("DELETE FROM windows").rowcount
+            return connection.execute("DELETE FROM windows WHERE key = ?", (key,)).rowcount
+
+        return self._run(clear, write=True)
+
+
+def _recent_times(blob: bytes, moment: float, window: float) -> array[float]:
+    """The failure times of a stored blob that are within `window` before `moment` (a torn or
+    foreign blob reads as fewer times, never as an error)."""
+    times = array("d")
+    data = bytes(blob)
+    times.frombytes(data[: len(data) - len(data) % times.itemsize])
+    return array("d", (t for t in times if 0 <= moment - t < window))
+
+
+def store_path(app: Flask) -> str:
+    """The file the login guards and throttles of every process of an installation share."""
+    return os.path.join(app.config["INSTANCE_DIR"], "run", "logins.sqlite3")
+
+
+def shared_store(app: Flask, max_keys: int) -> LoginStore:
+    """The app's one LoginStore, made on first use."""
+    store = app.extensions.get("login_store")
+    if store is None:
+        store = app.extensions["login_store"] = LoginStore(store_path(app), max_keys=max_keys)
+    return store  # type: ignore[no-any-return]

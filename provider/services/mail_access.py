@@ -25,7 +25,7 @@ from provider.models import Mailbox
 from provider.models.mailbox import MailboxStatus, Plan
 from provider.services import auth
 from provider.services.clock import now
-from provider.services.login_store import LoginStore, StoreUnavailable
+from provider.services.login_store import LoginStore, StoreUnavailable, shared_store
 from provider.services.ratelimit import MAX_KEYS, BoundedTable
 from provider.services.shared_slots import SharedSlots, SlotsUnavailable
 
@@ -394,7 +394,7 @@ class Guards:
 
     def __init__(self, app: Flask) -> None:
         config = app.config
-        self.store = LoginStore(login_store_path(app), max_keys=MAX_KEYS)
+        self.store = shared_store(app, MAX_KEYS)
         self.slots = shared_slots(slots_path(app))
         self.failures = FailureDelay(float(config["LOGIN_FAILURE_DELAY_SECONDS"]), store=self.store)
         self.logins = LoginTurns(int(config["LOGIN_PARALLEL_PER_ADDRESS"]), self.slots)
@@ -432,11 +432,6 @@ class Guards:
         if self.bans.failure(remote):
             return None
         return self.failures.failed(remote, user, password)
-
-
-def login_store_path(app: Flask) -> str:
-    """The file the login guards of every process of this installation share."""
-    return os.path.join(app.config["INSTANCE_DIR"], "run", "logins.sqlite3")
 
 
 def slots_path(app: Flask) -> str:

@@ -1,7 +1,10 @@
-"""Throttling state for logins and signups: per-key counters that expire and never outgrow a cap."""
+"""Throttling state for logins, signups and API tokens: per-key counters that expire, never
+outgrow a cap, and are shared by every process of an installation through its login store."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -12,6 +15,7 @@ from flask import Flask
 from limits.storage import Storage
 
 from provider.services.clock import now
+from provider.services.login_store import LoginStore, StoreUnavailable, shared_store, store_path
 
 V = TypeVar("V")
 
@@ -106,14 +110,31 @@ class FailureLimiter:
     window after its last failure, and each of the two tables (keys still counting, keys
     blocked) holds at most `max_keys`, the oldest evicted first. Blocked keys have a table of
     their own, so new keys (one failure each) can only push out other counting keys.
+
+    With a `store`, failures are also counted in its file under `name` (the same bounds), so
+    every web process of an installation counts together; this process's own tables are kept
+    too and answer alone while the file is unusable (a block either knows refuses).
     """
 
-    def __init__(self, max_failures: int, window_seconds: float, max_keys: int = MAX_KEYS) -> None:
+    def __init__(
+        self,
+        max_failures: int,
+        window_seconds: float,
+        max_keys: int = MAX_KEYS,
+        store: LoginStore | None = None,
+        name: str = "",
+    ) -> None:
         self.max_failures = max(int(max_failures), 1)
         self.window = float(window_seconds)
+        self.store = store
+        self.name = name
         self._counting: BoundedTable[tuple[float, ...]] = BoundedTable(max_keys)
         self._blocked: BoundedTable[tuple[float, ...]] = BoundedTable(max_keys)
         self._lock = threading.Lock()
+
+    def _stored(self, keys: tuple[str, ...]) -> tuple[str, ...]:
+        """The keys as the store holds them: this limiter's name first (one file for all)."""
+        return tuple(f"{self.name}\0{key}" for key in keys)
 
     def key_count(self) -> int:
         """Keys held now, in both tables (a measure of its memory)."""
@@ -136,7 +157,14 @@ class FailureLimiter:
     def blocked(self, *keys: str) -> bool:
         moment = now().timestamp()
         with self._lock:
-            return any(self._is_blocked(key, moment) for key in keys)
+            if any(self._is_blocked(key, moment) for key in keys):
+                return True
+        if self.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                return self.store.throttle_blocked(
+                    self._stored(keys), moment, self.max_failures, self.window
+                )
+        return False
 
     def fail(self, *keys: str) -> None:
         moment = now().timestamp()
@@ -148,29 +176,41 @@ class FailureLimiter:
                 table = self._blocked if len(recent) >= self.max_failures else self._counting
                 table.put(key, recent, moment + self.window, moment)
             self._blocked.prune(moment)  # expire blocked keys that nobody writes any more
+        if self.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                self.store.throttle_failed(
+                    self._stored(keys), moment, self.max_failures, self.window
+                )
 
     def reset(self, *keys: str) -> None:
         with self._lock:
             for key in keys:
                 self._counting.pop(key)
                 self._blocked.pop(key)
+        if self.store is not None:
+            with contextlib.suppress(StoreUnavailable):
+                self.store.throttle_reset(self._stored(keys))
 
 
 def login_limiter(app: Flask, name: str) -> FailureLimiter:
     """The app's limiter of failed web logins called `name` ("admin", "account"): each its own
-    buckets, both with the LOGIN_MAX_FAILURES per LOGIN_WINDOW_SECONDS limits."""
+    buckets, both with the LOGIN_MAX_FAILURES per LOGIN_WINDOW_SECONDS limits, counted with
+    every other process of the installation in its login store."""
     key = f"{name}_login_limiter"
     limiter = app.extensions.get(key)
     if limiter is None:
         limiter = app.extensions[key] = FailureLimiter(
-            int(app.config["LOGIN_MAX_FAILURES"]), float(app.config["LOGIN_WINDOW_SECONDS"])
+            int(app.config["LOGIN_MAX_FAILURES"]),
+            float(app.config["LOGIN_WINDOW_SECONDS"]),
+            store=shared_store(app, MAX_KEYS),
+            name=f"{name}-login",
         )
     return limiter  # type: ignore[no-any-return]
 
 
 class BoundedMemoryStorage(Storage):
-    """Flask-Limiter's counters in this process (`bounded-memory://`, what `memory://` in
-    RATELIMIT_STORAGE_URI is served by), bounded like FailureLimiter.
+    """Fixed-window counters in this process (`bounded-memory://`; what SharedWindowStorage
+    counts in while its file is unusable), bounded like FailureLimiter.
 
     The `limits` package's own memory storage keeps every key until its window ends, however
     many arrive. Here keys hit once (what a flood of new keys is made of) are evicted before
@@ -246,7 +286,56 @@ class BoundedMemoryStorage(Storage):
             self._more.pop(key)
 
 
-def storage_uri(configured: str) -> str:
-    """RATELIMIT_STORAGE_URI for Flask-Limiter: `memory://` becomes the bounded storage above;
-    any other (redis://…) is used as given (Redis expires its keys itself)."""
-    return "bounded-memory://" if configured.strip() in {"", "memory://"} else configured
+class SharedWindowStorage(BoundedMemoryStorage):
+    """Fixed-window counters in the installation's login store
+    (`provider-shared:///…/run/logins.sqlite3`, what `memory://` in RATELIMIT_STORAGE_URI is
+    served by): the signup limits and the API's per-token limit count every web process's
+    requests together. While the file is unusable this process counts alone, in the bounded
+    memory it inherits. Fixed windows only (Flask-Limiter's default strategy and the API's)."""
+
+    STORAGE_SCHEME = ["provider-shared"]
+
+    def __init__(self, uri: str | None = None, **options: Any) -> None:
+        super().__init__(uri, **options)
+        path = (uri or "").partition("://")[2]
+        if not path:
+            raise ValueError(f"no file in {uri!r}: provider-shared:///path/to/logins.sqlite3")
+        self.store = LoginStore(path, max_keys=int(options.get("max_keys", MAX_KEYS)))
+
+    def incr(self, key: str, expiry: int | float, amount: int = 1) -> int:
+        try:
+            return self.store.window_hit(key, time.time(), float(expiry), amount)[0]
+        except StoreUnavailable:
+            return super().incr(key, expiry, amount)
+
+    def get(self, key: str) -> int:
+        try:
+            return self.store.window_count(key, time.time())[0]
+        except StoreUnavailable:
+            return super().get(key)
+
+    def get_expiry(self, key: str) -> float:
+        try:
+            return self.store.window_count(key, time.time())[1]
+        except StoreUnavailable:
+            return super().get_expiry(key)
+
+    def reset(self) -> int | None:
+        cleared = super().reset() or 0
+        with contextlib.suppress(StoreUnavailable):
+            cleared += self.store.window_clear()
+        return cleared
+
+    def clear(self, key: str) -> None:
+        super().clear(key)
+        with contextlib.suppress(StoreUnavailable):
+            self.store.window_clear(key)
+
+
+def storage_uri(configured: str, app: Flask) -> str:
+    """RATELIMIT_STORAGE_URI for Flask-Limiter and the API: `memory://` becomes the app's
+    login store (shared by every process of the installation, SharedWindowStorage); any
+    other (redis://…) is used as given (Redis expires its keys itself)."""
+    if configured.strip() in {"", "memory://"}:
+        return f"provider-shared://{os.path.abspath(store_path(app))}"
+    return configured

@@ -101,10 +101,11 @@ def _limit(name: str) -> Any:
 
 def init_signup(app: Flask) -> None:
     """Register the blueprint with its own Limiter (per app, storage from RATELIMIT_STORAGE_URI:
-    memory:// for one web process — bounded, services/ratelimit — or redis:// to share the
-    counters between several)."""
+    memory:// counts in the installation's login store, shared by its web processes —
+    services/ratelimit — and redis:// in Redis, shared by several machines)."""
     limiter = Limiter(
-        _remote_key, storage_uri=ratelimit.storage_uri(str(app.config["RATELIMIT_STORAGE_URI"]))
+        _remote_key,
+        storage_uri=ratelimit.storage_uri(str(app.config["RATELIMIT_STORAGE_URI"]), app),
     )
     limiter.limit(
         _limit("SIGNUP_LIMIT_PER_ADDRESS"),

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from limits import parse
+from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-from provider.services import clock, mail_access, ratelimit
+from provider.services import clock, login_store, mail_access, ratelimit
+from provider.services.login_store import LoginStore
 from provider.services.mail_access import BanList, FailureDelay
-from provider.services.ratelimit import BoundedMemoryStorage, BoundedTable, FailureLimiter
+from provider.services.ratelimit import (
+    BoundedMemoryStorage,
+    BoundedTable,
+    FailureLimiter,
+    SharedWindowStorage,
+)
 
 FLOOD = 100_000
 CAP = 1_000
@@ -133,9 +143,76 @@ def test_signup_counters_stay_bounded_under_a_flood_and_still_block() -> None:
     assert limiter.hit(per_contact, "contact:victim@example.org")
 
 
-def test_the_signup_limiter_uses_the_bounded_storage(app: Flask) -> None:
-    assert isinstance(app.extensions["signup_limiter"].storage, BoundedMemoryStorage)
-    assert ratelimit.storage_uri("redis://localhost:6379") == "redis://localhost:6379"
+def test_signup_and_api_counters_live_in_the_installations_login_store(app: Flask) -> None:
+    storage = app.extensions["signup_limiter"].storage
+    assert isinstance(storage, SharedWindowStorage)
+    assert str(storage.store.path) == os.path.abspath(login_store.store_path(app))
+    assert ratelimit.storage_uri("redis://localhost:6379", app) == "redis://localhost:6379"
+    # Another process of the installation (another storage on the same file) counts along.
+    other = FixedWindowRateLimiter(storage_from_string(ratelimit.storage_uri("memory://", app)))
+    mine = FixedWindowRateLimiter(storage)
+    per_hour = parse("3 per hour")
+    assert mine.hit(per_hour, "signup", "192.0.2.1") and other.hit(per_hour, "signup", "192.0.2.1")
+    assert mine.hit(per_hour, "signup", "192.0.2.1")
+    assert not other.hit(per_hour, "signup", "192.0.2.1")
+    stats = other.get_window_stats(per_hour, "signup", "192.0.2.1")
+    assert stats.remaining == 0 and 3590 < stats.reset_time - time.time() <= 3600
+    assert mine.hit(per_hour, "signup", "192.0.2.9")  # another key is its own
+    storage.clear(per_hour.key_for("signup", "192.0.2.1"))
+    assert other.hit(per_hour, "signup", "192.0.2.1")
+
+
+def test_the_shared_window_counters_fall_back_to_memory(tmp_path: Path) -> None:
+    (tmp_path / "run").write_text("a file where the directory should be")
+    storage = SharedWindowStorage(f"provider-shared://{tmp_path}/run/logins.sqlite3")
+    limiter = FixedWindowRateLimiter(storage)
+    per_hour = parse("2 per hour")
+    assert limiter.hit(per_hour, "k") and limiter.hit(per_hour, "k")
+    assert not limiter.hit(per_hour, "k")  # still limited, in this process's memory
+    assert BoundedMemoryStorage.get(storage, per_hour.key_for("k")) == 3
+
+
+def test_web_login_failures_count_together_across_processes(frozen: None, tmp_path: Path) -> None:
+    """Two limiters on one file, as two web processes have; each keeps its own memory."""
+    path = tmp_path / "logins.sqlite3"
+    first = FailureLimiter(3, 900, store=LoginStore(path, max_keys=CAP), name="admin-login")
+    second = FailureLimiter(3, 900, store=LoginStore(path, max_keys=CAP), name="admin-login")
+    other_name = FailureLimiter(3, 900, store=LoginStore(path, max_keys=CAP), name="account")
+    first.fail("email:a@example.test", "ip:192.0.2.1")
+    second.fail("email:a@example.test", "ip:192.0.2.1")
+    assert not first.blocked("email:a@example.test") and not second.blocked("ip:192.0.2.1")
+    first.fail("email:a@example.test", "ip:192.0.2.1")
+    assert second.blocked("email:a@example.test") and second.blocked("ip:192.0.2.1")
+    assert not other_name.blocked("email:a@example.test")  # the account pages count apart
+    with clock.frozen_at(START + timedelta(seconds=901)):
+        assert not second.blocked("email:a@example.test")  # the window ended
+    second.reset("email:a@example.test")  # a successful login forgets its e-mail's count
+    assert not first.blocked("email:a@example.test") and first.blocked("ip:192.0.2.1")
+
+
+def test_the_shared_throttles_stay_bounded_and_keep_what_is_blocked(
+    frozen: None, tmp_path: Path
+) -> None:
+    store = LoginStore(tmp_path / "logins.sqlite3", max_keys=CAP)
+    limiter = FailureLimiter(3, 900, max_keys=CAP, store=store, name="admin-login")
+    for _ in range(3):
+        limiter.fail("email:victim@example.test")
+    for number in range(3 * CAP):
+        limiter.fail(f"email:user{number}@example.test")
+    store.prune(START.timestamp())
+    assert store.row_counts()["throttles"] <= CAP
+    fresh = FailureLimiter(3, 900, store=store, name="admin-login")  # nothing in its memory
+    assert fresh.blocked("email:victim@example.test")
+    windows = SharedWindowStorage(f"provider-shared://{tmp_path}/logins.sqlite3", max_keys=CAP)
+    per_day = parse("3 per day")
+    hits = FixedWindowRateLimiter(windows)
+    for _ in range(3):
+        hits.hit(per_day, "contact:victim@example.org")
+    for number in range(3 * CAP):
+        hits.hit(per_day, f"contact:user{number}@example.org")
+    windows.store.prune(time.time())
+    assert windows.store.row_counts()["windows"] <= CAP
+    assert not hits.hit(per_day, "contact:victim@example.org")
 
 
 def test_ban_list_stays_bounded_under_a_scan_and_keeps_its_bans() -> None:

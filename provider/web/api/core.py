@@ -253,7 +253,7 @@ def _rate_limiter() -> tuple[FixedWindowRateLimiter, Any]:
     found = current_app.extensions.get("api_rate_limiter")
     if found is None:
         storage = storage_from_string(
-            ratelimit.storage_uri(str(current_app.config["RATELIMIT_STORAGE_URI"]))
+            ratelimit.storage_uri(str(current_app.config["RATELIMIT_STORAGE_URI"]), current_app)
         )
         found = (FixedWindowRateLimiter(storage), parse(str(current_app.config["API_RATE_LIMIT"])))
         current_app.extensions["api_rate_limiter"] = found
