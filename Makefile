@@ -22,11 +22,12 @@ run: $(VENV)/.installed-run
 	$(BIN)/provider init
 	exec $(BIN)/provider serve
 
-# Test processes (pytest-xdist); every test has its own ports, directories and database.
+# Test processes (pytest-xdist); every test has its own ports, directories and database. The
+# slowest tests are listed at the end, to keep the run short.
 TEST_WORKERS ?= 2
 
 test: $(VENV)/.installed-test lint
-	$(BIN)/pytest -n $(TEST_WORKERS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --durations=30
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
