@@ -160,6 +160,7 @@ class TurnTakingConnection(sqlite3.Connection):
         self._turn = WriterTurn(path) if path else None
         self._database = os.fsdecode(database) if path else None
         self._restore_synchronous: int | None = None
+        self._synchronous: int | None = None  # the level set at connect, read once
         if self._turn is not None:
             super().execute("PRAGMA wal_autocheckpoint=0")  # see CHECKPOINT_EVERY
 
@@ -174,7 +175,9 @@ class TurnTakingConnection(sqlite3.Connection):
         if self.in_transaction:
             return False
         if self._restore_synchronous is None:
-            level = super().execute("PRAGMA synchronous").fetchone()[0]
+            if self._synchronous is None:
+                self._synchronous = int(super().execute("PRAGMA synchronous").fetchone()[0])
+            level = self._synchronous
             if level <= 1:
                 return True  # already NORMAL or OFF: nothing to relax or restore
             super().execute("PRAGMA synchronous=NORMAL")

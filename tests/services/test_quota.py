@@ -220,6 +220,32 @@ def test_a_hold_that_does_not_fit_changes_nothing(session):
     assert forced is not None and used(session, mailbox.id) == 8 * GIB + 1
 
 
+def test_a_hold_that_does_not_fit_keeps_the_confirmed_rows_for_the_next(session):
+    mailbox = make_mailbox(session, quota_gb=8)
+    engine = session.get_bind()
+    held = quota.hold(session, mailbox.id, 100)
+    assert held is not None
+    held.confirm_with_warning_level()
+    assert quota.hold(session, mailbox.id, 8 * GIB) is None
+    assert quota._confirmed.pending(engine) == [held.reservation_id]
+    assert quota.hold(session, mailbox.id, 100) is not None  # takes the row along
+    assert quota._confirmed.pending(engine) == []
+    assert held.reservation_id not in [row.id for row in reservations(session)]
+
+
+def test_usage_statements_see_what_the_session_has_not_flushed_yet(session):
+    """The holds run prebuilt Core statements on the session's connection; pending ORM
+    changes are flushed first, as the ORM's own execute would."""
+    mailbox = make_mailbox(session, quota_gb=8)
+    mailbox.quota_bytes = 10 * GIB  # not flushed
+    assert quota.reserve(session, mailbox.id, 9 * GIB) is not None
+    mailbox.used_bytes = GIB  # not flushed either (the ORM object still says 0)
+    held = quota.hold(session, mailbox.id, 9 * GIB)
+    assert held is not None and held.usage.used_bytes == 10 * GIB
+    session.expire_all()
+    assert used(session, mailbox.id) == 10 * GIB
+
+
 def journal(session: Session, mailbox_id: int, nbytes: int, **owner: object) -> None:
     """A reservation row as another process would have left it."""
     values: dict[str, object] = {
