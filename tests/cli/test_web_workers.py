@@ -4,7 +4,9 @@ count login failures, API requests and signups together (INSTANCE_DIR/run/logins
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -98,3 +100,17 @@ def test_an_api_token_limit_holds_across_web_processes(web_environment):
                 codes.append(error.code)
                 assert int(error.headers["Retry-After"]) >= 1
         assert codes == [200] * 10 + [429] * (ATTEMPTS - 10)
+
+
+def test_a_killed_web_worker_is_replaced_and_the_block_outlives_it(web_environment):
+    with supervised(web_environment, "web") as served:
+        first = two_workers(served)
+        for _ in range(3):
+            assert post_login(served, "a wrong passphrase") == 200
+        os.kill(first[0], signal.SIGKILL)
+        [arbiter] = served.pids("web")
+        assert wait_until(
+            lambda: len(pids := children_of(arbiter)) == 2 and first[0] not in pids, 30
+        )
+        assert served.pids("web") == [arbiter]  # gunicorn replaced it, not the supervisor
+        assert [post_login(served, ADMIN_PASSWORD) for _ in range(8)] == [429] * 8
