@@ -343,10 +343,17 @@ def mail_workers(app: Flask) -> int:
     return wanted if wanted > 0 else (os.cpu_count() or 1)
 
 
+DEFAULT_WEB_WORKERS_MAX = 4
+"""WEB_WORKERS = 0 means one per core up to this many: each worker's 8 threads may each hold a
+database connection, and 8 per core on a big machine would pass PostgreSQL's default
+max_connections (100) before the mail workers take theirs. A setting above it is taken as given."""
+
+
 def web_workers(app: Flask) -> int:
-    """How many web processes gunicorn runs: WEB_WORKERS, or one per core when it is 0."""
+    """How many web processes gunicorn runs: WEB_WORKERS, or one per core (at most
+    DEFAULT_WEB_WORKERS_MAX) when it is 0."""
     wanted = int(app.config.get("WEB_WORKERS") or 0)
-    return wanted if wanted > 0 else (os.cpu_count() or 1)
+    return wanted if wanted > 0 else min(os.cpu_count() or 1, DEFAULT_WEB_WORKERS_MAX)
 
 
 # --- what each child process runs --------------------------------------------------------------

@@ -143,6 +143,26 @@ def test_mail_workers_default_to_one_per_core_and_take_a_number(tmp_path: Path):
     assert mail_workers(App(settings)) == 3  # type: ignore[arg-type]
 
 
+def test_web_workers_default_to_one_per_core_up_to_four_and_take_a_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from provider import serve
+
+    class App:
+        def __init__(self, config: dict[str, object]) -> None:
+            self.config = config
+
+    settings = load_settings(environ={"PROVIDER_INSTANCE_DIR": str(tmp_path)})
+    assert settings["WEB_WORKERS"] == 0
+    for cores, expected in ((1, 1), (2, 2), (64, 4)):
+        monkeypatch.setattr(serve.os, "cpu_count", lambda cores=cores: cores)
+        assert serve.web_workers(App(settings)) == expected  # type: ignore[arg-type]
+    settings = load_settings(
+        environ={"PROVIDER_INSTANCE_DIR": str(tmp_path), "PROVIDER_WEB_WORKERS": "12"}
+    )
+    assert serve.web_workers(App(settings)) == 12  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("raw", ["-1", "2.5", "100000001", "99999999999999999999"])
 def test_a_bad_exact_total_cap_stops_start(tmp_path, raw):
     with pytest.raises(SettingsError, match="LIST_EXACT_TOTAL_MAX must be a whole number"):
