@@ -172,6 +172,20 @@ def test_the_shared_window_counters_fall_back_to_memory(tmp_path: Path) -> None:
     assert BoundedMemoryStorage.get(storage, per_hour.key_for("k")) == 3
 
 
+def test_web_login_throttles_hold_in_memory_while_the_file_is_unusable(
+    frozen: None, tmp_path: Path
+) -> None:
+    (tmp_path / "run").write_text("a file where the directory should be")
+    store = LoginStore(tmp_path / "run" / "logins.sqlite3", max_keys=CAP)
+    limiter = FailureLimiter(3, 900, store=store, name="admin-login")
+    for _ in range(3):
+        limiter.fail("email:a@example.test", "ip:192.0.2.1")
+    assert limiter.blocked("email:a@example.test") and limiter.blocked("ip:192.0.2.1")
+    assert not limiter.blocked("email:b@example.test")
+    limiter.reset("email:a@example.test")
+    assert not limiter.blocked("email:a@example.test") and limiter.blocked("ip:192.0.2.1")
+
+
 def test_web_login_failures_count_together_across_processes(frozen: None, tmp_path: Path) -> None:
     """Two limiters on one file, as two web processes have; each keeps its own memory."""
     path = tmp_path / "logins.sqlite3"
