@@ -16,7 +16,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import Flask, current_app, has_app_context
-from sqlalchemy import ColumnElement, Row, bindparam, case, delete, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Row,
+    bindparam,
+    case,
+    delete,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -137,7 +147,7 @@ class Usage(NamedTuple):
     warned_percent: int
 
 
-def _room_for(nbytes: int) -> ColumnElement[bool]:
+def _room_for(nbytes: int | BindParameter[int]) -> ColumnElement[bool]:
     """The quota rule itself: usage plus the new bytes stays within the limit."""
     return Mailbox.used_bytes + nbytes <= Mailbox.quota_bytes
 
@@ -158,21 +168,13 @@ _USAGE_COLUMNS = (
     _MAILBOXES.c.quota_bytes,
     _MAILBOXES.c.quota_warned_percent,
 )
-_ADD_WITHIN_QUOTA = (
-    update(_MAILBOXES)
-    .where(
-        _MAILBOXES.c.id == bindparam("mailbox_id"),
-        _MAILBOXES.c.used_bytes + bindparam("nbytes") <= _MAILBOXES.c.quota_bytes,
-    )
-    .values(used_bytes=_MAILBOXES.c.used_bytes + bindparam("nbytes"))
-    .returning(*_USAGE_COLUMNS)
-)
 _ADD = (
     update(_MAILBOXES)
     .where(_MAILBOXES.c.id == bindparam("mailbox_id"))
     .values(used_bytes=_MAILBOXES.c.used_bytes + bindparam("nbytes"))
     .returning(*_USAGE_COLUMNS)
 )
+_ADD_WITHIN_QUOTA = _ADD.where(_room_for(bindparam("nbytes")))
 _SUBTRACT = (
     update(_MAILBOXES)
     .where(_MAILBOXES.c.id == bindparam("mailbox_id"))
