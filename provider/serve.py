@@ -337,10 +337,18 @@ def _mail_service(app: Flask, kind: str, services: list[str], group: list[Listen
     return Service(kind, label, run_mail, workers, all_sockets)
 
 
+def _processes(app: Flask, setting: str, default_max: int | None = None) -> int:
+    """A process count setting: as given, or one per core (at most `default_max`) when 0."""
+    wanted = int(app.config.get(setting) or 0)
+    if wanted > 0:
+        return wanted
+    cores = os.cpu_count() or 1
+    return cores if default_max is None else min(cores, default_max)
+
+
 def mail_workers(app: Flask) -> int:
     """How many mail processes to run: MAIL_WORKERS, or one per core when it is 0."""
-    wanted = int(app.config.get("MAIL_WORKERS") or 0)
-    return wanted if wanted > 0 else (os.cpu_count() or 1)
+    return _processes(app, "MAIL_WORKERS")
 
 
 DEFAULT_WEB_WORKERS_MAX = 4
@@ -352,8 +360,7 @@ max_connections (100) before the mail workers take theirs. A setting above it is
 def web_workers(app: Flask) -> int:
     """How many web processes gunicorn runs: WEB_WORKERS, or one per core (at most
     DEFAULT_WEB_WORKERS_MAX) when it is 0."""
-    wanted = int(app.config.get("WEB_WORKERS") or 0)
-    return wanted if wanted > 0 else min(os.cpu_count() or 1, DEFAULT_WEB_WORKERS_MAX)
+    return _processes(app, "WEB_WORKERS", DEFAULT_WEB_WORKERS_MAX)
 
 
 # --- what each child process runs --------------------------------------------------------------
