@@ -10,6 +10,7 @@ import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from array import array
 from collections.abc import Callable
 from pathlib import Path
@@ -458,9 +459,22 @@ def store_path(app: Flask) -> str:
     return os.path.join(app.config["INSTANCE_DIR"], "run", "logins.sqlite3")
 
 
+_OPEN: weakref.WeakValueDictionary[str, LoginStore] = weakref.WeakValueDictionary()
+_OPEN_LOCK = threading.Lock()
+
+
+def open_store(path: str | os.PathLike[str], max_keys: int) -> LoginStore:
+    """This process's one LoginStore of the file at `path` (made on first use, kept while
+    something holds it): the mail guards, the web's login throttles and its hit counters share
+    its connections (one per thread) instead of opening one each."""
+    key = os.path.realpath(path)
+    with _OPEN_LOCK:
+        store = _OPEN.get(key)
+        if store is None:
+            store = _OPEN[key] = LoginStore(key, max_keys=max_keys)
+        return store
+
+
 def shared_store(app: Flask, max_keys: int) -> LoginStore:
-    """The app's one LoginStore, made on first use."""
-    store = app.extensions.get("login_store")
-    if store is None:
-        store = app.extensions["login_store"] = LoginStore(store_path(app), max_keys=max_keys)
-    return store  # type: ignore[no-any-return]
+    """The LoginStore of the app's installation (store_path)."""
+    return open_store(store_path(app), max_keys)

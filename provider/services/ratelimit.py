@@ -15,7 +15,13 @@ from flask import Flask
 from limits.storage import Storage
 
 from provider.services.clock import now
-from provider.services.login_store import LoginStore, StoreUnavailable, shared_store, store_path
+from provider.services.login_store import (
+    LoginStore,
+    StoreUnavailable,
+    open_store,
+    shared_store,
+    store_path,
+)
 
 V = TypeVar("V")
 
@@ -126,6 +132,8 @@ class FailureLimiter:
     ) -> None:
         self.max_failures = max(int(max_failures), 1)
         self.window = float(window_seconds)
+        if ":" in name:
+            raise ValueError(f"a limiter's name holds no colon: {name!r}")
         self.store = store
         self.name = name
         self._counting: BoundedTable[tuple[float, ...]] = BoundedTable(max_keys)
@@ -133,8 +141,9 @@ class FailureLimiter:
         self._lock = threading.Lock()
 
     def _stored(self, keys: tuple[str, ...]) -> tuple[str, ...]:
-        """The keys as the store holds them: this limiter's name first (one file for all)."""
-        return tuple(f"{self.name}\0{key}" for key in keys)
+        """The keys as the store holds them: this limiter's name first (one file for all; a
+        name never holds a colon, so no two limiters' keys can meet)."""
+        return tuple(f"{self.name}:{key}" for key in keys)
 
     def key_count(self) -> int:
         """Keys held now, in both tables (a measure of its memory)."""
@@ -300,7 +309,7 @@ class SharedWindowStorage(BoundedMemoryStorage):
         path = (uri or "").partition("://")[2]
         if not path:
             raise ValueError(f"no file in {uri!r}: provider-shared:///path/to/logins.sqlite3")
-        self.store = LoginStore(path, max_keys=int(options.get("max_keys", MAX_KEYS)))
+        self.store = open_store(path, int(options.get("max_keys", MAX_KEYS)))
 
     def incr(self, key: str, expiry: int | float, amount: int = 1) -> int:
         try:

@@ -162,6 +162,25 @@ def test_signup_and_api_counters_live_in_the_installations_login_store(app: Flas
     assert other.hit(per_hour, "signup", "192.0.2.1")
 
 
+def test_one_store_per_file_serves_the_guards_the_throttles_and_the_counters(app: Flask) -> None:
+    """One LoginStore (one connection per thread) per file per process, whoever asks."""
+    store = mail_access.guards(app).store
+    assert ratelimit.login_limiter(app, "admin").store is store
+    assert ratelimit.login_limiter(app, "account").store is store
+    assert app.extensions["signup_limiter"].storage.store is store
+    with pytest.raises(ValueError, match="colon"):
+        FailureLimiter(3, 900, store=store, name="admin:login")
+
+
+def test_keys_with_nul_and_line_breaks_are_kept_apart(frozen: None, tmp_path: Path) -> None:
+    limiter = FailureLimiter(2, 900, store=LoginStore(tmp_path / "l.sqlite3", 100), name="admin")
+    fresh = FailureLimiter(2, 900, store=limiter.store, name="admin")  # asks the file only
+    for _ in range(2):
+        limiter.fail("email:a\0b@example.test", "email:a\r\nb@example.test")
+    assert fresh.blocked("email:a\0b@example.test") and fresh.blocked("email:a\r\nb@example.test")
+    assert not fresh.blocked("email:a\0c@example.test") and not fresh.blocked("email:a")
+
+
 def test_the_shared_window_counters_fall_back_to_memory(tmp_path: Path) -> None:
     (tmp_path / "run").write_text("a file where the directory should be")
     storage = SharedWindowStorage(f"provider-shared://{tmp_path}/run/logins.sqlite3")
